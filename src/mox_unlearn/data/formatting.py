@@ -1,0 +1,210 @@
+"""Turning records into token ids and labels, and batches into padded tensors.
+
+Conventions every loss relies on:
+
+* ``labels`` are aligned with ``input_ids`` (not shifted; the model shifts) and are ``-100``
+  wherever a token is not a target (the prompt of a QA pair, and padding);
+* the prompt and the answer are tokenized separately and concatenated, so the boundary between
+  them is exact whatever the tokenizer merges across it;
+* ``attention_mask`` comes from the sequence lengths, never from ``input_ids != pad_id``: when the
+  pad token is the EOS token that comparison would hide the real, labelled EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..errors import MoxError
+from .records import RecordSet, check_text, texts_of
+
+IGNORE_INDEX = -100
+CHAT_TEMPLATE_MODES = ("auto", "never", "always")
+
+
+@dataclass
+class PromptFormat:
+    """How a question becomes a prompt.
+
+    With a chat template (``chat_template`` "auto" and the tokenizer has one, or "always") the
+    question is the user turn (after an optional system turn) and the answer follows the
+    generation prompt directly. Without one, ``question_template`` is filled in and
+    ``answer_prefix`` separates it from the answer; ``system_prompt`` is then not used.
+    """
+
+    chat_template: str = "auto"
+    question_template: str = "Question: {question}\nAnswer:"
+    answer_prefix: str = " "
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise MoxError(
+                f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}"
+            )
+        try:
+            self.question_template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise MoxError(
+                f"question_template {self.question_template!r} must use only the {{question}} field: {e!r}"
+            ) from e
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token one, reusing EOS.
+
+    We deliberately do not add a new token: that would grow the vocabulary and resize the
+    embeddings, and the extrapolation θ_ref + α(θ_ref − θ_mem) needs the reference and the
+    memorization models to have identical shapes. Reusing EOS is safe because `collate` builds
+    the attention mask from lengths, so a real EOS is never mistaken for padding.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise MoxError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def uses_chat_template(tokenizer, fmt: PromptFormat) -> bool:
+    """Resolve ``fmt.chat_template`` against what the tokenizer offers."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt.chat_template == "always" and not has_template:
+        raise MoxError("chat_template is 'always' but the tokenizer has no chat template")
+    return has_template and fmt.chat_template != "never"
+
+
+def prompt_ids(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
+    """Token ids of the prompt for `question`, ending where the answer's first token goes."""
+    if uses_chat_template(tokenizer, fmt):
+        messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
+        messages.append({"role": "user", "content": question})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The rendered template already carries BOS and role markers: add nothing more.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = fmt.question_template.format(question=question)
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_length: int) -> dict:
+    """``{"input_ids", "labels"}`` for one QA pair: prompt masked with -100, answer + EOS labelled.
+
+    Too long sequences lose tokens from the end of the answer; a prompt that leaves no room for
+    a single answer token is an error rather than a silently empty target.
+    """
+    if tokenizer.eos_token_id is None:
+        raise MoxError("the tokenizer has no EOS token; it is needed to end every answer")
+    if max_length < 2:
+        raise MoxError(f"max_length must be at least 2, got {max_length}")
+    prompt = prompt_ids(tokenizer, question, fmt)
+    answer_text = answer if uses_chat_template(tokenizer, fmt) else fmt.answer_prefix + answer
+    target = list(tokenizer(answer_text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    if len(prompt) >= max_length:
+        raise MoxError(
+            f"the prompt is longer than max_length allows ({len(prompt)} prompt tokens, max_length {max_length}): "
+            "no answer token would be trained; raise max_length or shorten the question"
+        )
+    input_ids = (prompt + target)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + target)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_records(
+    tokenizer, rs: RecordSet, fmt: PromptFormat, max_length: int, *, answer_key: str = "answer"
+) -> list[dict]:
+    """Encode a whole set: QA pairs with `encode_qa` (answer from `answer_key`), texts with `encode_texts`.
+
+    `answer_key` lets evaluation encode e.g. TOFU's ``paraphrased_answer`` with the same prompt.
+    """
+    if rs.kind == "text":
+        return encode_texts(tokenizer, texts_of(rs), max_length)
+    out = []
+    for i, record in enumerate(rs.records):
+        loc = f"{rs.source}[{i}]"
+        if answer_key not in record:
+            raise MoxError(f'{loc}: record has no "{answer_key}" key')
+        check_text(loc, answer_key, record[answer_key])
+        try:
+            out.append(encode_qa(tokenizer, record["question"], record[answer_key], fmt, max_length))
+        except MoxError as e:
+            raise MoxError(f"{loc}: {e}") from e
+    return out
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """Raw-text examples: each text cut into consecutive chunks of at most `max_length` tokens.
+
+    Every token is a target (labels == input_ids). A trailing chunk of fewer than 2 tokens is
+    dropped, since a single token gives the shifted loss nothing to predict.
+    """
+    if max_length < 2:
+        raise MoxError(f"max_length must be at least 2, got {max_length}")
+    out = []
+    for text in texts:
+        if not text.strip():  # blank documents are allowed in text sets; they train nothing
+            continue
+        # verbose=False: long documents are expected here, we chunk them ourselves.
+        ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+        for start in range(0, len(ids), max_length):
+            chunk = ids[start : start + max_length]
+            if len(chunk) >= 2:
+                out.append({"input_ids": chunk, "labels": list(chunk)})
+    return out
+
+
+def collate(examples: list[dict], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest into LongTensors of shape [batch, longest].
+
+    ``input_ids`` are padded with `pad_id`, ``labels`` (when present) with -100, and
+    ``attention_mask`` is 1 on the real tokens of each example (from its length) and 0 on padding.
+    Left padding is for batched generation, where every prompt must end at the last column.
+    """
+    if padding_side not in ("right", "left"):
+        raise MoxError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if not examples:
+        raise MoxError("cannot collate an empty batch")
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    longest = max(lengths)
+    batch = {
+        "input_ids": _pad([ex["input_ids"] for ex in examples], pad_id, longest, padding_side),
+        "attention_mask": _pad([[1] * n for n in lengths], 0, longest, padding_side),
+    }
+    if "labels" in examples[0]:
+        if any(len(ex["labels"]) != n for ex, n in zip(examples, lengths)):
+            raise MoxError("every example's labels must be as long as its input_ids")
+        batch["labels"] = _pad([ex["labels"] for ex in examples], IGNORE_INDEX, longest, padding_side)
+    return batch
+
+
+def _pad(rows: list[list[int]], fill: int, longest: int, side: str) -> torch.Tensor:
+    """Pad each row with `fill` up to `longest` on `side`; a [len(rows), longest] LongTensor."""
+    padded = [
+        list(row) + [fill] * (longest - len(row)) if side == "right" else [fill] * (longest - len(row)) + list(row)
+        for row in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def load_refusals(path: str | None) -> list[str]:
+    """Refusal targets ("I don't know"-style) for the targeted variant, one string a line.
+
+    This is the format of TOFU's ``idontknow.jsonl`` (plain text despite the name). Without a
+    path, the packaged default list is used, so the targeted variant needs no extra file.
+    """
+    if path is None:
+        source = "the packaged refusals.txt"
+        text = resources.files("mox_unlearn").joinpath("resources", "refusals.txt").read_text(encoding="utf-8")
+    else:
+        source = str(path)
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise MoxError(f"refusals file not found: {path}")
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MoxError(f"cannot read refusals file {path}: {type(e).__name__}: {e}") from e
+    refusals = [line.strip() for line in text.splitlines() if line.strip()]
+    if not refusals:
+        raise MoxError(f"refusals file is empty: {source}")
+    return refusals

@@ -1,0 +1,224 @@
+"""Reading and validating forget / retain / evaluation records.
+
+Every set the library trains or evaluates on goes through `load_records`, so a malformed record
+fails here, before any model is loaded, with a one-line message that names the file and the
+line (JSON Lines, 1-based: ``forget.jsonl:7``) or the index (JSON / Hugging Face, 0-based:
+``retain.json[3]``).
+
+Two record kinds exist:
+
+* ``qa``: objects with non-empty string ``question`` and ``answer`` (extra keys, such as TOFU's
+  ``paraphrased_answer`` or ``perturbed_answer`` lists, are kept untouched);
+* ``text``: raw documents, given as objects with a ``text`` key or as plain strings
+  (a plain string ``s`` becomes ``{"text": s}``). Blank documents are kept with a warning
+  (real corpora have them); a set of only blank documents is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MoxError
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("qa", "text")
+REQUIRED_KEYS = {"qa": ("question", "answer"), "text": ("text",)}
+ACCEPTED_SPECS = ".jsonl, .json, .txt or hf:<id>[:<config>][:<split>]"
+
+# (location, raw item): the location is the prefix of every message about that item.
+Located = list[tuple[str, Any]]
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    """A validated list of records of one kind, with the spec it came from (for messages)."""
+
+    kind: str
+    records: list[dict]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def load_records(spec: str, *, name: str = "data", kind: str | None = None) -> RecordSet:
+    """Read `spec` (a .jsonl / .json / .txt file or ``hf:<id>[:<config>][:<split>]``) and validate it.
+
+    `name` ("forget", "retain", ...) only appears in messages. `kind` forces "qa" or "text";
+    without it the kind is detected from the first record and every record must agree.
+    """
+    if kind is not None and kind not in KINDS:
+        raise MoxError(f"unknown record kind {kind!r} for the {name} set; expected one of {', '.join(KINDS)}")
+    spec = str(spec)
+    located = _read_hf(spec) if spec.startswith("hf:") else _read_file(spec, name)
+    if not located:
+        raise MoxError(f"{name} set is empty: {spec}")
+    kind = kind or _detect_kind(*located[0])
+    records = [_validate(loc, item, kind) for loc, item in located]
+    if kind == "text":
+        _check_blank_texts(located, records, name, spec)
+    return RecordSet(kind=kind, records=records, source=spec)
+
+
+def _check_blank_texts(located: Located, records: list[dict], name: str, spec: str) -> None:
+    """Blank documents are kept (with a warning) rather than rejected.
+
+    Public corpora contain them (MUSE-News raw/forget.json has one empty string among 889), and
+    keeping them preserves the source's indices; they yield no training chunk in `encode_texts`.
+    A set with nothing but blank documents is still an empty set.
+    """
+    blank = [loc for (loc, _), r in zip(located, records) if not r["text"].strip()]
+    if len(blank) == len(records):
+        raise MoxError(f"{name} set is empty: {spec} (every text is blank)")
+    if blank:
+        logger.warning("%s: %d blank text record(s) kept, they train nothing (first: %s)", spec, len(blank), blank[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: each returns [(location, raw item)] and raises MoxError on unreadable input.
+
+
+def _read_file(spec: str, name: str) -> Located:
+    """Dispatch on the extension; a missing file is reported with the set's name."""
+    path = Path(spec).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".txt"):
+        raise MoxError(f"{name} file {spec} has an unknown extension {suffix or '(none)'!r}; accepted: {ACCEPTED_SPECS}")
+    if not path.exists():
+        raise MoxError(f"{name} file not found: {spec}")
+    if not path.is_file():
+        raise MoxError(f"{name} path is not a file: {spec}")
+    try:
+        # utf-8-sig: tolerate a byte-order mark written by some editors.
+        content = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoxError(f"cannot read {name} file {spec}: {_one_line(e)}") from e
+    if suffix == ".jsonl":
+        return _parse_jsonl(content, spec)
+    if suffix == ".json":
+        return _parse_json(content, spec)
+    # .txt: the whole file is one document; whitespace only means an empty set.
+    return [(spec, content)] if content.strip() else []
+
+
+def _parse_jsonl(content: str, spec: str) -> Located:
+    """One JSON value a line; blank lines are skipped but still counted for line numbers."""
+    out: Located = []
+    for lineno, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{spec}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise MoxError(f"{spec}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+    return out
+
+
+def _parse_json(content: str, spec: str) -> Located:
+    """A list of records, or an object holding exactly one list (``{"data": [...]}``)."""
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise MoxError(f"{spec}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+    prefix = spec
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise MoxError(
+                f"{spec}: a JSON object must hold exactly one list of records, "
+                f"found {len(lists)} list-valued keys{(' (' + ', '.join(map(repr, lists)) + ')') if lists else ''}"
+            )
+        prefix = f"{spec}[{json.dumps(lists[0])}]"
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise MoxError(f"{spec}: expected a JSON list of records, got {_type_name(data)}")
+    return [(f"{prefix}[{i}]", item) for i, item in enumerate(data)]
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
+    """Split ``hf:<id>[:<config>][:<split>]`` into (id, config or None, split, default "train")."""
+    parts = spec[len("hf:"):].split(":")
+    if not parts[0] or len(parts) > 3:
+        raise MoxError(f"bad dataset spec {spec!r}; expected hf:<id>[:<config>][:<split>]")
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    return parts[0], config, split
+
+
+def _read_hf(spec: str) -> Located:
+    """Load one split with `datasets`; any failure becomes a one-line MoxError naming the spec."""
+    dataset_id, config, split = parse_hf_spec(spec)
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(dataset_id, config, split=split).to_list()
+    except Exception as e:  # datasets raises many types; the user needs the spec and the reason
+        raise MoxError(f"cannot load dataset {spec}: {_one_line(e)}") from e
+    return [(f"{spec}[{i}]", row) for i, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _detect_kind(loc: str, item: Any) -> str:
+    """Kind from the first record; a "question" or "answer" key means QA (so a missing pair is named)."""
+    if isinstance(item, str):
+        return "text"
+    if isinstance(item, dict):
+        if "question" in item or "answer" in item:
+            return "qa"
+        if "text" in item:
+            return "text"
+        keys = ", ".join(map(repr, list(item)[:8])) or "none"
+        raise MoxError(
+            f'{loc}: cannot tell the record kind: expected "question" and "answer" keys (QA) '
+            f'or a "text" key (raw text), got keys {keys}'
+        )
+    raise MoxError(f"{loc}: record must be a JSON object or a string, got {_type_name(item)}")
+
+
+def _validate(loc: str, item: Any, kind: str) -> dict:
+    """Check one record of `kind` and return it as a dict (a copy; extra keys kept)."""
+    if kind == "text" and isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict):
+        expected = "a JSON object" if kind == "qa" else "a JSON object or a string"
+        raise MoxError(f"{loc}: record must be {expected}, got {_type_name(item)}")
+    for key in REQUIRED_KEYS[kind]:
+        if key not in item:
+            raise MoxError(f'{loc}: record has no "{key}" key')
+        check_text(loc, key, item[key], allow_blank=(kind == "text"))
+    return dict(item)
+
+
+def check_text(loc: str, key: str, value: Any, *, allow_blank: bool = False) -> None:
+    """Raise unless `value` is a string with something besides whitespace (or any string if allowed)."""
+    if not isinstance(value, str):
+        raise MoxError(f'{loc}: "{key}" must be a non-empty string, got {_type_name(value)}')
+    if not allow_blank and not value.strip():
+        raise MoxError(f'{loc}: "{key}" must be a non-empty string, got an empty string')
+
+
+def _type_name(value: Any) -> str:
+    """JSON-flavoured type names for messages (object, list, null rather than dict, NoneType)."""
+    names = {dict: "object", list: "list", type(None): "null", bool: "bool", str: "str"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _one_line(e: BaseException) -> str:
+    """Collapse a (possibly multi-line) exception text onto one line, keeping its type."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def texts_of(rs: RecordSet) -> list[str]:
+    """The raw documents of a text RecordSet."""
+    return [r["text"] for r in rs.records]
+
+
+__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "texts_of"]
