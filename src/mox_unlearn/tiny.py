@@ -80,3 +80,22 @@ def build_tiny_llama(
     model.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_model(out: str | Path, data_specs: list[str], *, vocab_size: int = 1024, seed: int = 0,
+                    overwrite: bool = False, **model_kwargs) -> Path:
+    """A tokenizer trained on the texts of `data_specs` plus a random tiny Llama, written atomically.
+
+    The smallest model `mox unlearn` accepts: good for trying the pipeline with no download.
+    """
+    from mox_unlearn.data import load_records
+    from mox_unlearn.modelio import atomic_output_dir
+
+    texts: list[str] = []
+    for spec in data_specs:
+        rs = load_records(spec, name="tokenizer training")
+        for record in rs.records:
+            texts.extend(v for k, v in record.items() if k in ("question", "answer", "text") and isinstance(v, str))
+    with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
+        build_tiny_llama(tmp, build_tokenizer(texts, vocab_size=vocab_size), seed=seed, **model_kwargs)
+    return Path(out)

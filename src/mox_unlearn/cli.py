@@ -1,0 +1,205 @@
+"""The `mox` command. Thin: parse arguments, build a config, call the library, print a summary.
+
+Every MoxError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mox_unlearn import __version__
+from mox_unlearn.errors import MoxError
+
+UNLEARN_EXAMPLE = """example:
+  mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox \\
+      --alpha 4 epochs=5 lr=2e-5 loss.lambda_kl=0.5
+  mox unlearn --resume --out runs/mox        # continue an interrupted run
+
+data specs: a .jsonl/.json file of {"question","answer"} records, a .jsonl/.json of {"text"}
+records or a .txt file (raw text, chunked to max_length tokens), or hf:<id>[:<config>][:<split>].
+key=value overrides set any config key (see the resolved config.yaml written to --out)."""
+
+EXTRAPOLATE_EXAMPLE = """example:
+  mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --out ./forget-a4
+  mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 1 --alpha 2 --alpha 4 --out ./sweep
+      # writes ./sweep/alpha-1, ./sweep/alpha-2, ./sweep/alpha-4 in one pass over the inputs"""
+
+
+EVAL_EXAMPLE = """example:
+  mox eval --benchmark tofu --model runs/retain-model --data ../shared/data/tofu --forget-split forget10 --out retain.json
+  mox eval --benchmark tofu --model runs/mox/model --data ../shared/data/tofu --retain-result retain.json --out mox.json
+  mox eval --benchmark muse --model runs/mox/model --data ../shared/data/muse-news --retain-result 0.5 --out muse.json"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mox",
+        description="Machine unlearning for causal LMs: memorize with gradient descent, then extrapolate away (MOX).",
+        epilog="example:\n  mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox\n"
+        "  mox SUBCOMMAND --help   shows each subcommand's options and an example",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"mox-unlearn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    u = sub.add_parser("unlearn", help="unlearn a forget set from a model", epilog=UNLEARN_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    u.add_argument("--model", help="HF model folder or hub id (θ_ref)")
+    u.add_argument("--forget", help="forget set spec")
+    u.add_argument("--retain", help="retain set spec")
+    u.add_argument("--out", help="run folder; the unlearned model goes to OUT/model")
+    u.add_argument("--method", help="unlearning method (default mox)")
+    u.add_argument("--objective", help="memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
+    u.add_argument("--alpha", type=float, help="extrapolation strength α (default 4)")
+    u.add_argument("--targeted", action="store_true", default=None, help="add the targeted term (Eq. 9)")
+    u.add_argument("--refusals", help="refusal strings for --targeted, one a line")
+    u.add_argument("--momentum", action="store_true", default=None, help="momentum extrapolation (Eq. 10)")
+    u.add_argument("--seed", type=int)
+    u.add_argument("--max-steps", type=int, dest="max_steps")
+    u.add_argument("--no-save-memorized", action="store_false", default=None, dest="save_memorized",
+                   help="do not write OUT/memorized")
+    u.add_argument("--config", help="YAML config file")
+    u.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    u.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    u.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=2e-5 loss.beta=0.2")
+
+    e = sub.add_parser("extrapolate", help="θ_for = (1+α)θ_ref − αθ_mem, streamed shard by shard (Eq. 8)",
+                       epilog=EXTRAPOLATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--ref", required=True, help="reference model folder (safetensors)")
+    e.add_argument("--mem", required=True, help="memorization model folder (safetensors)")
+    e.add_argument("--alpha", type=float, action="append", required=True, help="α; repeat for several")
+    e.add_argument("--out", required=True, help="output folder (OUT/alpha-A/ per α when several)")
+    e.add_argument("--shard-size", default="2GB", help="maximum output shard size (default 2GB)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
+    v = sub.add_parser("eval", help="evaluate a model on TOFU or MUSE", epilog=EVAL_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--benchmark", required=True, choices=["tofu", "muse"])
+    v.add_argument("--model", required=True, help="HF model folder or hub id")
+    v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
+    v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
+    v.add_argument("--retain-result", help="the retain model's result file (FQ / PrivLeak); for MUSE also a number (its AUC)")
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--limit", type=int, help="evaluate only the first N items of every split (quick checks)")
+    v.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    v.add_argument("--chat-template", default="auto", choices=["auto", "never", "always"],
+                   help="prompt with the tokenizer's chat template (auto: where it has one)")
+    v.add_argument("--out", required=True, help="result file (.json)")
+
+    m = sub.add_parser("models", help="make or import models", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model")
+    msub = m.add_subparsers(dest="models_command", metavar="KIND", required=True)
+    t = msub.add_parser("tiny", help="a tiny random Llama with a tokenizer trained on your data (no download)",
+                        epilog="example:\n  mox models tiny --data examples/forget.jsonl --out runs/tiny-model",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--data", action="append", required=True, help="data spec whose texts train the tokenizer; repeatable")
+    t.add_argument("--out", required=True, help="output model folder")
+    t.add_argument("--vocab-size", type=int, default=1024)
+    t.add_argument("--hidden-size", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mox_unlearn.data.formatting import PromptFormat
+    from mox_unlearn.evaluate.run import run_eval, summary_table
+
+    result = run_eval(args.benchmark, args.model, args.out, data=args.data, forget_split=args.forget_split,
+                      retain_result=args.retain_result, batch_size=args.batch_size, limit=args.limit,
+                      fmt=PromptFormat(chat_template=args.chat_template), dtype=args.dtype)
+    print(summary_table(result))
+    for name, metric in result["metrics"].items():
+        if metric.get("value") is None and metric.get("reason"):
+            print(f"{name} missing: {metric['reason']}")
+    print(f"written to {args.out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mox_unlearn.tiny import make_tiny_model
+
+    out = make_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite,
+                          hidden_size=args.hidden_size, num_layers=args.layers, intermediate_size=4 * args.hidden_size)
+    print(f"tiny model written to {out}")
+    return 0
+
+
+def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
+    from mox_unlearn.config import load_config
+    from mox_unlearn.train import saved_config, unlearn
+
+    flags = {k: getattr(args, k) for k in ("model", "forget", "retain", "out", "method", "objective", "alpha",
+                                            "targeted", "refusals", "momentum", "seed", "max_steps", "save_memorized")}
+    if args.resume and args.out and not (args.model or args.forget or args.config):
+        # `mox unlearn --resume --out DIR`: everything else comes from the interrupted run.
+        from mox_unlearn.config import UnlearnConfig, apply_mapping
+
+        cfg = UnlearnConfig()
+        apply_mapping(cfg, saved_config(args.out))
+        apply_mapping(cfg, {"out": args.out})
+    else:
+        cfg = load_config(args.config, args.overrides, flags)
+    out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv])
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    _print_summary(run)
+    return 0
+
+
+def _print_summary(run: dict) -> None:
+    if not run:
+        return
+    rows = [("steps", run["plan"]["total_steps"]), ("forget / retain records", f"{run['data']['forget']} / {run['data']['retain']}")]
+    rows += [(f"final {k}", f"{v:.4f}") for k, v in run.get("final_logs", {}).items()]
+    rows += [(f"time {k} (s)", v) for k, v in run["timings_s"].items()]
+    rows += [(f"output {k}", v) for k, v in run["outputs"].items()]
+    width = max(len(r[0]) for r in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+
+
+def cmd_extrapolate(args: argparse.Namespace) -> int:
+    from mox_unlearn.extrapolate import extrapolate_folders
+
+    paths = extrapolate_folders(Path(args.ref), Path(args.mem), args.alpha, Path(args.out), shard_size=args.shard_size,
+                                overwrite=args.overwrite, allow_negative=args.allow_negative)
+    for alpha, path in zip(args.alpha, paths):
+        print(f"alpha={alpha:g}  {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    # key=value overrides may come between options, which argparse's positionals don't allow.
+    args, rest = parser.parse_known_args(argv)
+    extra = [r for r in rest if "=" in r and not r.startswith("-")]
+    unknown = [r for r in rest if r not in extra]
+    if unknown or (extra and args.command != "unlearn"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if args.command == "unlearn":
+        args.overrides = [*args.overrides, *extra]
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "unlearn":
+            return cmd_unlearn(args, argv)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "models":
+            return cmd_models(args)
+        return cmd_extrapolate(args)
+    except MoxError as e:
+        print(f"mox: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mox: interrupted (resume a training run with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

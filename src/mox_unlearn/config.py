@@ -1,0 +1,173 @@
+"""Run configuration: one dataclass, a YAML file, then `key=value` overrides (dotted for nested keys).
+
+Precedence: defaults < YAML file < command-line flags < key=value overrides. The resolved config is
+written to every run folder so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mox_unlearn.data.formatting import PromptFormat
+from mox_unlearn.errors import MoxError
+
+
+@dataclass
+class UnlearnConfig:
+    # what to unlearn from what
+    model: str = ""  # HF folder or hub id of θ_ref
+    forget: str = ""  # data spec: .json/.jsonl/.txt or hf:<id>[:<config>][:<split>]
+    retain: str | None = None
+    out: str = ""
+    # method
+    method: str = "mox"
+    objective: str | None = None  # default: the method's first objective
+    loss: dict[str, Any] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
+    alpha: float = 4.0  # extrapolation strength (Eq. 8)
+    targeted: bool = False  # add the targeted term (Eq. 9)
+    refusals: str | None = None  # refusal strings, one a line (TOFU idontknow format); None = packaged list
+    momentum: bool = False  # momentum extrapolation (Eq. 10)
+    momentum_every: int | None = None  # optimizer steps between updates; None = each epoch end
+    eta: float = 0.675
+    # optimisation (paper defaults)
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 32  # effective: per_device_batch_size × processes × accumulation
+    per_device_batch_size: int = 8
+    epochs: int = 10
+    max_steps: int | None = None
+    warmup_epochs: float = 1.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    # data and precision
+    max_length: int = 512
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    dtype: str = "float32"  # weights while training and in the outputs
+    mixed_precision: str = "auto"  # auto = bf16 where the accelerator supports it, else no
+    # outputs
+    save_memorized: bool = True
+    shard_size: str = "2GB"
+    checkpoint_every: int | None = None  # optimizer steps; None = each epoch end; 0 = never
+    keep_checkpoints: bool = False
+    log_every: int = 1
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-5` as a string; read numeric-looking strings as numbers."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to a field's annotated type; one-line error naming the key."""
+    if value is None:
+        return None
+    base = _unwrap_optional(tp)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise MoxError(f"config {key}: expected true/false, got {value!r}")
+    if base in (int, float):
+        value = _number(value)
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise MoxError(f"config {key}: expected an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise MoxError(f"config {key}: expected a number, got {value!r}")
+    if base is str:
+        return str(value)
+    if typing.get_origin(base) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise MoxError(f"config {key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _set(obj: Any, dotted: str, value: Any) -> None:
+    """Set `a.b.c` on nested dataclasses / dicts; unknown keys list the valid ones."""
+    head, _, rest = dotted.partition(".")
+    if isinstance(obj, dict):
+        if rest:
+            _set(obj.setdefault(head, {}), rest, value)
+        else:
+            obj[head] = _number(value)
+        return
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if head not in fields:
+        raise MoxError(f"unknown config key {dotted!r}; valid keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(type(obj))
+    current = getattr(obj, head)
+    if rest:
+        if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
+            raise MoxError(f"config key {head!r} has no sub-keys (got {dotted!r})")
+        _set(current, rest, value)
+    elif dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise MoxError(f"config {head}: expected a mapping, got {value!r}")
+        for k, v in value.items():
+            _set(current, k, v)
+    else:
+        setattr(obj, head, _coerce(value, hints[head], dotted))
+
+
+def apply_mapping(cfg: Any, mapping: dict[str, Any], prefix: str = "") -> None:
+    for key, value in mapping.items():
+        _set(cfg, f"{prefix}{key}", value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as YAML (so 1e-5, true, null, [1, 2] have their types)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise MoxError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), _number(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None) -> UnlearnConfig:
+    """Defaults, then the YAML file, then flags given on the command line, then key=value overrides."""
+    cfg = UnlearnConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise MoxError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise MoxError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise MoxError(f"{p}: a config file must be a mapping of keys to values")
+        apply_mapping(cfg, data)
+    apply_mapping(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
+    for text in overrides:
+        _set(cfg, *parse_override(text))
+    return cfg
+
+
+def to_dict(cfg: UnlearnConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

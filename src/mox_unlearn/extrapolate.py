@@ -1,0 +1,303 @@
+"""MOX extrapolation (Eq. 8): theta_for = (1+alpha)*theta_ref - alpha*theta_mem = theta_ref + alpha*(theta_ref - theta_mem).
+
+Folders are processed tensor by tensor straight from memory-mapped safetensors, so a model of any size
+needs about one output shard of memory per alpha. Several alphas share one read of the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.modelio import (
+    ShardSaver,
+    ShardWriter,
+    TensorInfo,
+    atomic_output_dir,
+    check_output_dir,
+    copy_aux_files,
+    parse_size,
+    read_tensor_infos,
+    write_model_card,
+)
+
+METHOD = "MOX extrapolation (Eq. 8)"
+FORMULA = "theta_for = (1 + alpha) * theta_ref - alpha * theta_mem"
+# Elements per fp32 work chunk: 256K * 4 B = 1 MiB, small enough to stay in cache while every
+# alpha is computed from the same converted chunk, large enough that Python overhead is negligible.
+CHUNK_ELEMS = 1 << 18
+
+__all__ = [
+    "extrapolate_tensor",
+    "extrapolate_tensors",
+    "extrapolate_state_dict",
+    "extrapolate_folders",
+    "alpha_label",
+]
+
+
+# ----------------------------------------------------------------------------- tensor math
+
+
+def extrapolate_tensor(ref: torch.Tensor, mem: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`(1+alpha)*ref - alpha*mem` computed in fp32 and cast back to `ref.dtype`.
+
+    fp32 math keeps bf16/fp16 models from losing the small difference ref - mem to rounding.
+    Integer and bool tensors (buffers, masks) are not weights to move: `ref` is returned as is.
+    """
+    return extrapolate_tensors(ref, mem, [alpha])[0]
+
+
+def extrapolate_tensors(ref: torch.Tensor, mem: torch.Tensor, alphas: Sequence[float]) -> list[torch.Tensor]:
+    """One extrapolated tensor per alpha, converting each chunk of ref/mem to fp32 only once.
+
+    Each element gets exactly `fl(fl((1+a)*r) - fl(a*m))` in fp32 (fp64 stays fp64), then one cast,
+    so results equal the plain whole-tensor expression bit for bit. Inputs are never modified.
+    """
+    if ref.shape != mem.shape:
+        raise ValueError(f"shape mismatch: ref {tuple(ref.shape)} vs mem {tuple(mem.shape)}")
+    if ref.dtype != mem.dtype:
+        raise ValueError(f"dtype mismatch: ref {ref.dtype} vs mem {mem.dtype}")
+    if not ref.is_floating_point():
+        return [ref for _ in alphas]
+    compute = torch.promote_types(ref.dtype, torch.float32)
+    outs = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for _ in alphas]
+    r_flat, m_flat = ref.reshape(-1), mem.reshape(-1)  # [n]
+    o_flats = [o.view(-1) for o in outs]  # [n] each, sharing storage with outs
+    n = r_flat.numel()
+    # [chunk] scratch buffers, allocated once: fresh allocations per chunk cost page faults
+    r_buf, m_buf, a_buf, b_buf = (
+        torch.empty(min(n, CHUNK_ELEMS), dtype=compute, device=ref.device) for _ in range(4)
+    )
+    direct = ref.dtype == compute  # fp32/fp64: read ref in place and write straight into the output
+    for start in range(0, n, CHUNK_ELEMS):
+        stop = min(start + CHUNK_ELEMS, n)
+        k = stop - start
+        r = r_flat[start:stop] if direct else r_buf[:k].copy_(r_flat[start:stop])  # [k] in compute dtype
+        if direct and mem.device == ref.device:
+            m = m_flat[start:stop]
+        else:
+            m = m_buf[:k].copy_(m_flat[start:stop])  # [k] in compute dtype, on ref's device
+        b = b_buf[:k]
+        for alpha, o in zip(alphas, o_flats):
+            dst = o[start:stop] if direct else a_buf[:k]
+            torch.mul(r, 1.0 + alpha, out=dst)
+            torch.mul(m, alpha, out=b)
+            dst.sub_(b)
+            if not direct:
+                o[start:stop].copy_(dst)  # the one rounding fp32 -> bf16/fp16
+    return outs
+
+
+def _check_same_keys(ref_keys: Sequence[str], mem_keys: Sequence[str], where: str) -> None:
+    """Refuse different key sets, naming a few keys, since a partial extrapolation is meaningless."""
+    missing = sorted(set(ref_keys) - set(mem_keys))
+    extra = sorted(set(mem_keys) - set(ref_keys))
+    if not missing and not extra:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} in ref but not mem ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if extra:
+        parts.append(f"{len(extra)} in mem but not ref ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+    hint = " (tie_word_embeddings differs?)" if "lm_head.weight" in missing + extra else ""
+    raise MoxError(f"{where}: different tensor names: {'; '.join(parts)}{hint}")
+
+
+def extrapolate_state_dict(
+    ref_sd: Mapping[str, torch.Tensor], mem_sd: Mapping[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """Eq. 8 over in-memory state dicts (used by the training loop, e.g. for the momentum average)."""
+    _check_same_keys(list(ref_sd), list(mem_sd), "state dicts")
+    out = {}
+    for name, r in ref_sd.items():
+        m = mem_sd[name]
+        if r.shape != m.shape:
+            raise MoxError(f"tensor {name}: shape {tuple(r.shape)} in ref but {tuple(m.shape)} in mem")
+        if r.dtype != m.dtype:
+            raise MoxError(f"tensor {name}: dtype {r.dtype} in ref but {m.dtype} in mem")
+        out[name] = extrapolate_tensor(r, m, alpha)
+    return out
+
+
+# ----------------------------------------------------------------------------- folder checks
+
+
+def alpha_label(alpha: float) -> str:
+    """Shortest exact text for alpha, used in folder names: 4 -> "4", 0.5 -> "0.5", -1 -> "-1"."""
+    text = repr(float(alpha))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _check_alphas(alphas: Sequence[float], allow_negative: bool) -> list[float]:
+    """Refuse empty, non-finite, duplicate, or (without allow_negative) non-positive alphas."""
+    if isinstance(alphas, (int, float)):
+        alphas = [alphas]
+    values = [float(a) for a in alphas]
+    if not values:
+        raise MoxError("no --alpha given")
+    for a in values:
+        if not math.isfinite(a):
+            raise MoxError(f"alpha {a} is not a finite number")
+        if a <= 0 and not allow_negative:
+            raise MoxError(
+                f"alpha {alpha_label(a)} <= 0 does not extrapolate away from mem "
+                "(0 copies ref, -1 gives mem, between is interpolation); pass --allow-negative to do it anyway"
+            )
+    dupes = sorted({alpha_label(a) for a in values if values.count(a) > 1})
+    if dupes:
+        raise MoxError(f"duplicate alpha values: {', '.join(dupes)}")
+    return values
+
+
+def _check_model_dir(path: Path, role: str) -> None:
+    """Refuse a missing folder or one without config.json: the output would not be loadable."""
+    if not path.is_dir():
+        raise MoxError(f"{role} folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise MoxError(f"{role} folder {path} has no config.json; expected a Hugging Face model folder")
+
+
+def _check_compatible(ref: Mapping[str, TensorInfo], mem: Mapping[str, TensorInfo]) -> None:
+    """Same names, shapes and dtypes in both checkpoints, else a one-line refusal naming a tensor."""
+    _check_same_keys(list(ref), list(mem), "ref and mem")
+    for name, r in ref.items():
+        m = mem[name]
+        if r.shape != m.shape:
+            raise MoxError(f"tensor {name}: shape {list(r.shape)} in ref but {list(m.shape)} in mem")
+        if r.dtype != m.dtype:
+            raise MoxError(f"tensor {name}: dtype {r.dtype} in ref but {m.dtype} in mem")
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def extrapolate_folders(
+    ref: Path,
+    mem: Path,
+    alphas: Sequence[float],
+    out: Path,
+    *,
+    shard_size: str | int = "2GB",
+    overwrite: bool = False,
+    allow_negative: bool = False,
+    progress: bool = True,
+    card_fields: Mapping[str, object] | None = None,
+) -> list[Path]:
+    """Write Eq. 8 models as HF folders: `out` for one alpha, `out/alpha-<A>/` for several.
+
+    All checks run before anything is written; the inputs are read once whatever the number of
+    alphas; the whole of `out` appears atomically. Returns the model folders written.
+    """
+    ref, mem, out = Path(ref), Path(mem), Path(out)
+    values = _check_alphas(alphas, allow_negative)
+    cap = parse_size(shard_size)
+    _check_model_dir(ref, "--ref")
+    _check_model_dir(mem, "--mem")
+    check_output_dir(out, overwrite=overwrite, inputs=[ref, mem])
+    ref_infos, mem_infos = read_tensor_infos(ref), read_tensor_infos(mem)
+    _check_compatible(ref_infos, mem_infos)
+
+    subdirs = [Path(".")] if len(values) == 1 else [Path(f"alpha-{alpha_label(a)}") for a in values]
+    with (
+        atomic_output_dir(out, overwrite=overwrite, inputs=[ref, mem]) as tmp,
+        ShardSaver() as saver,
+        _spare_one_core(),
+    ):
+        writers = [ShardWriter(tmp / sub, cap, saver=saver) for sub in subdirs]
+        _stream(ref_infos, mem_infos, values, writers, progress)
+        for writer, sub, alpha in zip(writers, subdirs, values):
+            writer.close()
+            copy_aux_files(ref, tmp / sub)
+            _write_card(tmp / sub, ref, mem, alpha, cap, card_fields)
+    return [out / sub if str(sub) != "." else out for sub in subdirs]
+
+
+@contextmanager
+def _spare_one_core() -> Iterator[None]:
+    """Use one torch thread fewer while the saver thread writes shards.
+
+    On a small machine, torch's threads spin-waiting for a core that the writer holds slow the
+    arithmetic down many times over; leaving it a core lets compute and disk writes overlap.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _stream(
+    ref_infos: Mapping[str, TensorInfo],
+    mem_infos: Mapping[str, TensorInfo],
+    alphas: Sequence[float],
+    writers: Sequence[ShardWriter],
+    progress: bool,
+) -> None:
+    """Read each tensor pair once (ref file order, then file offset) and feed every alpha's writer."""
+    from safetensors import safe_open
+    from tqdm.auto import tqdm
+
+    order = sorted(ref_infos, key=lambda n: (str(ref_infos[n].file), ref_infos[n].offset))
+    total = sum(ref_infos[n].nbytes + mem_infos[n].nbytes for n in order)
+    with ExitStack() as stack:
+        handles: dict[Path, object] = {}
+
+        def handle(path: Path):
+            # safe_open memory-maps the file: tensors it returns are file pages, not heap
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+            return handles[path]
+
+        bar = stack.enter_context(
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="extrapolate", disable=not progress)
+        )
+        for name in order:
+            nbytes = ref_infos[name].nbytes
+            r = handle(ref_infos[name].file).get_tensor(name)
+            m = handle(mem_infos[name].file).get_tensor(name)
+            if not r.is_floating_point():
+                r = r.clone()  # own the bytes rather than keep a view into a mapped file
+            for batch in _alpha_batches(len(alphas), nbytes, writers[0].cap):
+                for i in batch:
+                    writers[i].reserve(nbytes)  # flush first, so a writer never holds a shard + this tensor
+                for i, o in zip(batch, extrapolate_tensors(r, m, [alphas[i] for i in batch])):
+                    writers[i].add(name, o)
+            del r, m
+            bar.update(nbytes + mem_infos[name].nbytes)
+
+
+def _alpha_batches(n_alpha: int, nbytes: int, cap: int) -> list[list[int]]:
+    """Alphas computed together for one tensor: all at once (inputs converted once), except for a
+    tensor that fills a shard by itself, whose outputs are made and written one alpha at a time so
+    memory holds one copy of it rather than n_alpha copies."""
+    if nbytes >= cap:
+        return [[i] for i in range(n_alpha)]
+    return [list(range(n_alpha))]
+
+
+def _write_card(
+    out_dir: Path, ref: Path, mem: Path, alpha: float, cap: int, card_fields: Mapping[str, object] | None
+) -> None:
+    """README recording method, alpha and both source models, so the output explains itself."""
+    fields: dict[str, object] = {
+        "method": METHOD,
+        "formula": FORMULA,
+        "alpha": alpha_label(alpha),
+        "reference model (theta_ref)": str(ref.resolve()),
+        "memorization model (theta_mem)": str(mem.resolve()),
+        "max shard size (bytes)": cap,
+    }
+    fields.update(card_fields or {})
+    body = (
+        "Made with `mox extrapolate`: every floating-point weight is computed in fp32 as "
+        "`(1 + alpha) * ref - alpha * mem` and cast back to its original dtype; integer and bool "
+        "tensors are copied from the reference model, as are config and tokenizer files."
+    )
+    write_model_card(out_dir, title=f"MOX-unlearned model (alpha = {alpha_label(alpha)})", fields=fields, body=body)

@@ -1,0 +1,440 @@
+"""Small helpers for ordinary Hugging Face model folders: weights, aux files, cards, safe output.
+
+Every model that `mox` reads or writes is a plain HF folder (config.json, safetensors shards with an
+index, tokenizer files, README card), so other tools can load it without knowing about this package.
+Nothing here loads a whole model: weights are handled tensor by tensor so memory stays near one shard.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from mox_unlearn.errors import MoxError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+# Files that make an HF folder loadable and usable besides the weights; copied when present.
+AUX_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def copy_aux_files(src: Path, dst: Path) -> None:
+    """Copy the config, generation config and tokenizer files that exist in `src` into `dst`.
+
+    Weights and the model card are deliberately not copied: the caller writes new ones.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in AUX_FILES:
+        path = Path(src) / name
+        if path.is_file():
+            shutil.copy2(path, dst / name)
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def _cell(value: object) -> str:
+    """Render a value for one markdown table cell (pipes and newlines would break the table)."""
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_model_card(out_dir: Path, *, title: str, fields: Mapping[str, object], body: str = "") -> None:
+    """Write `out_dir/README.md` recording how the model was made, so the folder explains itself.
+
+    `fields` become a key/value table (method, alpha, source models, data, ...); the package version
+    and the UTC date are added unless the caller already gave them.
+    """
+    from mox_unlearn import __version__
+
+    rows = dict(fields)
+    rows.setdefault("mox-unlearn version", __version__)
+    rows.setdefault("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- mox-unlearn",
+        "- unlearning",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *(f"| {_cell(k)} | {_cell(v)} |" for k, v in rows.items()),
+        "",
+    ]
+    if body:
+        lines += [body.rstrip(), ""]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- safe output
+
+
+def check_output_dir(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output path that would clobber an input or existing work; writes nothing.
+
+    Separate from `atomic_output_dir` so callers can run every check before starting slow work.
+    """
+    out_r = Path(out).resolve()
+    for inp in inputs:
+        inp_r = Path(inp).resolve()
+        if out_r == inp_r:
+            raise MoxError(f"output folder {out} is the same as input {inp}; choose another --out")
+        if out_r.is_relative_to(inp_r):
+            raise MoxError(f"output folder {out} is inside input {inp}; choose another --out")
+        if inp_r.is_relative_to(out_r):
+            raise MoxError(f"output folder {out} contains input {inp}; choose another --out")
+    if out_r.exists():
+        if not out_r.is_dir():
+            raise MoxError(f"output path {out} exists and is not a folder")
+        if any(out_r.iterdir()) and not overwrite:
+            raise MoxError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+
+
+@contextmanager
+def atomic_output_dir(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a temp folder beside `out` that becomes `out` only if the block finishes.
+
+    A crash or Ctrl-C therefore never leaves a half-written model that looks complete; the temp
+    folder sits in the same parent so the final step is a cheap rename on one file system.
+    """
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite, inputs=inputs)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes it 0700; the result should be an ordinary folder
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, out.resolve())
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move `tmp` to `out`, first moving an old `out` aside so it is removed only after success."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old / out.name, out)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- sizes
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(s: str | int) -> int:
+    """Bytes in "2GB", "256MB", "1.5GB", "512MiB" or an int; decimal units as Hugging Face uses them."""
+    if isinstance(s, bool):
+        raise MoxError(f"invalid size {s!r}; use e.g. 2GB, 256MB, 512MiB or a byte count")
+    if isinstance(s, int):
+        value = s
+    else:
+        m = _SIZE_RE.match(str(s))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise MoxError(f"invalid size {s!r}; use e.g. 2GB, 256MB, 512MiB or a byte count")
+        value = round(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise MoxError(f"invalid size {s!r}; it must be positive")
+    return value
+
+
+# ----------------------------------------------------------------------------- reading weights
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, read from a safetensors header without loading data."""
+
+    file: Path
+    dtype: str  # safetensors dtype code, e.g. "F32", "BF16", "I64"
+    shape: tuple[int, ...]
+    offset: int  # start of the data within the file's data section; orders sequential reads
+    nbytes: int
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse a safetensors header (8-byte length + JSON) so checks never touch the weights."""
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+    except (OSError, struct.error, ValueError) as exc:
+        raise MoxError(f"cannot read safetensors header of {path}: {exc}") from None
+    out: dict[str, TensorInfo] = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = spec["data_offsets"]
+        out[name] = TensorInfo(Path(path), spec["dtype"], tuple(spec["shape"]), start, stop - start)
+    return out
+
+
+def list_weight_files(model_dir: Path) -> dict[str, Path]:
+    """Map tensor name -> safetensors file, from the shard index if there is one.
+
+    Only safetensors are supported: they can be opened lazily one tensor at a time.
+    """
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MoxError(f"bad shard index {index}: {exc}") from None
+        files = {name: model_dir / fname for name, fname in weight_map.items()}
+        for path in sorted(set(files.values())):
+            if not path.is_file():
+                raise MoxError(f"shard {path.name} listed in {index} is missing")
+        return files
+    single = model_dir / SINGLE_NAME
+    if single.is_file():
+        return {name: single for name in read_safetensors_header(single)}
+    if any(model_dir.glob("pytorch_model*.bin")):
+        raise MoxError(
+            f"{model_dir} has only pytorch_model*.bin weights; safetensors are needed "
+            "(re-save with model.save_pretrained(dir, safe_serialization=True))"
+        )
+    raise MoxError(f"no {SINGLE_NAME} or {INDEX_NAME} in {model_dir}; safetensors weights are needed")
+
+
+def read_tensor_infos(model_dir: Path) -> dict[str, TensorInfo]:
+    """Name -> TensorInfo for every tensor of a folder, checking the index against the shard headers."""
+    files = list_weight_files(model_dir)
+    infos: dict[str, TensorInfo] = {}
+    for path in sorted(set(files.values())):
+        for name, info in read_safetensors_header(path).items():
+            if files.get(name) == path:
+                infos[name] = info
+    missing = [n for n in files if n not in infos]
+    if missing:
+        raise MoxError(f"tensor {missing[0]} listed in the index of {model_dir} is not in {files[missing[0]].name}")
+    return infos
+
+
+# ----------------------------------------------------------------------------- writing weights
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _umask_mode(mode: int) -> int:
+    """`mode` filtered by the process umask (read without a lasting change)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only).
+
+    Freed shard tensors of a few MB stay in malloc's heap otherwise, and the resident set grows to
+    about twice the shard size by fragmentation; trimming after each shard keeps it near one shard.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write one shard, make it readable like any file the user creates, and free its tensors."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, _umask_mode(0o666))  # save_file creates files 0600
+    tensors.clear()
+    _release_freed_memory()
+
+
+class ShardSaver:
+    """Writes one shard at a time in a worker thread, shared by any number of ShardWriters.
+
+    The next shard is computed while the previous one goes to disk (save_file releases the GIL), and
+    since at most one shard is in flight, memory grows by at most one shard. Errors surface on the
+    next `submit` or on `wait`. Use as a context manager so the thread is always joined.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mox-shard-saver")
+        self._last = None
+
+    def submit(self, job) -> None:
+        """Wait for the shard in flight, then start `job()` in the background."""
+        self.wait()
+        self._last = self._pool.submit(job)
+
+    def wait(self) -> None:
+        """Block until the shard in flight is written; re-raise its error if it failed."""
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def __enter__(self) -> "ShardSaver":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self._last is not None:
+                self._last.exception()  # join quietly: the error already propagating wins
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class ShardWriter:
+    """Write tensors into size-capped safetensors shards, holding at most one shard in memory.
+
+    The shard count is known only at the end, so shards get temp names and are renamed by `close()`
+    to HF's `model-0000i-of-0000N.safetensors` (+ index), or to `model.safetensors` if one shard.
+    A shard is started when adding a tensor would exceed the cap (as Hugging Face does); a tensor
+    bigger than the cap gets a shard of its own. With a `saver`, shards are written in the background.
+    """
+
+    def __init__(self, out_dir: Path, max_shard_size: str | int = "2GB", *, saver: ShardSaver | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.cap = parse_size(max_shard_size)
+        self.saver = saver
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []  # (temp file, tensor names)
+        self._seen: set[str] = set()
+        self.total_size = 0
+        self._closed = False
+
+    def reserve(self, nbytes: int) -> None:
+        """Flush now if a tensor of `nbytes` would not fit in the current shard.
+
+        `add` makes the same decision, so shard contents do not change; calling it *before* computing
+        the tensor keeps memory at one shard per writer instead of one shard plus the new tensor.
+        """
+        if self._pending and self._pending_bytes + nbytes > self.cap:
+            self.flush()
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue one tensor; flush the current shard first if this tensor would push it over the cap."""
+        if self._closed:
+            raise ValueError("ShardWriter is closed")
+        if name in self._seen:
+            raise ValueError(f"tensor {name} added twice")
+        size = _nbytes(tensor)
+        self.reserve(size)
+        self._seen.add(name)
+        self._pending[name] = tensor.detach().contiguous()
+        self._pending_bytes += size
+        self.total_size += size
+        if self._pending_bytes >= self.cap:
+            self.flush()  # full (or one oversized tensor): any further add would flush anyway
+
+    def flush(self) -> None:
+        """Write the queued tensors as one shard file (now, or in the saver's thread) and let them go."""
+        if not self._pending:
+            return
+        tensors, self._pending, self._pending_bytes = self._pending, {}, 0
+        path = self.out_dir / f".shard-{len(self._shards) + 1:05d}.safetensors.tmp"
+        self._shards.append((path, list(tensors)))
+        if self.saver is None:
+            _save_shard(tensors, path)
+        else:
+            self.saver.submit(lambda: _save_shard(tensors, path))
+
+    def close(self) -> list[Path]:
+        """Flush, give shards their final names and write the index; returns the shard paths."""
+        if self._closed:
+            raise ValueError("ShardWriter is closed")
+        self.flush()
+        if self.saver is not None:
+            self.saver.wait()
+        self._closed = True
+        if not self._shards:  # nothing added: still leave a valid (empty) checkpoint
+            _save_shard({}, self.out_dir / SINGLE_NAME)
+            return [self.out_dir / SINGLE_NAME]
+        if len(self._shards) == 1:
+            final = self.out_dir / SINGLE_NAME
+            os.replace(self._shards[0][0], final)
+            return [final]
+        n = len(self._shards)
+        weight_map: dict[str, str] = {}
+        finals = []
+        for i, (tmp, names) in enumerate(self._shards, start=1):
+            final = self.out_dir / f"model-{i:05d}-of-{n:05d}.safetensors"
+            os.replace(tmp, final)
+            finals.append(final)
+            weight_map.update({name: final.name for name in names})
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return finals
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Only a clean exit finalises; on error the caller's atomic_output_dir removes the pieces.
+        if exc_type is None and not self._closed:
+            self.close()

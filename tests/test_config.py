@@ -1,0 +1,46 @@
+"""Config: YAML, flags and key=value overrides with types and one-line errors."""
+
+import pytest
+
+from mox_unlearn.config import load_config, parse_override
+from mox_unlearn.errors import MoxError
+
+
+def test_precedence_defaults_yaml_flags_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 2.0e-5\nepochs: 3\nalpha: 2\nprompt:\n  chat_template: never\nloss:\n  lambda_kl: 0.5\n")
+    cfg = load_config(f, ["epochs=4", "loss.beta=0.2", "prompt.question_template=Q: {question}\\nA:"], {"alpha": 8.0, "model": None})
+    assert cfg.lr == 2e-5 and cfg.epochs == 4 and cfg.alpha == 8.0 and isinstance(cfg.alpha, float)
+    assert cfg.loss == {"lambda_kl": 0.5, "beta": 0.2}
+    assert cfg.prompt.chat_template == "never" and cfg.prompt.question_template.startswith("Q: ")
+    assert cfg.weight_decay == 0.01 and cfg.batch_size == 32 and cfg.eta == 0.675  # paper defaults
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("learning_rate=1", "unknown config key 'learning_rate'; valid keys: model"),
+        ("epochs=many", "config epochs: expected an integer"),
+        ("targeted=maybe", "config targeted: expected true/false"),
+        ("prompt.colour=red", "unknown config key 'colour'"),
+        ("novalue", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_fail_with_one_line(override, message):
+    with pytest.raises(MoxError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(MoxError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(MoxError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_override_values_are_read_as_yaml():
+    assert parse_override("lr=1e-5") == ("lr", 1e-5)
+    assert parse_override("max_steps=null") == ("max_steps", None)
+    assert parse_override("out=runs/a=b") == ("out", "runs/a=b")

@@ -1,0 +1,417 @@
+"""MOX extrapolation (Eq. 8) over tensors, state dicts and HF folders, plus the model-folder helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.extrapolate import (
+    alpha_label,
+    extrapolate_folders,
+    extrapolate_state_dict,
+    extrapolate_tensor,
+    extrapolate_tensors,
+)
+from mox_unlearn.modelio import (
+    ShardWriter,
+    atomic_output_dir,
+    list_weight_files,
+    parse_size,
+    read_safetensors_header,
+)
+from mox_unlearn.tiny import build_tiny_llama
+
+THREE_SHARDS = "64KB"  # the tiny fp32 Llama is ~159 KB: 64 KB shards give exactly 3 files
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_sd(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors folder, copied into memory."""
+    sd = {}
+    for name, path in list_weight_files(model_dir).items():
+        with safe_open(str(path), framework="pt") as f:
+            sd[name] = f.get_tensor(name).clone()
+    return sd
+
+
+def expected_sd(ref: dict, mem: dict, alpha: float) -> dict[str, torch.Tensor]:
+    """Eq. 8 written out plainly: fp32 math on whole tensors, one cast back."""
+    out = {}
+    for k, r in ref.items():
+        if r.is_floating_point():
+            out[k] = ((1 + alpha) * r.float() - alpha * mem[k].float()).to(r.dtype)
+        else:
+            out[k] = r
+    return out
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
+
+
+def assert_sd_bytes_equal(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    bad = [k for k in want if not same_bytes(got[k], want[k])]
+    assert not bad, f"tensors differ: {bad[:5]}"
+
+
+def n_shards(model_dir: Path) -> int:
+    return len(list(Path(model_dir).glob("*.safetensors")))
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Temp or backup folders that atomic_output_dir must never leave behind."""
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def run(ref, mem, alphas, out, **kw):
+    kw.setdefault("progress", False)
+    return extrapolate_folders(ref, mem, alphas, out, **kw)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer, tiny_model_dir) -> dict[str, Path]:
+    """Reference/memorization pairs with the same config, in several layouts and dtypes."""
+    root = tmp_path_factory.mktemp("extrap-models")
+    m = {"ref": tiny_model_dir, "mem": build_tiny_llama(root / "mem", tokenizer, seed=1)}
+    m["ref3"] = build_tiny_llama(root / "ref3", tokenizer, seed=0, max_shard_size=THREE_SHARDS)
+    m["mem3"] = build_tiny_llama(root / "mem3", tokenizer, seed=1, max_shard_size=THREE_SHARDS)
+    m["tied_ref"] = build_tiny_llama(root / "tied_ref", tokenizer, seed=0, tie_word_embeddings=True)
+    m["tied_mem"] = build_tiny_llama(root / "tied_mem", tokenizer, seed=1, tie_word_embeddings=True)
+    m["bf16_ref"] = build_tiny_llama(root / "bf16_ref", tokenizer, seed=0, dtype=torch.bfloat16)
+    m["bf16_mem"] = build_tiny_llama(root / "bf16_mem", tokenizer, seed=1, dtype=torch.bfloat16)
+    m["wide_mem"] = build_tiny_llama(root / "wide_mem", tokenizer, seed=1, intermediate_size=48)
+    return m
+
+
+# ----------------------------------------------------------------------------- tensor math
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alpha", [4.0, 0.5, 1 / 3])
+def test_extrapolate_tensor_is_eq8_in_fp32(dtype, alpha):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(600, 700, generator=g).to(dtype)  # > one work chunk, not a multiple of it
+    mem = torch.randn(600, 700, generator=g).to(dtype)
+    got = extrapolate_tensor(ref, mem, alpha)
+    want = ((1 + alpha) * ref.float() - alpha * mem.float()).to(dtype)
+    assert same_bytes(got, want)
+    assert same_bytes(ref, torch.randn(600, 700, generator=torch.Generator().manual_seed(0)).to(dtype))  # untouched
+
+
+def test_extrapolate_tensor_by_hand_and_special_alphas():
+    ref, mem = torch.tensor([1.0, 2.0, -3.0]), torch.tensor([0.5, 2.0, -1.0])
+    assert torch.equal(extrapolate_tensor(ref, mem, 4.0), torch.tensor([3.0, 2.0, -11.0]))
+    assert torch.equal(extrapolate_tensor(ref, mem, 0.0), ref)
+    assert torch.equal(extrapolate_tensor(ref, mem, -1.0), mem)
+    ids = torch.tensor([1, 2, 3])
+    assert extrapolate_tensor(ids, ids + 7, 4.0) is ids  # integer buffers are copied from ref
+    flags = torch.tensor([True, False])
+    assert extrapolate_tensor(flags, ~flags, 4.0) is flags
+    a, b = extrapolate_tensors(ref, mem, [4.0, 1.0])
+    assert torch.equal(a, torch.tensor([3.0, 2.0, -11.0])) and torch.equal(b, 2 * ref - mem)
+    with pytest.raises(ValueError):
+        extrapolate_tensor(torch.zeros(3), torch.zeros(1), 1.0)  # no silent broadcasting
+
+
+def test_extrapolate_state_dict(models):
+    ref, mem = load_sd(models["ref"]), load_sd(models["mem"])
+    assert_sd_bytes_equal(extrapolate_state_dict(ref, mem, 4.0), expected_sd(ref, mem, 4.0))
+    del mem["lm_head.weight"]
+    with pytest.raises(MoxError, match="lm_head.weight"):
+        extrapolate_state_dict(ref, mem, 4.0)
+
+
+# ----------------------------------------------------------------------------- folders: results
+
+
+def test_single_file_equals_in_memory_eq8(models, tmp_path):
+    out = tmp_path / "out"
+    assert run(models["ref"], models["mem"], [4.0], out) == [out]
+    assert (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").exists()
+    want = expected_sd(load_sd(models["ref"]), load_sd(models["mem"]), 4.0)
+    assert_sd_bytes_equal(load_sd(out), want)
+    assert leftovers(tmp_path) == []
+
+
+def test_three_shard_inputs(models, tmp_path):
+    assert n_shards(models["ref3"]) == 3 and n_shards(models["mem3"]) == 3
+    want = expected_sd(load_sd(models["ref"]), load_sd(models["mem"]), 2.5)
+    run(models["ref3"], models["mem3"], [2.5], tmp_path / "both")
+    assert_sd_bytes_equal(load_sd(tmp_path / "both"), want)
+    run(models["ref3"], models["mem"], [2.5], tmp_path / "mixed")  # ref sharded, mem one file
+    assert_sd_bytes_equal(load_sd(tmp_path / "mixed"), want)
+
+
+def test_alpha_zero_copies_ref_and_minus_one_gives_mem(models, tmp_path):
+    outs = run(models["ref"], models["mem"], [0.0, -1.0], tmp_path / "o", allow_negative=True)
+    assert [p.name for p in outs] == ["alpha-0", "alpha--1"]
+    ref, mem = load_sd(models["ref"]), load_sd(models["mem"])
+    for got, want in ((load_sd(outs[0]), ref), (load_sd(outs[1]), mem)):
+        assert sorted(got) == sorted(want)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_multi_alpha_equals_separate_runs(models, tmp_path):
+    alphas = [4.0, 0.5, 1.0]
+    outs = run(models["ref3"], models["mem"], alphas, tmp_path / "multi", shard_size="50KB")
+    assert [p.name for p in outs] == ["alpha-4", "alpha-0.5", "alpha-1"]
+    for alpha, multi in zip(alphas, outs):
+        single = run(models["ref3"], models["mem"], [alpha], tmp_path / f"single-{alpha}", shard_size="50KB")[0]
+        assert sorted(p.name for p in multi.iterdir() if p.name != "README.md") == sorted(
+            p.name for p in single.iterdir() if p.name != "README.md"
+        )
+        assert_sd_bytes_equal(load_sd(multi), load_sd(single))
+        for shard in multi.glob("*.safetensors"):
+            assert shard.read_bytes() == (single / shard.name).read_bytes()
+
+
+def test_output_is_a_loadable_hf_folder(models, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = run(models["ref"], models["mem"], [4.0], tmp_path / "out", card_fields={"data": "forget.jsonl"})[0]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    want = expected_sd(load_sd(models["ref"]), load_sd(models["mem"]), 4.0)
+    assert torch.equal(model.state_dict()["model.layers.1.mlp.up_proj.weight"], want["model.layers.1.mlp.up_proj.weight"])
+    ids = tok("Where was Alia Vorn born?", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] == len(tok)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (models["ref"] / name).read_bytes()
+    card = (out / "README.md").read_text()
+    for text in ("MOX extrapolation (Eq. 8)", "| alpha | 4 |", str(models["ref"].resolve()),
+                 str(models["mem"].resolve()), "forget.jsonl", "mox-unlearn version", "date"):
+        assert text in card
+
+
+def test_tied_embeddings(models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = run(models["tied_ref"], models["tied_mem"], [4.0], tmp_path / "tied")[0]
+    got = load_sd(out)
+    assert "lm_head.weight" not in got
+    assert_sd_bytes_equal(got, expected_sd(load_sd(models["tied_ref"]), load_sd(models["tied_mem"]), 4.0))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(model.lm_head.weight, got["model.embed_tokens.weight"])
+
+
+def test_bf16_stays_bf16(models, tmp_path):
+    out = run(models["bf16_ref"], models["bf16_mem"], [4.0], tmp_path / "bf16")[0]
+    header = read_safetensors_header(out / "model.safetensors")
+    assert {info.dtype for info in header.values()} == {"BF16"}
+    assert_sd_bytes_equal(load_sd(out), expected_sd(load_sd(models["bf16_ref"]), load_sd(models["bf16_mem"]), 4.0))
+
+
+def test_non_float_tensors_come_from_ref(models, tmp_path):
+    ref, mem = tmp_path / "ref", tmp_path / "mem"
+    for d, seed in ((ref, 0), (mem, 1)):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        g = torch.Generator().manual_seed(seed)
+        save_file({"w": torch.randn(4, 4, generator=g), "steps": torch.tensor([seed + 10]),
+                   "mask": torch.tensor([bool(seed), True])}, str(d / "model.safetensors"))
+    got = load_sd(run(ref, mem, [4.0], tmp_path / "out")[0])
+    assert torch.equal(got["steps"], torch.tensor([10])) and torch.equal(got["mask"], torch.tensor([False, True]))
+
+
+def test_overwrite_replaces_and_empty_dir_is_fine(models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run(models["ref"], models["mem"], [4.0], out)  # existing empty folder: allowed
+    (out / "stale.txt").write_text("old")
+    run(models["ref"], models["mem"], [0.5, 1.0], out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["alpha-0.5", "alpha-1"]
+    assert leftovers(tmp_path) == []
+
+
+def test_output_shards_respect_cap(models, tmp_path):
+    cap = parse_size("30KB")  # smaller than the 38.4 KB embedding matrices
+    out = run(models["ref"], models["mem"], [4.0], tmp_path / "out", shard_size="30KB")[0]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 3 and shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert sorted(index["weight_map"]) == sorted(load_sd(models["ref"]))
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    total = 0
+    for shard in shards:
+        header = read_safetensors_header(shard)
+        data = sum(info.nbytes for info in header.values())
+        total += data
+        assert data <= cap or len(header) == 1, (shard.name, data)
+    assert index["metadata"]["total_size"] == total
+    assert any(len(read_safetensors_header(s)) == 1 and sum(i.nbytes for i in read_safetensors_header(s).values()) > cap
+               for s in shards)  # the oversized embedding got a shard of its own
+
+
+# ----------------------------------------------------------------------------- folders: refusals
+
+
+def _no_bin_model(tmp_path: Path) -> Path:
+    d = tmp_path / "binonly"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    return d
+
+
+REFUSALS = {
+    "different keys": (lambda m, t: (m["ref"], m["tied_mem"], [4.0], {}), "lm_head.weight"),
+    "shape": (lambda m, t: (m["ref"], m["wide_mem"], [4.0], {}), "shape"),
+    "dtype": (lambda m, t: (m["ref"], m["bf16_mem"], [4.0], {}), "dtype"),
+    "alpha zero": (lambda m, t: (m["ref"], m["mem"], [0.0], {}), "allow-negative"),
+    "alpha negative": (lambda m, t: (m["ref"], m["mem"], [4.0, -1.0], {}), "allow-negative"),
+    "alpha nan": (lambda m, t: (m["ref"], m["mem"], [float("nan")], {}), "finite"),
+    "no alpha": (lambda m, t: (m["ref"], m["mem"], [], {}), "alpha"),
+    "duplicate alpha": (lambda m, t: (m["ref"], m["mem"], [4.0, 2.0, 4], {}), "duplicate"),
+    "missing folder": (lambda m, t: (t / "nope", m["mem"], [4.0], {}), "does not exist"),
+    "missing config": (lambda m, t: (m["ref"], t / "noconfig", [4.0], {}), "config.json"),
+    "bin only": (lambda m, t: (_no_bin_model(t), m["mem"], [4.0], {}), "safetensors"),
+    "bad shard size": (lambda m, t: (m["ref"], m["mem"], [4.0], {"shard_size": "2 parsecs"}), "size"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusals_write_nothing(case, models, tmp_path):
+    (tmp_path / "noconfig").mkdir()
+    make, pattern = REFUSALS[case]
+    ref, mem, alphas, kw = make(models, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(MoxError, match=pattern) as info:
+        run(ref, mem, alphas, tmp_path / "out", **kw)
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no out, no temp folder
+
+
+def test_refuses_non_empty_out_without_overwrite(models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(MoxError, match="not empty"):
+        run(models["ref"], models["mem"], [4.0], out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["ref itself", "inside ref", "mem itself", "parent of mem"])
+def test_refuses_out_overlapping_an_input(where, models, tmp_path, tokenizer):
+    ref = tmp_path / "models" / "ref"
+    shutil.copytree(models["ref"], ref)
+    mem = shutil.copytree(models["mem"], tmp_path / "models" / "mem")
+    out = {"ref itself": ref, "inside ref": ref / "sub", "mem itself": mem, "parent of mem": mem.parent}[where]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(MoxError, match="input"):
+        run(ref, mem, [4.0], out, overwrite=True)  # even --overwrite must not touch an input
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
+    import mox_unlearn.extrapolate as ex
+
+    real, calls = ex.extrapolate_tensors, []
+
+    def flaky(ref, mem, alphas):
+        calls.append(1)
+        if len(calls) == 12:
+            raise RuntimeError("disk on fire")
+        return real(ref, mem, alphas)
+
+    monkeypatch.setattr(ex, "extrapolate_tensors", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(models["ref3"], models["mem3"], [4.0, 2.0], tmp_path / "out", shard_size="30KB")
+    assert len(calls) == 12 and sorted(p.name for p in tmp_path.iterdir()) == []
+
+    out = tmp_path / "old"  # with --overwrite, a failure keeps the old output intact
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        run(models["ref"], models["mem"], [4.0], out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- modelio helpers
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("2GB", 2 * 10**9), ("256MB", 256 * 10**6), ("500KB", 500_000), ("1.5GB", 1_500_000_000),
+     ("512MiB", 512 * 2**20), ("1GiB", 2**30), ("100", 100), (4096, 4096), (" 2 gb ", 2 * 10**9)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "GB", "2XB", "-1GB", "0", 0, -5, "1.2.3MB", True])
+def test_parse_size_rejects(bad):
+    with pytest.raises(MoxError):
+        parse_size(bad)
+
+
+def test_alpha_label():
+    assert [alpha_label(a) for a in (4, 4.0, 0.5, -1, 0.125, 1e-5)] == ["4", "4", "0.5", "-1", "0.125", "1e-05"]
+
+
+def test_shard_writer_single_and_many(tmp_path):
+    t = {f"t{i}": torch.full((250,), float(i)) for i in range(5)}  # 1000 bytes each
+    with ShardWriter(tmp_path / "one", "10KB") as w:
+        for k, v in t.items():
+            w.add(k, v)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model.safetensors"]
+
+    w = ShardWriter(tmp_path / "many", 2000)
+    for k, v in t.items():
+        w.add(k, v)
+    paths = w.close()
+    assert [p.name for p in paths] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 5000
+    assert index["weight_map"]["t4"] == "model-00003-of-00003.safetensors"
+    assert list_weight_files(tmp_path / "many")["t2"] == tmp_path / "many" / "model-00002-of-00003.safetensors"
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == sorted(
+        [p.name for p in paths] + ["model.safetensors.index.json"])  # no temp names left
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    w2 = ShardWriter(tmp_path / "dup", 2000)
+    w2.add("a", t["t0"])
+    with pytest.raises(ValueError, match="twice"):
+        w2.add("a", t["t1"])
+
+
+def test_list_weight_files_errors(tmp_path):
+    with pytest.raises(MoxError, match="safetensors"):
+        list_weight_files(_no_bin_model(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MoxError, match="safetensors"):
+        list_weight_files(tmp_path / "empty")
+    d = tmp_path / "lost"
+    d.mkdir()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    with pytest.raises(MoxError, match="gone.safetensors"):
+        list_weight_files(d)
+
+
+def test_atomic_output_dir(tmp_path):
+    out = tmp_path / "deep" / "out"  # parent created on demand
+    with atomic_output_dir(out) as tmp:
+        assert tmp.parent == out.parent and tmp.name.startswith(".out.tmp-")
+        (tmp / "f.txt").write_text("x")
+        assert not out.exists()
+    assert (out / "f.txt").read_text() == "x"
+    with pytest.raises(KeyError):
+        with atomic_output_dir(tmp_path / "b") as tmp:
+            (tmp / "f.txt").write_text("x")
+            raise KeyError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
