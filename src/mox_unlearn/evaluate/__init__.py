@@ -1,0 +1,1 @@
+"""Evaluation: model-touching statistics (log-probs, generation) and pure metric functions."""

@@ -1,0 +1,155 @@
+"""MUSE evaluation (Shi et al., 2024): VerbMem, KnowMem on forget and retain, PrivLeak.
+
+Prompts are raw text (no chat template), as in the benchmark: VerbMem continues a news prefix,
+KnowMem answers after few-shot "Question: ...\\nAnswer: ...\\n\\n" blocks. Definitions in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.stats import generate_greedy, text_token_logprobs
+
+MUSE_HUB_ID = "muse-bench/MUSE-News"
+# (subset, local file stem, hub split) of every file the evaluation reads.
+FILES = {
+    "verbmem_forget": ("verbmem", "forget", "forget"),
+    "knowmem_forget": ("knowmem", "forget_qa", "forget_qa"),
+    "knowmem_forget_icl": ("knowmem", "forget_qa_icl", "forget_qa_icl"),
+    "knowmem_retain": ("knowmem", "retain2_qa", "retain_qa"),
+    "knowmem_retain_icl": ("knowmem", "retain2_qa_icl", "retain_qa_icl"),
+    "privleak_forget": ("privleak", "forget", "forget"),
+    "privleak_holdout": ("privleak", "holdout", "holdout"),
+}
+VERBMEM_TOKENS, KNOWMEM_TOKENS, MIN_K = 128, 32, 0.4
+KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")  # as MUSE's eval code
+
+
+def load_muse(source: str, key: str) -> list:
+    """One MUSE file as a list: local folder (shared/data/muse-news layout) or hub id (subset, split)."""
+    subset, stem, split = FILES[key]
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        file = folder / subset / f"{stem}.json"
+        if not file.is_file():
+            raise MoxError(f"MUSE file not found: {file}")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise MoxError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    else:
+        try:
+            import datasets
+
+            data = list(datasets.load_dataset(source, subset, split=split))
+        except Exception as e:  # noqa: BLE001 - any hub/IO failure becomes one line
+            raise MoxError(f"cannot load MUSE {subset}/{split} from {source!r}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, list) or not data:
+        raise MoxError(f"MUSE {subset}/{stem}: expected a non-empty list")
+    return data
+
+
+def _fields(rows: list, keys: tuple[str, ...], where: str) -> list[tuple]:
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+            raise MoxError(f"{where}[{i}]: expected string fields {', '.join(keys)}")
+        out.append(tuple(row[k] for k in keys))
+    return out
+
+
+def _texts(rows: list, where: str) -> list[str]:
+    out = []
+    for i, row in enumerate(rows):
+        text = row.get("text") if isinstance(row, dict) else row
+        if not isinstance(text, str):
+            raise MoxError(f"{where}[{i}]: expected a text string")
+        out.append(text)
+    return out
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def verbmem(model, tokenizer, rows: list, *, batch_size: int) -> dict:
+    """Greedy 128-token continuation of each prompt, ROUGE-L against gt cut to 128 tokens, × 100."""
+    pairs = _fields(rows, ("prompt", "gt"), "verbmem/forget")
+    prompts = [_ids(tokenizer, p) for p, _ in pairs]
+    outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens=VERBMEM_TOKENS, batch_size=batch_size,
+                              desc="verbmem: generate")
+    # MUSE cuts gt to 128 tokens counting the BOS the tokenizer adds, then decodes without it.
+    refs = [tokenizer.decode(_ids(tokenizer, gt)[:VERBMEM_TOKENS], skip_special_tokens=True) for _, gt in pairs]
+    scores = M.rouge_l(outputs, refs, kind=M.MUSE_ROUGE_KIND, use_stemmer=M.MUSE_ROUGE_USE_STEMMER) * 100
+    return {"value": float(scores.mean()), "per_item": scores.tolist(), "generations": outputs}
+
+
+def knowmem_prompt(icl: list[tuple[str, str]], question: str) -> str:
+    shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in icl)
+    return f"{shots}Question: {question}\nAnswer: "
+
+
+def knowmem(model, tokenizer, rows: list, icl_rows: list, name: str, *, batch_size: int) -> dict:
+    """Few-shot QA, greedy 32 new tokens cut at a blank line or "Question", ROUGE-L vs answer × 100."""
+    qa = _fields(rows, ("question", "answer"), f"knowmem/{name}")
+    icl = _fields(icl_rows, ("question", "answer"), f"knowmem/{name}_icl")
+    prompts = [_ids(tokenizer, knowmem_prompt(icl, q)) for q, _ in qa]
+    outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens=KNOWMEM_TOKENS, batch_size=batch_size,
+                              stop_strings=KNOWMEM_STOPS, desc=f"knowmem {name}: generate")
+    scores = M.rouge_l(outputs, [a for _, a in qa], kind=M.MUSE_ROUGE_KIND, use_stemmer=M.MUSE_ROUGE_USE_STEMMER) * 100
+    return {"value": float(scores.mean()), "per_item": scores.tolist(), "generations": outputs}
+
+
+def read_retain_auc(value: str | None) -> tuple[float | None, str]:
+    """AUC of the retrained model: a number, or a `mox eval --benchmark muse` result file of it."""
+    if value is None:
+        return None, "no retain AUC given (--retain-result FILE or NUMBER)"
+    try:
+        return float(value), "given"
+    except ValueError:
+        pass
+    p = Path(value)
+    if not p.is_file():
+        raise MoxError(f"retain result file not found: {p}")
+    try:
+        return float(json.loads(p.read_text())["metrics"]["privleak_auc"]["value"]), str(p)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        raise MoxError(f"{p}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)") from None
+
+
+def evaluate_muse(model, tokenizer, *, data: str = MUSE_HUB_ID, retain_result: str | None = None,
+                  batch_size: int = 8, max_length: int | None = None, limit: int | None = None) -> dict:
+    """All MUSE-News metrics of one model: {"summary": {...}, "metrics": {...}}."""
+    rows = {key: load_muse(data, key) for key in FILES}
+    # MUSE scores whole texts; only the model's context window limits them.
+    max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
+    cut = (lambda xs: xs) if limit is None else (lambda xs: xs[:limit])
+    metrics: dict[str, Any] = {
+        "verbmem_f": verbmem(model, tokenizer, cut(rows["verbmem_forget"]), batch_size=batch_size),
+        "knowmem_f": knowmem(model, tokenizer, cut(rows["knowmem_forget"]), rows["knowmem_forget_icl"], "forget",
+                             batch_size=batch_size),
+        "knowmem_r": knowmem(model, tokenizer, cut(rows["knowmem_retain"]), rows["knowmem_retain_icl"], "retain",
+                             batch_size=batch_size),
+    }
+    forget_lp = text_token_logprobs(model, tokenizer, _texts(cut(rows["privleak_forget"]), "privleak/forget"),
+                                    batch_size=batch_size, max_length=max_length, desc="privleak: forget")
+    holdout_lp = text_token_logprobs(model, tokenizer, _texts(cut(rows["privleak_holdout"]), "privleak/holdout"),
+                                     batch_size=batch_size, max_length=max_length, desc="privleak: holdout")
+    f_scores, h_scores = M.min_k_scores(forget_lp, k=MIN_K), M.min_k_scores(holdout_lp, k=MIN_K)
+    auc = M.mia_auc(f_scores, h_scores)
+    metrics["privleak_auc"] = {"value": float(auc), "per_item": None, "k": MIN_K,
+                               "forget_scores": f_scores.tolist(), "holdout_scores": h_scores.tolist()}
+    auc_retrain, source = read_retain_auc(retain_result)
+    if auc_retrain is None:
+        metrics["privleak"] = {"value": None, "per_item": None, "reason": source}
+    else:
+        metrics["privleak"] = {"value": float(M.privleak(auc, auc_retrain)), "per_item": None,
+                               "auc_retrain": auc_retrain, "retain_result": source}
+    summary = {key: metrics[key]["value"] for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")}
+    return {"summary": summary, "metrics": metrics, "limit": limit}

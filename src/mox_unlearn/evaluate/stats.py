@@ -1,0 +1,147 @@
+"""Statistics gathered from a model: the only evaluation code that touches one.
+
+Everything here is batched, runs under `torch.no_grad`, sorts items by length so batches carry
+little padding, and returns per-item results in the caller's order. Metrics (metrics.py) are pure
+functions of what these return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mox_unlearn.data.formatting import PromptFormat, collate, encode_qa, prompt_ids
+from mox_unlearn.losses import sequence_stats
+
+
+@dataclass
+class AnswerStats:
+    """Teacher-forced statistics of one answer given its question (answer tokens + EOS only).
+
+    token_logps: [n] log p(answer token | prefix); correct: [n] teacher-forced argmax == token.
+    """
+
+    token_logps: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.token_logps.size)
+
+    @property
+    def nll_sum(self) -> float:
+        return float(-self.token_logps.sum())
+
+    @property
+    def nll_avg(self) -> float:
+        return self.nll_sum / max(self.n_tokens, 1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _bar(total: int, desc: str | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=desc is None, leave=False)
+
+
+@torch.no_grad()
+def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int = 16, desc: str | None = None) -> list[AnswerStats]:
+    """Teacher-forced log-probs and argmax correctness of the labelled tokens of encoded examples."""
+    model.eval()
+    device = _device(model)
+    results: list[AnswerStats | None] = [None] * len(examples)
+    with _bar(len(examples), desc) as bar:
+        for idx in _by_length([len(e["input_ids"]) for e in examples], batch_size):
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            stats = sequence_stats(logits, batch["labels"])
+            hits = logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
+            for row, i in enumerate(idx):
+                m = stats.mask[row]
+                results[i] = AnswerStats(stats.token_logps[row][m].double().cpu().numpy(), hits[row][m].cpu().numpy())
+            bar.update(len(idx))
+    return results  # type: ignore[return-value]
+
+
+def answer_stats(model, tokenizer, questions: Sequence[str], answers: Sequence[str], fmt: PromptFormat, *,
+                 batch_size: int = 16, max_length: int = 512, desc: str | None = None) -> list[AnswerStats]:
+    """AnswerStats of each (question, answer) pair, formatted exactly as in training."""
+    examples = [encode_qa(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
+    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc)
+
+
+def answer_stats_multi(model, tokenizer, questions: Sequence[str], answer_lists: Sequence[Sequence[str]],
+                       fmt: PromptFormat, *, batch_size: int = 16, max_length: int = 512,
+                       desc: str | None = None) -> list[list[AnswerStats]]:
+    """AnswerStats for lists of alternative answers per question (e.g. TOFU's perturbed answers)."""
+    flat_q = [q for q, answers in zip(questions, answer_lists) for _ in answers]
+    flat_a = [a for answers in answer_lists for a in answers]
+    flat = answer_stats(model, tokenizer, flat_q, flat_a, fmt, batch_size=batch_size, max_length=max_length, desc=desc)
+    out, pos = [], 0
+    for answers in answer_lists:
+        out.append(flat[pos : pos + len(answers)])
+        pos += len(answers)
+    return out
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, batch_size: int = 16,
+                    stop_strings: Sequence[str] = (), desc: str | None = None) -> list[str]:
+    """Greedy continuations of token-id prompts: left-padded batches, KV cache, stop at EOS or a stop string.
+
+    The text is cut at the first stop string and stripped.
+    """
+    model.eval()
+    device = _device(model)
+    outputs: list[str] = [""] * len(prompts)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if stop_strings:
+        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    with _bar(len(prompts), desc) as bar:
+        for idx in _by_length([len(p) for p in prompts], batch_size):
+            batch = collate([{"input_ids": prompts[i]} for i in idx], tokenizer.pad_token_id, padding_side="left")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            generated = model.generate(**batch, **kwargs, temperature=None, top_p=None, top_k=None)
+            new = generated[:, batch["input_ids"].shape[1] :]
+            for row, i in enumerate(idx):
+                outputs[i] = cut_at_stop(tokenizer.decode(new[row], skip_special_tokens=True), stop_strings)
+            bar.update(len(idx))
+    return outputs
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Text up to the first occurrence of any stop string, stripped."""
+    cut = min((pos for s in stop_strings if (pos := text.find(s)) >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+def generate_answers(model, tokenizer, questions: Sequence[str], fmt: PromptFormat, *, max_new_tokens: int = 200,
+                     batch_size: int = 16, stop_strings: Sequence[str] = (), desc: str | None = None) -> list[str]:
+    """Greedy answers to questions, prompted exactly as in training."""
+    prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
+    return generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stop_strings=stop_strings, desc=desc)
+
+
+def text_token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512,
+                        desc: str | None = None) -> list[np.ndarray]:
+    """Per-token log-probs of raw texts (each truncated to max_length tokens), for membership inference."""
+    examples = []
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"])
+        examples.append({"input_ids": ids, "labels": list(ids)})
+    stats = score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc)
+    return [s.token_logps for s in stats]

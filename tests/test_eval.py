@@ -1,0 +1,136 @@
+"""Evaluation: model statistics are batch-invariant; TOFU and MUSE end to end on 10-item slices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mox_unlearn.cli import main
+from mox_unlearn.data.formatting import PromptFormat, encode_qa, ensure_pad_token, prompt_ids
+from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.stats import answer_stats, cut_at_stop, generate_greedy, text_token_logprobs
+from mox_unlearn.evaluate.tofu import read_retain_truth_ratios
+
+FMT = PromptFormat()
+QUESTIONS = ["Where was Alia Vorn born?", "What does Bram Teller write?", "Who?", "When was Cato Rime born, and where?"]
+ANSWERS = ["In Quellport.", "Poems about winter and long trains.", "A baker.", "1961"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+def test_answer_stats_match_a_single_unpadded_forward(model, tokenizer):
+    stats = answer_stats(model, tokenizer, QUESTIONS, ANSWERS, FMT, batch_size=3)
+    for q, a, s in zip(QUESTIONS, ANSWERS, stats):
+        ex = encode_qa(tokenizer, q, a, FMT, 512)
+        ids = torch.tensor([ex["input_ids"]])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        labels = torch.tensor(ex["labels"][1:])
+        keep = labels != -100
+        expected = logps[keep].gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
+        assert s.n_tokens == int(keep.sum())  # answer tokens + EOS, prompt excluded
+        assert np.allclose(s.token_logps, expected.numpy(), atol=1e-4)
+        argmax = logps[keep].argmax(-1) == labels[keep]
+        assert np.array_equal(s.correct, argmax.numpy())
+
+
+def test_greedy_generation_is_the_same_batched_and_alone(model, tokenizer):
+    prompts = [prompt_ids(tokenizer, q, FMT) for q in QUESTIONS]
+    batched = generate_greedy(model, tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    alone = [generate_greedy(model, tokenizer, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_text_logprobs_are_batch_invariant(model, tokenizer):
+    texts = ["The quick brown fox.", "A much longer text about a sailor and a baker in Quellport, 1961."]
+    a = text_token_logprobs(model, tokenizer, texts, batch_size=2)
+    b = [text_token_logprobs(model, tokenizer, [t], batch_size=1)[0] for t in texts]
+    assert all(np.allclose(x, y, atol=1e-4) for x, y in zip(a, b))
+    assert a[0].size == len(tokenizer(texts[0])["input_ids"]) - 1
+
+
+def test_cut_at_stop():
+    assert cut_at_stop(" Paris.\n\nQuestion: next", ["\n\n", "Question"]) == "Paris."
+    assert cut_at_stop("no stop here ", ["\n\n"]) == "no stop here"
+
+
+def test_open_unlearning_retain_log_is_read(tmp_path):
+    f = tmp_path / "TOFU_EVAL.json"
+    f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
+        "10": {"score": 0.3}, "2": {"score": 0.9}, "0": {"score": 0.5}}}}))
+    values, _ = read_retain_truth_ratios(f)
+    assert values.tolist() == [0.5, 0.9, 0.3]  # ordered by index
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(MoxError, match="no per-item forget truth ratios"):
+        read_retain_truth_ratios(bad)
+
+
+@pytest.fixture(scope="module")
+def tofu_result(tiny_model_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "tofu.json"
+    code = main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
+                 "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_tofu_end_to_end_produces_every_summary_key(tofu_result):
+    result = json.loads(tofu_result.read_text())
+    assert set(result["summary"]) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge"}
+    assert result["summary"]["forget_quality"] is None and "retain" in result["metrics"]["forget_quality"]["reason"]
+    for name in ("forget", "retain", "ra", "wf"):
+        for kind in ("probability", "truth_ratio", "rouge"):
+            metric = result["metrics"][f"{name}_{kind}"]
+            assert len(metric["per_item"]) == 10 and np.isfinite(metric["value"])
+    assert 0 <= result["summary"]["model_utility"] <= 1
+    assert set(result["metrics"]["model_utility"]["parts"]) >= {"retain_probability", "ra_truth_ratio", "wf_rouge"}
+    for name in ("mia_min_k", "extraction_strength", "exact_memorization"):
+        assert np.isfinite(result["metrics"][name]["value"])
+
+
+def test_tofu_model_against_itself_has_forget_quality_one_and_is_deterministic(tofu_result, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "again.json"
+    assert main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
+                 "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--retain-result", str(tofu_result),
+                 "--out", str(out)]) == 0
+    first, second = json.loads(tofu_result.read_text()), json.loads(out.read_text())
+    assert second["summary"]["forget_quality"] == 1.0
+    for key in ("model_utility", "forget_rouge", "retain_rouge"):
+        assert first["summary"][key] == second["summary"][key]
+    assert first["metrics"]["forget_truth_ratio"]["per_item"] == second["metrics"]["forget_truth_ratio"]["per_item"]
+
+
+def test_tofu_refusals(tiny_model_dir, data_dir, tofu_result, tmp_path, capsys):
+    base = ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r.json")]
+    assert main([*base, "--data", str(data_dir / "tofu"), "--forget-split", "forget02"]) == 2
+    assert "valid: forget01, forget05, forget10" in capsys.readouterr().err
+    assert main([*base, "--data", str(tmp_path), "--limit", "2"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main([*base, "--data", str(data_dir / "tofu"), "--forget-split", "forget01", "--limit", "5",
+                 "--retain-result", str(tofu_result)]) == 2
+    assert "same forget split and --limit" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_muse_end_to_end_produces_every_summary_key(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "muse.json"
+    assert main(["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news"),
+                 "--limit", "10", "--batch-size", "4", "--retain-result", "0.5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == {"verbmem_f", "knowmem_f", "knowmem_r", "privleak"}
+    assert all(v is not None and np.isfinite(v) for v in result["summary"].values())
+    assert len(result["metrics"]["verbmem_f"]["per_item"]) == 10
+    assert 0 <= result["metrics"]["privleak_auc"]["value"] <= 1
+    # its own result file as the retain model: PrivLeak 0
+    again = tmp_path / "again.json"
+    assert main(["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news"),
+                 "--limit", "10", "--batch-size", "4", "--retain-result", str(out), "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["summary"]["privleak"] == 0.0
