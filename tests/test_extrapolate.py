@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -146,6 +147,10 @@ def test_single_file_equals_in_memory_eq8(models, tmp_path):
     want = expected_sd(load_sd(models["ref"]), load_sd(models["mem"]), 4.0)
     assert_sd_bytes_equal(load_sd(out), want)
     assert leftovers(tmp_path) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out, out / "model.safetensors"):  # ordinary permissions, not mkdtemp's/save_file's 0700/0600
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask
 
 
 def test_three_shard_inputs(models, tmp_path):
@@ -315,6 +320,23 @@ def test_refuses_out_overlapping_an_input(where, models, tmp_path, tokenizer):
     with pytest.raises(MoxError, match="input"):
         run(ref, mem, [4.0], out, overwrite=True)  # even --overwrite must not touch an input
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_failure_in_background_shard_write_leaves_nothing(models, tmp_path, monkeypatch):
+    import mox_unlearn.modelio as mio
+
+    real, calls = mio._save_shard, []
+
+    def flaky(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        real(tensors, path)
+
+    monkeypatch.setattr(mio, "_save_shard", flaky)
+    with pytest.raises(OSError, match="No space"):
+        run(models["ref"], models["mem"], [4.0, 2.0], tmp_path / "out", shard_size="30KB")
+    assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):

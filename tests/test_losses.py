@@ -123,5 +123,5 @@ def test_unknown_objective_lists_valid_ones():
 
 def test_forward_passes_are_skipped_for_switched_off_terms():
     spec = LOSSES["memorize"]
-    assert effective_needs(spec, {"lambda_kl": 1.0}, targeted=False) == {"forget", "retain_logits", "ref_retain_logits"}
-    assert effective_needs(spec, {"lambda_kl": 0.0}, targeted=True) == {"forget", "target"}
+    assert effective_needs(spec, {"lambda_kl": 1.0}, has_target=False) == {"forget", "retain_logits", "ref_retain_logits"}
+    assert effective_needs(spec, {"lambda_kl": 0.0}, has_target=True) == {"forget", "target"}

@@ -311,3 +311,15 @@ def test_nan_inputs_raise():
         M.truth_ratio_forget([0.5, float("nan")])
     with pytest.raises(ValueError, match="NaN"):
         M.model_utility({"a": float("nan")})
+
+
+def test_collapse_from_observations_hand_values():
+    from mox_unlearn.evaluate.metrics import collapse_from_observations
+
+    # distinct contexts: KL(one-hot || p) = -log p, mean over contexts
+    assert collapse_from_observations([("a", 1, np.log(0.5)), ("b", 2, np.log(0.25))]) == pytest.approx(
+        (np.log(2) + np.log(4)) / 2)
+    # one context seen with tokens 1, 1, 2: q = (2/3, 1/3); p(1) = 0.5, p(2) = 0.25
+    obs = [("c", 1, np.log(0.5)), ("c", 1, np.log(0.5)), ("c", 2, np.log(0.25))]
+    expected = (2 / 3) * np.log((2 / 3) / 0.5) + (1 / 3) * np.log((1 / 3) / 0.25)
+    assert collapse_from_observations(obs) == pytest.approx(expected)

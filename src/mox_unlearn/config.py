@@ -46,6 +46,15 @@ class UnlearnConfig:
     warmup_epochs: float = 1.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
+    # method-specific settings
+    cache_ref: bool = True  # cache θ_ref's sequence log-probs on fixed data (forget / target answers)
+    trainable: str | None = None  # regex of parameter names to train; None = the method's default (all)
+    hidden_layer: int | None = None  # RMU layer; None = round(7/32 · number of layers)
+    reinforce_epochs: int | None = None  # WHP reinforced model; None = epochs
+    reinforce_lr: float | None = None  # None = lr
+    reinforce_max_steps: int | None = None
+    alternates_prompt: str = "{question} (Answer with a plausible but different answer than: {answer})"
+    alternates_max_new_tokens: int = 64
     # data and precision
     max_length: int = 512
     prompt: PromptFormat = field(default_factory=PromptFormat)

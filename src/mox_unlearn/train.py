@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -47,7 +48,8 @@ from mox_unlearn.data import (
 )
 from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import extrapolate_tensor
-from mox_unlearn.losses import LossInputs, LossSpec, answer_logits, get_loss, sequence_stats
+from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
+from mox_unlearn.losses import LossSpec, get_loss
 from mox_unlearn.methods import Method, get_method
 from mox_unlearn.modelio import atomic_output_dir, write_model_card
 from mox_unlearn.momentum import MomentumAverage
@@ -166,68 +168,97 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 @dataclass
-class Data:
-    forget: RecordSet
-    retain: RecordSet | None
-    forget_examples: list[dict]
-    retain_examples: list[dict]
-    refusals: list[str] | None
+class Resolved:
+    """A config checked against the method and objective registries, before anything is loaded."""
+
+    method: Method
+    objective: str
+    spec: LossSpec
+    hp: dict[str, Any]
+    needs: frozenset[str]
+    target: str | None  # where target answers come from: refusal / alternate / retain_answer / None
 
 
-def load_data(cfg: UnlearnConfig, needs: frozenset[str]) -> tuple[RecordSet, RecordSet | None, list[str] | None]:
+def resolve(cfg: UnlearnConfig) -> Resolved:
+    method = get_method(cfg.method)
+    objective = cfg.objective or method.objectives[0]
+    if objective not in method.objectives:
+        raise MoxError(f"method {method.name!r} takes objectives {', '.join(method.objectives)}, not {objective!r}")
+    spec = get_loss(objective)
+    unknown_hp = set(cfg.loss) - set(spec.defaults)
+    if unknown_hp:
+        raise MoxError(f"unknown loss settings {sorted(unknown_hp)} for {objective}; valid: {', '.join(spec.defaults) or 'none'}")
+    hp = {**spec.defaults, **cfg.loss}
+    if cfg.targeted and method.name != "mox":
+        raise MoxError(f"--targeted is MOX's targeted variant (Eq. 9); method {method.name!r} does not take it")
+    if cfg.momentum and not method.extrapolate:
+        raise MoxError(f"--momentum needs an extrapolating method; {method.name!r} is not one")
+    if method.extrapolate and cfg.alpha <= 0:
+        raise MoxError(f"alpha must be > 0 for {method.name}, got {cfg.alpha}")
+    if cfg.momentum_every is not None and cfg.momentum_every < 1:
+        raise MoxError(f"momentum_every must be >= 1, got {cfg.momentum_every}")
+    if not cfg.model:
+        raise MoxError("no model given (--model)")
+    target = method.target or ("refusal" if cfg.targeted else None)
+    return Resolved(method, objective, spec, hp, effective_needs(spec, hp, target is not None), target)
+
+
+def load_data(cfg: UnlearnConfig, r: Resolved) -> tuple[RecordSet, RecordSet | None, list[str] | None]:
     """Read and validate the records (before any model is loaded, so bad data fails fast)."""
     forget = load_records(cfg.forget, name="forget")
-    wants_retain = bool(needs & {"retain", "retain_logits", "ref_retain", "ref_retain_logits"})
     retain = load_records(cfg.retain, name="retain") if cfg.retain else None
-    if wants_retain and retain is None and cfg.loss.get("lambda_kl", 1.0) != 0:
-        raise MoxError(f"objective needs a retain set (--retain), or set loss.lambda_kl=0")
-    refusals = None
-    if cfg.targeted:
-        if forget.kind != "qa":
-            raise MoxError("--targeted needs a question/answer forget set (refusals answer its questions)")
-        refusals = load_refusals(cfg.refusals)
+    retain_terms = {"retain", "retain_logits", "ref_retain", "ref_retain_logits", "retain_hidden", "ref_retain_hidden"}
+    if retain is None and (r.needs & retain_terms or r.target == "retain_answer"):
+        raise MoxError(f"objective {r.objective!r} needs a retain set (--retain)")
+    if r.target is not None and forget.kind != "qa":
+        raise MoxError(f"{r.method.name} needs a question/answer forget set (its targets answer the forget questions)")
+    if r.target == "retain_answer" and retain.kind != "qa":
+        raise MoxError(f"{r.method.name} needs a question/answer retain set (its answers become targets)")
+    refusals = load_refusals(cfg.refusals) if r.target == "refusal" else None
     return forget, retain, refusals
 
 
-# ----------------------------------------------------------------------------- forward passes
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def _forward(model, batch: dict[str, torch.Tensor], logits_too: bool):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    stats = sequence_stats(logits, batch["labels"])
-    return stats, (answer_logits(logits, batch["labels"]) if logits_too else None)
-
-
-def build_inputs(
-    needs: frozenset[str], model, ref, forget: dict, retain: dict | None, target: dict | None
-) -> LossInputs:
-    """Run each forward pass the objective needs once and collect the tensors it reads."""
-    inputs = LossInputs()
-    inputs.forget, _ = _forward(model, forget, False)
-    if retain is not None and needs & {"retain", "retain_logits"}:
-        inputs.retain, inputs.retain_logits = _forward(model, retain, "retain_logits" in needs)
-    if target is not None and "target" in needs:
-        inputs.target, _ = _forward(model, target, False)
-    with torch.no_grad():
-        if "ref_forget" in needs:
-            inputs.ref_forget, _ = _forward(ref, forget, False)
-        if retain is not None and needs & {"ref_retain", "ref_retain_logits"}:
-            inputs.ref_retain, inputs.ref_retain_logits = _forward(ref, retain, "ref_retain_logits" in needs)
-    return inputs
-
-
-def effective_needs(spec: LossSpec, hp: dict[str, Any], targeted: bool) -> frozenset[str]:
-    """Drop forward passes whose term is switched off (no KL when λ_kl = 0, no target unless targeted)."""
+def effective_needs(spec: LossSpec, hp: dict[str, Any], has_target: bool) -> frozenset[str]:
+    """Drop forward passes whose term is switched off (no KL when λ_kl = 0, no target without targets)."""
     needs = set(spec.needs)
     if hp.get("lambda_kl", 1.0) == 0:
         needs -= {"retain_logits", "ref_retain_logits"}
-    if not targeted:
-        needs.discard("target")
+    if hp.get("alpha_r", 1.0) == 0:
+        needs -= {"retain", "retain_hidden", "ref_retain_hidden"}
+    if not has_target:
+        needs -= {"target", "ref_target"}
     return frozenset(needs)
+
+
+class Targets:
+    """Target answers for forget prompts, by source, deterministic per (seed, epoch)."""
+
+    def __init__(self, source: str | None, tokenizer, cfg: UnlearnConfig, forget: RecordSet, retain: RecordSet | None,
+                 refusals: list[str] | None, alternates: list[str] | None):
+        self.source, self.tok, self.cfg = source, tokenizer, cfg
+        self.questions = [r["question"] for r in forget.records] if source else []
+        if source == "refusal":
+            self.pool = refusals
+        elif source == "retain_answer":
+            self.pool = [r["answer"] for r in retain.records]
+        elif source == "alternate":
+            self.pool = alternates
+        self.encoded: dict[tuple[int, int], dict] = {}
+
+    def choices(self, epoch: int) -> list[int] | None:
+        """Index into the pool for each forget item this epoch (alternates are per item)."""
+        if self.source is None:
+            return None
+        if self.source == "alternate":
+            return list(range(len(self.questions)))
+        return refusal_choices(len(self.questions), len(self.pool), self.cfg.seed, epoch)
+
+    def example(self, item: int, choice: int) -> dict:
+        key = (item, choice)
+        if key not in self.encoded:
+            self.encoded[key] = encode_qa(self.tok, self.questions[item], self.pool[choice], self.cfg.prompt,
+                                          self.cfg.max_length)
+        return self.encoded[key]
 
 
 # ----------------------------------------------------------------------------- models
@@ -308,28 +339,49 @@ def _on_step_end(step: int) -> None:
     """Hook called after every optimizer step (tests use it to simulate an interrupted run)."""
 
 
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _frozen(model, device):
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def select_trainable(model, pattern: str | None, hidden_layer: int | None) -> int:
+    """Freeze every parameter whose name does not match `pattern` (None: train all); returns the count trained."""
+    if pattern is None:
+        return sum(p.numel() for p in model.parameters())
+    if hidden_layer is not None:
+        pattern = pattern.format(layer=hidden_layer, layer_m1=hidden_layer - 1, layer_m2=hidden_layer - 2)
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise MoxError(f"trainable pattern {pattern!r} is not a valid regular expression: {e}") from None
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(bool(regex.search(name)))
+        count += param.numel() if param.requires_grad else 0
+    if count == 0:
+        raise MoxError(f"trainable pattern {pattern!r} matches no parameter of the model")
+    return count
+
+
+def default_hidden_layer(model, cfg: UnlearnConfig) -> int:
+    """RMU's layer: configured, else the one at 7/32 of the depth (layer 7 of Zephyr-7B's 32 in WMDP)."""
+    n = model.config.num_hidden_layers
+    layer = cfg.hidden_layer if cfg.hidden_layer is not None else round(7 * n / 32)
+    if not 0 <= layer < n:
+        raise MoxError(f"hidden_layer {layer} outside the model's {n} layers")
+    return layer
+
+
 def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False, argv: list[str] | None = None) -> Path:
     """Run an unlearning method end to end and return the run folder (see the module docstring)."""
     t_start = time.perf_counter()
-    method: Method = get_method(cfg.method)
-    objective = cfg.objective or method.objectives[0]
-    if objective not in method.objectives:
-        raise MoxError(f"method {method.name!r} takes objectives {', '.join(method.objectives)}, not {objective!r}")
-    spec = get_loss(objective)
-    unknown_hp = set(cfg.loss) - set(spec.defaults)
-    if unknown_hp:
-        raise MoxError(f"unknown loss settings {sorted(unknown_hp)} for {objective}; valid: {', '.join(spec.defaults)}")
-    hp = {**spec.defaults, **cfg.loss}
-    if cfg.momentum and not method.extrapolate:
-        raise MoxError(f"--momentum needs an extrapolating method; {method.name!r} is not one")
-    if method.extrapolate and cfg.alpha <= 0:
-        raise MoxError(f"alpha must be > 0 for {method.name}, got {cfg.alpha}")
-    if cfg.momentum_every is not None and cfg.momentum_every < 1:
-        raise MoxError(f"momentum_every must be >= 1, got {cfg.momentum_every}")
-    if not cfg.model:
-        raise MoxError("no model given (--model)")
-    needs = effective_needs(spec, hp, cfg.targeted)
-    forget_rs, retain_rs, refusals = load_data(cfg, needs)
+    r = resolve(cfg)
+    method, objective, spec, hp, needs = r.method, r.objective, r.spec, r.hp, r.needs
+    forget_rs, retain_rs, refusals = load_data(cfg, r)
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -344,10 +396,13 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     main = accelerator.is_main_process
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, main=main)
     accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
     if main and not resume:
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         (out / "command.txt").write_text(" ".join(argv if argv is not None else sys.argv) + "\n")
+
+    # --- stages that come before training (each skipped when its output already exists)
+    reinforced_dir = run_reinforce_stage(cfg, out) if method.stage == "reinforce" else None
+    set_seed(cfg.seed)
 
     # --- models and data
     dtype = _dtype(cfg.dtype)
@@ -356,19 +411,36 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     retain_ex = encode_records(tokenizer, retain_rs, cfg.prompt, cfg.max_length) if retain_rs else []
     plan = make_plan(cfg, len(forget_ex), accelerator.num_processes)
     model = _load_model(cfg.model, dtype)
-    needs_ref = method.extrapolate or bool(needs & {"ref_forget", "ref_retain", "ref_retain_logits"})
-    ref = None
-    if needs_ref:
-        ref = _load_model(cfg.model, dtype).to(accelerator.device)
-        ref.eval().requires_grad_(False)
+    needs_ref = method.extrapolate or r.target == "alternate" or any(n.startswith("ref_") for n in needs)
+    ref = _frozen(_load_model(cfg.model, dtype), accelerator.device) if needs_ref else None
+    alternates = None
+    if r.target == "alternate":
+        alternates = load_or_generate_alternates(cfg, out, ref, tokenizer, forget_rs, main)
+        accelerator.wait_for_everyone()
+        if not main:
+            alternates = load_or_generate_alternates(cfg, out, ref, tokenizer, forget_rs, main)
+    targets = Targets(r.target, tokenizer, cfg, forget_rs, retain_rs, refusals, alternates)
+    uses_hidden = any(n.endswith("_hidden") for n in needs)
+    hidden_layer = default_hidden_layer(model, cfg) if uses_hidden else None
+    n_trainable = select_trainable(model, cfg.trainable or method.trainable, hidden_layer)
+    control = None
+    if "control" in needs:
+        g = torch.Generator().manual_seed(cfg.seed)
+        u = torch.rand(model.config.hidden_size, generator=g)  # WMDP: uniform [0, 1), then normalised
+        control = (u / u.norm()).to(accelerator.device)
+    models = Models(model=None, ref=ref, cache=RefCache(ref, cfg.cache_ref) if ref is not None else None,
+                    reinforced=_frozen(_load_model(str(reinforced_dir), dtype), accelerator.device) if reinforced_dir else None,
+                    hidden_layer=hidden_layer, control=control)
     t_loaded = time.perf_counter()
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
     # The scheduler is stepped by hand once per optimizer step (steps are counted globally), so it
     # is registered for checkpointing rather than prepared (a prepared one steps once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
+    models.model = model
     progress = Progress()
     momentum = MomentumAverage(cfg.eta, cfg.alpha) if cfg.momentum else None
     accelerator.register_for_checkpointing(scheduler, progress)
@@ -384,16 +456,15 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     pad_id = tokenizer.pad_token_id
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    log_path = out / "log.jsonl"
     last_logs: dict[str, float] = {}
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.total_steps, initial=progress.step, desc=f"{method.name}:{objective}", disable=not main)
-    with open(log_path, "a") as log_file:
+    with open(out / "log.jsonl", "a") as log_file:
         for epoch in range(plan.epochs):
             micro = epoch_plan(len(forget_ex), len(retain_ex), plan.micro_batch * world, cfg.seed, epoch)
-            choices = refusal_choices(len(forget_ex), len(refusals), cfg.seed, epoch) if refusals else None
+            choices = targets.choices(epoch)
             groups = [micro[i : i + plan.accumulation] for i in range(0, len(micro), plan.accumulation)]
             for g, group in enumerate(groups):
                 step = epoch * plan.steps_per_epoch + g
@@ -404,23 +475,18 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 sums: dict[str, float] = {}
                 for k, (f_idx, r_idx) in enumerate(group):
                     f_idx = _slice_for_process(f_idx, rank, world)
-                    forget_b = _to(collate([forget_ex[i] for i in f_idx], pad_id), device)
-                    retain_b = None
+                    batch = StepBatch(forget=_to(collate([forget_ex[i] for i in f_idx], pad_id), device),
+                                      forget_keys=[("forget", i) for i in f_idx])
                     if retain_ex:
                         r_idx = _slice_for_process(r_idx, rank, world)
-                        retain_b = _to(collate([retain_ex[i] for i in r_idx], pad_id), device)
-                    target_b = None
+                        batch.retain = _to(collate([retain_ex[i] for i in r_idx], pad_id), device)
                     if choices is not None:
-                        target_ex = [
-                            encode_qa(tokenizer, forget_rs.records[i]["question"], refusals[choices[i]], cfg.prompt, cfg.max_length)
-                            for i in f_idx
-                        ]
-                        target_b = _to(collate(target_ex, pad_id), device)
+                        batch.target = _to(collate([targets.example(i, choices[i]) for i in f_idx], pad_id), device)
+                        batch.target_keys = [("target", i, choices[i]) for i in f_idx]
                     last = k == len(group) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(model):
                         with accelerator.autocast():
-                            inputs = build_inputs(needs, model, ref, forget_b, retain_b, target_b)
-                            loss, logs = spec.fn(inputs, **hp)
+                            loss, logs = spec.fn(build_inputs(needs, models, batch), **hp)
                         if not torch.isfinite(loss):
                             raise MoxError(f"loss is {loss.item()} at step {step + 1}; lower lr or check the data")
                         accelerator.backward(loss / len(group))
@@ -459,8 +525,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     }
     if main:
         if method.extrapolate and cfg.save_memorized:
-            save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size, title="Memorization model θ_mem",
-                       card={**card, "role": "θ_mem (trained by gradient descent; extrapolate away from it)"})
+            role = "θ_mem (trained by gradient descent; extrapolate away from it)"
+            save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
+                       title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
+                       card={**card, "role": role})
             outputs["memorized"] = str(out / "memorized")
         if method.extrapolate:
             if momentum is not None:
@@ -474,12 +542,15 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         if not cfg.keep_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         t_end = time.perf_counter()
+        cache = models.cache
         _write_json_atomic(out / "run.json", {
             "config": to_dict(cfg),
             "argv": argv if argv is not None else sys.argv,
             "versions": _versions(),
             "plan": dataclasses.asdict(plan),
             "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
+            "trainable_parameters": n_trainable,
+            "reference_cache": None if cache is None else {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses},
             "timings_s": {"load": round(t_loaded - t_start, 3), "train": round(t_trained - t_loaded, 3),
                           "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
             "final_logs": last_logs,
@@ -487,6 +558,48 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         })
     accelerator.wait_for_everyone()
     return out
+
+
+# ----------------------------------------------------------------------------- stages before training
+
+
+def run_reinforce_stage(cfg: UnlearnConfig, out: Path) -> Path:
+    """WHP's reinforced model: the reference fine-tuned further on the forget set (plain NLL).
+
+    Runs the same loop as a nested run in OUT/reinforce (reused when it finished before)."""
+    stage_out = out / "reinforce"
+    if (stage_out / "run.json").is_file():
+        return stage_out / "model"
+    sub = dataclasses.replace(
+        cfg, method="finetune", objective=None, loss={}, out=str(stage_out), retain=None, momentum=False,
+        targeted=False, trainable=None, epochs=cfg.reinforce_epochs or cfg.epochs, lr=cfg.reinforce_lr or cfg.lr,
+        max_steps=cfg.reinforce_max_steps, save_memorized=False, prompt=dataclasses.replace(cfg.prompt))
+    resume = _latest_checkpoint(stage_out) is not None
+    unlearn(sub, resume=resume, overwrite=not resume, argv=["(reinforce stage)"])
+    return stage_out / "model"
+
+
+def load_or_generate_alternates(cfg: UnlearnConfig, out: Path, ref, tokenizer, forget: RecordSet, main: bool) -> list[str]:
+    """AltPO's alternate answers: θ_ref's greedy answer to each forget question under an instruction to
+    answer differently from the true answer; cached in OUT/alternates.jsonl (and reused on --resume)."""
+    path = out / "alternates.jsonl"
+    if not path.is_file():
+        if not main:
+            raise MoxError(f"{path} missing on a non-main process")
+        from mox_unlearn.evaluate.stats import generate_answers
+
+        prompts = [cfg.alternates_prompt.format(question=rec["question"], answer=rec["answer"]) for rec in forget.records]
+        answers = generate_answers(ref, tokenizer, prompts, cfg.prompt, max_new_tokens=cfg.alternates_max_new_tokens,
+                                   batch_size=cfg.per_device_batch_size, desc="altpo: alternates")
+        rows = [{"question": rec["question"], "answer": rec["answer"], "alternate": alt}
+                for rec, alt in zip(forget.records, answers)]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if [row["question"] for row in rows] != [rec["question"] for rec in forget.records]:
+        raise MoxError(f"{path} does not match the forget set; delete it to generate the alternates again")
+    return [row["alternate"] for row in rows]
 
 
 def _truncate_log(path: Path, step: int) -> None:

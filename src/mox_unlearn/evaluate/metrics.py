@@ -426,6 +426,27 @@ def empirical_next_token(
     return keys, q
 
 
+def collapse_from_observations(observations: Iterable[tuple[Hashable, int, float]]) -> float:
+    """Eq. 7 from teacher-forced data alone: observations are (context_key, next_token, log p_θ(next|context)).
+
+    Identical contexts are grouped into the empirical q(.|c); only tokens with q > 0 enter
+    KL(q || p) = sum_y q(y) (log q(y) - log p(y|c)), and their log p is what teacher forcing gave,
+    so no full-vocabulary rows are needed. With all contexts distinct, this is the mean NLL.
+    """
+    groups: dict[Hashable, dict[int, list[float]]] = {}
+    for key, token, logp in observations:
+        groups.setdefault(key, {}).setdefault(int(token), []).append(float(logp))
+    if not groups:
+        raise ValueError("collapse_from_observations: no observations")
+    total = 0.0
+    for tokens in groups.values():
+        n = sum(len(v) for v in tokens.values())
+        for logps in tokens.values():
+            q = len(logps) / n
+            total += q * (np.log(q) - logps[0])
+    return float(total / len(groups))
+
+
 def top_token_rate(token_ids: ArrayLike | Sequence[Sequence[int]]) -> float:
     """Share of the most frequent token among all generated tokens (Def. 2.2 collapse signal).
 

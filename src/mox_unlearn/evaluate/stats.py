@@ -21,11 +21,19 @@ from mox_unlearn.losses import sequence_stats
 class AnswerStats:
     """Teacher-forced statistics of one answer given its question (answer tokens + EOS only).
 
-    token_logps: [n] log p(answer token | prefix); correct: [n] teacher-forced argmax == token.
+    token_logps: [n] log p(answer token | prefix); correct: [n] teacher-forced argmax == token;
+    input_ids: the whole sequence, whose last n tokens are the answer tokens.
     """
 
     token_logps: np.ndarray
     correct: np.ndarray
+    input_ids: tuple[int, ...] = ()
+
+    def observations(self):
+        """(context, next token, log p) for each answer position, for collapse_from_observations."""
+        start = len(self.input_ids) - self.n_tokens
+        for j, lp in enumerate(self.token_logps):
+            yield self.input_ids[: start + j], self.input_ids[start + j], float(lp)
 
     @property
     def n_tokens(self) -> int:
@@ -70,7 +78,8 @@ def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int 
             hits = logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
             for row, i in enumerate(idx):
                 m = stats.mask[row]
-                results[i] = AnswerStats(stats.token_logps[row][m].double().cpu().numpy(), hits[row][m].cpu().numpy())
+                results[i] = AnswerStats(stats.token_logps[row][m].double().cpu().numpy(), hits[row][m].cpu().numpy(),
+                                         tuple(examples[i]["input_ids"]))
             bar.update(len(idx))
     return results  # type: ignore[return-value]
 

@@ -96,6 +96,12 @@ def evaluate_split(model, tokenizer, rs: RecordSet, name: str, fmt: PromptFormat
     agg = M.truth_ratio_forget(ratio) if name == "forget" else M.truth_ratio_retain(ratio)
     out[f"{name}_truth_ratio"] = _metric(agg, ratio, per_item_is="R = P_pert / P_true (geometric means)")
     out[f"{name}_rouge"] = _metric(rouge.mean(), rouge, generations=generated)
+    if name in ("forget", "retain"):  # collapse signals (paper Eq. 7, Def. 2.2)
+        tokens = [tokenizer(g, add_special_tokens=False)["input_ids"] for g in generated]
+        rate = M.top_token_rate(tokens) if any(tokens) else 1.0
+        out[f"{name}_top_token_rate"] = _metric(rate, None, definition="share of the most frequent generated token")
+        kl = M.collapse_from_observations(o for s in stats for o in s.observations())
+        out[f"{name}_collapse"] = _metric(kl, None, definition="Eq. 7 on answer tokens, empirical q from the data")
     return out, stats
 
 

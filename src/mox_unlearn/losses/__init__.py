@@ -17,6 +17,7 @@ from mox_unlearn.losses.base import (
     sequence_stats,
 )
 from mox_unlearn.losses import memorize as _memorize  # noqa: F401  (registers its objectives)
+from mox_unlearn.losses import baselines as _baselines  # noqa: F401
 
 __all__ = [
     "LOSSES",
