@@ -92,3 +92,16 @@ def test_method_specific_refusals(tiny_model_dir, qa_files, tmp_path, capsys):
     assert "matches no parameter" in capsys.readouterr().err
     assert main([*base, "--method", "ga", "--momentum"]) == 2
     assert "needs an extrapolating method" in capsys.readouterr().err
+
+
+def test_every_preset_config_loads_and_resolves():
+    from pathlib import Path
+
+    from mox_unlearn.config import load_config
+
+    presets = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= set(METHODS)
+    for path in presets:
+        cfg = load_config(path, ["model=some-model"])
+        r = resolve(cfg)
+        assert r.method.name == cfg.method and set(cfg.loss) <= set(r.spec.defaults), path
