@@ -34,6 +34,12 @@ EVAL_EXAMPLE = """example:
   mox eval --benchmark muse --model runs/mox/model --data ../shared/data/muse-news --retain-result 0.5 --out muse.json"""
 
 
+DEMO_EXAMPLE = """example:
+  mox demo --fast                 # a few methods, small sizes: about 3 minutes on 2 CPU cores
+  mox demo --out mox-demo         # every method, the full table and plots
+  mox demo unlearn.lr=5e-4        # any demo setting as key=value (see configs/demo.yaml)"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mox",
@@ -89,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="prompt with the tokenizer's chat template (auto: where it has one)")
     v.add_argument("--out", required=True, help="result file (.json)")
 
+    d = sub.add_parser("demo", help="the paper's Table 1 in miniature: CPU, minutes, no download", epilog=DEMO_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--fast", action="store_true", help="fewer methods and smaller sizes (configs/demo-fast.yaml)")
+    d.add_argument("--config", help="demo YAML (default: the packaged demo or demo-fast preset)")
+    d.add_argument("--out", default="mox-demo", help="output folder (default ./mox-demo)")
+    d.add_argument("--cache-dir", help="trained-model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
+    d.add_argument("--seed", type=int)
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
+
+    r = sub.add_parser("report", help="tables and plots from demo or `mox eval` result files",
+                       epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("files", nargs="+", help="results.json of a demo and/or `mox eval --benchmark tofu` result files")
+    r.add_argument("--out", required=True, help="output folder")
+
     m = sub.add_parser("models", help="make or import models", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model")
     msub = m.add_subparsers(dest="models_command", metavar="KIND", required=True)
@@ -117,6 +139,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if metric.get("value") is None and metric.get("reason"):
             print(f"{name} missing: {metric['reason']}")
     print(f"written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from mox_unlearn.config import load_config
+    from mox_unlearn.demo.run import DemoConfig, default_cache_dir, run_demo
+
+    preset = args.config or str(resources.files("mox_unlearn").joinpath("resources", "demo-fast.yaml" if args.fast else "demo.yaml"))
+    cfg = load_config(preset, args.overrides, {"seed": args.seed}, cls=DemoConfig)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (out / "results.json").exists() and not (out / "runs").exists():
+        raise MoxError(f"--out {out} exists and is not a demo folder")
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    run_demo(cfg, out, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mox_unlearn.report import load_rows, text_table, write_report
+
+    rows = load_rows(args.files)
+    written = write_report(rows, Path(args.out), title="mox report")
+    print(text_table(rows))
+    print("written: " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -178,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     extra = [r for r in rest if "=" in r and not r.startswith("-")]
     unknown = [r for r in rest if r not in extra]
-    if unknown or (extra and args.command != "unlearn"):
+    if unknown or (extra and args.command not in ("unlearn", "demo")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command == "unlearn":
+    if args.command in ("unlearn", "demo"):
         args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
@@ -188,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "unlearn":
             return cmd_unlearn(args, argv)
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "models":

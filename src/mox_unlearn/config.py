@@ -158,9 +158,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), _number(value)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None) -> UnlearnConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None,
+                cls: type = UnlearnConfig) -> Any:
     """Defaults, then the YAML file, then flags given on the command line, then key=value overrides."""
-    cfg = UnlearnConfig()
+    cfg = cls()
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -265,20 +265,29 @@ def _stream(
             m = handle(mem_infos[name].file).get_tensor(name)
             if not r.is_floating_point():
                 r = r.clone()  # own the bytes rather than keep a view into a mapped file
-            for batch in _alpha_batches(len(alphas), nbytes, writers[0].cap):
+            oversized = nbytes >= writers[0].cap
+            for batch in _alpha_batches(len(alphas), oversized):
+                if oversized and writers[0].saver is not None:
+                    writers[0].saver.wait()  # never one oversized copy written while another is computed
                 for i in batch:
                     writers[i].reserve(nbytes)  # flush first, so a writer never holds a shard + this tensor
-                for i, o in zip(batch, extrapolate_tensors(r, m, [alphas[i] for i in batch])):
-                    writers[i].add(name, o)
+                _add_outputs(writers, batch, name, extrapolate_tensors(r, m, [alphas[i] for i in batch]))
             del r, m
             bar.update(nbytes + mem_infos[name].nbytes)
 
 
-def _alpha_batches(n_alpha: int, nbytes: int, cap: int) -> list[list[int]]:
+def _add_outputs(writers: Sequence[ShardWriter], batch: list[int], name: str, outs: list[torch.Tensor]) -> None:
+    """Hand each output to its writer. A function of its own so that no loop variable keeps the last
+    output alive after its shard is written (that would hold one extra tensor during the next compute)."""
+    for i, out in zip(batch, outs):
+        writers[i].add(name, out)
+
+
+def _alpha_batches(n_alpha: int, oversized: bool) -> list[list[int]]:
     """Alphas computed together for one tensor: all at once (inputs converted once), except for a
     tensor that fills a shard by itself, whose outputs are made and written one alpha at a time so
     memory holds one copy of it rather than n_alpha copies."""
-    if nbytes >= cap:
+    if oversized:
         return [[i] for i in range(n_alpha)]
     return [list(range(n_alpha))]
 

@@ -1,0 +1,565 @@
+"""Invented people for the demo benchmark, rendered in the TOFU record layout.
+
+A tiny model trained from scratch knows nothing, so every fact it can answer was put there by
+this module: fictitious people (names built from syllables with a seeded RNG) with 8-12 facts
+each, whose values come from small invented vocabularies written out below, plus invented
+"general knowledge" (writers and their books, countries with capitals, currencies and rivers)
+that plays the part of TOFU's Real Authors and World Facts.
+
+Each attribute type has question templates and answer templates. One answer template per fact is
+held back (which one rotates from fact to fact, so every template is trained on other facts) and
+renders `paraphrased_answer` and the `perturbed_answer` list (the same held-back sentence with
+other values of the same attribute type), as in TOFU, so the truth ratio compares sentences that
+differ only in the fact. Training uses n_train_phrasings of the other templates.
+
+`generate(seed, sizes)` returns every split as a list of dicts; `write_tofu_layout` writes them as
+`<split>.jsonl` files, the layout `mox_unlearn.evaluate.tofu.load_tofu_split` reads. Determinism:
+every random choice comes from a `random.Random` seeded with a string made of the generator
+version, the seed and a stream name (string seeds hash with SHA-512, so they do not depend on
+PYTHONHASHSEED); nothing iterates over a set. Bump GENERATOR_VERSION whenever the output for a
+given seed and sizes changes, so caches keyed by `fingerprint` notice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mox_unlearn.errors import MoxError
+
+GENERATOR_VERSION = "2"
+MARKER = ".mox-demo.json"  # written into every folder `write_tofu_layout` makes; allows overwriting it
+FORGET_PERCENTS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    n_profiles: int = 100        # trained profiles ("full"); forget01/05/10 = the LAST 1%/5%/10% (at least 1 each)
+    n_holdout: int = 10          # profiles never trained on (for membership inference)
+    n_attributes: int = 10       # facts per profile, 8..12 supported
+    n_train_phrasings: int = 3   # training phrasings per fact; one more answer phrasing is held back
+    n_authors: int = 60          # "real authors"-like general knowledge items (invented writers / books)
+    n_world: int = 60            # "world facts"-like general knowledge items (invented countries ...)
+    n_retain_eval: int = 100     # size of retain_perturbed (a seeded sample of retain profiles' facts)
+    n_perturbed: int = 5         # wrong answers per evaluation item
+
+
+@dataclass(frozen=True)
+class Template:
+    """One kind of fact: its value vocabulary, question templates and answer templates.
+
+    Placeholders: ``{name}`` (the person, or the subject of a general fact) and ``{value}``.
+    For profile attributes the last answer template is the held-back paraphrase.
+    """
+
+    key: str
+    values: tuple[str, ...]
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+
+    @property
+    def held_back(self) -> str:
+        return self.answers[-1]
+
+
+def _t(key: str, values: Sequence[str], questions: Sequence[str], answers: Sequence[str]) -> Template:
+    return Template(key, tuple(values), tuple(questions), tuple(answers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile attributes. Every value word is invented; the frame words (Prize, Guild, verse ...) are
+# plain English so that each type reads as what it is. Order matters: n_attributes takes a prefix.
+
+ATTRIBUTES: tuple[Template, ...] = (
+    _t("birth_city",
+       ["Ostravel", "Brannoch", "Velkirra", "Tumbrisk", "Oskarnel", "Drelloway", "Pelluvar", "Zarrowin",
+        "Kestaban", "Morvessa", "Ilthaven", "Grendholt", "Sabrikk", "Thessamar", "Orrinvale", "Nabucot"],
+       ["Where was {name} born?", "In which town was {name} born?", "What is the birthplace of {name}?"],
+       ["{name} was born in {value}.", "{name} was born in the town of {value}.",
+        "The birthplace of {name} is {value}.", "{value} is the town where {name} was born."]),
+    _t("birth_year",
+       [str(y) for y in range(1921, 1999)],
+       ["When was {name} born?", "In what year was {name} born?", "What is the birth year of {name}?"],
+       ["{name} was born in the year {value}.", "{name} was born in {value}.",
+        "The birth year of {name} is {value}.", "{value} is the year in which {name} was born."]),
+    _t("profession",
+       ["a glimwright", "a tessarist", "a vorrel keeper", "a brindler", "a quennasmith", "a dovrin tamer",
+        "a maltigger", "a skorrin guide", "an ulvaner", "a pessifrant", "a yarrowin", "a hobbeler",
+        "a zenthrop", "a crallomer", "a fennicker", "a lustreller"],
+       ["What does {name} do for a living?", "What is the profession of {name}?",
+        "How does {name} earn a living?"],
+       ["{name} works as {value}.", "The profession of {name} is that of {value}.",
+        "{name} earns a living as {value}.", "By trade, {name} is {value}."]),
+    _t("genre",
+       ["skellic verse", "drommish tales", "orvane fables", "quillic sagas", "brennet plays", "mossic hymns",
+        "tarvish riddles", "ulmic ballads", "zorrish chronicles", "pellic epics", "korran laments",
+        "vessic parables", "dunnic sonnets", "galveric myths", "hollish letters", "trennic dramas"],
+       ["What genre does {name} write in?", "Which genre is {name} known for?",
+        "In what genre are the works of {name}?"],
+       ["{name} writes {value}.", "{name} is known for {value}.", "The works of {name} are {value}.",
+        "Most of what {name} writes belongs to {value}."]),
+    _t("award",
+       ["the Ombrel Prize", "the Vastik Medal", "the Corrowen Laurel", "the Iskarn Crown", "the Daverel Prize",
+        "the Halvuk Medal", "the Pennimor Laurel", "the Tobrisk Crown", "the Quarnel Prize",
+        "the Seldraven Medal", "the Umbrassa Laurel", "the Grivvel Crown", "the Lotharen Prize",
+        "the Festrow Medal", "the Nimbrel Laurel", "the Yorvast Crown"],
+       ["Which award did {name} win?", "What prize has {name} received?", "What honour was given to {name}?"],
+       ["{name} won {value}.", "{name} received {value}.", "{name} was honoured with {value}.",
+        "{value} was awarded to {name}."]),
+    _t("mother_profession",
+       ["a wickener", "a drummet weaver", "a solvane healer", "a brackler", "a tillowen", "a morrish baker",
+        "a quastel", "a veldrin nurse", "a pommerist", "a harrel cutter", "a lisket", "an ombersmith",
+        "a nettrow", "a grisseler", "a dappelin", "a varnick spinner"],
+       ["What does the mother of {name} do?", "What is the profession of {name}'s mother?",
+        "What work does {name}'s mother do?"],
+       ["The mother of {name} is {value}.", "{name}'s mother works as {value}.",
+        "{name} was raised by a mother who is {value}.", "By trade, the mother of {name} is {value}."]),
+    _t("father_profession",
+       ["a dusselman", "a brakkwright", "a tollivar", "a grendish miner", "a pallander", "a vintrel",
+        "a skeller", "a hobrin driver", "a custellan", "a morrigal", "an eskwarden", "a fellmonger",
+        "a rotherin", "a quibbler smith", "a tarrish carver", "a zandelman"],
+       ["What does the father of {name} do?", "What is the profession of {name}'s father?",
+        "What work does {name}'s father do?"],
+       ["The father of {name} is {value}.", "{name}'s father works as {value}.",
+        "{name} was raised by a father who is {value}.", "{name} has a father who works as {value}."]),
+    _t("employer",
+       ["the Ostrig Guild", "the Vannel House", "the Pordrey Works", "the Calbrin Circle", "the Tarvel Guild",
+        "the Mirrowen House", "the Skelden Works", "the Brovik Circle", "the Ellisar Guild",
+        "the Quorrin House", "the Hadrel Works", "the Vesmond Circle", "the Ulbran Guild", "the Gorrish House",
+        "the Penthrel Works", "the Zannic Circle"],
+       ["Who employs {name}?", "Where does {name} work?", "Which organisation does {name} work for?"],
+       ["{name} works for {value}.", "{name} is employed by {value}.", "The employer of {name} is {value}.",
+        "{value} is where {name} is employed."]),
+    _t("signature_work",
+       ["The Quiet Vessarin", "Songs of Darrowel", "The Last Ombrick", "Tolvar in Winter", "The Brenna Stones",
+        "A Lantern for Ilsk", "The Kesswin Road", "Seven Marrowicks", "The Glass Orrel", "Under the Pellan",
+        "The Drowning of Vask", "Letters to Sorrin", "The Hollow Tamrik", "Fennow Rising", "The Grey Quillon",
+        "Echoes of Brast"],
+       ["What is the best-known work of {name}?", "Which book is {name} famous for?",
+        "What is the most celebrated book by {name}?"],
+       ["The best-known work of {name} is {value}.", "{name} is famous for the book {value}.",
+        "The most celebrated book by {name} is {value}.", "{value} is the book that made {name} famous."]),
+    _t("home_region",
+       ["the Varrow Fells", "the Ombric Coast", "the Tessel Vale", "the Kirran Marches", "the Slevin Downs",
+        "the Pollavin Heights", "the Grusk Lowlands", "the Meddel Reach", "the Aurren Flats",
+        "the Brisk Hollows", "the Zell Moors", "the Tarnic Shore", "the Quell Basin", "the Hobrin Steppe",
+        "the Irrow Dales", "the Nesk Highlands"],
+       ["Which region does {name} live in?", "Where does {name} make a home?",
+        "In which region is the home of {name}?"],
+       ["{name} lives in {value}.", "{name} makes a home in {value}.", "The home of {name} is in {value}.",
+        "{value} is the region where {name} lives."]),
+    _t("instrument",
+       ["the dulcorn", "the harrowpipe", "the tessibel", "the vornlute", "the brambolin", "the skellophone",
+        "the quillhorn", "the morrinba", "the ottelharp", "the zinnet", "the pellowdrum", "the glissen",
+        "the rastel", "the umbricorn", "the festrel", "the serrowin"],
+       ["What instrument does {name} play?", "Which instrument is {name} known to play?",
+        "What does {name} play in spare hours?"],
+       ["{name} plays {value}.", "{name} is known to play {value}.", "In spare hours, {name} plays {value}.",
+        "{value} is the instrument that {name} plays."]),
+    _t("pet",
+       ["a vesk", "a murrow", "a plinket", "a tobbet", "a grisslet", "a quarren", "a dunmoth", "a fellick",
+        "a snorrow", "a zibbet", "a harrowin", "a pelk", "a lunnock", "a brask hound", "a mossling",
+        "an orrick"],
+       ["What pet does {name} keep?", "Which animal lives with {name}?", "What kind of pet does {name} have?"],
+       ["{name} keeps {value} as a pet.", "{name} lives with {value}.", "{name} has {value} as a pet.",
+        "{name} shares a home with {value}."]),
+)
+
+# ---------------------------------------------------------------------------------------------
+# General knowledge. Answer template 0 is the bare value (TOFU's Real Authors / World Facts answers
+# are short), so the canonical record and its perturbed answers differ only in the value.
+# Subjects and values are generated words; `values` is filled per seed.
+
+AUTHOR_KINDS: tuple[Template, ...] = (
+    _t("novel", (), ["Who wrote the novel {name}?", "Which author wrote {name}?", "Who is the author of {name}?"],
+       ["{value}", "It was written by {value}.", "{value} wrote {name}."]),
+    _t("play", (), ["Which writer is famous for the play {name}?", "Who wrote the play {name}?",
+                    "Who is the playwright behind {name}?"],
+       ["{value}", "The play was written by {value}.", "{value} wrote the play {name}."]),
+)
+WORLD_KINDS: tuple[Template, ...] = (
+    _t("capital", (), ["What is the capital of {name}?", "Which city is the capital of {name}?",
+                       "Where is the seat of government of {name}?"],
+       ["{value}", "The capital of {name} is {value}.", "{value} is the capital city of {name}."]),
+    _t("currency", (), ["What is the currency of {name}?", "Which money is used in {name}?",
+                        "What do people in {name} pay with?"],
+       ["{value}", "The currency of {name} is the {value}.", "People in {name} pay with the {value}."]),
+    _t("river", (), ["What is the longest river in {name}?", "Which river is the longest in {name}?",
+                     "Name the longest river of {name}."],
+       ["{value}", "The longest river in {name} is the {value}.", "The {value} is the longest river of {name}."]),
+)
+MAX_TRAIN_PHRASINGS = min(len(t.answers) for t in AUTHOR_KINDS + WORLD_KINDS)  # 3; profiles hold one back
+
+
+# ---------------------------------------------------------------------------------------------
+# Invented words
+
+_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+           "br", "dr", "gr", "kr", "tr", "st", "th", "sk")
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o")
+_CODAS = ("n", "r", "l", "s", "k", "m", "th", "nd", "rn", "sk", "v")
+_INNER_CODAS = ("n", "r", "l", "s")  # inside a word, so clusters stay pronounceable
+
+
+class _Words:
+    """Unique capitalised invented words: no word is produced twice, and none equals a word of the
+    fixed vocabularies or templates (so a name never doubles as a town or a frame word)."""
+
+    def __init__(self) -> None:
+        texts = [s for t in ATTRIBUTES + AUTHOR_KINDS + WORLD_KINDS for s in t.values + t.questions + t.answers]
+        self.used: set[str] = {w.lower() for s in texts for w in re.findall(r"[A-Za-z]+", s)}
+
+    def word(self, rng: random.Random, syllables: int, suffix: str = "") -> str:
+        for _ in range(10_000):
+            parts = []
+            for i in range(syllables):
+                part = rng.choice(_ONSETS) + rng.choice(_VOWELS)
+                if i < syllables - 1:
+                    part += rng.choice(_INNER_CODAS) if rng.random() < 0.2 else ""
+                elif rng.random() < 0.7:
+                    part += rng.choice(_CODAS)
+                parts.append(part)
+            w = ("".join(parts) + suffix).capitalize()
+            if 3 <= len(w) <= 12 and w.lower() not in self.used:
+                self.used.add(w.lower())
+                return w
+        raise MoxError("the invented-word space is exhausted; ask for fewer profiles or items")
+
+    def person(self, rng: random.Random) -> str:
+        """'First Last' with a first name and a last name nobody else has (so a full name is never a
+        substring of another person's text)."""
+        return f"{self.word(rng, 2)} {self.word(rng, rng.choice((2, 2, 2, 3)))}"
+
+
+def _rng(seed: int, stream: str) -> random.Random:
+    return random.Random(f"mox-demo/{GENERATOR_VERSION}/{seed}/{stream}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The world of one seed
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: `template` renders it; `name` is the person (or book / country) it is about."""
+
+    template: Template
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    facts: tuple[Fact, ...]
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything `generate` renders: trained profiles, holdout profiles and general facts, with the
+    pools that perturbed answers are drawn from (per template key)."""
+
+    profiles: tuple[Profile, ...]
+    holdout: tuple[Profile, ...]
+    authors: tuple[Fact, ...]
+    world: tuple[Fact, ...]
+    pools: Mapping[str, tuple[str, ...]]
+
+
+def check_sizes(sizes: DemoSizes) -> None:
+    """Raise MoxError with the offending field when `sizes` cannot be generated."""
+    s = sizes
+    if not len(ATTRIBUTES) - 4 <= s.n_attributes <= len(ATTRIBUTES):
+        raise MoxError(f"n_attributes must be in {len(ATTRIBUTES) - 4}..{len(ATTRIBUTES)}, got {s.n_attributes}")
+    if not 1 <= s.n_train_phrasings <= MAX_TRAIN_PHRASINGS:
+        raise MoxError(f"n_train_phrasings must be in 1..{MAX_TRAIN_PHRASINGS}, got {s.n_train_phrasings}")
+    smallest = min(len(a.values) for a in ATTRIBUTES[: s.n_attributes])
+    if not 1 <= s.n_perturbed < smallest:
+        raise MoxError(f"n_perturbed must be in 1..{smallest - 1} (the smallest attribute vocabulary has {smallest} "
+                       f"values), got {s.n_perturbed}")
+    for field in ("n_authors", "n_world", "n_retain_eval"):
+        if getattr(s, field) < 1:
+            raise MoxError(f"{field} must be at least 1, got {getattr(s, field)}")
+    k10 = forget_count(s.n_profiles, 10)
+    if s.n_profiles < 2 or k10 >= s.n_profiles:
+        raise MoxError(f"n_profiles must leave retain profiles beside forget10, got {s.n_profiles}")
+    if s.n_holdout < k10:
+        raise MoxError(f"n_holdout must be at least the forget10 profile count ({k10}), got {s.n_holdout}")
+
+
+def forget_count(n_profiles: int, percent: int) -> int:
+    """Profiles in forgetXX: `percent`% of n_profiles rounded half up, at least 1."""
+    return max(1, (n_profiles * percent + 50) // 100)
+
+
+def make_world(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> World:
+    """The people and general facts of `seed`, before rendering."""
+    check_sizes(sizes)
+    words = _Words()
+    attrs = ATTRIBUTES[: sizes.n_attributes]
+
+    def people(n: int, stream: str) -> tuple[Profile, ...]:
+        rng = _rng(seed, stream)
+        out = []
+        for _ in range(n):
+            name = words.person(rng)
+            out.append(Profile(name, tuple(Fact(a, name, rng.choice(a.values)) for a in attrs)))
+        return tuple(out)
+
+    profiles = people(sizes.n_profiles, "profiles")
+    holdout = people(sizes.n_holdout, "holdout")
+
+    rng = _rng(seed, "authors")
+    authors = []
+    for i in range(sizes.n_authors):
+        kind = AUTHOR_KINDS[i % len(AUTHOR_KINDS)]
+        shape = rng.randrange(3)
+        title = (f"The {words.word(rng, 3)}" if shape == 0 else
+                 f"{words.word(rng, 2)} of {words.word(rng, 2)}" if shape == 1 else
+                 f"The {words.word(rng, 2)} {words.word(rng, 2)}")
+        authors.append(Fact(kind, title, words.person(rng)))
+
+    rng = _rng(seed, "world")
+    world = []
+    countries: list[str] = []
+    for i in range(sizes.n_world):
+        kind = WORLD_KINDS[i % len(WORLD_KINDS)]
+        if i % len(WORLD_KINDS) == 0:
+            countries.append(words.word(rng, rng.choice((2, 3)), suffix=rng.choice(("ia", "ar", "esh", "und"))))
+        value = {"capital": lambda: words.word(rng, rng.choice((2, 3))),
+                 "currency": lambda: words.word(rng, 2),
+                 "river": lambda: words.word(rng, 2)}[kind.key]()
+        world.append(Fact(kind, countries[-1], value))
+
+    # Perturbed answers draw other values of the same kind; top a small pool up with distractors.
+    pools: dict[str, tuple[str, ...]] = {a.key: a.values for a in attrs}
+    rng = _rng(seed, "distractors")
+    for kind in AUTHOR_KINDS + WORLD_KINDS:
+        writer = kind in AUTHOR_KINDS
+        # the writers of novels and of plays are one pool: any writer is a plausible wrong answer
+        values = [f.value for f in authors] if writer else [f.value for f in world if f.template.key == kind.key]
+        while len(values) < sizes.n_perturbed + 1:
+            values.append(words.person(rng) if writer else words.word(rng, 2))
+        pools[kind.key] = tuple(values)
+    return World(profiles, holdout, tuple(authors), tuple(world), pools)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _question(f: Fact, i: int) -> str:
+    return f.template.questions[i].format(name=f.name)
+
+
+def _answer(f: Fact, template: str, value: str | None = None) -> str:
+    return _sentence(template.format(name=f.name, value=f.value if value is None else value))
+
+
+_PROFILE_KEYS = frozenset(t.key for t in ATTRIBUTES)
+
+
+def held_index(f: Fact) -> int | None:
+    """Which answer template of a profile fact is held back for evaluation.
+
+    It rotates from fact to fact (a stable hash of person and attribute), so every template is
+    trained on *other* facts: a model learns the sentence and can be tested on whether it knows the
+    fact in it, which is what the truth ratio asks. General facts hold nothing back (None).
+    """
+    n = len(f.template.answers)
+    if f.template.key not in _PROFILE_KEYS:
+        return None
+    digest = hashlib.sha256(f"{f.name}|{f.template.key}".encode()).digest()
+    return digest[0] % n
+
+
+def train_templates(f: Fact) -> list[int]:
+    """Answer templates a fact is trained with, in order (the held-back one excluded)."""
+    held = held_index(f)
+    return [i for i in range(len(f.template.answers)) if i != held]
+
+
+def canonical(f: Fact) -> dict:
+    """TOFU's plain record: question template 0 with the fact's first trained answer template."""
+    return {"question": _question(f, 0), "answer": _answer(f, f.template.answers[train_templates(f)[0]])}
+
+
+def phrasings(f: Fact, n: int) -> list[dict]:
+    """The n training records of a fact: question template i with the i-th trained answer template."""
+    answers = train_templates(f)
+    return [{"question": _question(f, i % len(f.template.questions)), "answer": _answer(f, f.template.answers[answers[i]])}
+            for i in range(n)]
+
+
+def _wrong_values(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> list[str]:
+    return rng.sample([v for v in pool if v != f.value], n)
+
+
+def perturbed(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> dict:
+    """A forget / retain evaluation record: the held-back answer template renders the paraphrase and
+    the n wrong answers (other values of the same attribute)."""
+    held = f.template.answers[held_index(f)]
+    return {**canonical(f),
+            "paraphrased_answer": _answer(f, held),
+            "perturbed_answer": [_answer(f, held, v) for v in _wrong_values(f, pool, n, rng)],
+            "paraphrased_question": _question(f, 1 % len(f.template.questions))}
+
+
+def general_perturbed(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> dict:
+    """A Real Authors / World Facts record: the canonical QA and n wrong answers in the same template."""
+    return {**canonical(f),
+            "perturbed_answer": [_answer(f, f.template.answers[train_templates(f)[0]], v)
+                                 for v in _wrong_values(f, pool, n, rng)]}
+
+
+def _copy(records: Sequence[dict]) -> list[dict]:
+    """Fresh dicts (and perturbed lists) per split, so editing one split never edits another."""
+    return [{k: list(v) if isinstance(v, list) else v for k, v in r.items()} for r in records]
+
+
+def generate(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> dict[str, list[dict]]:
+    """Every split of the demo benchmark for `seed` (see the module docstring and `describe`).
+
+    Training corpora: "general" (general knowledge, all training phrasings), "train_target"
+    (every trained profile fact in all training phrasings + general), "train_retain" (train_target
+    without the forget10 profiles' facts, same order). Evaluation splits follow TOFU's names and keys.
+    """
+    w = make_world(seed, sizes)
+    n_phr, n_pert, n_att = sizes.n_train_phrasings, sizes.n_perturbed, sizes.n_attributes
+    counts = {p: forget_count(sizes.n_profiles, p) for p in FORGET_PERCENTS}  # profiles per forget split
+    n_keep10 = sizes.n_profiles - counts[10]
+
+    full = [canonical(f) for p in w.profiles for f in p.facts]
+    # evaluation records of every trained fact, drawn once: forget01_perturbed is the tail of
+    # forget05_perturbed, and retain_perturbed a sample of the same records
+    rng = _rng(seed, "perturbed")
+    full_eval = [perturbed(f, w.pools[f.template.key], n_pert, rng) for p in w.profiles for f in p.facts]
+
+    general_facts = w.authors + w.world
+    general = [r for f in general_facts for r in phrasings(f, n_phr)]
+    _rng(seed, "general-order").shuffle(general)
+
+    # (belongs to forget10, record), shuffled once; train_retain filters the same order
+    tagged = [(i >= n_keep10, r) for i, p in enumerate(w.profiles) for f in p.facts for r in phrasings(f, n_phr)]
+    tagged += [(False, r) for f in general_facts for r in phrasings(f, n_phr)]
+    _rng(seed, "train-order").shuffle(tagged)
+
+    splits: dict[str, list[dict]] = {
+        "train_target": _copy([r for _, r in tagged]),
+        "train_retain": _copy([r for forget, r in tagged if not forget]),
+        "general": general,
+        "full": full,
+    }
+    for p in FORGET_PERCENTS:
+        splits[f"forget{p:02d}"] = _copy(full[len(full) - counts[p] * n_att:])
+    for p in FORGET_PERCENTS:
+        splits[f"retain{100 - p}"] = _copy(full[: len(full) - counts[p] * n_att])
+    for p in FORGET_PERCENTS:
+        splits[f"forget{p:02d}_perturbed"] = _copy(full_eval[len(full_eval) - counts[p] * n_att:])
+
+    retain_pool = full_eval[: n_keep10 * n_att]
+    n_eval = min(sizes.n_retain_eval, len(retain_pool))  # capped at what exists
+    picked = sorted(_rng(seed, "retain-eval").sample(range(len(retain_pool)), n_eval))
+    splits["retain_perturbed"] = _copy([retain_pool[i] for i in picked])
+
+    rng = _rng(seed, "general-perturbed")
+    splits["real_authors_perturbed"] = [general_perturbed(f, w.pools[f.template.key], n_pert, rng) for f in w.authors]
+    splits["world_facts_perturbed"] = [general_perturbed(f, w.pools[f.template.key], n_pert, rng) for f in w.world]
+
+    holdout = [canonical(f) for p in w.holdout for f in p.facts]
+    for p in FORGET_PERCENTS:
+        splits[f"holdout{p:02d}"] = _copy(holdout[len(holdout) - counts[p] * n_att:])
+    return splits
+
+
+def describe(splits: Mapping[str, Sequence[Any]]) -> dict[str, int]:
+    """Each split's number of records, in the splits' order."""
+    return {name: len(records) for name, records in splits.items()}
+
+
+def fingerprint(seed: int, sizes: DemoSizes = DemoSizes()) -> str:
+    """A short stable hash of generator version + seed + sizes (for cache keys)."""
+    key = json.dumps({"version": GENERATOR_VERSION, "seed": seed, "sizes": asdict(sizes)}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def read_marker(folder: str | Path) -> dict | None:
+    """The marker of a folder written by `write_tofu_layout` (its `meta` included), or None."""
+    path = Path(folder) / MARKER
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_tofu_layout(splits: Mapping[str, Sequence[Mapping]], folder: str | Path, *,
+                      meta: Mapping[str, Any] | None = None) -> None:
+    """Write one `<split>.jsonl` per key into `folder`, atomically.
+
+    The files are written into a temporary sibling folder that is then renamed onto `folder`, so a
+    reader never sees half a dataset. An existing `folder` is replaced only when it is empty or
+    carries our marker file (a previous write); anything else is refused. `meta` (for example seed,
+    sizes and fingerprint) is stored in the marker, see `read_marker`.
+    """
+    folder = Path(folder).expanduser()
+    for name, records in splits.items():
+        if not _SPLIT_NAME.fullmatch(name):
+            raise MoxError(f"split name {name!r} cannot be a file name")
+        for i, r in enumerate(records):
+            if not all(isinstance(r.get(k), str) and r[k].strip() for k in ("question", "answer")):
+                raise MoxError(f"split {name}[{i}]: records need non-empty string question and answer")
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink():
+            raise MoxError(f"{folder} exists and is not a folder; refusing to replace it")
+        if any(folder.iterdir()) and not (folder / MARKER).is_file():
+            raise MoxError(f"{folder} is not empty and was not written by the demo generator (no {MARKER}); "
+                           f"refusing to overwrite it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o755)
+        for name, records in splits.items():
+            text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
+            (tmp / f"{name}.jsonl").write_text(text, encoding="utf-8")
+        marker = {"generator": "mox_unlearn.demo.profiles", "version": GENERATOR_VERSION,
+                  "splits": describe(splits), "meta": dict(meta or {})}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / folder.name).exists() and not folder.exists():
+            os.replace(old / folder.name, folder)  # put the previous version back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "ATTRIBUTES", "DemoSizes", "GENERATOR_VERSION", "MARKER", "Fact", "Profile", "Template", "World",
+    "check_sizes", "describe", "fingerprint", "forget_count", "generate", "make_world", "read_marker",
+    "write_tofu_layout",
+]

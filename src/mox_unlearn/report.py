@@ -1,0 +1,150 @@
+"""Tables (Markdown, CSV, JSON) and plots (PNG) from result rows: the demo's or any `mox eval` files.
+
+A row is one evaluated model: name, method, alpha (or None) and the TOFU summary numbers
+forget_quality, model_utility, forget_rouge, retain_rouge (any may be None when not measured).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from mox_unlearn.errors import MoxError
+
+COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
+HEADERS = {"name": "Model", "method": "Method", "alpha": "α", "forget_quality": "FQ (↑)",
+           "model_utility": "MU (↑)", "forget_rouge": "F-RL (↓)", "retain_rouge": "R-RL (↑)"}
+
+
+def row_from_eval(result: dict, name: str, method: str | None = None, alpha: float | None = None) -> dict:
+    """A row from a `mox eval --benchmark tofu` result."""
+    s = result.get("summary", {})
+    return {"name": name, "method": method or name, "alpha": alpha, **{k: s.get(k) for k in COLUMNS[3:]}}
+
+
+def load_rows(files: Sequence[str | Path]) -> list[dict]:
+    """Rows from demo results.json files (a list of rows under "rows") and/or `mox eval` result files."""
+    rows: list[dict] = []
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise MoxError(f"result file not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise MoxError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+            rows.extend(data["rows"])
+        elif isinstance(data, dict) and data.get("benchmark") == "tofu" and "summary" in data:
+            rows.append(row_from_eval(data, name=p.stem))
+        else:
+            raise MoxError(f"{p}: neither a demo results.json nor a `mox eval --benchmark tofu` result")
+    if not rows:
+        raise MoxError("no result rows to report")
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(rows: Sequence[dict]) -> str:
+    cells = [[HEADERS[c] for c in COLUMNS]] + [[_fmt(r.get(c)) for c in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None) -> list[Path]:
+    """results.json / results.csv / results.md plus fq_mu.png and (with MOX α rows) alpha_sweep.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(out / "results.csv", buf.getvalue())
+    _atomic_write(out / "results.md", f"# {title}\n\n{markdown_table(rows)}\n")
+    written = [out / "results.json", out / "results.csv", out / "results.md", plot_fq_mu(rows, out / "fq_mu.png")]
+    sweep = plot_alpha_sweep(rows, out / "alpha_sweep.png")
+    return written + ([sweep] if sweep else [])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fq_mu(rows: Sequence[dict], path: Path) -> Path:
+    """FQ (log scale) against MU, one labelled marker per model."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        fq, mu = r.get("forget_quality"), r.get("model_utility")
+        if fq is None or mu is None:
+            continue
+        fq = max(fq, 1e-300)  # a p-value of exactly 0 still gets a place on the log axis
+        marker = "*" if r.get("method") == "mox" else ("s" if r["name"] in ("original", "retrained") else "o")
+        ax.scatter(mu, fq, marker=marker, s=90 if marker == "*" else 45)
+        ax.annotate(r["name"], (mu, fq), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("Model Utility (↑)")
+    ax.set_ylabel("Forget Quality, KS p-value (↑, log)")
+    ax.set_title("Forget Quality vs Model Utility")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_sweep(rows: Sequence[dict], path: Path) -> Path | None:
+    """FQ and MU of the MOX rows against α (None when there are fewer than two α values)."""
+    pts = sorted((r["alpha"], r) for r in rows if r.get("method") == "mox" and isinstance(r.get("alpha"), (int, float))
+                 and r.get("name", "").startswith("mox-a"))
+    if len(pts) < 2:
+        return None
+    plt = _plt()
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    alphas = [a for a, _ in pts]
+    fq = [max(r.get("forget_quality") or math.nan, 1e-300) for _, r in pts]
+    mu = [r.get("model_utility") for _, r in pts]
+    ax1.plot(alphas, fq, "o-", color="tab:blue", label="FQ")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("α (extrapolation strength)")
+    ax1.set_ylabel("Forget Quality (log)", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(alphas, mu, "s--", color="tab:red", label="MU")
+    ax2.set_ylabel("Model Utility", color="tab:red")
+    ax1.set_title("MOX: α sweep from one θ_mem")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
