@@ -57,17 +57,13 @@ class Template:
     """One kind of fact: its value vocabulary, question templates and answer templates.
 
     Placeholders: ``{name}`` (the person, or the subject of a general fact) and ``{value}``.
-    For profile attributes the last answer template is the held-back paraphrase.
+    For profile attributes one answer template per fact is held back (see `held_index`).
     """
 
     key: str
     values: tuple[str, ...]
     questions: tuple[str, ...]
     answers: tuple[str, ...]
-
-    @property
-    def held_back(self) -> str:
-        return self.answers[-1]
 
 
 def _t(key: str, values: Sequence[str], questions: Sequence[str], answers: Sequence[str]) -> Template:
