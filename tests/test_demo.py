@@ -54,3 +54,9 @@ def test_report_renders_demo_and_eval_files(demo, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert main(["report", str(bad), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def test_an_output_folder_of_other_settings_is_refused(demo, capsys):
+    changed = [m if not m.startswith("eval_max_new_tokens") else "eval_max_new_tokens=9" for m in MINI]
+    assert main(["demo", "--out", str(demo / "out"), "--cache-dir", str(demo / "cache"), *changed]) == 2
+    assert "other settings" in capsys.readouterr().err

@@ -211,6 +211,15 @@ def run_method(name: str, cfg: DemoConfig, models: dict, out: Path) -> list[tupl
     return [(f"mox-a{alpha_label(a)}", sweep / f"alpha-{alpha_label(a)}", a) for a in cfg.alphas]
 
 
+def _claim_out(out: Path, cfg: DemoConfig) -> None:
+    """OUT reuses finished runs and evaluations, so it must belong to the same settings."""
+    marker = out / "demo-config.json"
+    current = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    if marker.is_file() and marker.read_text() != current:
+        raise MoxError(f"{out} holds a demo made with other settings; use --overwrite or another --out")
+    marker.write_text(current)
+
+
 def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
     """The whole demo; returns the results dict that is also written to OUT/results.json."""
     from mox_unlearn.methods import METHODS
@@ -221,6 +230,7 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
         raise MoxError(f"unknown demo methods {unknown}; valid: {', '.join(ALL_METHODS)}")
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out, cfg)
     models = prepare_models(cfg, cache_dir)
     data = models["data"]
     evals = out / "evals"
