@@ -192,7 +192,8 @@ def test_output_is_a_loadable_hf_folder(models, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     want = expected_sd(load_sd(models["ref"]), load_sd(models["mem"]), 4.0)
-    assert torch.equal(model.state_dict()["model.layers.1.mlp.up_proj.weight"], want["model.layers.1.mlp.up_proj.weight"])
+    key = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(model.state_dict()[key], want[key])
     ids = tok("Where was Alia Vorn born?", return_tensors="pt").input_ids
     assert model(ids).logits.shape[-1] == len(tok)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
@@ -327,11 +328,11 @@ def test_failure_in_background_shard_write_leaves_nothing(models, tmp_path, monk
 
     real, calls = mio._save_shard, []
 
-    def flaky(tensors, path):
+    def flaky(tensors, path, *args):
         calls.append(path)
         if len(calls) == 3:
             raise OSError("No space left on device")
-        real(tensors, path)
+        real(tensors, path, *args)
 
     monkeypatch.setattr(mio, "_save_shard", flaky)
     with pytest.raises(OSError, match="No space"):
@@ -344,11 +345,11 @@ def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
 
     real, calls = ex.extrapolate_tensors, []
 
-    def flaky(ref, mem, alphas):
+    def flaky(ref, mem, alphas, **kw):
         calls.append(1)
         if len(calls) == 12:
             raise RuntimeError("disk on fire")
-        return real(ref, mem, alphas)
+        return real(ref, mem, alphas, **kw)
 
     monkeypatch.setattr(ex, "extrapolate_tensors", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -410,6 +411,37 @@ def test_shard_writer_single_and_many(tmp_path):
     w2.add("a", t["t0"])
     with pytest.raises(ValueError, match="twice"):
         w2.add("a", t["t1"])
+
+
+def test_shard_writer_arenas_are_recycled_and_guarded(tmp_path):
+    from mox_unlearn.modelio import ArenaPool, ShardSaver
+
+    pool = ArenaPool(2, 2048)
+    with ShardSaver() as saver:
+        w = ShardWriter(tmp_path / "w", 2000, saver=saver, arenas=pool)
+        for i in range(6):  # 6 tensors of 1000 bytes -> 3 shards through 2 recycled buffers
+            t = w.empty((250,), torch.float32)
+            t.fill_(float(i))
+            w.add(f"t{i}", t)
+        paths = w.close()
+    assert len(paths) == 3 and pool._made <= 2
+    sd = load_sd(tmp_path / "w")
+    assert all(torch.equal(sd[f"t{i}"], torch.full((250,), float(i))) for i in range(6))
+
+    w = ShardWriter(tmp_path / "g", 2000, arenas=ArenaPool(1, 2048))
+    w.add("a", w.empty((400,), torch.float32))
+    w.empty((100,), torch.float32)  # handed out from the arena, not yet added...
+    with pytest.raises(RuntimeError, match="empty"):
+        w.flush()  # ...so recycling its buffer now must be refused
+
+
+def test_extrapolate_tensors_into_out():
+    ref, mem = torch.randn(3, 4), torch.randn(3, 4)
+    out = [torch.empty(3, 4), torch.empty(3, 4)]
+    got = extrapolate_tensors(ref, mem, [4.0, 0.5], out=out)
+    assert got[0] is out[0] and torch.equal(out[1], 1.5 * ref - 0.5 * mem)
+    with pytest.raises(ValueError, match="out"):
+        extrapolate_tensors(ref, mem, [4.0], out=[torch.empty(4, 3)])
 
 
 def test_list_weight_files_errors(tmp_path):

@@ -1,7 +1,9 @@
-"""MOX extrapolation (Eq. 8): theta_for = (1+alpha)*theta_ref - alpha*theta_mem = theta_ref + alpha*(theta_ref - theta_mem).
+"""MOX extrapolation (Eq. 8): theta_for = (1 + alpha) * theta_ref - alpha * theta_mem.
 
-Folders are processed tensor by tensor straight from memory-mapped safetensors, so a model of any size
-needs about one output shard of memory per alpha. Several alphas share one read of the inputs.
+Equivalently theta_ref + alpha * (theta_ref - theta_mem): step away from the model that memorised
+the forget set. Folders are processed tensor by tensor straight from memory-mapped safetensors, so a
+model of any size needs about one output shard of memory per alpha (plus one shard being written),
+and several alphas share one read of the inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import (
+    ArenaPool,
     ShardSaver,
     ShardWriter,
     TensorInfo,
@@ -55,11 +58,18 @@ def extrapolate_tensor(ref: torch.Tensor, mem: torch.Tensor, alpha: float) -> to
     return extrapolate_tensors(ref, mem, [alpha])[0]
 
 
-def extrapolate_tensors(ref: torch.Tensor, mem: torch.Tensor, alphas: Sequence[float]) -> list[torch.Tensor]:
+def extrapolate_tensors(
+    ref: torch.Tensor,
+    mem: torch.Tensor,
+    alphas: Sequence[float],
+    out: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
     """One extrapolated tensor per alpha, converting each chunk of ref/mem to fp32 only once.
 
     Each element gets exactly `fl(fl((1+a)*r) - fl(a*m))` in fp32 (fp64 stays fp64), then one cast,
     so results equal the plain whole-tensor expression bit for bit. Inputs are never modified.
+    `out` (floating tensors only): contiguous tensors like `ref` to write into, e.g. from
+    ShardWriter.empty(); they are returned.
     """
     if ref.shape != mem.shape:
         raise ValueError(f"shape mismatch: ref {tuple(ref.shape)} vs mem {tuple(mem.shape)}")
@@ -68,7 +78,15 @@ def extrapolate_tensors(ref: torch.Tensor, mem: torch.Tensor, alphas: Sequence[f
     if not ref.is_floating_point():
         return [ref for _ in alphas]
     compute = torch.promote_types(ref.dtype, torch.float32)
-    outs = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for _ in alphas]
+    if out is None:
+        outs = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) for _ in alphas]
+    else:
+        outs = list(out)
+        if len(outs) != len(alphas) or any(
+            o.shape != ref.shape or o.dtype != ref.dtype or o.device != ref.device or not o.is_contiguous()
+            for o in outs
+        ):
+            raise ValueError("out must hold one contiguous tensor per alpha, like ref in shape, dtype and device")
     r_flat, m_flat = ref.reshape(-1), mem.reshape(-1)  # [n]
     o_flats = [o.view(-1) for o in outs]  # [n] each, sharing storage with outs
     n = r_flat.numel()
@@ -101,11 +119,15 @@ def _check_same_keys(ref_keys: Sequence[str], mem_keys: Sequence[str], where: st
     extra = sorted(set(mem_keys) - set(ref_keys))
     if not missing and not extra:
         return
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
     parts = []
     if missing:
-        parts.append(f"{len(missing)} in ref but not mem ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        parts.append(f"{len(missing)} in ref but not mem ({few(missing)})")
     if extra:
-        parts.append(f"{len(extra)} in mem but not ref ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+        parts.append(f"{len(extra)} in mem but not ref ({few(extra)})")
     hint = " (tie_word_embeddings differs?)" if "lm_head.weight" in missing + extra else ""
     raise MoxError(f"{where}: different tensor names: {'; '.join(parts)}{hint}")
 
@@ -193,7 +215,10 @@ def extrapolate_folders(
     """Write Eq. 8 models as HF folders: `out` for one alpha, `out/alpha-<A>/` for several.
 
     All checks run before anything is written; the inputs are read once whatever the number of
-    alphas; the whole of `out` appears atomically. Returns the model folders written.
+    alphas; the whole of `out` appears atomically. Peak heap memory is about
+    (len(alphas) + 1) * shard_size (+ one tensor larger than a shard, if any). Shards are written by
+    a background thread, and torch uses one thread fewer during the call to leave it a core.
+    Returns the model folders written.
     """
     ref, mem, out = Path(ref), Path(mem), Path(out)
     values = _check_alphas(alphas, allow_negative)
@@ -210,7 +235,10 @@ def extrapolate_folders(
         ShardSaver() as saver,
         _spare_one_core(),
     ):
-        writers = [ShardWriter(tmp / sub, cap, saver=saver) for sub in subdirs]
+        # one shard buffer per output plus one for the shard being saved; smaller for small models
+        total = sum(info.nbytes for info in ref_infos.values())
+        arenas = ArenaPool(len(values) + 1, min(cap, total) + 64 * len(ref_infos))
+        writers = [ShardWriter(tmp / sub, cap, saver=saver, arenas=arenas) for sub in subdirs]
         _stream(ref_infos, mem_infos, values, writers, progress)
         for writer, sub, alpha in zip(writers, subdirs, values):
             writer.close()
@@ -260,27 +288,39 @@ def _stream(
             tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="extrapolate", disable=not progress)
         )
         for name in order:
-            nbytes = ref_infos[name].nbytes
             r = handle(ref_infos[name].file).get_tensor(name)
             m = handle(mem_infos[name].file).get_tensor(name)
-            if not r.is_floating_point():
-                r = r.clone()  # own the bytes rather than keep a view into a mapped file
-            oversized = nbytes >= writers[0].cap
-            for batch in _alpha_batches(len(alphas), oversized):
-                if oversized and writers[0].saver is not None:
-                    writers[0].saver.wait()  # never one oversized copy written while another is computed
-                for i in batch:
-                    writers[i].reserve(nbytes)  # flush first, so a writer never holds a shard + this tensor
-                _add_outputs(writers, batch, name, extrapolate_tensors(r, m, [alphas[i] for i in batch]))
+            _extrapolate_one(name, r, m, alphas, writers)
             del r, m
-            bar.update(nbytes + mem_infos[name].nbytes)
+            bar.update(ref_infos[name].nbytes + mem_infos[name].nbytes)
 
 
-def _add_outputs(writers: Sequence[ShardWriter], batch: list[int], name: str, outs: list[torch.Tensor]) -> None:
-    """Hand each output to its writer. A function of its own so that no loop variable keeps the last
-    output alive after its shard is written (that would hold one extra tensor during the next compute)."""
-    for i, out in zip(batch, outs):
-        writers[i].add(name, out)
+def _extrapolate_one(
+    name: str, r: torch.Tensor, m: torch.Tensor, alphas: Sequence[float], writers: Sequence[ShardWriter]
+) -> None:
+    """Compute one tensor for every alpha straight into each writer's shard buffer, and add it.
+
+    A function of its own so that no local keeps an output alive after its shard is written.
+    """
+    if not r.is_floating_point():
+        r = r.clone()  # own the bytes rather than keep a view into a mapped file
+        for writer in writers:
+            writer.add(name, r)
+        return
+    oversized = _nbytes(r) >= writers[0].cap
+    for batch in _alpha_batches(len(alphas), oversized):
+        if oversized and writers[0].saver is not None:
+            writers[0].saver.wait()  # never one oversized copy written while another is computed
+        # empty() flushes a writer first if the tensor would not fit: memory stays ~ one shard each
+        outs = [writers[i].empty(r.shape, r.dtype) for i in batch]
+        extrapolate_tensors(r, m, [alphas[i] for i in batch], out=outs)
+        for i, out in zip(batch, outs):
+            writers[i].add(name, out)
+        del outs, out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _alpha_batches(n_alpha: int, oversized: bool) -> list[list[int]]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import shutil
 import struct
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,13 +301,70 @@ def _release_freed_memory() -> None:
 _MALLOC_TRIM = None
 
 
-def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write one shard, make it readable like any file the user creates, and free its tensors."""
+class _Arena:
+    """One shard's worth of memory that output tensors are carved from, front to back."""
+
+    ALIGN = 64  # bytes; keeps every tensor aligned for vectorised kernels
+
+    def __init__(self, nbytes: int) -> None:
+        self.buf = torch.empty(nbytes, dtype=torch.uint8)  # [nbytes]; pages appear on first touch
+        self._view = memoryview(self.buf.numpy())
+        self.used = 0
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
+        """An uninitialised tensor inside the arena, or None when it does not fit."""
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        start = -(-self.used // self.ALIGN) * self.ALIGN
+        if nbytes == 0 or start + nbytes > len(self._view):
+            return None
+        self.used = start + nbytes
+        # each tensor gets its own storage object over its slice, so save_file sees no sharing
+        return torch.frombuffer(self._view[start : start + nbytes], dtype=dtype).view(tuple(shape))
+
+
+class ArenaPool:
+    """A few reusable shard-sized buffers for ShardWriter.empty(), shared by all writers of one run.
+
+    Fresh memory costs a page fault per 4 KiB page on first touch, which is most of the CPU time of
+    writing a model besides the disk write itself (more so in VMs). Cycling `count` buffers means
+    each page is faulted once per run, and the resident set is at most count x shard size.
+    With one buffer per writer plus one for the shard being saved, a writer never waits for one.
+    """
+
+    def __init__(self, count: int, nbytes: int) -> None:
+        self.count, self.nbytes = count, nbytes
+        self._free: list[_Arena] = []
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _Arena | None:
+        """A free buffer (made on first need), or None when all are in use: the caller allocates."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if self._made < self.count:
+                self._made += 1
+                return _Arena(self.nbytes)
+        return None
+
+    def release(self, arena: _Arena) -> None:
+        """Return a buffer once the shard carved from it is on disk."""
+        arena.used = 0
+        with self._lock:
+            self._free.append(arena)
+
+
+def _save_shard(
+    tensors: dict[str, torch.Tensor], path: Path, arena: _Arena | None = None, pool: ArenaPool | None = None
+) -> None:
+    """Write one shard, make it readable like any file the user creates, and free its memory."""
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata={"format": "pt"})
     os.chmod(path, _umask_mode(0o666))  # save_file creates files 0600
     tensors.clear()
+    if arena is not None and pool is not None:
+        pool.release(arena)
     _release_freed_memory()
 
 
@@ -356,11 +415,21 @@ class ShardWriter:
     bigger than the cap gets a shard of its own. With a `saver`, shards are written in the background.
     """
 
-    def __init__(self, out_dir: Path, max_shard_size: str | int = "2GB", *, saver: ShardSaver | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        max_shard_size: str | int = "2GB",
+        *,
+        saver: ShardSaver | None = None,
+        arenas: ArenaPool | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cap = parse_size(max_shard_size)
         self.saver = saver
+        self.arenas = arenas
+        self._arena: _Arena | None = None  # the buffer this shard's empty() tensors come from
+        self._unadded = 0  # tensors handed out by empty() and not yet added
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []  # (temp file, tensor names)
@@ -377,6 +446,23 @@ class ShardWriter:
         if self._pending and self._pending_bytes + nbytes > self.cap:
             self.flush()
 
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor to fill and then `add` (before anything else is added).
+
+        It comes from this writer's arena buffer when there is one, so no fresh memory is touched.
+        Any flush this tensor causes happens now, so the tensor always lands in the current shard.
+        """
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        self.reserve(nbytes)
+        out = None
+        if self.arenas is not None and nbytes < self.cap:
+            if self._arena is None:
+                self._arena = self.arenas.acquire()
+            if self._arena is not None:
+                out = self._arena.take(shape, dtype)
+        self._unadded += 1
+        return out if out is not None else torch.empty(tuple(shape), dtype=dtype)
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Queue one tensor; flush the current shard first if this tensor would push it over the cap."""
         if self._closed:
@@ -386,6 +472,7 @@ class ShardWriter:
         size = _nbytes(tensor)
         self.reserve(size)
         self._seen.add(name)
+        self._unadded = max(0, self._unadded - 1)
         self._pending[name] = tensor.detach().contiguous()
         self._pending_bytes += size
         self.total_size += size
@@ -396,13 +483,17 @@ class ShardWriter:
         """Write the queued tensors as one shard file (now, or in the saver's thread) and let them go."""
         if not self._pending:
             return
+        if self._unadded and self._arena is not None:
+            # its arena is about to be recycled under it: that would corrupt the tensor
+            raise RuntimeError("ShardWriter.flush() while a tensor from empty() has not been added")
         tensors, self._pending, self._pending_bytes = self._pending, {}, 0
+        arena, self._arena = self._arena, None
         path = self.out_dir / f".shard-{len(self._shards) + 1:05d}.safetensors.tmp"
         self._shards.append((path, list(tensors)))
         if self.saver is None:
-            _save_shard(tensors, path)
+            _save_shard(tensors, path, arena, self.arenas)
         else:
-            self.saver.submit(lambda: _save_shard(tensors, path))
+            self.saver.submit(lambda: _save_shard(tensors, path, arena, self.arenas))
 
     def close(self) -> list[Path]:
         """Flush, give shards their final names and write the index; returns the shard paths."""
