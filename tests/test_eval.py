@@ -71,6 +71,11 @@ def test_open_unlearning_retain_log_is_read(tmp_path):
     bad.write_text("{}")
     with pytest.raises(MoxError, match="no per-item forget truth ratios"):
         read_retain_truth_ratios(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(MoxError, match="no per-item forget truth ratios"):
+        read_retain_truth_ratios(bad)
+    with pytest.raises(MoxError, match="retain result file not found"):
+        read_retain_truth_ratios(tmp_path / "missing.json")
 
 
 @pytest.fixture(scope="module")

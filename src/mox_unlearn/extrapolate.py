@@ -136,16 +136,8 @@ def extrapolate_state_dict(
     ref_sd: Mapping[str, torch.Tensor], mem_sd: Mapping[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
     """Eq. 8 over in-memory state dicts (used by the training loop, e.g. for the momentum average)."""
-    _check_same_keys(list(ref_sd), list(mem_sd), "state dicts")
-    out = {}
-    for name, r in ref_sd.items():
-        m = mem_sd[name]
-        if r.shape != m.shape:
-            raise MoxError(f"tensor {name}: shape {tuple(r.shape)} in ref but {tuple(m.shape)} in mem")
-        if r.dtype != m.dtype:
-            raise MoxError(f"tensor {name}: dtype {r.dtype} in ref but {m.dtype} in mem")
-        out[name] = extrapolate_tensor(r, m, alpha)
-    return out
+    _check_compatible(ref_sd, mem_sd, "state dicts")
+    return {name: extrapolate_tensor(r, mem_sd[name], alpha) for name, r in ref_sd.items()}
 
 
 # ----------------------------------------------------------------------------- folder checks
@@ -186,9 +178,10 @@ def _check_model_dir(path: Path, role: str) -> None:
         raise MoxError(f"{role} folder {path} has no config.json; expected a Hugging Face model folder")
 
 
-def _check_compatible(ref: Mapping[str, TensorInfo], mem: Mapping[str, TensorInfo]) -> None:
-    """Same names, shapes and dtypes in both checkpoints, else a one-line refusal naming a tensor."""
-    _check_same_keys(list(ref), list(mem), "ref and mem")
+def _check_compatible(ref: Mapping[str, TensorInfo | torch.Tensor], mem: Mapping[str, TensorInfo | torch.Tensor],
+                      where: str = "ref and mem") -> None:
+    """Same names, shapes and dtypes in both (headers or tensors), else a one-line refusal naming a tensor."""
+    _check_same_keys(list(ref), list(mem), where)
     for name, r in ref.items():
         m = mem[name]
         if r.shape != m.shape:

@@ -160,6 +160,54 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file (JSON results, logs) via a temp file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- loading
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str, *, auto: bool = False) -> "torch.dtype | str":
+    """A dtype by name; "auto" (the checkpoint's own dtype) only where `auto` allows it."""
+    valid = ["auto", *DTYPES] if auto else list(DTYPES)
+    if name not in valid:
+        raise MoxError(f"unknown dtype {name!r}; valid: {', '.join(valid)}")
+    return "auto" if name == "auto" else DTYPES[name]
+
+
+def load_model(name: str, dtype: "torch.dtype | str"):
+    """`AutoModelForCausalLM` from a folder or hub id; a failure is one line naming the model."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars report progress; per-load weight bars are noise
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise MoxError(f"cannot load model {name!r}: {str(e).strip().splitlines()[0]}") from None
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer, given a pad token if it has none (see `ensure_pad_token`)."""
+    from transformers import AutoTokenizer
+
+    from mox_unlearn.data.formatting import ensure_pad_token
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as e:
+        raise MoxError(f"cannot load tokenizer of {name!r}: {str(e).strip().splitlines()[0]}") from None
+    ensure_pad_token(tok)
+    return tok
+
+
 # ----------------------------------------------------------------------------- sizes
 
 _UNITS = {

@@ -10,11 +10,12 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
+from mox_unlearn.modelio import write_text_atomic
 
 COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
 HEADERS = {"name": "Model", "method": "Method", "alpha": "α", "forget_quality": "FQ (↑)",
@@ -32,12 +33,7 @@ def load_rows(files: Sequence[str | Path]) -> list[dict]:
     rows: list[dict] = []
     for f in files:
         p = Path(f)
-        if not p.is_file():
-            raise MoxError(f"result file not found: {p}")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise MoxError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        data = read_json(p, "result")
         if isinstance(data, dict) and isinstance(data.get("rows"), list):
             rows.extend(data["rows"])
         elif isinstance(data, dict) and data.get("benchmark") == "tofu" and "summary" in data:
@@ -71,22 +67,16 @@ def text_table(rows: Sequence[dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None) -> list[Path]:
     """results.json / results.csv / results.md plus fq_mu.png and (with MOX α rows) alpha_sweep.png."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
+    write_text_atomic(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "results.csv", buf.getvalue())
-    _atomic_write(out / "results.md", f"# {title}\n\n{markdown_table(rows)}\n")
+    write_text_atomic(out / "results.csv", buf.getvalue())
+    write_text_atomic(out / "results.md", f"# {title}\n\n{markdown_table(rows)}\n")
     written = [out / "results.json", out / "results.csv", out / "results.md", plot_fq_mu(rows, out / "fq_mu.png")]
     sweep = plot_alpha_sweep(rows, out / "alpha_sweep.png")
     return written + ([sweep] if sweep else [])

@@ -33,14 +33,13 @@ from typing import Any
 import torch
 import yaml
 
-from mox_unlearn import __version__
+from mox_unlearn import versions
 from mox_unlearn.config import UnlearnConfig, to_dict
 from mox_unlearn.data import (
     RecordSet,
     collate,
     encode_qa,
     encode_records,
-    ensure_pad_token,
     epoch_plan,
     load_records,
     load_refusals,
@@ -51,7 +50,14 @@ from mox_unlearn.extrapolate import extrapolate_tensor
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
 from mox_unlearn.losses import LossSpec, get_loss
 from mox_unlearn.methods import Method, get_method
-from mox_unlearn.modelio import atomic_output_dir, write_model_card
+from mox_unlearn.modelio import (
+    atomic_output_dir,
+    load_model,
+    load_tokenizer,
+    torch_dtype,
+    write_model_card,
+    write_text_atomic,
+)
 from mox_unlearn.momentum import MomentumAverage
 
 # Keys that may differ between an interrupted run and its --resume without changing the result.
@@ -158,12 +164,6 @@ def saved_config(out: str | Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -262,35 +262,6 @@ class Targets:
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def _load_model(name: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per run is ours; the per-load weight bars are noise
-    try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise MoxError(f"cannot load model {name!r}: {str(e).strip().splitlines()[0]}") from None
-
-
-def _load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError, KeyError) as e:
-        raise MoxError(f"cannot load tokenizer of {name!r}: {str(e).strip().splitlines()[0]}") from None
-    ensure_pad_token(tok)
-    return tok
-
-
-def _dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise MoxError(f"unknown dtype {name!r}; valid: {', '.join(table)}")
-    return table[name]
 
 
 def _mixed_precision(setting: str) -> str:
@@ -405,14 +376,14 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     set_seed(cfg.seed)
 
     # --- models and data
-    dtype = _dtype(cfg.dtype)
-    tokenizer = _load_tokenizer(cfg.model)
+    dtype = torch_dtype(cfg.dtype)
+    tokenizer = load_tokenizer(cfg.model)
     forget_ex = encode_records(tokenizer, forget_rs, cfg.prompt, cfg.max_length)
     retain_ex = encode_records(tokenizer, retain_rs, cfg.prompt, cfg.max_length) if retain_rs else []
     plan = make_plan(cfg, len(forget_ex), accelerator.num_processes)
-    model = _load_model(cfg.model, dtype)
+    model = load_model(cfg.model, dtype)
     needs_ref = method.extrapolate or r.target == "alternate" or any(n.startswith("ref_") for n in needs)
-    ref = _frozen(_load_model(cfg.model, dtype), accelerator.device) if needs_ref else None
+    ref = _frozen(load_model(cfg.model, dtype), accelerator.device) if needs_ref else None
     alternates = None
     if r.target == "alternate":
         alternates = load_or_generate_alternates(cfg, out, ref, tokenizer, forget_rs, main)
@@ -429,7 +400,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         u = torch.rand(model.config.hidden_size, generator=g)  # WMDP: uniform [0, 1), then normalised
         control = (u / u.norm()).to(accelerator.device)
     models = Models(model=None, ref=ref, cache=RefCache(ref, cfg.cache_ref) if ref is not None else None,
-                    reinforced=_frozen(_load_model(str(reinforced_dir), dtype), accelerator.device) if reinforced_dir else None,
+                    reinforced=_frozen(load_model(str(reinforced_dir), dtype), accelerator.device) if reinforced_dir else None,
                     hidden_layer=hidden_layer, control=control)
     t_loaded = time.perf_counter()
 
@@ -543,10 +514,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         t_end = time.perf_counter()
         cache = models.cache
-        _write_json_atomic(out / "run.json", {
+        write_text_atomic(out / "run.json", json.dumps({
             "config": to_dict(cfg),
             "argv": argv if argv is not None else sys.argv,
-            "versions": _versions(),
+            "versions": versions(),
             "plan": dataclasses.asdict(plan),
             "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
             "trainable_parameters": n_trainable,
@@ -555,7 +526,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                           "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
             "final_logs": last_logs,
             "outputs": outputs,
-        })
+        }, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     return out
 
@@ -593,9 +564,7 @@ def load_or_generate_alternates(cfg: UnlearnConfig, out: Path, ref, tokenizer, f
                                    batch_size=cfg.per_device_batch_size, desc="altpo: alternates")
         rows = [{"question": rec["question"], "answer": rec["answer"], "alternate": alt}
                 for rec, alt in zip(forget.records, answers)]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if [row["question"] for row in rows] != [rec["question"] for rec in forget.records]:
         raise MoxError(f"{path} does not match the forget set; delete it to generate the alternates again")
@@ -625,11 +594,3 @@ def _checkpoint(accelerator, out: Path, step: int) -> None:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-
-    return {"mox-unlearn": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": sys.version.split()[0]}

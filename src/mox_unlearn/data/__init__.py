@@ -17,7 +17,7 @@ from .formatting import (
     prompt_ids,
 )
 from .pairing import epoch_plan, refusal_choices
-from .records import RecordSet, load_records
+from .records import RecordSet, load_records, read_json, read_text
 
 __all__ = [
     "IGNORE_INDEX",
@@ -32,5 +32,7 @@ __all__ = [
     "load_records",
     "load_refusals",
     "prompt_ids",
+    "read_json",
+    "read_text",
     "refusal_choices",
 ]

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import torch
 
 from ..errors import MoxError
-from .records import RecordSet, check_text, texts_of
+from .records import RecordSet, check_text, read_text, texts_of
 
 IGNORE_INDEX = -100
 CHAT_TEMPLATE_MODES = ("auto", "never", "always")
@@ -197,13 +196,7 @@ def load_refusals(path: str | None) -> list[str]:
         text = resources.files("mox_unlearn").joinpath("resources", "refusals.txt").read_text(encoding="utf-8")
     else:
         source = str(path)
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise MoxError(f"refusals file not found: {path}")
-        try:
-            text = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            raise MoxError(f"cannot read refusals file {path}: {type(e).__name__}: {e}") from e
+        text = read_text(path, "refusals")
     refusals = [line.strip() for line in text.splitlines() if line.strip()]
     if not refusals:
         raise MoxError(f"refusals file is empty: {source}")

@@ -89,21 +89,35 @@ def _read_file(spec: str, name: str) -> Located:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".txt"):
         raise MoxError(f"{name} file {spec} has an unknown extension {suffix or '(none)'!r}; accepted: {ACCEPTED_SPECS}")
-    if not path.exists():
-        raise MoxError(f"{name} file not found: {spec}")
-    if not path.is_file():
-        raise MoxError(f"{name} path is not a file: {spec}")
-    try:
-        # utf-8-sig: tolerate a byte-order mark written by some editors.
-        content = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MoxError(f"cannot read {name} file {spec}: {_one_line(e)}") from e
+    content = read_text(spec, name)
     if suffix == ".jsonl":
         return _parse_jsonl(content, spec)
     if suffix == ".json":
         return _parse_json(content, spec)
     # .txt: the whole file is one document; whitespace only means an empty set.
     return [(spec, content)] if content.strip() else []
+
+
+def read_text(spec: str | Path, name: str) -> str:
+    """A text file's content; a missing, non-file or unreadable path is a one-line MoxError naming `name`."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise MoxError(f"{name} file not found: {spec}")
+    if not path.is_file():
+        raise MoxError(f"{name} path is not a file: {spec}")
+    try:
+        # utf-8-sig: tolerate a byte-order mark written by some editors.
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoxError(f"cannot read {name} file {spec}: {_one_line(e)}") from e
+
+
+def read_json(spec: str | Path, name: str) -> Any:
+    """A JSON file's value (result files, MUSE files); invalid JSON names the file and line."""
+    try:
+        return json.loads(read_text(spec, name))
+    except json.JSONDecodeError as e:
+        raise MoxError(f"{spec}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
 
 
 def _parse_jsonl(content: str, spec: str) -> Located:
@@ -221,4 +235,4 @@ def texts_of(rs: RecordSet) -> list[str]:
     return [r["text"] for r in rs.records]
 
 
-__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "texts_of"]
+__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "texts_of", "read_text", "read_json"]

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -529,29 +526,15 @@ def write_tofu_layout(splits: Mapping[str, Sequence[Mapping]], folder: str | Pat
         if any(folder.iterdir()) and not (folder / MARKER).is_file():
             raise MoxError(f"{folder} is not empty and was not written by the demo generator (no {MARKER}); "
                            f"refusing to overwrite it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o755)
+    from mox_unlearn.modelio import atomic_output_dir
+
+    with atomic_output_dir(folder, overwrite=True) as tmp:
         for name, records in splits.items():
             text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
             (tmp / f"{name}.jsonl").write_text(text, encoding="utf-8")
         marker = {"generator": "mox_unlearn.demo.profiles", "version": GENERATOR_VERSION,
                   "splits": describe(splits), "meta": dict(meta or {})}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / folder.name).exists() and not folder.exists():
-            os.replace(old / folder.name, folder)  # put the previous version back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = [

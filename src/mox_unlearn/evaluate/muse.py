@@ -6,12 +6,11 @@ KnowMem answers after few-shot "Question: ...\\nAnswer: ...\\n\\n" blocks. Defin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.stats import generate_greedy, text_token_logprobs
@@ -36,13 +35,7 @@ def load_muse(source: str, key: str) -> list:
     subset, stem, split = FILES[key]
     folder = Path(source).expanduser()
     if folder.is_dir():
-        file = folder / subset / f"{stem}.json"
-        if not file.is_file():
-            raise MoxError(f"MUSE file not found: {file}")
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as e:
-            raise MoxError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+        data = read_json(folder / subset / f"{stem}.json", "MUSE")
     else:
         try:
             import datasets
@@ -114,13 +107,11 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
         return float(value), "given"
     except ValueError:
         pass
-    p = Path(value)
-    if not p.is_file():
-        raise MoxError(f"retain result file not found: {p}")
+    data = read_json(value, "retain result")
     try:
-        return float(json.loads(p.read_text())["metrics"]["privleak_auc"]["value"]), str(p)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
-        raise MoxError(f"{p}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)") from None
+        return float(data["metrics"]["privleak_auc"]["value"]), value
+    except (KeyError, TypeError, ValueError):
+        raise MoxError(f"{value}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)") from None
 
 
 def evaluate_muse(model, tokenizer, *, data: str = MUSE_HUB_ID, retain_result: str | None = None,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from mox_unlearn import __version__
-from mox_unlearn.data.formatting import PromptFormat, ensure_pad_token
+from mox_unlearn import versions
+from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
+from mox_unlearn.modelio import load_model, load_tokenizer, torch_dtype, write_text_atomic
 
 BENCHMARKS = ("tofu", "muse")
 
@@ -18,21 +17,10 @@ BENCHMARKS = ("tofu", "muse")
 def load_eval_model(path: str, dtype: str = "auto"):
     """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise MoxError(f"unknown dtype {dtype!r}; valid: {', '.join(dtypes)}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
-    except (OSError, ValueError, KeyError) as e:
-        raise MoxError(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}") from None
-    ensure_pad_token(tokenizer)
+    model = load_model(path, torch_dtype(dtype, auto=True))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_tokenizer(path)
 
 
 def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | None = None, forget_split: str = "forget10",
@@ -61,11 +49,8 @@ def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | No
         result = evaluate_muse(model, tokenizer, data=data or MUSE_HUB_ID, retain_result=retain_result,
                                batch_size=batch_size, limit=limit)
     result = {"benchmark": benchmark, "model": str(model_path), "data": data, **result,
-              "seconds": round(time.perf_counter() - start, 2), "versions": _versions()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+              "seconds": round(time.perf_counter() - start, 2), "versions": versions()}
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -78,11 +63,3 @@ def summary_table(result: dict) -> str:
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
     lines += [f"{k:<{width}}  {fmt(v)}" for k, v in rows]
     return "\n".join(lines)
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"mox-unlearn": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": sys.version.split()[0]}

@@ -10,13 +10,12 @@ which split feeds which statistic, following the benchmark's reference code:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mox_unlearn.data import RecordSet, load_records
+from mox_unlearn.data import RecordSet, load_records, read_json
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
@@ -109,16 +108,13 @@ def read_retain_truth_ratios(path: str | Path) -> tuple[np.ndarray, dict]:
     """Per-item forget truth ratios of the retain model: from a `mox eval` result file, or from an
     open-unlearning TOFU_EVAL.json (`forget_truth_ratio.value_by_index.<i>.score`, same R = false/true)."""
     p = Path(path)
-    if not p.is_file():
-        raise MoxError(f"retain result file not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise MoxError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    data = read_json(p, "retain result")
+    if not isinstance(data, dict):
+        data = {}  # not an object: falls through to the one-line refusal below
     if isinstance(data.get("metrics"), dict) and "forget_truth_ratio" in data["metrics"]:
         values = data["metrics"]["forget_truth_ratio"].get("per_item")
         return np.asarray(values, dtype=float), {k: data.get(k) for k in ("forget_split", "limit", "model")}
-    by_index = data.get("forget_truth_ratio", {}).get("value_by_index") if isinstance(data, dict) else None
+    by_index = data.get("forget_truth_ratio", {}).get("value_by_index")
     if isinstance(by_index, dict):
         keys = sorted(by_index, key=int)
         return np.asarray([by_index[k]["score"] for k in keys], dtype=float), {}
@@ -161,15 +157,28 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
     utility_parts = {f"{s}_{m}": metrics[f"{s}_{m}"]["value"]
                      for s in ("retain", "ra", "wf") for m in ("probability", "rouge", "truth_ratio")}
     metrics["model_utility"] = _metric(M.model_utility(utility_parts), None, parts=utility_parts)
-    metrics["forget_quality"] = _forget_quality(metrics["forget_truth_ratio"]["per_item"], retain_r, retain_meta,
-                                                forget_split, limit, retain_result)
     summary = {
-        "forget_quality": metrics["forget_quality"]["value"],
+        "forget_quality": None,
         "model_utility": metrics["model_utility"]["value"],
         "forget_rouge": metrics["forget_rouge"]["value"],
         "retain_rouge": metrics["retain_rouge"]["value"],
     }
-    return {"summary": summary, "metrics": metrics, "forget_split": forget_split, "limit": limit}
+    result = {"summary": summary, "metrics": metrics, "forget_split": forget_split, "limit": limit}
+    return _set_forget_quality(result, retain_r, retain_meta, retain_result)
+
+
+def add_forget_quality(result: dict, retain_result: str | Path) -> dict:
+    """FQ of a finished TOFU result against a retain model's result file, without evaluating again."""
+    retain_r, retain_meta = read_retain_truth_ratios(retain_result)
+    return _set_forget_quality(result, retain_r, retain_meta, retain_result)
+
+
+def _set_forget_quality(result: dict, retain_r, retain_meta: dict, source) -> dict:
+    metric = _forget_quality(result["metrics"]["forget_truth_ratio"]["per_item"], retain_r, retain_meta,
+                             result["forget_split"], result["limit"], source)
+    result["metrics"]["forget_quality"] = metric
+    result["summary"]["forget_quality"] = metric["value"]
+    return result
 
 
 def _forget_quality(r_model, r_retain, retain_meta: dict, forget_split: str, limit: int | None, source) -> dict:
