@@ -40,6 +40,13 @@ DEMO_EXAMPLE = """example:
   mox demo unlearn.lr=5e-4        # any demo setting as key=value (see configs/demo.yaml)"""
 
 
+EXPERIMENT_EXAMPLE = """example:
+  mox experiment list                        # the analyses and what each reproduces
+  mox experiment sweep                       # on the demo benchmark (models trained once, cached)
+  mox experiment trajectory --out runs/exp   # experiments sharing --out reuse each other's runs
+  mox experiment forget-size target=./tofu-model retain_model=./tofu-retain90 data=../shared/data/tofu max_length=256"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mox",
@@ -105,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
 
+    x = sub.add_parser("experiment", help="the paper's analyses (sweep, stability, trajectory, ...): table + plot",
+                       epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("name", help="experiment name, or `list`")
+    x.add_argument("--config", help="YAML of demo + experiment settings (default: the packaged demo preset)")
+    x.add_argument("--out", default="mox-experiments", help="workspace folder shared by experiments (default ./mox-experiments)")
+    x.add_argument("--cache-dir", help="demo model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
+    x.add_argument("--seed", type=int)
+    x.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. alphas=[1,4] target=./my-model")
+
     r = sub.add_parser("report", help="tables and plots from demo or `mox eval` result files",
                        epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +174,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         shutil.rmtree(out)
     run_demo(cfg, out, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from mox_unlearn.config import load_config
+    from mox_unlearn.demo.run import default_cache_dir
+    from mox_unlearn.experiments import EXPERIMENTS, ExperimentConfig, get_experiment, run_experiment
+
+    if args.name == "list":
+        width = max(map(len, EXPERIMENTS))
+        print("\n".join(f"{name:<{width}}  {desc}" for name, (_, desc) in EXPERIMENTS.items()))
+        return 0
+    get_experiment(args.name)  # an unknown name fails before any work
+    preset = args.config or str(resources.files("mox_unlearn").joinpath("resources", "demo.yaml"))
+    cfg = load_config(preset, args.overrides, {"seed": args.seed}, cls=ExperimentConfig)
+    result = run_experiment(args.name, cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    print("written: " + ", ".join(result["files"]))
     return 0
 
 
@@ -229,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     extra = [r for r in rest if "=" in r and not r.startswith("-")]
     unknown = [r for r in rest if r not in extra]
-    if unknown or (extra and args.command not in ("unlearn", "demo")):
+    if unknown or (extra and args.command not in ("unlearn", "demo", "experiment")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command in ("unlearn", "demo"):
+    if args.command in ("unlearn", "demo", "experiment"):
         args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
@@ -241,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_unlearn(args, argv)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "experiment":
+            return cmd_experiment(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "eval":

@@ -65,6 +65,7 @@ class UnlearnConfig:
     shard_size: str = "2GB"
     checkpoint_every: int | None = None  # optimizer steps; None = each epoch end; 0 = never
     keep_checkpoints: bool = False
+    save_epochs: bool = False  # also write the trained weights at every epoch end to OUT/epochs/epoch-K
     log_every: int = 1
 
 

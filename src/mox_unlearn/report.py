@@ -138,3 +138,49 @@ def plot_alpha_sweep(rows: Sequence[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- generic tables (experiments)
+
+
+def write_table(rows: Sequence[dict], folder: Path, stem: str, *, title: str, extra: dict | None = None,
+                note: str = "") -> list[Path]:
+    """`stem`.json (rows + extra), `stem`.csv and `stem`.md; columns are the rows' keys in first-seen order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    write_text_atomic(folder / f"{stem}.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(folder / f"{stem}.csv", buf.getvalue())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|").replace("\n", " ") for c in columns) + " |" for r in rows]
+    md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + "\n".join(lines) + "\n"
+    write_text_atomic(folder / f"{stem}.md", md)
+    return [folder / f"{stem}.json", folder / f"{stem}.csv", folder / f"{stem}.md"]
+
+
+def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] | None = None):
+    """A matplotlib (figure, axes) pair on the non-interactive backend; axes always a 2-D array."""
+    plt = _plt()
+    fig, axes = plt.subplots(nrows, ncols, figsize=size or (4.2 * ncols, 3.4 * nrows), squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save as PNG (tight layout, 120 dpi) and free the figure."""
+    plt = _plt()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def log_value(x: float | None) -> float:
+    """A p-value for a log axis: None → NaN, 0 → 1e-300 (still drawn)."""
+    return math.nan if x is None else max(float(x), 1e-300)

@@ -10,6 +10,7 @@ Run folder (OUT):
   config.yaml, command.txt   the resolved config and the command line, written at the start
   log.jsonl                  one line per logged optimizer step
   checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume
+  epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
   memorized/                 θ_mem as an HF folder (unless save_memorized=false)
   model/                     the unlearned model as an HF folder
   run.json                   config, versions, timings, final losses; written last
@@ -479,6 +480,12 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     log_file.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
                 bar.update(1)
+                if cfg.save_epochs and main and (progress.step % plan.steps_per_epoch == 0
+                                                 or progress.step == plan.total_steps):
+                    k = math.ceil(progress.step / plan.steps_per_epoch)
+                    save_model(accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
+                               shard_size=cfg.shard_size, title=f"Trained weights after epoch {k}",
+                               card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
                 if checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < plan.total_steps:
                     _checkpoint(accelerator, out, progress.step)
                 _on_step_end(progress.step)

@@ -131,15 +131,16 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- evaluation and gates
 
 
-def evaluate(model_dir: Path, data: Path, cfg: DemoConfig, out: Path, retain_result: Path | None) -> dict:
-    """TOFU metrics of one model on the demo data (cached in `out`)."""
+def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, retain_result: Path | None,
+             forget_split: str | None = None) -> dict:
+    """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`)."""
     from mox_unlearn.evaluate.run import load_eval_model
     from mox_unlearn.evaluate.tofu import evaluate_tofu
 
     if out.is_file():
         return json.loads(out.read_text())
     model, tok = load_eval_model(str(model_dir), "float32")
-    result = evaluate_tofu(model, tok, data=str(data), forget_split=cfg.forget_split,
+    result = evaluate_tofu(model, tok, data=str(data), forget_split=forget_split or cfg.forget_split,
                            retain_result=str(retain_result) if retain_result else None,
                            batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens,
                            max_length=cfg.max_length)

@@ -1,0 +1,38 @@
+"""The paper's analyses as `mox experiment NAME`: each a function of a Workspace that writes a table and a plot.
+
+Adding an analysis = one function returning {"rows", "files"} + one line in EXPERIMENTS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.experiments.workspace import ExperimentConfig, Workspace
+
+# name -> (module:function, what it reproduces)
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "sweep": ("training:sweep", "α and η sensitivity from one θ_mem (Fig. 3)"),
+    "stability": ("training:stability", "GA / NPO forget weight 1..5 against MOX α (Fig. 4)"),
+    "forget-size": ("training:forget_size", "forget 1% / 5% / 10% (Fig. 5)"),
+    "trajectory": ("training:trajectory", "FQ and MU after every epoch (Fig. 7)"),
+    "collapse": ("training:collapse", "collapse score and most-frequent-token rate per epoch (Eq. 7, Def. 2.2)"),
+    "continual": ("training:continual", "unlearn 1% then 5% then 10% in sequence (Fig. 8)"),
+}
+
+
+def get_experiment(name: str) -> Callable[[Workspace], dict]:
+    if name not in EXPERIMENTS:
+        raise MoxError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
+    module, func = EXPERIMENTS[name][0].split(":")
+    return getattr(importlib.import_module(f"mox_unlearn.experiments.{module}"), func)
+
+
+def run_experiment(name: str, cfg: ExperimentConfig, out: Path, cache_dir: Path) -> dict:
+    fn = get_experiment(name)
+    return fn(Workspace(cfg, out, cache_dir))
+
+
+__all__ = ["EXPERIMENTS", "ExperimentConfig", "Workspace", "get_experiment", "run_experiment"]

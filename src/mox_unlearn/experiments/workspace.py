@@ -1,0 +1,262 @@
+"""What every analysis shares: its settings, the models it starts from, and cached runs and evaluations.
+
+An experiment folder (OUT) is a workspace that any number of experiments share:
+
+  OUT/runs/<label>-<key>/      unlearning runs (`mox unlearn` run folders), keyed by their full config
+  OUT/models/<label>-<key>/    models derived from runs without training (extrapolations, momentum folds)
+  OUT/evals/<label>-<key>.json TOFU evaluations, keyed by model folder, forget split and eval settings
+  OUT/<experiment>/            each experiment's table (JSON, CSV, Markdown) and plot (PNG)
+
+Keys are hashes of everything that shapes the result, so a second experiment reuses what a first one
+trained (trajectory and collapse share their runs; sweep, directions and select-alpha share θ_mem),
+and a changed setting never picks up a stale result. By default the models are the demo benchmark's
+(trained once and cached like `mox demo`); `target=` / `retain_model=` / `data=` point at your own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mox_unlearn.config import UnlearnConfig, apply_mapping, to_dict
+from mox_unlearn.demo.run import DemoConfig, evaluate, prepare_models
+from mox_unlearn.errors import MoxError
+
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+
+
+@dataclass
+class ExperimentConfig(DemoConfig):
+    """The demo's settings (sizes, model, shared `unlearn` settings, `alphas`) plus the analyses' own."""
+
+    # your own model and data instead of the demo benchmark
+    target: str | None = None  # the model to unlearn (θ_ref): HF folder or hub id
+    retain_model: str | None = None  # trained without the forget set; FQ is missing without it
+    data: str | None = None  # TOFU-layout folder or hub id (default locuslab/TOFU with target=)
+    # the analyses
+    save_epochs: bool = True  # keep every epoch's weights (sweep's η, trajectory, collapse need them)
+    alpha: float = 4.0  # MOX's α where one value is used
+    etas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.675, 0.9, 1.0])
+    weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 5.0])  # stability: forget-term weights
+    forget_splits: list[str] = field(default_factory=lambda: list(FORGET_SPLITS))
+    trajectory_methods: list[str] = field(default_factory=lambda: ["ga", "graddiff", "kl", "npo", "tv", "mox", "mox-momentum"])
+    collapse_methods: list[str] = field(default_factory=lambda: ["ga", "npo", "mox"])
+    continual_methods: list[str] = field(default_factory=lambda: ["ga", "graddiff", "kl", "npo", "tv", "mox"])
+    continual_epochs: int = 3
+    compare_methods: list[str] = field(default_factory=lambda: ["ga", "npo"])  # forget-size, directions, relearn...
+    relearn_steps: list[int] = field(default_factory=lambda: [5, 20])
+    relearn_lr: float | None = None  # None = the shared unlearning lr
+    examples: int = 6  # forget prompts shown by `examples`
+    overlap_percent: int = 10
+    select_tolerance: float = 0.05  # select-alpha: largest relative drop of retain utility
+    select_p_min: float = 0.05  # select-alpha: KS p-value above which forget ~ holdout
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Workspace:
+    """Models, data and cached runs / evaluations of one experiment folder."""
+
+    def __init__(self, cfg: ExperimentConfig, root: Path, cache_dir: Path):
+        self.cfg, self.root = cfg, Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if cfg.target:
+            from mox_unlearn.evaluate.tofu import TOFU_HUB_ID
+
+            self.demo = False
+            self.target = cfg.target
+            self.retain = cfg.retain_model
+            self.data = cfg.data or TOFU_HUB_ID
+            self.cache: Path | None = None
+        else:
+            models = prepare_models(cfg, Path(cache_dir))
+            self.demo = True
+            self.target, self.retain, self.data = str(models["target"]), str(models["retain"]), str(models["data"])
+            self.cache = Path(models["root"])
+
+    # ------------------------------------------------------------------ data
+    def split_spec(self, split: str) -> str:
+        """A data spec for one TOFU-layout split: a local `<split>.jsonl` or `hf:<id>:<split>:train`."""
+        local = Path(self.data) / f"{split}.jsonl"
+        if local.is_file():
+            return str(local)
+        if Path(self.data).is_dir():
+            for name in (f"{split}.json", f"{split}/train.jsonl"):
+                if (Path(self.data) / name).is_file():
+                    return str(Path(self.data) / name)
+            raise MoxError(f"{self.data}: no {split}.jsonl")
+        return f"hf:{self.data}:{split}:train"
+
+    def write_split(self, name: str, records: Sequence[dict]) -> str:
+        """Write derived training data (relearn slices, carved sets) under OUT/data/ and return its path."""
+        from mox_unlearn.modelio import write_text_atomic
+
+        path = self.root / "data" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+        return str(path)
+
+    # ------------------------------------------------------------------ training
+    def unlearn_config(self, name: str, *, model: str | None = None, forget_split: str | None = None,
+                       forget: str | None = None, retain: str | None = None, **overrides: Any) -> UnlearnConfig:
+        """The shared settings for method `name` ("mox", "mox-momentum", "mox-targeted", "npo", ...)."""
+        split = forget_split or self.cfg.forget_split
+        method = name.split("-")[0]
+        u = UnlearnConfig(model=model or self.target, forget=forget or self.split_spec(split),
+                          retain=retain or self.split_spec(f"retain{100 - int(split[-2:])}"), method=method,
+                          max_length=self.cfg.max_length, seed=self.cfg.seed, checkpoint_every=0, alpha=self.cfg.alpha,
+                          save_epochs=self.cfg.save_epochs)
+        apply_mapping(u, self.cfg.unlearn)
+        if name == "mox-targeted":
+            u.targeted = True
+        if name == "mox-momentum":
+            u.momentum = True
+        apply_mapping(u, overrides)
+        return u
+
+    def train(self, label: str, u: UnlearnConfig) -> Path:
+        """Run `u` once (reused while its config is unchanged); returns the run folder."""
+        from mox_unlearn.train import unlearn
+
+        key = _key({**to_dict(u), "out": None})
+        run = self.root / "runs" / f"{label}-{key}"
+        if not (run / "run.json").is_file():
+            u.out = str(run)
+            _say(f"training {label}")
+            unlearn(u, overwrite=True, argv=[f"mox experiment ({label})"])
+        return run
+
+    def run_method(self, name: str, label: str | None = None, **kw: Any) -> tuple[Path, UnlearnConfig]:
+        """Train method `name` with the shared settings (see `unlearn_config`); returns (run folder, config)."""
+        u = self.unlearn_config(name, **kw)
+        return self.train(label or name, u), u
+
+    # ------------------------------------------------------------------ derived models
+    def extrapolated(self, ref: str | Path, mem: Path, alphas: Sequence[float]) -> list[Path]:
+        """Eq. 8 for each α from one θ_mem, in one pass; cached."""
+        from mox_unlearn.extrapolate import extrapolate_folders
+
+        missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a) / "config.json").is_file()]
+        if missing:
+            tmp = self.root / "models" / f".tmp-{_key([str(ref), str(mem), missing])}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            written = extrapolate_folders(Path(ref), Path(mem), missing, tmp, progress=False)
+            for a, path in zip(missing, written):
+                os.replace(path, self._alpha_dir(ref, mem, a))
+            shutil.rmtree(tmp, ignore_errors=True)
+        return [self._alpha_dir(ref, mem, a) for a in alphas]
+
+    def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float) -> Path:
+        from mox_unlearn.extrapolate import alpha_label
+
+        return self.root / "models" / f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}-{_key([str(ref), str(mem), alpha])}"
+
+    def momentum_fold(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> Path:
+        """The momentum model (Eq. 10) from per-epoch θ_mem snapshots: θ̄ ← η·θ_for^k + (1−η)·θ̄; cached.
+
+        Equals a run with momentum=true and one update per epoch, without training again for each η.
+        """
+        dest = self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{_key([str(ref), [str(s) for s in snapshots], alpha, eta])}"
+        if not (dest / "config.json").is_file():
+            write_momentum_fold(Path(ref), list(snapshots), alpha, eta, dest)
+        return dest
+
+    def forget_models_by_epoch(self, run: Path, u: UnlearnConfig, *, eta: float | None = None) -> list[tuple[int, Path]]:
+        """(epoch, unlearned model) after every epoch of a run made with save_epochs=true.
+
+        Extrapolating methods (MOX, task vectors) turn each epoch's trained weights into θ_for;
+        with momentum, into the momentum average so far.
+        """
+        from mox_unlearn.methods import get_method
+
+        snaps = epoch_snapshots(run)
+        if not get_method(u.method).extrapolate:
+            return snaps
+        if u.momentum:
+            e = u.eta if eta is None else eta
+            return [(k, self.momentum_fold(u.model, [p for _, p in snaps[:i + 1]], u.alpha, e))
+                    for i, (k, _) in enumerate(snaps)]
+        return [(k, self.extrapolated(u.model, p, [u.alpha])[0]) for k, p in snaps]
+
+    # ------------------------------------------------------------------ evaluation
+    def retain_result(self, split: str) -> Path | None:
+        """The retain model's evaluation on `split` (FQ's reference); None without a retain model."""
+        if not self.retain:
+            return None
+        path = self._eval_path(self.retain, "retrained", split)
+        if not path.is_file():
+            _say(f"evaluating the retain model on {split}")
+            evaluate(Path(self.retain), self.data, self.cfg, path, None, forget_split=split)
+        return path
+
+    def _eval_path(self, model: str | Path, label: str, split: str) -> Path:
+        c = self.cfg
+        key = _key([str(model), split, str(self.data), c.eval_max_new_tokens, c.eval_batch_size, c.max_length])
+        return self.root / "evals" / f"{label}-{split}-{key}.json"
+
+    def evaluate(self, model: str | Path, label: str, split: str | None = None) -> dict:
+        """TOFU metrics of `model` on `split`, FQ against the retain model where there is one; cached."""
+        from mox_unlearn.evaluate.tofu import add_forget_quality
+
+        split = split or self.cfg.forget_split
+        retain = self.retain_result(split)
+        if str(model) == str(self.retain) and retain is not None:
+            return add_forget_quality(json.loads(retain.read_text()), retain)
+        path = self._eval_path(model, label, split)
+        if not path.is_file():
+            _say(f"evaluating {label} on {split}")
+        return evaluate(Path(model), self.data, self.cfg, path, retain, forget_split=split)
+
+    def out(self, experiment: str) -> Path:
+        path = self.root / experiment
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def epoch_snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(epoch, folder) of OUT/epochs/epoch-K, in epoch order."""
+    snaps = sorted((int(p.name.split("-")[1]), p) for p in (Path(run) / "epochs").glob("epoch-*") if p.is_dir())
+    if not snaps:
+        raise MoxError(f"{run} has no per-epoch weights (train with save_epochs=true)")
+    return snaps
+
+
+def write_momentum_fold(ref: Path, snapshots: list[Path], alpha: float, eta: float, dest: Path) -> None:
+    """Fold θ_for of each snapshot into the momentum average (Eq. 10) and save an HF folder atomically."""
+    from safetensors.torch import load_file
+
+    from mox_unlearn.modelio import atomic_output_dir, list_weight_files, load_model, load_tokenizer
+    from mox_unlearn.momentum import MomentumAverage
+
+    def tensors(folder: Path) -> dict:
+        out: dict = {}
+        for f in sorted(set(list_weight_files(folder).values())):
+            out.update(load_file(str(f)))
+        return out
+
+    ref_t = tensors(ref)
+    avg = MomentumAverage(eta, alpha)
+    for snap in snapshots:
+        avg.update(ref_t, tensors(snap).items())
+    model = load_model(str(snapshots[-1]), "float32")
+    state = {k: v.to(model.state_dict()[k].dtype) for k, v in avg.avg.items() if k in model.state_dict()}
+    model.load_state_dict(state, strict=False)
+    with atomic_output_dir(dest, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        load_tokenizer(str(snapshots[-1])).save_pretrained(tmp)
+
+
+def config_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
