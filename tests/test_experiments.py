@@ -1,0 +1,108 @@
+"""`mox experiment`: every training analysis end to end on a miniature benchmark (seconds each), and the
+workspace's derived models checked against what training itself produces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mox_unlearn.cli import main
+from mox_unlearn.config import apply_mapping
+from mox_unlearn.experiments import ExperimentConfig, Workspace
+from mox_unlearn.experiments.workspace import epoch_snapshots
+
+MINI = {
+    "sizes": {"n_profiles": 10, "n_holdout": 1, "n_attributes": 8, "n_train_phrasings": 2, "n_authors": 6, "n_world": 6,
+              "n_retain_eval": 10},
+    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+    "general_epochs": 1, "profile_epochs": 2, "pretrain_lr": 1e-3,
+    "unlearn": {"lr": 1e-3, "epochs": 2, "batch_size": 4, "per_device_batch_size": 4},
+    "alphas": [1.0, 4.0], "etas": [0.5, 1.0], "weights": [1.0, 2.0], "eval_max_new_tokens": 8, "eval_batch_size": 16,
+    "trajectory_methods": ["ga", "mox", "mox-momentum"], "collapse_methods": ["ga", "mox"],
+    "continual_methods": ["ga", "mox"], "continual_epochs": 1, "compare_methods": ["npo"],
+    "forget_splits": ["forget05", "forget10"],
+}
+ARGS = [f"{k}={json.dumps(v)}" for k, v in MINI.items()]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def _run(root, name):
+    assert main(["experiment", name, "--out", str(root / "out"), "--cache-dir", str(root / "cache"), *ARGS]) == 0
+    out = root / "out" / name
+    for ext in ("json", "csv", "md", "png"):
+        assert (out / f"{name}.{ext}").stat().st_size > 0, ext
+    return json.loads((out / f"{name}.json").read_text())["rows"]
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sweep_rows_and_momentum_fold_at_eta_1_is_the_last_extrapolation(root):
+    rows = _run(root, "sweep")
+    assert [r["model"] for r in rows] == ["original", "retrained", "mox-a1", "mox-a4", "mox-momentum-eta0.5",
+                                          "mox-momentum-eta1"]
+    by = {r["model"]: r for r in rows}
+    assert by["retrained"]["forget_quality"] == 1.0
+    # η = 1 keeps only the last epoch's θ_for, i.e. α = 4 from the final θ_mem: same weights, same metrics
+    assert by["mox-momentum-eta1"]["forget_truth_ratio"] == pytest.approx(by["mox-a4"]["forget_truth_ratio"], abs=1e-6)
+
+
+def test_momentum_fold_equals_a_momentum_training_run(root):
+    cfg = ExperimentConfig()
+    apply_mapping(cfg, MINI)
+    ws = Workspace(cfg, root / "out", root / "cache")
+    run, u = ws.run_method("mox")
+    mom_run, mom = ws.run_method("mox-momentum")
+    folded = ws.momentum_fold(u.model, [p for _, p in epoch_snapshots(run)], mom.alpha, mom.eta)
+    a, b = _weights(folded), _weights(mom_run / "model")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    # the per-epoch forget models end at the run's own output
+    last = ws.forget_models_by_epoch(run, u)[-1][1]
+    for k, v in _weights(last).items():
+        torch.testing.assert_close(v, _weights(run / "model")[k], rtol=0, atol=1e-6)
+
+
+def test_stability_forget_size_and_continual(root):
+    rows = _run(root, "stability")
+    assert [(r["method"], r["value"]) for r in rows] == [("GA", 1.0), ("GA", 2.0), ("NPO", 1.0), ("NPO", 2.0),
+                                                         ("MOX", 1.0), ("MOX", 2.0)]
+    rows = _run(root, "forget-size")
+    assert [(r["method"], r["split"]) for r in rows] == [("mox", "forget05"), ("npo", "forget05"), ("mox", "forget10"),
+                                                         ("npo", "forget10")]
+    assert all(r["forget_quality"] is not None for r in rows)
+    rows = _run(root, "continual")
+    assert [(r["method"], r["stage"]) for r in rows] == [("ga", 1), ("ga", 2), ("mox", 1), ("mox", 2)]
+    # stage 2 starts from stage 1's model
+    stage2 = [p for p in (root / "out" / "runs").glob("continual-mox-2-*")]
+    assert len(stage2) == 1 and "continual-mox-1-" in json.loads((stage2[0] / "run.json").read_text())["config"]["model"]
+
+
+def test_trajectory_and_collapse_share_their_runs(root):
+    rows = _run(root, "trajectory")
+    epochs = [(r["method"], r["epoch"]) for r in rows]
+    assert epochs[:3] == [("ga", 0), ("ga", 1), ("ga", 2)] and epochs[-1] == ("retrained", None)
+    runs_before = sorted(p.name for p in (root / "out" / "runs").iterdir())
+    rows = _run(root, "collapse")
+    assert sorted(p.name for p in (root / "out" / "runs").iterdir()) == runs_before  # nothing trained again
+    assert {r["method"] for r in rows} == {"ga", "mox"}
+    assert all(r["forget_collapse"] is not None and 0 <= r["retain_top_token_rate"] <= 1 for r in rows)
+
+
+def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
+    assert main(["experiment", "nope", "--out", str(root / "bad")]) == 2
+    assert "valid: sweep" in capsys.readouterr().err
+    assert main(["experiment", "sweep", "--out", str(root / "bad"), "bogus_key=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert not (root / "bad").exists()
+    assert main(["experiment", "list"]) == 0
+    assert "trajectory" in capsys.readouterr().out
