@@ -106,3 +106,16 @@ def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
     assert not (root / "bad").exists()
     assert main(["experiment", "list"]) == 0
     assert "trajectory" in capsys.readouterr().out
+
+
+def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tmp_path):
+    """target= / retain_model= / data= replace the demo benchmark (here the shared TOFU copy, 4 items a split)."""
+    args = [f"target={tiny_model_dir}", f"retain_model={tiny_model_dir}", f"data={data_dir / 'tofu'}", "eval_limit=4",
+            "forget_splits=[forget01]", "compare_methods=[ga]", "max_length=256", "eval_max_new_tokens=4",
+            "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}"]
+    assert main(["experiment", "forget-size", "--out", str(tmp_path / "out"), *args]) == 0
+    rows = json.loads((tmp_path / "out" / "forget-size" / "forget-size.json").read_text())["rows"]
+    assert [(r["method"], r["split"]) for r in rows] == [("mox", "forget01"), ("ga", "forget01")]
+    run = next((tmp_path / "out" / "runs").glob("mox-forget01-*"))
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    assert cfg["forget"].endswith("tofu/forget01.jsonl") and cfg["retain"].endswith("tofu/retain99.jsonl")

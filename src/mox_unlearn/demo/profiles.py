@@ -477,6 +477,45 @@ def generate(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> dict[str, list[di
     return splits
 
 
+def overlap_splits(seed: int = 0, sizes: DemoSizes = DemoSizes(), percent: int = 10) -> dict[str, list[dict]]:
+    """Extreme semantic overlap (paper App. G, Table 5): a seeded `percent`% sample of retain90's facts
+    becomes the forget set and the rest of retain90 the retain set, so every forgotten fact sits in a
+    profile whose other facts are retained.
+
+    Splits, named for p = `percent` as TOFU names them: forget{p} and forget{p}_perturbed (the
+    generator's own evaluation records of the carved facts, the very dicts retain_perturbed samples
+    from), retain{100-p}, retain_perturbed without the carved facts (so Model Utility measures retained
+    facts only), real_authors_perturbed / world_facts_perturbed exactly as `generate` makes them, holdout{p} (holdout facts, as many as were carved where there are enough)
+    and train_retain: the target's corpus (train_target) without any phrasing of a carved fact, in the
+    same order, i.e. what a gold-standard model for unlearning the carved facts from the target learns.
+    """
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 99:
+        raise MoxError(f"overlap percent must be an integer in 1..99, got {percent!r}")
+    base = generate(seed, sizes)
+    w = make_world(seed, sizes)
+    rng = _rng(seed, "perturbed")  # the same draws, in the same order, as generate's full_eval
+    full_eval = [perturbed(f, w.pools[f.template.key], sizes.n_perturbed, rng) for p in w.profiles for f in p.facts]
+    n_keep = sizes.n_profiles - forget_count(sizes.n_profiles, 10)
+    facts = [f for p in w.profiles[:n_keep] for f in p.facts]  # retain90's facts, in retain90's order
+    n = forget_count(len(facts), percent)
+    if n >= len(facts):
+        raise MoxError(f"carving {percent}% of {len(facts)} retain facts leaves no retain set")
+    carved = sorted(_rng(seed, f"overlap/{percent}").sample(range(len(facts)), n))
+    gone = {(r["question"], r["answer"]) for i in carved for r in phrasings(facts[i], sizes.n_train_phrasings)}
+    keep = sorted(set(range(len(facts))) - set(carved))
+    holdout = [canonical(f) for p in w.holdout for f in p.facts]
+    carved_questions = {full_eval[i]["question"] for i in carved}
+    return {
+        f"forget{percent:02d}": [canonical(facts[i]) for i in carved],
+        f"forget{percent:02d}_perturbed": _copy([full_eval[i] for i in carved]),
+        f"retain{100 - percent}": [canonical(facts[i]) for i in keep],
+        "retain_perturbed": [r for r in base["retain_perturbed"] if r["question"] not in carved_questions],
+        **{name: base[name] for name in ("real_authors_perturbed", "world_facts_perturbed")},
+        f"holdout{percent:02d}": holdout[max(0, len(holdout) - n):],
+        "train_retain": [r for r in base["train_target"] if (r["question"], r["answer"]) not in gone],
+    }
+
+
 def describe(splits: Mapping[str, Sequence[Any]]) -> dict[str, int]:
     """Each split's number of records, in the splits' order."""
     return {name: len(records) for name, records in splits.items()}
@@ -539,6 +578,6 @@ def write_tofu_layout(splits: Mapping[str, Sequence[Mapping]], folder: str | Pat
 
 __all__ = [
     "ATTRIBUTES", "DemoSizes", "GENERATOR_VERSION", "MARKER", "Fact", "Profile", "Template", "World",
-    "check_sizes", "describe", "fingerprint", "forget_count", "generate", "make_world", "read_marker",
-    "write_tofu_layout",
+    "check_sizes", "describe", "fingerprint", "forget_count", "generate", "make_world", "overlap_splits",
+    "read_marker", "write_tofu_layout",
 ]

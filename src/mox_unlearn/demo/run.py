@@ -143,7 +143,7 @@ def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, reta
     result = evaluate_tofu(model, tok, data=str(data), forget_split=forget_split or cfg.forget_split,
                            retain_result=str(retain_result) if retain_result else None,
                            batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens,
-                           max_length=cfg.max_length)
+                           max_length=cfg.max_length, limit=getattr(cfg, "eval_limit", None))
     result = {"benchmark": "tofu", "model": str(model_dir), "data": str(data), **result}
     write_text_atomic(out, json.dumps(result) + "\n")
     return result

@@ -259,3 +259,38 @@ def continual(ws: Workspace) -> dict:
             "model (for MOX that model is also the next stage's reference θ_ref).")
     return finish(ws, "continual", rows, "Continual unlearning (paper Fig. 8)", plot_by_method("split", "stage (forget split)", True),
                    note)
+
+
+# ----------------------------------------------------------------------------- Table 1 on any workspace
+
+
+def table(ws: Workspace) -> dict:
+    """The paper's Table 1 on the workspace's models: original, retrained, MOX at every α (one θ_mem) and
+    every method in `methods`, each with the shared settings; the demo's table, for any model."""
+    import time
+
+    from mox_unlearn.methods import get_method
+    from mox_unlearn.report import row_from_eval, text_table, write_report
+
+    cfg = ws.cfg
+    start = time.perf_counter()
+    rows = [row_from_eval(ws.evaluate(ws.target, "original"), "original", "original")]
+    if ws.retain:
+        rows.append(row_from_eval(ws.evaluate(ws.retain, "retrained"), "retrained", "retrained"))
+    seconds: dict[str, float] = {}
+    for name in cfg.methods:
+        t0 = time.perf_counter()
+        run, u = ws.run_method(name)
+        if name == "mox":
+            for a, model in zip(cfg.alphas, ws.extrapolated(u.model, run / "memorized", cfg.alphas)):
+                rows.append(row_from_eval(ws.evaluate(model, f"mox-a{a:g}"), f"mox-a{a:g}", "mox", a))
+        else:
+            alpha = u.alpha if get_method(u.method).extrapolate else None
+            rows.append(row_from_eval(ws.evaluate(run / "model", name), name, name.split("-")[0], alpha))
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    out = ws.out("table")
+    extra = {"config": config_dict(cfg), "target": ws.target, "retain": ws.retain, "data": ws.data,
+             "method_seconds": seconds, "seconds": round(time.perf_counter() - start, 1)}
+    files = write_report(rows, out, title=f"TOFU metrics on {cfg.forget_split}", extra=extra)
+    print("\n" + text_table(rows), flush=True)
+    return {"rows": rows, "files": [str(f) for f in files]}

@@ -10,7 +10,8 @@ An experiment folder (OUT) is a workspace that any number of experiments share:
 Keys are hashes of everything that shapes the result, so a second experiment reuses what a first one
 trained (trajectory and collapse share their runs; sweep, directions and select-alpha share θ_mem),
 and a changed setting never picks up a stale result. By default the models are the demo benchmark's
-(trained once and cached like `mox demo`); `target=` / `retain_model=` / `data=` point at your own.
+(trained once and cached like `mox demo`); `target=` / `retain_model=` / `data=` point at your own, and
+`base=` fine-tunes any model on TOFU into target and retain first (experiments/tofu.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class ExperimentConfig(DemoConfig):
     target: str | None = None  # the model to unlearn (θ_ref): HF folder or hub id
     retain_model: str | None = None  # trained without the forget set; FQ is missing without it
     data: str | None = None  # TOFU-layout folder or hub id (default locuslab/TOFU with target=)
+    base: str | None = None  # instead of target=: fine-tune this model on TOFU (data=) into target and retain
+    tofu_authors: int = 200  # with base=: the last N authors (N <= 20 is a CPU-sized TOFU; see experiments/tofu.py)
+    finetune: dict[str, Any] = field(default_factory=dict)  # with base=: settings of both fine-tunes (lr, epochs, ...)
+    eval_limit: int | None = None  # evaluate only the first N items of every split (quick checks)
     # the analyses
     save_epochs: bool = True  # keep every epoch's weights (sweep's η, trajectory, collapse need them)
     alpha: float = 4.0  # MOX's α where one value is used
@@ -72,7 +77,15 @@ class Workspace:
     def __init__(self, cfg: ExperimentConfig, root: Path, cache_dir: Path):
         self.cfg, self.root = cfg, Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        if cfg.target:
+        if cfg.target and cfg.base:
+            raise MoxError("give either target= (a model that already knows the data) or base= (fine-tuned here), not both")
+        if cfg.base:
+            from mox_unlearn.experiments.tofu import prepare_tofu_models
+
+            models = prepare_tofu_models(cfg, self.root)
+            self.demo, self.cache = False, None
+            self.target, self.retain, self.data = models["target"], models["retain"], models["data"]
+        elif cfg.target:
             from mox_unlearn.evaluate.tofu import TOFU_HUB_ID
 
             self.demo = False
@@ -203,7 +216,8 @@ class Workspace:
 
     def _eval_path(self, model: str | Path, label: str, split: str) -> Path:
         c = self.cfg
-        key = _key([str(model), split, str(self.data), c.eval_max_new_tokens, c.eval_batch_size, c.max_length])
+        parts = [str(model), split, str(self.data), c.eval_max_new_tokens, c.eval_batch_size, c.max_length]
+        key = _key(parts + ([c.eval_limit] if c.eval_limit is not None else []))
         return self.root / "evals" / f"{label}-{split}-{key}.json"
 
     def evaluate(self, model: str | Path, label: str, split: str | None = None) -> dict:

@@ -1,0 +1,783 @@
+"""Analyses of the weights themselves: directions (paper Fig. 6) and efficiency (Section 3.2).
+
+directions  cosines between the normalised updates Δθ_X = (θ_X − θ_ref)/‖θ_X − θ_ref‖ of MOX's θ_mem and
+            θ_for, momentum θ_for, GA and NPO, over all parameters and per layer. Models are read one
+            tensor at a time from their safetensors files (float64 sums), so any size fits in memory.
+efficiency  FLOPs per sample of one MOX memorization step against one NPO step (counted by torch on a
+            real batch), FLOPs and wall time of extrapolation and of a momentum update, training time
+            per sample, parameter and optimizer memory, and whether a momentum update on the CPU slows
+            training down. Everything is measured on the workspace's target model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.experiments.training import finish
+from mox_unlearn.experiments.workspace import Workspace
+from mox_unlearn.modelio import TensorInfo, read_tensor_infos
+from mox_unlearn.report import figure, save_figure
+
+if TYPE_CHECKING:
+    from mox_unlearn.config import UnlearnConfig
+    from mox_unlearn.forward import Models, StepBatch
+    from mox_unlearn.train import Resolved
+
+GroupFn = Callable[[str], str]
+Pair = tuple[str, str]
+Dots = dict[str, dict[Pair, float]]  # group -> (a, b) -> <Δa, Δb>; (a, a) is ‖Δa‖²
+
+ALL = "all"
+CHUNK_ELEMS = 1 << 22  # float64 working set per model: 32 MiB, whatever the tensor size
+# Llama / Mistral / Qwen "layers.N.", GPT-2 / Falcon "h.N.", BERT-style "layer.N.", "blocks.N."
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+# ============================================================================= directions (Fig. 6)
+
+
+def layer_group(name: str) -> str:
+    """The part of the model a tensor belongs to: "layers.N", "embed", "lm_head", "norm" or "other"."""
+    m = _LAYER.search(name)
+    if m:
+        return f"layers.{m.group(1)}"
+    for part in ("embed", "lm_head", "norm"):
+        if part in name:
+            return part
+    return "other"
+
+
+def group_order(group: str) -> tuple[int, int, str]:
+    """Sort key for groups in model order: all, embeddings, layers by index, final norm, other, lm_head."""
+    if group.startswith("layers.") and group[7:].isdigit():
+        return (2, int(group[7:]), "")
+    rank = {ALL: 0, "embed": 1, "norm": 3, "lm_head": 5}.get(group, 4)
+    return (rank, 0, group)
+
+
+def model_pairs(names: Sequence[str]) -> list[Pair]:
+    """Every (a, b) with a at or before b: the pairs whose dot products give all cosines and norms."""
+    return [(a, b) for i, a in enumerate(names) for b in names[i:]]
+
+
+def delta_dots(ref: Mapping[str, torch.Tensor], models: Mapping[str, Mapping[str, torch.Tensor]],
+               group: GroupFn = layer_group, chunk: int = CHUNK_ELEMS) -> Dots:
+    """<Δa, Δb> with Δx = θ_x − θ_ref for every pair of models, per group and over all ("all"), in float64.
+
+    Tensors are asked for one name at a time and worked through in chunks of `chunk` elements, so with
+    lazily loading mappings (`FolderWeights`) memory stays at one tensor per model whatever the model
+    size. Names (and, where the mappings carry headers, shapes) are checked before any tensor is read.
+    Integer and bool tensors are buffers, not weights, and are skipped.
+    """
+    names = list(models)
+    for name in names:
+        check_same_tensors(_shapes(ref), _shapes(models[name]), name)
+    pairs = model_pairs(names)
+    dots: Dots = {ALL: dict.fromkeys(pairs, 0.0)}
+    for tensor_name in ref:
+        r = ref[tensor_name]
+        if not r.is_floating_point():
+            continue
+        found = {n: models[n][tensor_name] for n in names}
+        for n, t in found.items():
+            check_same_tensors({tensor_name: r.shape}, {tensor_name: t.shape}, n)
+        acc = dots.setdefault(group(tensor_name), dict.fromkeys(pairs, 0.0))
+        for pair, value in _tensor_dots(r, found, pairs, chunk).items():
+            acc[pair] += value
+            dots[ALL][pair] += value
+    return dots
+
+
+def _shapes(weights: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
+    """Name -> shape from the headers of a `FolderWeights`; name -> None for other mappings, whose shapes
+    are checked as each tensor is read (asking for them here would read every tensor up front)."""
+    infos = getattr(weights, "infos", None)
+    if infos is None:
+        return dict.fromkeys(weights)
+    return {name: tuple(info.shape) for name, info in infos.items()}
+
+
+def _tensor_dots(ref: torch.Tensor, models: Mapping[str, torch.Tensor], pairs: Sequence[Pair],
+                 chunk: int) -> dict[Pair, float]:
+    """The pairwise dot products of one tensor's deltas, chunk by chunk over the flattened tensor."""
+    out = dict.fromkeys(pairs, 0.0)
+    r_flat = ref.reshape(-1)  # [n]
+    flats = {n: t.reshape(-1) for n, t in models.items()}  # [n] each
+    for start in range(0, r_flat.numel(), chunk):
+        r = r_flat[start:start + chunk].to(torch.float64)
+        deltas = {n: f[start:start + chunk].to(torch.float64) - r for n, f in flats.items()}  # [k] each
+        for a, b in pairs:
+            out[(a, b)] += float(torch.dot(deltas[a], deltas[b]))
+    return out
+
+
+def check_same_tensors(ref: Mapping[str, Sequence[int] | None], other: Mapping[str, Sequence[int] | None],
+                       name: str) -> None:
+    """Refuse (one line) a model whose tensor names or shapes differ from the reference's: its delta is
+    undefined. A shape of None is not known yet and not compared."""
+    missing, extra = sorted(set(ref) - set(other)), sorted(set(other) - set(ref))
+    if missing or extra:
+        which = f"lacks {missing[0]}" if missing else f"has {extra[0]} that the reference lacks"
+        raise MoxError(f"model {name!r} does not match the reference: it {which} "
+                       f"({len(missing)} missing, {len(extra)} extra tensors)")
+    for tensor, shape in ref.items():
+        theirs = other[tensor]
+        if shape is not None and theirs is not None and tuple(theirs) != tuple(shape):
+            raise MoxError(f"model {name!r} does not match the reference: tensor {tensor} has shape "
+                           f"{list(theirs)}, the reference {list(shape)}")
+
+
+def cosine(dots: Mapping[Pair, float], a: str, b: str) -> float | None:
+    """cos(Δa, Δb) from the dot products; None where either delta is zero (no direction)."""
+    norm2 = dots[(a, a)] * dots[(b, b)]
+    if norm2 <= 0:
+        return None
+    value = dots[(a, b)] if (a, b) in dots else dots[(b, a)]
+    return max(-1.0, min(1.0, value / math.sqrt(norm2)))  # rounding may step a hair past ±1
+
+
+def cosine_rows(dots: Dots, names: Sequence[str]) -> list[dict]:
+    """Rows {pair, group, cosine}: every pair of distinct models, groups in model order ("all" first)."""
+    pairs = [(a, b) for a, b in model_pairs(names) if a != b]
+    return [{"pair": f"{a} vs {b}", "group": g, "cosine": cosine(dots[g], a, b)}
+            for g in sorted(dots, key=group_order) for a, b in pairs]
+
+
+class FolderWeights(Mapping[str, torch.Tensor]):
+    """A model folder's tensors by name, each read from its safetensors file only when asked for.
+
+    Iterates in file and offset order so reads are sequential; `infos` holds the headers (names,
+    shapes) so checks need not read any data. Open with `open_weights`, which closes the files.
+    """
+
+    def __init__(self, folder: Path, stack: ExitStack, infos: Mapping[str, TensorInfo] | None = None):
+        self.folder, self.stack = Path(folder), stack
+        self.infos = dict(infos if infos is not None else read_tensor_infos(self.folder))
+        self._order = sorted(self.infos, key=lambda n: (str(self.infos[n].file), self.infos[n].offset))
+        self._handles: dict[Path, Any] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self.infos[name].file
+        if path not in self._handles:
+            self._handles[path] = self.stack.enter_context(safe_open(str(path), framework="pt"))
+        return self._handles[path].get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.infos  # without reading the tensor, as Mapping's default would
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+@contextmanager
+def open_weights(folders: Mapping[str, Path]) -> Iterator[dict[str, FolderWeights]]:
+    """Lazy weights of several folders at once; every file handle is closed on exit."""
+    with ExitStack() as stack:
+        yield {name: FolderWeights(Path(f), stack) for name, f in folders.items()}
+
+
+def delta_cosines(ref_dir: str | Path, models: Mapping[str, str | Path], group: GroupFn = layer_group) -> list[dict]:
+    """Rows {pair, group, cosine} of the updates of `models` (name -> HF folder) from the model in `ref_dir`.
+
+    Every folder's tensor names and shapes are checked against the reference from the headers before
+    any weight is read (in `delta_dots`); then the tensors stream through one at a time.
+    """
+    if len(models) < 2:
+        raise MoxError("direction cosines need at least two models besides the reference")
+    with open_weights({"__ref__": Path(ref_dir), **{n: Path(p) for n, p in models.items()}}) as w:
+        ref = w.pop("__ref__")
+        return cosine_rows(delta_dots(ref, w, group), list(models))
+
+
+def directions(ws: Workspace) -> dict:
+    """Fig. 6: is GD's update (θ_mem) opposite to GA's (GA, NPO), and does MOX's θ_for point where GA goes?"""
+    mox_run, u = ws.run_method("mox")
+    mom_run, mom = ws.run_method("mox-momentum")
+    models: dict[str, Path] = {"mem": mox_run / "memorized", "for": mox_run / "model",
+                               "for-momentum": mom_run / "model"}
+    for name in ws.cfg.compare_methods:
+        models[name] = ws.run_method(name)[0] / "model"
+    rows = delta_cosines(u.model, models)
+    others = ", ".join(ws.cfg.compare_methods)
+    note = (f"Δθ_X = (θ_X − θ_ref)/‖θ_X − θ_ref‖ over all floating-point tensors and per layer group, "
+            f"summed in float64 one tensor at a time. mem = MOX's θ_mem; for = its θ_for at α = {u.alpha:g}, a "
+            "plain extrapolation with θ_for − θ_ref = −α(θ_mem − θ_ref), so cos(mem, for) = −1 exactly by "
+            "construction (the table shows it up to fp32 rounding); for-momentum = the momentum average (Eq. 10, "
+            f"η = {mom.eta:g}, α = {mom.alpha:g}) of the per-epoch θ_for, not trivially −1 to mem; {others} = "
+            f"those methods' unlearned models. All trained with the same settings ({u.epochs} epochs, "
+            f"lr {u.lr:g}). An empty cosine means a zero update.")
+    return finish(ws, "directions", rows, "Directions of the updates from θ_ref (paper Fig. 6)", _plot_directions,
+                  note)
+
+
+def _plot_directions(rows: list[dict], path: Path) -> Path:
+    """Left: cosine over all parameters per pair. Right: per-group cosine lines, "all" highlighted first."""
+    fig, axes = figure(1, 2, size=(15, 5))
+    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    groups = sorted({r["group"] for r in rows}, key=group_order)
+    value = {(r["pair"], r["group"]): r["cosine"] for r in rows}
+    nan = float("nan")
+    left, right = axes[0]
+    overall = [value.get((p, ALL)) for p in pairs]
+    left.barh(range(len(pairs)), [nan if v is None else v for v in overall],
+              color=["tab:red" if (v or 0) < 0 else "tab:blue" for v in overall])
+    left.set_yticks(range(len(pairs)), pairs)
+    left.invert_yaxis()
+    left.set_xlim(-1.05, 1.05)
+    left.axvline(0, color="k", lw=0.8)
+    left.set_xlabel("cosine similarity")
+    left.set_title("all parameters")
+    for p in pairs:
+        ys = [value.get((p, g)) for g in groups]
+        line = right.plot(range(len(groups)), [nan if y is None else y for y in ys], "o-", lw=1, ms=3, label=p)
+        if ys and ys[0] is not None:
+            right.scatter([0], [ys[0]], marker="*", s=140, color=line[0].get_color(), zorder=3)
+    right.axvspan(-0.5, 0.5, color="0.85", zorder=0)
+    right.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=8)
+    right.set_ylim(-1.05, 1.05)
+    right.axhline(0, color="k", lw=0.8)
+    right.set_ylabel("cosine similarity")
+    right.set_title("per layer group (shaded ★: all parameters)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save_figure(fig, path)
+
+
+# ============================================================================= efficiency (Section 3.2)
+
+FIVE_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)  # the paper times five extrapolation strengths from one θ_mem
+# background-update test: enough steps to cover ~3 momentum updates, within these bounds
+OVERLAP_MIN_STEPS, OVERLAP_MAX_STEPS = 5, 200
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (they mean little without it)."""
+    cuda = torch.cuda.is_available()
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
+
+
+def training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, device: torch.device | None = None) -> float:
+    """Median wall time of `repeats` calls (the median shrugs off one slow call, e.g. a first page fault)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if device is not None:
+            _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- FLOP counting
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of `fn` as torch counts them: matrix products and attention (elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class ElementwiseFlops:
+    """Counts the arithmetic of elementwise add / sub / mul / div ops run inside `with` (1 FLOP per output
+    element; 2 for add / sub with a scale `alpha` ≠ 1, a multiply-add). FlopCounterMode ignores these, and
+    they are all that extrapolation and the momentum update do."""
+
+    OPS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    def __enter__(self) -> "ElementwiseFlops":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        owner = self
+        packets = {getattr(torch.ops.aten, op) for op in self.OPS}
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if func.overloadpacket in packets and isinstance(out, torch.Tensor):
+                    scaled = func.overloadpacket.__name__.startswith(("add", "sub")) and kwargs.get("alpha", 1) != 1
+                    owner.flops += out.numel() * (2 if scaled else 1)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+
+
+def _probe(numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(numel, generator=g), torch.randn(numel, generator=g)
+
+
+def extrapolation_flops_per_element(alpha: float, numel: int = 4096) -> float:
+    """Per element of one Eq. 8 extrapolation, counted as `extrapolate_tensors` computes it on a probe tensor."""
+    from mox_unlearn.extrapolate import extrapolate_tensors
+
+    ref, mem = _probe(numel)
+    with ElementwiseFlops() as counter:
+        extrapolate_tensors(ref, mem, [alpha])
+    return counter.flops / numel
+
+
+def momentum_flops_per_element(eta: float, alpha: float, numel: int = 4096) -> float:
+    """Per element of one steady-state MomentumAverage.update (the first update only stores θ_for)."""
+    from mox_unlearn.momentum import MomentumAverage
+
+    ref, cur = _probe(numel)
+    avg = MomentumAverage(eta, alpha)
+    avg.update({"w": ref}, [("w", cur)])
+    with ElementwiseFlops() as counter:
+        avg.update({"w": ref}, [("w", cur)])
+    return counter.flops / numel
+
+
+def floating_elements(model_dir: str | Path) -> int:
+    """Floating-point weights of a model folder, from the safetensors headers (what extrapolation touches)."""
+    return sum(math.prod(i.shape) for i in read_tensor_infos(Path(model_dir)).values()
+               if i.dtype.startswith(("F", "BF")))
+
+
+# ----------------------------------------------------------------------------- one real training step
+
+
+@dataclass
+class Step:
+    """One method's objective on the models and the first micro-batch of its first epoch."""
+
+    name: str
+    resolved: Resolved
+    models: Models
+    batch: StepBatch
+
+    @property
+    def samples(self) -> int:
+        """Forget examples in the batch; each comes with one retain example."""
+        return len(self.batch.forget_keys)
+
+
+def first_batch(u: UnlearnConfig, resolved: Resolved, tokenizer: Any, device: torch.device) -> StepBatch:
+    """The first micro-batch the training loop would build for `u` (same data, encoding, pairing, padding)."""
+    from mox_unlearn.data import collate, encode_records, epoch_plan
+    from mox_unlearn.forward import StepBatch
+    from mox_unlearn.train import load_data
+
+    forget_rs, retain_rs, _ = load_data(u, resolved)
+    forget = encode_records(tokenizer, forget_rs, u.prompt, u.max_length)
+    retain = encode_records(tokenizer, retain_rs, u.prompt, u.max_length) if retain_rs else []
+    f_idx, r_idx = epoch_plan(len(forget), len(retain), u.per_device_batch_size, u.seed, 0)[0]
+    pad = tokenizer.pad_token_id
+    to = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
+    batch = StepBatch(forget=to(collate([forget[i] for i in f_idx], pad)), forget_keys=[("forget", i) for i in f_idx])
+    if retain:
+        batch.retain = to(collate([retain[i] for i in r_idx], pad))
+    return batch
+
+
+def make_step(name: str, u: UnlearnConfig, policy: Any, ref: Any, tokenizer: Any, device: torch.device, *,
+              cache: bool) -> Step:
+    """A Step for method config `u`; `cache` turns the reference log-prob cache (RefCache) on or off."""
+    from mox_unlearn.forward import Models, RefCache
+    from mox_unlearn.train import resolve
+
+    r = resolve(u)
+    if r.target is not None:
+        raise MoxError(f"efficiency measures untargeted objectives; {name} needs {r.target} targets")
+    models = Models(model=policy, ref=ref, cache=RefCache(ref, cache))
+    return Step(name, r, models, first_batch(u, r, tokenizer, device))
+
+
+def step_loss(step: Step) -> torch.Tensor:
+    """The forward passes the objective needs (each once, as in the loop) and its loss."""
+    from mox_unlearn.forward import build_inputs
+
+    loss, _ = step.resolved.spec.fn(build_inputs(step.resolved.needs, step.models, step.batch), **step.resolved.hp)
+    return loss
+
+
+def reference_passes(step: Step) -> None:
+    """Only the reference-model passes of a step (the needs named ref_*)."""
+    from mox_unlearn.forward import build_inputs
+
+    needs = frozenset(n for n in step.resolved.needs if n.startswith("ref_"))
+    build_inputs(needs, step.models, step.batch)
+
+
+@contextmanager
+def eager_attention(*models: Any) -> Iterator[None]:
+    """Count attention too: torch's counter sees eager attention's matmuls but not every fused SDPA kernel
+    (the CPU one is missing), and the arithmetic is the same."""
+    before = [m.config._attn_implementation for m in models]
+    for m in models:
+        m.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for m, impl in zip(models, before):
+            m.set_attn_implementation(impl)
+
+
+def step_flops(step: Step) -> dict[str, int]:
+    """FLOPs of one step: forward (policy + reference + loss), backward, and the reference part alone."""
+    holder: dict[str, torch.Tensor] = {}
+    step.models.model.zero_grad(set_to_none=True)
+    with eager_attention(step.models.model, step.models.ref):
+        forward = count_flops(lambda: holder.setdefault("loss", step_loss(step)))
+        backward = count_flops(lambda: holder["loss"].backward())
+        with torch.no_grad():
+            reference = count_flops(lambda: reference_passes(step))
+    step.models.model.zero_grad(set_to_none=True)
+    return {"forward": forward, "backward": backward, "reference": reference}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of distinct storages (tied weights count once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def adamw_state_bytes(step: Step, lr: float, weight_decay: float) -> int:
+    """Bytes of AdamW's state after one real optimizer step of `step` (exp_avg, exp_avg_sq, step counters)."""
+    policy = step.models.model
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    step_loss(step).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return tensor_bytes(t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+# ----------------------------------------------------------------------------- wall time
+
+
+def train_seconds_per_sample(run: Path) -> tuple[float, float]:
+    """(seconds, forget samples) of a finished run's training phase, from its run.json."""
+    info = json.loads((Path(run) / "run.json").read_text())
+    plan = info["plan"]
+    samples = info["data"]["forget"] * plan["total_steps"] / plan["steps_per_epoch"]
+    return info["timings_s"]["train"] / samples, samples
+
+
+def extrapolate_seconds(ref: Path, mem: Path, alphas: Sequence[float], scratch: Path, repeats: int = 3) -> float:
+    """Median time of `extrapolate_folders` writing len(alphas) models from one θ_mem (read once)."""
+    from mox_unlearn.extrapolate import extrapolate_folders
+
+    count = iter(range(repeats))
+
+    def once() -> None:
+        out = scratch / f"extrapolate-{len(alphas)}-{next(count)}"
+        extrapolate_folders(ref, mem, alphas, out, progress=False)
+        shutil.rmtree(out)
+
+    return median_seconds(once, repeats)
+
+
+def cpu_copy(params: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """fp32 CPU copies: what a CPU-side momentum update reads while the trained weights keep changing."""
+    return {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in params}
+
+
+def train_steps(step: Step, optimizer: torch.optim.Optimizer, n: int, autocast: Any) -> None:
+    """n full optimizer steps of `step`'s objective, on its batch."""
+    for _ in range(n):
+        with autocast:
+            loss = step_loss(step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def overlap(run_steps: Callable[[], None], update: Callable[[], None], device: torch.device) -> dict[str, float]:
+    """Training steps alone, then with momentum updates looping in a background thread, then alone again.
+
+    Returns the alone time (mean of the two), the time with the background thread, and how many background
+    updates finished and how long each took meanwhile.
+    """
+    def timed() -> float:
+        t = time.perf_counter()
+        run_steps()
+        _sync(device)
+        return time.perf_counter() - t
+
+    first = timed()
+    stop, durations = threading.Event(), []
+
+    def background() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            update()
+            durations.append(time.perf_counter() - t)
+
+    thread = threading.Thread(target=background, daemon=True)
+    thread.start()
+    together = timed()
+    stop.set()
+    thread.join()
+    alone = (first + timed()) / 2
+    return {"alone": alone, "together": together, "updates": len(durations),
+            "update_s": statistics.median(durations) if durations else math.nan}
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def _row(measure: str, mox: Any, npo: Any, unit: str, note: str = "") -> dict:
+    return {"measure": measure, "mox": _count(mox, unit), "npo": _count(npo, unit), "unit": unit, "note": note}
+
+
+def _count(value: Any, unit: str) -> Any:
+    """Whole numbers for counts (a fraction of a FLOP or byte per sample carries no information)."""
+    if unit in ("FLOPs", "FLOPs/sample", "bytes") and isinstance(value, float) and math.isfinite(value):
+        if unit == "FLOPs/sample" or value.is_integer():
+            return round(value)
+    return value
+
+
+def _autocast(u: UnlearnConfig, device: torch.device) -> Any:
+    """The training loop's mixed precision (accelerate's autocast) as a plain torch autocast."""
+    from mox_unlearn.train import _mixed_precision
+
+    mode = _mixed_precision(u.mixed_precision)
+    if mode == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+@dataclass
+class Bench:
+    """What every efficiency measurement shares: the three runs, their configs, and the loaded models."""
+
+    runs: dict[str, Path]  # mox, mox-momentum, npo
+    configs: dict[str, UnlearnConfig]
+    device: torch.device
+    policy: Any  # the model being trained (its weights change as the measurements step it)
+    ref: Any  # frozen θ_ref
+    tokenizer: Any
+    where: dict[str, Any]
+
+    @property
+    def mox(self) -> UnlearnConfig:
+        return self.configs["mox"]
+
+
+def load_bench(ws: Workspace) -> Bench:
+    """Train (or reuse) MOX, MOX with momentum and NPO; load policy and reference as training does."""
+    from mox_unlearn.modelio import load_model, load_tokenizer, torch_dtype
+
+    runs, configs = {}, {}
+    for name in ("mox", "mox-momentum", "npo"):
+        runs[name], configs[name] = ws.run_method(name)
+    u, device = configs["mox"], training_device()
+    dtype = torch_dtype(u.dtype)
+    policy = load_model(u.model, dtype).to(device).train()
+    ref = load_model(u.model, dtype).to(device).eval().requires_grad_(False)
+    return Bench(runs, configs, device, policy, ref, load_tokenizer(u.model), machine())
+
+
+def efficiency(ws: Workspace) -> dict:
+    """Section 3.2: MOX's training step against NPO's, extrapolation and momentum cost, memory, overlap."""
+    b = load_bench(ws)
+    mox = make_step("mox", b.mox, b.policy, b.ref, b.tokenizer, b.device, cache=b.mox.cache_ref)
+    npo = make_step("npo", b.configs["npo"], b.policy, b.ref, b.tokenizer, b.device, cache=b.configs["npo"].cache_ref)
+    flop_rows, step_flops_per_sample = _step_flop_rows(b, mox, npo)
+    momentum, update_s, time_rows = _time_rows(ws, b)
+    rows = [*flop_rows, *_update_flop_rows(b, step_flops_per_sample), *time_rows,
+            *_memory_rows(b, momentum, mox, npo), *_overlap_rows(b, mox, momentum, update_s)]
+    n_float = floating_elements(b.mox.model)
+    note = (f"Measured on {b.where['device']} ({b.where['cpu_count']} CPU cores, {b.where['torch_threads']} torch "
+            f"threads, torch {b.where['torch']}); model {b.mox.model} in {b.mox.dtype}, {n_float:,} parameters. A "
+            f"sample is one forget example with its paired retain example (micro-batch of {mox.samples}). FLOPs of "
+            "training are counted by torch.utils.flop_counter.FlopCounterMode (matrix products and attention), those "
+            "of extrapolation and momentum (elementwise only) by a counter of elementwise ops. Times are wall clock.")
+    return finish(ws, "efficiency", rows, "Computational efficiency of MOX against NPO (paper Section 3.2)",
+                  _plot_efficiency, note)
+
+
+def _step_flop_rows(b: Bench, mox: Step, npo: Step) -> tuple[list[dict], float]:
+    """(a) FLOPs of one optimizer step per sample, split into policy and reference passes; and MOX's total."""
+    uncached = make_step("npo", b.configs["npo"], b.policy, b.ref, b.tokenizer, b.device, cache=False)
+    with torch.no_grad():
+        reference_passes(npo)  # the first epoch fills NPO's reference cache; later epochs hit it
+    f_mox, f_npo, f_warm = step_flops(mox), step_flops(uncached), step_flops(npo)
+    total = lambda f, s: (f["forward"] + f["backward"]) / s.samples  # noqa: E731
+    policy = lambda f, s: (f["forward"] + f["backward"] - f["reference"]) / s.samples  # noqa: E731
+    rows = [
+        _row("step FLOPs per sample", total(f_mox, mox), total(f_npo, uncached), "FLOPs/sample",
+             "one optimizer step on the first micro-batch, counted by torch (matmuls + attention): policy "
+             "forward+backward on forget and retain, plus the reference forward (MOX: retain logits for the KL; "
+             "NPO: forget log-probs)"),
+        _row("step FLOPs per sample, reference cache warm", total(f_mox, mox), total(f_warm, npo), "FLOPs/sample",
+             "NPO's reference log-probs on the forget answers never change and are cached after epoch 1 "
+             "(cache_ref); MOX's reference logits are on random retain batches, not cached"),
+        _row("policy forward+backward FLOPs per sample", policy(f_mox, mox), policy(f_npo, uncached), "FLOPs/sample"),
+        _row("reference forward FLOPs per sample", f_mox["reference"] / mox.samples,
+             f_npo["reference"] / uncached.samples, "FLOPs/sample"),
+    ]
+    return rows, total(f_mox, mox)
+
+
+def _update_flop_rows(b: Bench, step_flops_per_sample: float) -> list[dict]:
+    """(b) FLOPs of extrapolation and of a momentum update, per parameter and for the whole model."""
+    n_float = floating_elements(b.mox.model)
+    per_param = extrapolation_flops_per_element(b.mox.alpha)
+    mom = b.configs["mox-momentum"]
+    return [
+        _row("extrapolation FLOPs per parameter", per_param, None, "FLOPs",
+             "counted over the elementwise ops of extrapolate_tensors on a probe tensor: (1+α)·θ_ref, α·θ_mem, "
+             "and their difference"),
+        _row("extrapolation FLOPs, whole model, one α", per_param * n_float, None, "FLOPs",
+             f"per-parameter count × {n_float:,} floating-point parameters; independent of the data size"),
+        _row("extrapolation FLOPs / step FLOPs per sample", per_param * n_float / step_flops_per_sample, None, "×"),
+        _row("momentum update FLOPs per parameter", momentum_flops_per_element(mom.eta, mom.alpha), None, "FLOPs",
+             "steady-state update: the extrapolation, then θ̄·(1−η) + η·θ_for"),
+    ]
+
+
+def _time_rows(ws: Workspace, b: Bench) -> tuple[Any, float, list[dict]]:
+    """(c) training time per sample, extrapolation to disk, one momentum update; returns the momentum average too."""
+    from mox_unlearn.momentum import MomentumAverage
+
+    (s_mox, n_mox), (s_npo, n_npo) = (train_seconds_per_sample(b.runs[m]) for m in ("mox", "npo"))
+    s_mom, _ = train_seconds_per_sample(b.runs["mox-momentum"])
+    ref_dir, mem = Path(b.mox.model), b.runs["mox"] / "memorized"
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=ws.out("efficiency")))
+    try:
+        one = extrapolate_seconds(ref_dir, mem, [b.mox.alpha], scratch)
+        five = extrapolate_seconds(ref_dir, mem, FIVE_ALPHAS, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    mom = b.configs["mox-momentum"]
+    momentum = MomentumAverage(mom.eta, mom.alpha)
+    ref_params = dict(b.ref.named_parameters())
+    momentum.update(ref_params, b.policy.named_parameters())  # the first update only stores θ_for
+    update_s = median_seconds(lambda: momentum.update(ref_params, b.policy.named_parameters()))
+    copy_s = median_seconds(lambda: cpu_copy(b.policy.named_parameters()), device=b.device)
+    rows = [
+        _row("training time per sample", s_mox, s_npo, "s/sample",
+             f"run.json timings_s.train / forget samples seen ({n_mox:g} MOX, {n_npo:g} NPO); includes the "
+             "per-epoch saves of save_epochs"),
+        _row("training time per sample, MOX with momentum", s_mom, None, "s/sample",
+             "the same run with a momentum update at every epoch end"),
+        _row("extrapolate 1 α (read, compute, write)", one, None, "s",
+             "extrapolate_folders from one θ_mem to disk, median of 3"),
+        _row(f"extrapolate {len(FIVE_ALPHAS)} α in one pass", five, None, "s",
+             f"α = {', '.join(f'{a:g}' for a in FIVE_ALPHAS)}; the inputs are read once; median of 3"),
+        _row("momentum update (MomentumAverage.update)", update_s, None, "s",
+             "from the training-device weights, as the loop calls it; median of 3"),
+        _row("copy θ to CPU fp32", copy_s, None, "s", "what a background update needs first; median of 3"),
+    ]
+    return momentum, update_s, rows
+
+
+def _memory_rows(b: Bench, momentum: Any, mox: Step, npo: Step) -> list[dict]:
+    """(d) bytes of the parameters each method holds while training, and of AdamW's state after one step."""
+    theta = tensor_bytes(b.ref.parameters())
+    held = tensor_bytes(b.policy.parameters()) + theta
+    avg = tensor_bytes(momentum.avg.values())
+    u_npo = b.configs["npo"]
+    return [
+        _row("θ (parameters of the target model)", theta, theta, "bytes", f"dtype {b.mox.dtype}"),
+        _row("parameters held in training", held + avg, held, "bytes",
+             "MOX with momentum: policy + frozen reference + momentum average (CPU, fp32); NPO: policy + "
+             "reference. MOX without momentum holds policy + reference, like NPO"),
+        _row("parameters held in training, in θ", (held + avg) / theta, held / theta, "×"),
+        _row("parameters on the training device", held, held, "bytes",
+             "the momentum average lives on the CPU, so the training device holds what NPO's does"),
+        _row("AdamW state after one step", adamw_state_bytes(mox, b.mox.lr, b.mox.weight_decay),
+             adamw_state_bytes(npo, u_npo.lr, u_npo.weight_decay), "bytes"),
+    ]
+
+
+def _overlap_rows(b: Bench, mox: Step, momentum: Any, update_s: float) -> list[dict]:
+    """The claim that extrapolation can run on the CPU while the accelerator trains: steps alone vs steps with
+    momentum updates (into `momentum`, from CPU copies of θ_ref and θ) looping in a background thread.
+
+    Host memory meanwhile: the average and the two copies, 3×θ in fp32.
+    """
+    optimizer = torch.optim.AdamW(b.policy.parameters(), lr=b.mox.lr, weight_decay=b.mox.weight_decay)
+    autocast = _autocast(b.mox, b.device)
+    train_steps(mox, optimizer, 1, autocast)  # warm-up
+    step_s = median_seconds(lambda: train_steps(mox, optimizer, 1, autocast), device=b.device)
+    n_steps = max(OVERLAP_MIN_STEPS, min(OVERLAP_MAX_STEPS, math.ceil(3 * update_s / max(step_s, 1e-9))))
+    ref_cpu, snapshot = cpu_copy(b.ref.named_parameters()), cpu_copy(b.policy.named_parameters())
+    ov = overlap(lambda: train_steps(mox, optimizer, n_steps, autocast),
+                 lambda: momentum.update(ref_cpu, snapshot.items()), b.device)
+    shared = ("the updates and the training share the CPU" if b.device.type == "cpu"
+              else f"training runs on {b.where['device']}, the updates on the CPU")
+    return [
+        _row("MOX training steps alone", ov["alone"], None, "s", f"{n_steps} steps; mean of a run before and after"),
+        _row("MOX training steps, momentum updates in a background thread", ov["together"], None, "s",
+             f"the same {n_steps} steps; {ov['updates']} background updates finished, median {ov['update_s']:.3g} s "
+             "each; the thread updates back to back, a harsher load than the loop's one update per epoch"),
+        _row("slowdown of training from background updates", 100 * (ov["together"] / ov["alone"] - 1), None, "%",
+             shared),
+    ]
+
+
+def _plot_efficiency(rows: list[dict], path: Path) -> Path:
+    """Horizontal log bars, MOX blue and NPO orange: FLOPs (per sample, per extrapolation) and wall times."""
+    from matplotlib.patches import Patch
+
+    fig, axes = figure(1, 2, size=(15, 5.5))
+    colors = {"mox": "tab:blue", "npo": "tab:orange"}
+    panels = ((axes[0][0], "FLOPs (log)", "FLOPs: one training step per sample vs one extrapolation",
+               lambda r: r["unit"] == "FLOPs/sample" or r["measure"].startswith("extrapolation FLOPs, whole")),
+              (axes[0][1], "seconds (log)", "Wall time", lambda r: r["unit"] in ("s/sample", "s")))
+    for ax, xlabel, title, keep in panels:
+        bars = [(f"{r['measure']} [{r['unit']}]", r[m], colors[m]) for r in rows if keep(r) for m in colors
+                if isinstance(r[m], (int, float)) and r[m] > 0]
+        ax.barh(range(len(bars)), [v for _, v, _ in bars], color=[c for _, _, c in bars])
+        for i, (_, v, _) in enumerate(bars):
+            ax.annotate(f"{v:.3g}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        if bars:  # room for the smallest bar and for the value labels
+            ax.set_xlim(min(v for _, v, _ in bars) / 3, max(v for _, v, _ in bars) * 8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3, which="both")
+        ax.legend(handles=[Patch(color=c, label=m.upper()) for m, c in colors.items()], fontsize=8, loc="best")
+    return save_figure(fig, path)
