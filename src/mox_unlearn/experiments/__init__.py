@@ -14,12 +14,18 @@ from mox_unlearn.experiments.workspace import ExperimentConfig, Workspace
 
 # name -> (module:function, what it reproduces)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "table": ("training:table", "every method and MOX over α on the workspace's models (Table 1)"),
     "sweep": ("training:sweep", "α and η sensitivity from one θ_mem (Fig. 3)"),
     "stability": ("training:stability", "GA / NPO forget weight 1..5 against MOX α (Fig. 4)"),
     "forget-size": ("training:forget_size", "forget 1% / 5% / 10% (Fig. 5)"),
     "trajectory": ("training:trajectory", "FQ and MU after every epoch (Fig. 7)"),
     "collapse": ("training:collapse", "collapse score and most-frequent-token rate per epoch (Eq. 7, Def. 2.2)"),
     "continual": ("training:continual", "unlearn 1% then 5% then 10% in sequence (Fig. 8)"),
+    "directions": ("weights:directions", "cosines of the updates θ_mem, θ_for, momentum θ_for, GA, NPO from θ_ref, overall and per layer (Fig. 6)"),
+    "efficiency": ("weights:efficiency", "FLOPs per sample of a MOX vs NPO step, extrapolation cost, memory, CPU overlap (Sec. 3.2)"),
+    "overlap": ("attacks:overlap", "forget a 10% sample of the retain facts, retain the rest: MOX vs GA vs IdkPO (Table 5)"),
+    "relearn": ("attacks:relearn", "relearning attack: fine-tune on half the forget set, score the other half (Table 6)"),
+    "examples": ("attacks:examples", "greedy forget answers of original / retrained / MOX / baselines (Table 4)"),
 }
 
 
