@@ -119,3 +119,32 @@ def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tm
     run = next((tmp_path / "out" / "runs").glob("mox-forget01-*"))
     cfg = json.loads((run / "run.json").read_text())["config"]
     assert cfg["forget"].endswith("tofu/forget01.jsonl") and cfg["retain"].endswith("tofu/retain99.jsonl")
+
+
+def test_tofu_subset_keeps_every_metric_fed(data_dir, tmp_path):
+    from mox_unlearn.data import load_records
+    from mox_unlearn.errors import MoxError
+    from mox_unlearn.experiments.tofu import write_tofu_subset
+
+    folder = write_tofu_subset(str(data_dir / "tofu"), 3, "forget01", tmp_path / "tofu3")
+    read = lambda split: load_records(str(folder / f"{split}.jsonl")).records  # noqa: E731
+    target, retain, forget = read("train_target"), read("train_retain"), read("forget01")
+    assert len(target) == 60 and len(retain) == 20 and target[-40:] == forget and retain == target[:20]
+    assert read("retain99") == retain
+    assert [r["question"] for r in read("retain_perturbed")] == [r["question"] for r in retain]
+    assert len(read("real_authors_perturbed")) == 100
+    with pytest.raises(MoxError, match="tofu_authors"):
+        write_tofu_subset(str(data_dir / "tofu"), 30, "forget01", tmp_path / "bad")
+
+
+def test_base_model_is_fine_tuned_into_target_and_retain(data_dir, tiny_model_dir, tmp_path):
+    args = [f"base={tiny_model_dir}", f"data={data_dir / 'tofu'}", "tofu_authors=3", "forget_split=forget01",
+            "eval_limit=3", "max_length=256", "eval_max_new_tokens=4", "methods=[mox, ga]", "alphas=[2.0]",
+            "finetune={lr: 1e-3, max_steps: 2, batch_size: 4, per_device_batch_size: 4}",
+            "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}", "save_epochs=false"]
+    assert main(["experiment", "table", "--out", str(tmp_path / "out"), *args]) == 0
+    rows = json.loads((tmp_path / "out" / "table" / "results.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["original", "retrained", "mox-a2", "ga"]
+    home = next((tmp_path / "out").glob("tofu-*"))
+    assert json.loads((home / "retain" / "run.json").read_text())["data"]["forget"] == 20
+    assert main(["experiment", "table", "--out", str(tmp_path / "out2"), *args, f"target={tiny_model_dir}"]) == 2
