@@ -100,7 +100,7 @@ def test_trajectory_and_collapse_share_their_runs(root):
 
 def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
     assert main(["experiment", "nope", "--out", str(root / "bad")]) == 2
-    assert "valid: sweep" in capsys.readouterr().err
+    assert "valid: table, sweep" in capsys.readouterr().err
     assert main(["experiment", "sweep", "--out", str(root / "bad"), "bogus_key=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
     assert not (root / "bad").exists()
@@ -148,3 +148,15 @@ def test_base_model_is_fine_tuned_into_target_and_retain(data_dir, tiny_model_di
     home = next((tmp_path / "out").glob("tofu-*"))
     assert json.loads((home / "retain" / "run.json").read_text())["data"]["forget"] == 20
     assert main(["experiment", "table", "--out", str(tmp_path / "out2"), *args, f"target={tiny_model_dir}"]) == 2
+
+
+def test_every_experiment_preset_loads():
+    from pathlib import Path
+
+    from mox_unlearn.config import load_config
+
+    presets = sorted(Path(__file__).resolve().parents[1].joinpath("configs", "experiments").glob("*.yaml"))
+    assert presets
+    for path in presets:
+        cfg = load_config(path, [], cls=ExperimentConfig)
+        assert cfg.methods and cfg.forget_split in ("forget01", "forget05", "forget10"), path

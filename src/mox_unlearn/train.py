@@ -140,8 +140,9 @@ def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: 
         if _latest_checkpoint(out) is None:
             raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        now = to_dict(cfg)
-        changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k])
+        now, defaults = to_dict(cfg), to_dict(UnlearnConfig())
+        # a key the interrupted run's version did not have yet counts as its default
+        changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
         if changed:
             raise MoxError(f"--resume with a different config than the interrupted run: {', '.join(changed)}")
         return out
@@ -194,7 +195,11 @@ def resolve(cfg: UnlearnConfig) -> Resolved:
         raise MoxError(f"--targeted is MOX's targeted variant (Eq. 9); method {method.name!r} does not take it")
     if cfg.momentum and not method.extrapolate:
         raise MoxError(f"--momentum needs an extrapolating method; {method.name!r} is not one")
-    if method.extrapolate and cfg.alpha <= 0:
+    if cfg.alpha == "auto":
+        from mox_unlearn.select_alpha import check_auto_config
+
+        check_auto_config(cfg, method)
+    elif method.extrapolate and cfg.alpha <= 0:
         raise MoxError(f"alpha must be > 0 for {method.name}, got {cfg.alpha}")
     if cfg.momentum_every is not None and cfg.momentum_every < 1:
         raise MoxError(f"momentum_every must be >= 1, got {cfg.momentum_every}")
@@ -216,6 +221,10 @@ def load_data(cfg: UnlearnConfig, r: Resolved) -> tuple[RecordSet, RecordSet | N
     if r.target == "retain_answer" and retain.kind != "qa":
         raise MoxError(f"{r.method.name} needs a question/answer retain set (its answers become targets)")
     refusals = load_refusals(cfg.refusals) if r.target == "refusal" else None
+    if cfg.alpha == "auto":  # the holdout set is read now, so a bad one fails before training
+        from mox_unlearn.select_alpha import load_selection_data
+
+        load_selection_data(forget, cfg.holdout, retain)
     return forget, retain, refusals
 
 
@@ -496,6 +505,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     outputs: dict[str, str] = {}
+    extra_info: dict[str, Any] = {}  # e.g. the α chosen by alpha=auto, for run.json
     card = {
         "method": method.name, "objective": objective, "source model": cfg.model, "forget set": cfg.forget,
         "retain set": cfg.retain, "steps": plan.total_steps, "lr": cfg.lr, "seed": cfg.seed,
@@ -513,8 +523,14 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 load_average_in_place(unwrapped, momentum)
                 card.update({"alpha": cfg.alpha, "momentum": f"eta={cfg.eta}, every {momentum_every} steps, {momentum.updates} updates"})
             else:
-                extrapolate_in_place(unwrapped, ref, cfg.alpha)
-                card["alpha"] = cfg.alpha
+                alpha = cfg.alpha
+                if alpha == "auto":
+                    alpha, selection = choose_alpha(cfg, out, unwrapped, ref, tokenizer)
+                    outputs["alpha_selection"] = selection["report"]
+                    card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
+                    extra_info["alpha_selection"] = selection
+                extrapolate_in_place(unwrapped, ref, alpha)
+                card["alpha"] = alpha
         save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size, title=f"Unlearned model ({method.name})", card=card)
         outputs["model"] = str(out / "model")
         if not cfg.keep_checkpoints:
@@ -532,10 +548,22 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
             "timings_s": {"load": round(t_loaded - t_start, 3), "train": round(t_trained - t_loaded, 3),
                           "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
             "final_logs": last_logs,
+            **extra_info,
             "outputs": outputs,
         }, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     return out
+
+
+def choose_alpha(cfg: UnlearnConfig, out: Path, model, ref, tokenizer) -> tuple[float, dict[str, Any]]:
+    """`alpha: auto`: pick α from the trained θ_mem (select_alpha.py); writes OUT/alpha-selection.{json,png}."""
+    from mox_unlearn.select_alpha import select_for_run
+
+    def save(m, tok, dest: Path) -> None:
+        save_model(m, tok, dest, shard_size=cfg.shard_size, card={"role": "scratch copy for alpha selection"},
+                   title="scratch")
+
+    return select_for_run(cfg, out, model, ref, tokenizer, save)
 
 
 # ----------------------------------------------------------------------------- stages before training

@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "efficiency": ("weights:efficiency", "FLOPs per sample of a MOX vs NPO step, extrapolation cost, memory, CPU overlap (Sec. 3.2)"),
     "overlap": ("attacks:overlap", "forget a 10% sample of the retain facts, retain the rest: MOX vs GA vs IdkPO (Table 5)"),
     "relearn": ("attacks:relearn", "relearning attack: fine-tune on half the forget set, score the other half (Table 6)"),
+    "select-alpha": ("selection:select_alpha_experiment", "α chosen without a retrained model (retain tolerance + forget-vs-holdout KS) vs the best true FQ"),
     "examples": ("attacks:examples", "greedy forget answers of original / retrained / MOX / baselines (Table 4)"),
 }
 

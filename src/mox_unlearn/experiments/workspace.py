@@ -143,13 +143,22 @@ class Workspace:
         """Run `u` once (reused while its config is unchanged); returns the run folder."""
         from mox_unlearn.train import unlearn
 
-        key = _key({**to_dict(u), "out": None})
-        run = self.root / "runs" / f"{label}-{key}"
+        wanted = run_settings(to_dict(u))
+        run = self.root / "runs" / f"{label}-{_key(wanted)}"
+        if not (run / "run.json").is_file():
+            run = self._find_run(label, wanted) or run
         if not (run / "run.json").is_file():
             u.out = str(run)
             _say(f"training {label}")
             unlearn(u, overwrite=True, argv=[f"mox experiment ({label})"])
         return run
+
+    def _find_run(self, label: str, wanted: dict) -> Path | None:
+        """A finished run with these settings under another key (made before a config field was added)."""
+        for saved in sorted((self.root / "runs").glob(f"{label}-*/run.json")):
+            if run_settings(json.loads(saved.read_text())["config"]) == wanted:
+                return saved.parent
+        return None
 
     def run_method(self, name: str, label: str | None = None, **kw: Any) -> tuple[Path, UnlearnConfig]:
         """Train method `name` with the shared settings (see `unlearn_config`); returns (run folder, config)."""
@@ -237,6 +246,17 @@ class Workspace:
         path = self.root / experiment
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def run_settings(config: dict) -> dict:
+    """What makes a run: the config values that differ from UnlearnConfig's defaults, without `out`.
+
+    Keying on these (not on every field) keeps finished runs valid when a new config field with a
+    default is added; values go through JSON so a saved run.json compares equal to a live config.
+    """
+    defaults = json.loads(json.dumps(to_dict(UnlearnConfig()), default=str))
+    values = json.loads(json.dumps(config, default=str))
+    return {k: v for k, v in values.items() if k != "out" and (k not in defaults or v != defaults[k])}
 
 
 def epoch_snapshots(run: Path) -> list[tuple[int, Path]]:
