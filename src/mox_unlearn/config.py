@@ -65,6 +65,13 @@ class UnlearnConfig:
     prompt: PromptFormat = field(default_factory=PromptFormat)
     dtype: str = "float32"  # weights while training and in the outputs
     mixed_precision: str = "auto"  # auto = bf16 where the accelerator supports it, else no
+    # LoRA memorization and memory (lora.py)
+    lora: bool = False  # train a LoRA adapter instead of all weights; θ_for = θ_ref − α·ΔW_lora exactly
+    lora_r: int = 16
+    lora_alpha: float = 32.0  # peft's scaling numerator (ΔW = lora_alpha / r · B·A); not MOX's α
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # peft target_modules: all-linear, or comma-separated module names
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # outputs
     save_memorized: bool = True
     shard_size: str = "2GB"

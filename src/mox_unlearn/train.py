@@ -13,6 +13,8 @@ Run folder (OUT):
   epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
   memorized/                 θ_mem as an HF folder (unless save_memorized=false)
   model/                     the unlearned model as an HF folder
+  memorized-adapter/,        with lora=true: the trained adapter (θ_mem = θ_ref + adapter) and the
+  forget-adapter/            forget model's (θ_for = θ_ref + adapter, i.e. the first scaled by −α)
   run.json                   config, versions, timings, final losses; written last
 """
 
@@ -59,6 +61,7 @@ from mox_unlearn.modelio import (
     write_model_card,
     write_text_atomic,
 )
+from mox_unlearn import lora
 from mox_unlearn.momentum import MomentumAverage
 
 # Keys that may differ between an interrupted run and its --resume without changing the result.
@@ -201,6 +204,13 @@ def resolve(cfg: UnlearnConfig) -> Resolved:
         check_auto_config(cfg, method)
     elif method.extrapolate and cfg.alpha <= 0:
         raise MoxError(f"alpha must be > 0 for {method.name}, got {cfg.alpha}")
+    if cfg.lora:
+        lora.require_peft()
+        if cfg.trainable or method.trainable:
+            raise MoxError(f"lora=true trains adapters on {cfg.lora_targets}; {method.name} trains chosen weights "
+                           f"({cfg.trainable or method.trainable}): use one or the other")
+        if cfg.alpha == "auto":
+            raise MoxError("alpha=auto with lora=true is not supported; run `mox select-alpha` on OUT/memorized")
     if cfg.momentum_every is not None and cfg.momentum_every < 1:
         raise MoxError(f"momentum_every must be >= 1, got {cfg.momentum_every}")
     if not cfg.model:
@@ -284,10 +294,11 @@ def _mixed_precision(setting: str) -> str:
     return "no"
 
 
-def save_model(model, tokenizer, dest: Path, *, shard_size: str, card: dict[str, Any], title: str) -> None:
+def save_model(model, tokenizer, dest: Path, *, shard_size: str, card: dict[str, Any], title: str,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end)."""
     with atomic_output_dir(dest, overwrite=True) as tmp:
-        model.save_pretrained(tmp, max_shard_size=shard_size)
+        model.save_pretrained(tmp, max_shard_size=shard_size, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_model_card(tmp, title=title, fields=card)
 
@@ -392,18 +403,35 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     retain_ex = encode_records(tokenizer, retain_rs, cfg.prompt, cfg.max_length) if retain_rs else []
     plan = make_plan(cfg, len(forget_ex), accelerator.num_processes)
     model = load_model(cfg.model, dtype)
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        if cfg.lora:  # frozen embeddings: checkpointed blocks still need inputs that require grad
+            model.enable_input_require_grads()
+    if cfg.lora:
+        model = lora.wrap(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     needs_ref = method.extrapolate or r.target == "alternate" or any(n.startswith("ref_") for n in needs)
-    ref = _frozen(load_model(cfg.model, dtype), accelerator.device) if needs_ref else None
+    if cfg.lora:  # θ_ref is the same model with the adapter off: no second copy of the weights
+        ref = lora.AdapterOff(model) if needs_ref else None
+    else:
+        ref = _frozen(load_model(cfg.model, dtype), accelerator.device) if needs_ref else None
     alternates = None
     if r.target == "alternate":
-        alternates = load_or_generate_alternates(cfg, out, ref, tokenizer, forget_rs, main)
+        generator = model.to(accelerator.device) if cfg.lora else ref  # B = 0: still exactly θ_ref
+        alternates = load_or_generate_alternates(cfg, out, generator, tokenizer, forget_rs, main)
         accelerator.wait_for_everyone()
         if not main:
-            alternates = load_or_generate_alternates(cfg, out, ref, tokenizer, forget_rs, main)
+            alternates = load_or_generate_alternates(cfg, out, generator, tokenizer, forget_rs, main)
     targets = Targets(r.target, tokenizer, cfg, forget_rs, retain_rs, refusals, alternates)
     uses_hidden = any(n.endswith("_hidden") for n in needs)
     hidden_layer = default_hidden_layer(model, cfg) if uses_hidden else None
-    n_trainable = select_trainable(model, cfg.trainable or method.trainable, hidden_layer)
+    if cfg.lora:
+        n_trainable = lora.trainable_count(model.parameters())
+    else:
+        n_trainable = select_trainable(model, cfg.trainable or method.trainable, hidden_layer)
     control = None
     if "control" in needs:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -423,7 +451,9 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     model, optimizer = accelerator.prepare(model, optimizer)
     models.model = model
     progress = Progress()
-    momentum = MomentumAverage(cfg.eta, cfg.alpha) if cfg.momentum else None
+    momentum = None
+    if cfg.momentum:
+        momentum = lora.LowRankMomentum(cfg.eta, cfg.alpha) if cfg.lora else MomentumAverage(cfg.eta, cfg.alpha)
     accelerator.register_for_checkpointing(scheduler, progress)
     if momentum is not None:
         accelerator.register_for_checkpointing(momentum)
@@ -481,7 +511,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 progress.step += 1
                 last_logs = sums
                 if momentum is not None and (progress.step % momentum_every == 0 or progress.step == plan.total_steps):
-                    momentum.update(dict(ref.named_parameters()), accelerator.unwrap_model(model).named_parameters())
+                    if cfg.lora:
+                        momentum.update(accelerator.unwrap_model(model))
+                    else:
+                        momentum.update(dict(ref.named_parameters()), accelerator.unwrap_model(model).named_parameters())
                 if main and (progress.step % cfg.log_every == 0 or progress.step == plan.total_steps):
                     record = {"step": progress.step, "epoch": round(progress.step / plan.steps_per_epoch, 4),
                               "lr": scheduler.get_last_lr()[0], **{k: round(v, 6) for k, v in sums.items()}}
@@ -492,9 +525,9 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 if cfg.save_epochs and main and (progress.step % plan.steps_per_epoch == 0
                                                  or progress.step == plan.total_steps):
                     k = math.ceil(progress.step / plan.steps_per_epoch)
-                    save_model(accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
-                               shard_size=cfg.shard_size, title=f"Trained weights after epoch {k}",
-                               card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
+                    save_trained(cfg, accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
+                                 title=f"Trained weights after epoch {k}",
+                                 card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
                 if checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < plan.total_steps:
                     _checkpoint(accelerator, out, progress.step)
                 _on_step_end(progress.step)
@@ -511,7 +544,9 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         "retain set": cfg.retain, "steps": plan.total_steps, "lr": cfg.lr, "seed": cfg.seed,
         **({f"loss.{k}": v for k, v in hp.items()}),
     }
-    if main:
+    if main and cfg.lora:
+        save_lora_outputs(cfg, method, unwrapped, momentum, tokenizer, out, card, outputs)
+    elif main:
         if method.extrapolate and cfg.save_memorized:
             role = "θ_mem (trained by gradient descent; extrapolate away from it)"
             save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
@@ -533,6 +568,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 card["alpha"] = alpha
         save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size, title=f"Unlearned model ({method.name})", card=card)
         outputs["model"] = str(out / "model")
+    if main:
         if not cfg.keep_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         t_end = time.perf_counter()
@@ -553,6 +589,42 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         }, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     return out
+
+
+def save_trained(cfg: UnlearnConfig, model, tokenizer, dest: Path, *, title: str, card: dict[str, Any]) -> None:
+    """The weights being trained as a plain HF folder (with LoRA: θ_ref + the adapter, merged)."""
+    state = lora.merged_state_dict(model, lora.memorized_factors(model)) if cfg.lora else None
+    save_model(model.get_base_model() if cfg.lora else model, tokenizer, dest, shard_size=cfg.shard_size, title=title,
+               card=card, state_dict=state)
+
+
+def save_lora_outputs(cfg: UnlearnConfig, method: Method, model, momentum, tokenizer, out: Path,
+                      card: dict[str, Any], outputs: dict[str, str]) -> None:
+    """LoRA runs: the adapters, and merged plain folders for θ_mem and the unlearned model (lora.py)."""
+    card = {**card, "lora": f"r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}, targets={cfg.lora_targets}"}
+    with atomic_output_dir(out / "memorized-adapter", overwrite=True) as tmp:
+        model.save_pretrained(str(tmp))
+    outputs["memorized_adapter"] = str(out / "memorized-adapter")
+    mem = lora.memorized_factors(model)
+    forget = mem  # a method that is not extrapolated: the unlearned model is θ_ref + the adapter
+    if method.extrapolate:
+        if cfg.save_memorized:
+            save_model(model.get_base_model(), tokenizer, out / "memorized", shard_size=cfg.shard_size,
+                       title="Memorization model θ_mem (LoRA, merged)", card={**card, "role": "θ_mem = θ_ref + adapter"},
+                       state_dict=lora.merged_state_dict(model, mem))
+            outputs["memorized"] = str(out / "memorized")
+        if momentum is not None:
+            forget = momentum.forget_factors()
+            card["momentum"] = f"eta={cfg.eta}, {momentum.updates} updates, exact over B·A (rank {cfg.lora_r}×{momentum.updates})"
+        else:
+            forget = lora.scaled(mem, -cfg.alpha)
+        card["alpha"] = cfg.alpha
+        with atomic_output_dir(out / "forget-adapter", overwrite=True) as tmp:
+            lora.save_adapter(model, forget, tmp, cfg.model)
+        outputs["forget_adapter"] = str(out / "forget-adapter")
+    save_model(model.get_base_model(), tokenizer, out / "model", shard_size=cfg.shard_size,
+               title=f"Unlearned model ({method.name}, LoRA, merged)", card=card, state_dict=lora.merged_state_dict(model, forget))
+    outputs["model"] = str(out / "model")
 
 
 def choose_alpha(cfg: UnlearnConfig, out: Path, model, ref, tokenizer) -> tuple[float, dict[str, Any]]:
