@@ -154,8 +154,10 @@ class Workspace:
         return run
 
     def _find_run(self, label: str, wanted: dict) -> Path | None:
-        """A finished run with these settings under another key (made before a config field was added)."""
-        for saved in sorted((self.root / "runs").glob(f"{label}-*/run.json")):
+        """A finished run with these settings under another name: another analysis's label, or a key from
+        before a config field was added. Label-named runs are tried first."""
+        runs = self.root / "runs"
+        for saved in sorted(runs.glob(f"{label}-*/run.json")) + sorted(runs.glob("*/run.json")):
             if run_settings(json.loads(saved.read_text())["config"]) == wanted:
                 return saved.parent
         return None
