@@ -3,18 +3,14 @@
 The loop builds one global plan per epoch (`epoch_plan` with the *global* micro-batch size
 per_device_batch_size × processes) and each process takes its share with `_slice_for_process`. So
 2 processes × per_device 2 and 1 process × per_device 4, at the same batch_size / seed / data, see
-the same examples in every optimizer step, and only the way the loss is averaged differs:
+the same examples in every optimizer step. Token means (CE, KL) are divided by the step's answer
+tokens over all processes and micro-batches (train.step_token_norms), so DDP's average of the ranks'
+losses is the pooled mean one process computes, whatever each rank's share of tokens.
 
-* one process: token-mean CE (and token-mean KL) pooled over the 4 examples of the micro-batch;
-* two processes: each rank pools over its own 2 examples, then DDP averages the two gradients —
-  a mean of two token means. That equals the pooled mean exactly when both ranks hold the same
-  number of answer tokens, and weights the ranks' tokens differently otherwise.
-
-`test_two_processes_match_one_process` therefore uses QA data whose answers all have the same number
-of tokens, and asserts the weights agree to float rounding (and, from what each rank of that run
-sliced, that the ranks train on different retain items); the LoRA test does the same with lora=true;
-`test_unequal_answer_lengths...` shows (strict xfail) that with the fixture's unequal answer lengths
-they do not agree. docs/scaling.md explains the cause and the fix.
+`test_two_processes_match_one_process` uses answers of equal length and also checks, from what each
+rank of that run sliced, that the ranks train on different retain items; the LoRA test does the same
+with lora=true; `test_unequal_answer_lengths...` uses the fixture's answers of 10–19 tokens, where a
+per-rank mean would differ by 24–39 % of the update.
 """
 
 from __future__ import annotations
@@ -187,13 +183,10 @@ def test_lora_two_processes_match_one_process(tiny_model_dir, tokenizer, tmp_pat
         assert max_abs <= max_abs_bound and rel <= MAX_RELATIVE, f"{sub}: max |Δ| {max_abs:.3g}, relative {rel:.3g}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the loss is a token mean per rank, averaged over ranks by DDP; with unequal answer token "
-                          "counts per rank this is not the pooled token mean of one process (docs/scaling.md)")
 def test_unequal_answer_lengths_two_processes_match_one_process(tiny_model_dir, qa_files, tmp_path):
-    """The fixture's answers have 10–19 tokens: at step 1 rank 0 holds 27 answer tokens and rank 1 37,
-    so DDP weights each rank-0 token 1/54 and each rank-1 token 1/74 instead of 1/64. Passes (and
-    the xfail must go) once the loop normalises by the global token count of the step."""
+    """The fixture's answers have 10–19 tokens: at step 1 rank 0 holds 27 answer tokens and rank 1 37.
+    Token means divided by each rank's own count would weight them 1/54 and 1/74 instead of 1/64; the
+    loop divides by the step's token count over all ranks (train.step_token_norms), so they match."""
     forget, retain = qa_files
     common = ["--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--method", "mox",
               "batch_size=4", "max_steps=2", "lr=1e-3", "seed=0", "save_memorized=false"]

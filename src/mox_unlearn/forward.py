@@ -26,6 +26,12 @@ class StepBatch:
     retain: dict[str, torch.Tensor] | None = None
     target: dict[str, torch.Tensor] | None = None
     target_keys: list[Hashable] = field(default_factory=list)
+    norms: dict[str, float] = field(default_factory=dict)  # token-mean divisors per kind (SeqStats.norm)
+
+
+def answer_tokens(batch: dict[str, torch.Tensor] | None) -> int:
+    """Answer tokens of a collated batch: positions whose next-token label is not ignored."""
+    return 0 if batch is None else int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 @dataclass
@@ -110,12 +116,15 @@ def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInpu
         p = forward(m.model, batch.forget, logits="forget_logits" in needs,
                     hidden_layer=layer if "forget_hidden" in needs else None)
         inputs.forget, inputs.forget_logits, inputs.forget_hidden = p.stats, p.logits, p.hidden
+        inputs.forget.norm = batch.norms.get("forget")
     if batch.retain is not None and needs & {"retain", "retain_logits", "retain_hidden"}:
         p = forward(m.model, batch.retain, logits="retain_logits" in needs,
                     hidden_layer=layer if "retain_hidden" in needs else None)
         inputs.retain, inputs.retain_logits, inputs.retain_hidden = p.stats, p.logits, p.hidden
+        inputs.retain.norm = batch.norms.get("retain")
     if batch.target is not None and "target" in needs:
         inputs.target = forward(m.model, batch.target).stats
+        inputs.target.norm = batch.norms.get("target")
     with torch.no_grad():
         if "ref_forget" in needs:
             inputs.ref_forget = m.cache.stats(batch.forget, batch.forget_keys)

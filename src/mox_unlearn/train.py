@@ -50,7 +50,7 @@ from mox_unlearn.data import (
 )
 from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import extrapolate_tensor
-from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
+from mox_unlearn.forward import Models, RefCache, StepBatch, answer_tokens, build_inputs
 from mox_unlearn.losses import LossSpec, get_loss
 from mox_unlearn.methods import Method, get_method
 from mox_unlearn.modelio import (
@@ -327,6 +327,20 @@ def _slice_for_process(indices: list[int], rank: int, world: int) -> list[int]:
     return mine or indices[:1]
 
 
+def step_token_norms(batches: list[StepBatch], accelerator) -> dict[str, float]:
+    """Answer tokens of the whole step (every micro-batch of every process) per kind, divided by
+    processes × micro-batches: with it as the divisor of token means, the average that gradient
+    accumulation and DDP take over per-batch losses equals the mean over all the step's tokens, so the
+    result does not depend on how the batch is split (tests/test_multiprocess.py). One tiny all-reduce."""
+    kinds = ("forget", "retain", "target")
+    counts = torch.tensor([sum(answer_tokens(getattr(b, kind)) for b in batches) for kind in kinds],
+                          dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    parts = accelerator.num_processes * len(batches)
+    return {kind: max(float(c), 1.0) / parts for kind, c in zip(kinds, counts.tolist())}
+
+
 def _on_step_end(step: int) -> None:
     """Hook called after every optimizer step (tests use it to simulate an interrupted run)."""
 
@@ -484,7 +498,8 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 if step < progress.step:  # already done before the interruption
                     continue
                 sums: dict[str, float] = {}
-                for k, (f_idx, r_idx) in enumerate(group):
+                batches = []
+                for f_idx, r_idx in group:
                     f_idx = _slice_for_process(f_idx, rank, world)
                     batch = StepBatch(forget=_to(collate([forget_ex[i] for i in f_idx], pad_id), device),
                                       forget_keys=[("forget", i) for i in f_idx])
@@ -494,6 +509,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     if choices is not None:
                         batch.target = _to(collate([targets.example(i, choices[i]) for i in f_idx], pad_id), device)
                         batch.target_keys = [("target", i, choices[i]) for i in f_idx]
+                    batches.append(batch)
+                norms = step_token_norms(batches, accelerator)
+                for k, batch in enumerate(batches):
+                    batch.norms = norms
                     last = k == len(group) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(model):
                         with accelerator.autocast():

@@ -23,6 +23,10 @@ class SeqStats:
 
     token_logps: torch.Tensor
     mask: torch.Tensor
+    # What token means divide by. None: this batch's answer tokens. The training loop sets the step's
+    # answer tokens per (process × micro-batch), so that averaging the per-process, per-micro-batch
+    # losses (DDP, gradient accumulation) gives the mean over every token of the step.
+    norm: float | None = None
 
     def seq_logp(self) -> torch.Tensor:
         """[B] sequence log-prob log p(y|x), summed over answer tokens."""
@@ -34,7 +38,8 @@ class SeqStats:
 
     def nll(self) -> torch.Tensor:
         """Mean token cross-entropy over all answer tokens of the batch (tokens pooled, as HF does)."""
-        return -self.token_logps.sum() / self.mask.sum().clamp(min=1)
+        denom = self.mask.sum().clamp(min=1) if self.norm is None else self.norm
+        return -self.token_logps.sum() / denom
 
 
 @dataclass
@@ -122,13 +127,16 @@ def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[:, :-1, :][mask]
 
 
-def kl_ref_to_policy(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def kl_ref_to_policy(ref_logits: torch.Tensor, logits: torch.Tensor, norm: float | None = None) -> torch.Tensor:
     """Token-mean KL(p_ref || p_θ) over the vocabulary: mean_n Σ_v p_ref (log p_ref − log p_θ).
 
-    Both [N, V]; N = answer tokens pooled over the batch. Zero tokens gives 0.
+    Both [N, V]; N = answer tokens pooled over the batch. Zero tokens gives 0. `norm` replaces N as
+    the divisor (see SeqStats.norm).
     """
     if ref_logits.shape[0] == 0:
         return logits.sum() * 0.0
     ref_logps = torch.log_softmax(ref_logits.float(), dim=-1)
     logps = torch.log_softmax(logits.float(), dim=-1)
+    if norm is not None:
+        return F.kl_div(logps, ref_logps, log_target=True, reduction="sum") / norm
     return F.kl_div(logps, ref_logps, log_target=True, reduction="batchmean")

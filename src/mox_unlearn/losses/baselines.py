@@ -51,7 +51,8 @@ def _retain_kl(inputs: LossInputs, lambda_kl: float) -> torch.Tensor:
     """λ_kl · KL(p_ref || p_θ) averaged over retain answer tokens; 0 when off or not computed."""
     if lambda_kl == 0 or inputs.retain_logits is None or inputs.ref_retain_logits is None:
         return _zero(inputs)
-    return lambda_kl * kl_ref_to_policy(inputs.ref_retain_logits, inputs.retain_logits)
+    norm = inputs.retain.norm if inputs.retain is not None else None
+    return lambda_kl * kl_ref_to_policy(inputs.ref_retain_logits, inputs.retain_logits, norm)
 
 
 def _npo_term(policy: SeqStats, ref: SeqStats, beta: float) -> torch.Tensor:
