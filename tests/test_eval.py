@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mox_unlearn.cli import main
-from mox_unlearn.data.formatting import PromptFormat, encode_qa, ensure_pad_token, prompt_ids
+from mox_unlearn.data.formatting import PromptFormat, encode_qa, prompt_ids
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.stats import answer_stats, cut_at_stop, generate_greedy, text_token_logprobs
 from mox_unlearn.evaluate.tofu import read_retain_truth_ratios

@@ -13,18 +13,12 @@ from mox_unlearn.cli import main
 from mox_unlearn.config import apply_mapping
 from mox_unlearn.experiments import ExperimentConfig, Workspace
 from mox_unlearn.experiments.workspace import epoch_snapshots
+from miniature import mini_settings
 
-MINI = {
-    "sizes": {"n_profiles": 10, "n_holdout": 1, "n_attributes": 8, "n_train_phrasings": 2, "n_authors": 6, "n_world": 6,
-              "n_retain_eval": 10},
-    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-    "general_epochs": 1, "profile_epochs": 2, "pretrain_lr": 1e-3,
-    "unlearn": {"lr": 1e-3, "epochs": 2, "batch_size": 4, "per_device_batch_size": 4},
-    "alphas": [1.0, 4.0], "etas": [0.5, 1.0], "weights": [1.0, 2.0], "eval_max_new_tokens": 8, "eval_batch_size": 16,
-    "trajectory_methods": ["ga", "mox", "mox-momentum"], "collapse_methods": ["ga", "mox"],
-    "continual_methods": ["ga", "mox"], "continual_epochs": 1, "compare_methods": ["npo"],
-    "forget_splits": ["forget05", "forget10"],
-}
+MINI = mini_settings(
+    etas=[0.5, 1.0], weights=[1.0, 2.0], trajectory_methods=["ga", "mox", "mox-momentum"], collapse_methods=["ga", "mox"],
+    continual_methods=["ga", "mox"], continual_epochs=1, compare_methods=["npo"], forget_splits=["forget05", "forget10"],
+)
 ARGS = [f"{k}={json.dumps(v)}" for k, v in MINI.items()]
 
 

@@ -25,15 +25,9 @@ from mox_unlearn.experiments.weights import (
     layer_group,
     momentum_flops_per_element,
 )
+from miniature import mini_settings
 
-MINI = {
-    "sizes": {"n_profiles": 10, "n_holdout": 1, "n_attributes": 8, "n_train_phrasings": 2, "n_authors": 6, "n_world": 6,
-              "n_retain_eval": 10},
-    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-    "general_epochs": 1, "profile_epochs": 2, "pretrain_lr": 1e-3,
-    "unlearn": {"lr": 1e-3, "epochs": 2, "batch_size": 4, "per_device_batch_size": 4},
-    "alphas": [1.0, 4.0], "eval_max_new_tokens": 8, "eval_batch_size": 16,
-}
+MINI = mini_settings()
 
 A, B = "model.layers.0.mlp.w", "model.layers.1.mlp.w"
 ALPHA = 3.0

@@ -25,6 +25,7 @@ from mox_unlearn.select_alpha import (
     select_alpha,
     spread_sample,
 )
+from miniature import mini_settings
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64"]
 HOLDOUT = [
@@ -321,14 +322,7 @@ def test_unlearn_alpha_auto_refusals_come_before_training(tiny_model_dir, data, 
 
 # ----------------------------------------------------------------------------- the select-alpha experiment
 
-MINI = {
-    "sizes": {"n_profiles": 10, "n_holdout": 1, "n_attributes": 8, "n_train_phrasings": 2, "n_authors": 6, "n_world": 6,
-              "n_retain_eval": 10},
-    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-    "general_epochs": 1, "profile_epochs": 2, "pretrain_lr": 1e-3,
-    "unlearn": {"lr": 1e-3, "epochs": 2, "batch_size": 4, "per_device_batch_size": 4},
-    "alphas": [4.0, 1.0], "eval_max_new_tokens": 8, "eval_batch_size": 16, "select_tolerance": 0.5,
-}
+MINI = mini_settings(alphas=[4.0, 1.0], select_tolerance=0.5)
 
 
 def test_select_alpha_experiment_reports_the_choice_next_to_the_best_true_fq(tmp_path):
