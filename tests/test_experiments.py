@@ -154,3 +154,20 @@ def test_every_experiment_preset_loads():
     for path in presets:
         cfg = load_config(path, [], cls=ExperimentConfig)
         assert cfg.methods and cfg.forget_split in ("forget01", "forget05", "forget10"), path
+
+
+@pytest.mark.parametrize("setting,message", [("target=/no/such/model", "target=/no/such/model: no such folder"),
+                                             ("base=./missing-base", "base=./missing-base: no such folder"),
+                                             ("data=/no/such/data", "data=/no/such/data: no such folder")])
+def test_missing_models_and_data_are_refused_before_anything_is_written(tmp_path, capsys, setting, message):
+    assert main(["experiment", "table", "--out", str(tmp_path / "out"), setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(message) and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_config_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["experiment", "table", "--out", str(tmp_path / "out"), f"target={tmp_path / 'empty'}"]) == 2
+    assert "not a model folder (no config.json)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

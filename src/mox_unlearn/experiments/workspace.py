@@ -63,6 +63,20 @@ class ExperimentConfig(DemoConfig):
     select_p_min: float = 0.05  # select-alpha: KS p-value above which forget ~ holdout
 
 
+def _check_local(key: str, value: str | None, marker: str | None) -> None:
+    """A value that names a local path (absolute, ./, ~ or existing) must exist (with `marker` inside);
+    anything else is taken for a hub id, which cannot be checked offline."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if not (path.is_absolute() or value.startswith((".", "~")) or path.exists()):
+        return
+    if not path.is_dir():
+        raise MoxError(f"{key}={value}: no such folder")
+    if marker and not (path / marker).is_file():
+        raise MoxError(f"{key}={value}: not a model folder (no {marker})")
+
+
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -75,8 +89,10 @@ class Workspace:
     """Models, data and cached runs / evaluations of one experiment folder."""
 
     def __init__(self, cfg: ExperimentConfig, root: Path, cache_dir: Path):
-        self.cfg, self.root = cfg, Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.root = cfg, Path(root)  # created by the first thing written, so a refusal leaves nothing
+        for key in ("target", "retain_model", "base"):
+            _check_local(key, getattr(cfg, key), "config.json")
+        _check_local("data", cfg.data, None)
         if cfg.target and cfg.base:
             raise MoxError("give either target= (a model that already knows the data) or base= (fine-tuned here), not both")
         if cfg.base:
