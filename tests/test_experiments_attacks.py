@@ -152,6 +152,6 @@ def test_bad_settings_are_one_line_errors(ws, tmp_path):
         with pytest.raises(MoxError, match=match) as e:
             fn(Workspace(_config(**change), tmp_path / "exp", cache))
         assert "\n" not in str(e.value)
-    own = Workspace(_config(target=str(tmp_path / "model")), tmp_path / "own", cache)
+    own = Workspace(_config(target=str(ws.target)), tmp_path / "own", cache)
     with pytest.raises(MoxError, match="retrained without the carved facts"):
         overlap(own)
