@@ -261,11 +261,22 @@ def llmu(inputs: LossInputs, forget_weight: float = 0.5, random_weight: float = 
     return _finish(forget=forget, random=random, kl=_retain_kl(inputs, lambda_kl))
 
 
-def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _norm(stats: SeqStats | None) -> float | None:
+    """The token-mean divisor the loop set for this batch (SeqStats.norm), or None: the batch's own count."""
+    return None if stats is None else stats.norm
+
+
+def _token_mean(values: torch.Tensor, norm: float | None) -> torch.Tensor:
+    """Mean of per-token values [N]; with `norm`, their sum divided by it (see SeqStats.norm)."""
+    return values.mean() if norm is None else values.sum() / norm
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor, norm: float | None = None) -> torch.Tensor:
     """Mean over rows of ‖a − b‖² / H, in fp32; 0 for zero rows (a batch without answer tokens)."""
     if a.shape[0] == 0:
         return a.sum().float() * 0.0
-    return F.mse_loss(a.float(), b.float().expand_as(a))
+    per_row = (a.float() - b.float().expand_as(a)).pow(2).mean(dim=-1)
+    return _token_mean(per_row, norm)
 
 
 @register_loss(
@@ -297,11 +308,11 @@ def rmu(inputs: LossInputs, steering_coeff: float = 6.5, alpha_r: float = 1200.0
     _need(inputs, "forget_hidden", "control")
     u = inputs.control.float()
     u = u / u.norm().clamp(min=1e-12)
-    forget = _mse(inputs.forget_hidden, steering_coeff * u)
+    forget = _mse(inputs.forget_hidden, steering_coeff * u, _norm(inputs.forget))
     if alpha_r == 0 or inputs.retain_hidden is None or inputs.ref_retain_hidden is None:
         retain = _zero(inputs)
     else:
-        retain = alpha_r * _mse(inputs.retain_hidden, inputs.ref_retain_hidden)
+        retain = alpha_r * _mse(inputs.retain_hidden, inputs.ref_retain_hidden, _norm(inputs.retain))
     return _finish(forget=forget, retain=retain)
 
 
@@ -332,5 +343,5 @@ def whp(inputs: LossInputs, alpha_w: float = 1.0):
         v_b = inputs.ref_forget_logits.float()
         v_g = v_b - alpha_w * F.relu(inputs.reinforced_forget_logits.float() - v_b)
         target = torch.softmax(v_g, dim=-1)
-    ce = -(target * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+    ce = _token_mean(-(target * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1), _norm(inputs.forget))
     return _finish(whp=ce)
