@@ -64,6 +64,10 @@ def test_momentum_fold_equals_a_momentum_training_run(root):
     last = ws.forget_models_by_epoch(run, u)[-1][1]
     for k, v in _weights(last).items():
         torch.testing.assert_close(v, _weights(run / "model")[k], rtol=0, atol=1e-6)
+    by_epoch = ws.forget_models_by_epoch(mom_run, mom)
+    assert [k for k, _ in by_epoch] == [1, 2]
+    for k, v in _weights(by_epoch[-1][1]).items():
+        torch.testing.assert_close(v, b[k], rtol=0, atol=1e-6)
 
 
 def test_stability_forget_size_and_continual(root):

@@ -12,7 +12,6 @@ a product of rank K·r. Averaging A and B separately would not give the average 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -163,11 +162,6 @@ def load_forget_model(base: str, memorized_adapter: str, alpha: float, *, merge:
             for key in layer.active_adapters:
                 layer.lora_B[key].weight.mul_(-alpha)
     return model.merge_and_unload() if merge else model
-
-
-def adapter_summary(dest: Path) -> dict:
-    cfg = json.loads((dest / "adapter_config.json").read_text())
-    return {"r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "target_modules": cfg["target_modules"]}
 
 
 def trainable_count(params: Iterable[torch.nn.Parameter]) -> int:

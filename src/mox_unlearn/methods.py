@@ -14,6 +14,7 @@ Adding a method = one entry here (and its objective in losses/). The loop reads:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mox_unlearn.errors import MoxError
 
@@ -50,6 +51,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("whp", ("whp",), "Who's Harry Potter: fine-tune toward generic predictions of a reinforced model",
            stage="reinforce"),
 ]}
+
+
+# Named variants the demo and the analyses list beside the methods: name -> the config settings they add.
+VARIANTS: dict[str, dict[str, Any]] = {"mox-targeted": {"targeted": True}, "mox-momentum": {"momentum": True}}
+
+
+def method_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """("mox-momentum") -> ("mox", {"momentum": True}): the method a listed name trains, and its settings."""
+    return name.split("-")[0], dict(VARIANTS.get(name, {}))
 
 
 def get_method(name: str) -> Method:

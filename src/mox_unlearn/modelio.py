@@ -16,10 +16,10 @@ import shutil
 import struct
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -312,6 +312,44 @@ def read_tensor_infos(model_dir: Path) -> dict[str, TensorInfo]:
     if missing:
         raise MoxError(f"tensor {missing[0]} listed in the index of {model_dir} is not in {files[missing[0]].name}")
     return infos
+
+
+class FolderWeights(Mapping[str, torch.Tensor]):
+    """A model folder's tensors by name, each read from its safetensors file only when asked for.
+
+    Iterates in file and offset order so reads are sequential; `infos` holds the headers (names,
+    shapes) so checks need not read any data. Open with `open_weights`, which closes the files.
+    """
+
+    def __init__(self, folder: Path, stack: ExitStack, infos: Mapping[str, TensorInfo] | None = None):
+        self.folder, self.stack = Path(folder), stack
+        self.infos = dict(infos if infos is not None else read_tensor_infos(self.folder))
+        self._order = sorted(self.infos, key=lambda n: (str(self.infos[n].file), self.infos[n].offset))
+        self._handles: dict[Path, Any] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self.infos[name].file
+        if path not in self._handles:
+            self._handles[path] = self.stack.enter_context(safe_open(str(path), framework="pt"))
+        return self._handles[path].get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.infos  # without reading the tensor, as Mapping's default would
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+@contextmanager
+def open_weights(folders: Mapping[str, Path]) -> Iterator[dict[str, FolderWeights]]:
+    """Lazy weights of several folders at once; every file handle is closed on exit."""
+    with ExitStack() as stack:
+        yield {name: FolderWeights(Path(f), stack) for name, f in folders.items()}
 
 
 # ----------------------------------------------------------------------------- writing weights

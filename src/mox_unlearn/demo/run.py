@@ -24,6 +24,7 @@ from typing import Any
 
 from mox_unlearn.config import UnlearnConfig, apply_mapping
 from mox_unlearn.errors import MoxError
+from mox_unlearn.methods import method_variant
 from mox_unlearn.modelio import write_text_atomic
 
 ALL_METHODS = ["mox", "mox-targeted", "mox-momentum", "ga", "graddiff", "kl", "npo", "simnpo", "idkpo", "dpo",
@@ -177,16 +178,13 @@ def check_gates(target: dict, retain: dict, guess: float, cfg: DemoConfig) -> li
 
 
 def _unlearn_cfg(cfg: DemoConfig, name: str, target: Path, data: Path, out: Path) -> UnlearnConfig:
-    method = name.split("-")[0]
+    method, settings = method_variant(name)
     u = UnlearnConfig(model=str(target), forget=str(data / f"{cfg.forget_split}.jsonl"),
                       retain=str(data / f"retain{100 - int(cfg.forget_split[-2:])}.jsonl"), out=str(out),
                       method=method, max_length=cfg.max_length, seed=cfg.seed, checkpoint_every=0,
                       save_memorized=(name == "mox"))
     apply_mapping(u, cfg.unlearn)
-    if name == "mox-targeted":
-        u.targeted = True
-    if name == "mox-momentum":
-        u.momentum = True
+    apply_mapping(u, settings)
     return u
 
 

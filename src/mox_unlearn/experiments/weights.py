@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,7 +30,7 @@ import torch
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish
 from mox_unlearn.experiments.workspace import Workspace
-from mox_unlearn.modelio import TensorInfo, read_tensor_infos
+from mox_unlearn.modelio import open_weights, read_tensor_infos
 from mox_unlearn.report import figure, save_figure
 
 if TYPE_CHECKING:
@@ -156,44 +156,6 @@ def cosine_rows(dots: Dots, names: Sequence[str]) -> list[dict]:
     pairs = [(a, b) for a, b in model_pairs(names) if a != b]
     return [{"pair": f"{a} vs {b}", "group": g, "cosine": cosine(dots[g], a, b)}
             for g in sorted(dots, key=group_order) for a, b in pairs]
-
-
-class FolderWeights(Mapping[str, torch.Tensor]):
-    """A model folder's tensors by name, each read from its safetensors file only when asked for.
-
-    Iterates in file and offset order so reads are sequential; `infos` holds the headers (names,
-    shapes) so checks need not read any data. Open with `open_weights`, which closes the files.
-    """
-
-    def __init__(self, folder: Path, stack: ExitStack, infos: Mapping[str, TensorInfo] | None = None):
-        self.folder, self.stack = Path(folder), stack
-        self.infos = dict(infos if infos is not None else read_tensor_infos(self.folder))
-        self._order = sorted(self.infos, key=lambda n: (str(self.infos[n].file), self.infos[n].offset))
-        self._handles: dict[Path, Any] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        path = self.infos[name].file
-        if path not in self._handles:
-            self._handles[path] = self.stack.enter_context(safe_open(str(path), framework="pt"))
-        return self._handles[path].get_tensor(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.infos  # without reading the tensor, as Mapping's default would
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-
-@contextmanager
-def open_weights(folders: Mapping[str, Path]) -> Iterator[dict[str, FolderWeights]]:
-    """Lazy weights of several folders at once; every file handle is closed on exit."""
-    with ExitStack() as stack:
-        yield {name: FolderWeights(Path(f), stack) for name, f in folders.items()}
 
 
 def delta_cosines(ref_dir: str | Path, models: Mapping[str, str | Path], group: GroupFn = layer_group) -> list[dict]:

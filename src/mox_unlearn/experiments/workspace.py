@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from mox_unlearn.config import UnlearnConfig, apply_mapping, to_dict
 from mox_unlearn.demo.run import DemoConfig, evaluate, prepare_models
 from mox_unlearn.errors import MoxError
+from mox_unlearn.methods import method_variant
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 
@@ -133,7 +134,6 @@ class Workspace:
         from mox_unlearn.modelio import write_text_atomic
 
         path = self.root / "data" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
         return str(path)
 
@@ -142,16 +142,13 @@ class Workspace:
                        forget: str | None = None, retain: str | None = None, **overrides: Any) -> UnlearnConfig:
         """The shared settings for method `name` ("mox", "mox-momentum", "mox-targeted", "npo", ...)."""
         split = forget_split or self.cfg.forget_split
-        method = name.split("-")[0]
+        method, settings = method_variant(name)
         u = UnlearnConfig(model=model or self.target, forget=forget or self.split_spec(split),
                           retain=retain or self.split_spec(f"retain{100 - int(split[-2:])}"), method=method,
                           max_length=self.cfg.max_length, seed=self.cfg.seed, checkpoint_every=0, alpha=self.cfg.alpha,
                           save_epochs=self.cfg.save_epochs)
         apply_mapping(u, self.cfg.unlearn)
-        if name == "mox-targeted":
-            u.targeted = True
-        if name == "mox-momentum":
-            u.momentum = True
+        apply_mapping(u, settings)
         apply_mapping(u, overrides)
         return u
 
@@ -203,15 +200,25 @@ class Workspace:
 
         return self.root / "models" / f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}-{_key([str(ref), str(mem), alpha])}"
 
-    def momentum_fold(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> Path:
-        """The momentum model (Eq. 10) from per-epoch θ_mem snapshots: θ̄ ← η·θ_for^k + (1−η)·θ̄; cached.
+    def momentum_folds(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> list[Path]:
+        """The momentum model (Eq. 10, θ̄ ← η·θ_for^k + (1−η)·θ̄) after each per-epoch θ_mem snapshot:
+        element k averages snapshots[:k+1]. Equals a run with momentum=true and one update per epoch,
+        without training again for each η. Cached; the missing ones come from one pass over the snapshots."""
+        dests = [self._momentum_dir(ref, snapshots[:k + 1], alpha, eta) for k in range(len(snapshots))]
+        if not all((d / "config.json").is_file() for d in dests):
+            write_momentum_folds(Path(ref), list(snapshots), alpha, eta, dests)
+        return dests
 
-        Equals a run with momentum=true and one update per epoch, without training again for each η.
-        """
-        dest = self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{_key([str(ref), [str(s) for s in snapshots], alpha, eta])}"
+    def momentum_fold(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> Path:
+        """The momentum model over all `snapshots` (see `momentum_folds`); only this one is written."""
+        dest = self._momentum_dir(ref, snapshots, alpha, eta)
         if not (dest / "config.json").is_file():
-            write_momentum_fold(Path(ref), list(snapshots), alpha, eta, dest)
+            write_momentum_folds(Path(ref), list(snapshots), alpha, eta, [None] * (len(snapshots) - 1) + [dest])
         return dest
+
+    def _momentum_dir(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> Path:
+        key = _key([str(ref), [str(s) for s in snapshots], alpha, eta])
+        return self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{key}"
 
     def forget_models_by_epoch(self, run: Path, u: UnlearnConfig, *, eta: float | None = None) -> list[tuple[int, Path]]:
         """(epoch, unlearned model) after every epoch of a run made with save_epochs=true.
@@ -225,9 +232,8 @@ class Workspace:
         if not get_method(u.method).extrapolate:
             return snaps
         if u.momentum:
-            e = u.eta if eta is None else eta
-            return [(k, self.momentum_fold(u.model, [p for _, p in snaps[:i + 1]], u.alpha, e))
-                    for i, (k, _) in enumerate(snaps)]
+            folds = self.momentum_folds(u.model, [p for _, p in snaps], u.alpha, u.eta if eta is None else eta)
+            return [(k, fold) for (k, _), fold in zip(snaps, folds)]
         return [(k, self.extrapolated(u.model, p, [u.alpha])[0]) for k, p in snaps]
 
     # ------------------------------------------------------------------ evaluation
@@ -285,29 +291,28 @@ def epoch_snapshots(run: Path) -> list[tuple[int, Path]]:
     return snaps
 
 
-def write_momentum_fold(ref: Path, snapshots: list[Path], alpha: float, eta: float, dest: Path) -> None:
-    """Fold θ_for of each snapshot into the momentum average (Eq. 10) and save an HF folder atomically."""
-    from safetensors.torch import load_file
-
-    from mox_unlearn.modelio import atomic_output_dir, list_weight_files, load_model, load_tokenizer
+def write_momentum_folds(ref: Path, snapshots: list[Path], alpha: float, eta: float,
+                         dests: list[Path | None]) -> None:
+    """Fold θ_for of each snapshot into the momentum average (Eq. 10), in order, and after snapshot k save
+    the average so far to dests[k] (an HF folder, atomically) unless it is None or there already. Tensors
+    are read one at a time (modelio.open_weights); only the average is held in full."""
+    from mox_unlearn.modelio import atomic_output_dir, load_model, load_tokenizer, open_weights
     from mox_unlearn.momentum import MomentumAverage
 
-    def tensors(folder: Path) -> dict:
-        out: dict = {}
-        for f in sorted(set(list_weight_files(folder).values())):
-            out.update(load_file(str(f)))
-        return out
-
-    ref_t = tensors(ref)
     avg = MomentumAverage(eta, alpha)
-    for snap in snapshots:
-        avg.update(ref_t, tensors(snap).items())
-    model = load_model(str(snapshots[-1]), "float32")
-    state = {k: v.to(model.state_dict()[k].dtype) for k, v in avg.avg.items() if k in model.state_dict()}
-    model.load_state_dict(state, strict=False)
-    with atomic_output_dir(dest, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        load_tokenizer(str(snapshots[-1])).save_pretrained(tmp)
+    model = load_model(str(snapshots[-1]), "float32")  # every snapshot has the same config and buffers
+    tokenizer = load_tokenizer(str(snapshots[-1]))
+    with open_weights({"ref": ref}) as reference:
+        for snap, dest in zip(snapshots, dests):
+            with open_weights({"snap": snap}) as current:
+                avg.update(reference["ref"], current["snap"].items())
+            if dest is None or (dest / "config.json").is_file():
+                continue
+            state = model.state_dict()
+            model.load_state_dict({k: v.to(state[k].dtype) for k, v in avg.avg.items() if k in state}, strict=False)
+            with atomic_output_dir(dest, overwrite=True) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
 
 
 def config_dict(cfg: ExperimentConfig) -> dict:
