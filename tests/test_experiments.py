@@ -175,3 +175,15 @@ def test_a_folder_without_config_is_not_a_model(tmp_path, capsys):
     assert main(["experiment", "table", "--out", str(tmp_path / "out"), f"target={tmp_path / 'empty'}"]) == 2
     assert "not a model folder (no config.json)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting,message", [("alphas=[1, .nan]", "alphas: alpha nan is not a finite number"),
+                                             ("weights=[0, 1]", "weights: alpha 0 <= 0"),
+                                             ("etas=[0.5, 0]", "etas must be"),
+                                             ("forget_splits=[forget07]", "unknown forget split 'forget07'")])
+def test_nonsense_numbers_are_refused_before_any_work(tmp_path, capsys, setting, message):
+    assert main(["experiment", "sweep", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 *ARGS, setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -64,6 +64,24 @@ class ExperimentConfig(DemoConfig):
     select_p_min: float = 0.05  # select-alpha: KS p-value above which forget ~ holdout
 
 
+def check_settings(cfg: ExperimentConfig) -> None:
+    """Refuse nonsense numbers in one line before any training or evaluation starts."""
+    from mox_unlearn.extrapolate import _check_alphas
+
+    for key in ("alphas", "weights"):
+        try:
+            _check_alphas(getattr(cfg, key), allow_negative=False)
+        except MoxError as e:
+            raise MoxError(f"{key}: {e}") from None
+    _check_alphas([cfg.alpha], allow_negative=False)
+    bad_eta = [e for e in cfg.etas if not 0 < e <= 1]  # NaN fails the comparison too
+    if not cfg.etas or bad_eta:
+        raise MoxError(f"etas must be a non-empty list of momentum coefficients in (0, 1], got {cfg.etas}")
+    unknown = [s for s in cfg.forget_splits if s not in FORGET_SPLITS]
+    if unknown or cfg.forget_split not in FORGET_SPLITS:
+        raise MoxError(f"unknown forget split {(unknown or [cfg.forget_split])[0]!r}; valid: {', '.join(FORGET_SPLITS)}")
+
+
 def _check_local(key: str, value: str | None, marker: str | None) -> None:
     """A value that names a local path (absolute, ./, ~ or existing) must exist (with `marker` inside);
     anything else is taken for a hub id, which cannot be checked offline."""
@@ -91,6 +109,7 @@ class Workspace:
 
     def __init__(self, cfg: ExperimentConfig, root: Path, cache_dir: Path):
         self.cfg, self.root = cfg, Path(root)  # created by the first thing written, so a refusal leaves nothing
+        check_settings(cfg)
         for key in ("target", "retain_model", "base"):
             _check_local(key, getattr(cfg, key), "config.json")
         _check_local("data", cfg.data, None)
