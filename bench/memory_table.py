@@ -6,8 +6,9 @@
 Computed: parameter counts from the architecture numbers (hidden size, MLP size, layers, attention /
 key-value heads, vocabulary, tied embeddings), then bytes per parameter for each piece of state the
 training loop (src/mox_unlearn/train.py) holds: the trained weights, the frozen reference θ_ref (a
-second full copy, never sharded: it is not passed through accelerator.prepare), gradients, AdamW's
-m and v in fp32, and, with --momentum, the CPU fp32 running average. Activations, the CUDA context,
+second full copy; under FSDP2 sharded like the trained weights, src/mox_unlearn/sharding.py),
+gradients, AdamW's m and v in fp32, and, with --momentum, the CPU fp32 running average (under FSDP2
+each process keeps the average of its own shards only). Activations, the CUDA context,
 allocator fragmentation and communication buffers are excluded (see the activation estimate table).
 
 Measured (--measure MODEL): each method runs `mox unlearn` for --steps optimizer steps (per-device
@@ -80,9 +81,9 @@ class Config:
     fn: object  # (P, L) -> dict of component -> bytes
 
 
-def _full(weights: float, ref: float, grads: float, optim: float, extra: float = 0.0):
+def _full(weights: float, ref: float, grads: float, optim: float, extra: float = 0.0, momentum: float = 4):
     return lambda p, lo: {"trained weights": weights * p, "θ_ref": ref * p, "gradients": grads * p,
-                          "AdamW state": optim * p, "extra": extra * p, "host: momentum": 4 * p}
+                          "AdamW state": optim * p, "extra": extra * p, "host: momentum": momentum * p}
 
 
 def _lora(base: float):
@@ -97,12 +98,8 @@ CONFIGS = [
     Config("1 GPU, bf16-mixed", "as fp32 + 2 (autocast bf16 weight copies)", _full(4, 4, 4, 8, extra=2)),
     Config("DDP, fp32, per GPU", "1 GPU + 4 (DDP gradient buckets)", _full(4, 4, 4, 8, extra=4)),
     Config("DDP, bf16-mixed, per GPU", "1 GPU bf16-mixed + 4 (buckets)", _full(4, 4, 4, 8, extra=6)),
-    Config("ZeRO-3 bf16, N=2", "(2 + 2 + 12)/N + 4 ref", _full(2 / 2, 4, 2 / 2, 12 / 2)),
-    Config("ZeRO-3 bf16, N=8", "(2 + 2 + 12)/N + 4 ref", _full(2 / 8, 4, 2 / 8, 12 / 8)),
-    Config("FSDP2 FULL_SHARD bf16-mixed, N=2", "(4 + 4 + 8)/N + 4 ref", _full(4 / 2, 4, 4 / 2, 8 / 2)),
-    Config("FSDP2 FULL_SHARD bf16-mixed, N=8", "(4 + 4 + 8)/N + 4 ref", _full(4 / 8, 4, 4 / 8, 8 / 8)),
-    Config("FSDP2, N=8, θ_ref sharded in bf16 (not implemented)", "(4 + 4 + 8 + 2 ref)/N",
-           _full(4 / 8, 2 / 8, 4 / 8, 8 / 8)),
+    Config("FSDP2 FULL_SHARD bf16-mixed, N=2", "(4 + 4 ref + 4 + 8)/N", _full(4 / 2, 4 / 2, 4 / 2, 8 / 2, momentum=4 / 2)),
+    Config("FSDP2 FULL_SHARD bf16-mixed, N=8", "(4 + 4 ref + 4 + 8)/N", _full(4 / 8, 4 / 8, 4 / 8, 8 / 8, momentum=4 / 8)),
     Config(f"LoRA r={LORA_R}, 1 GPU, base fp32", "4 base (= θ_ref) + 16 per LoRA param", _lora(4)),
     Config(f"LoRA r={LORA_R}, 1 GPU, base bf16 (dtype=bfloat16)", "2 base + 16 per LoRA param", _lora(2)),
 ]

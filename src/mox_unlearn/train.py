@@ -61,7 +61,7 @@ from mox_unlearn.modelio import (
     write_model_card,
     write_text_atomic,
 )
-from mox_unlearn import lora
+from mox_unlearn import lora, sharding
 from mox_unlearn.momentum import MomentumAverage
 
 # Keys that may differ between an interrupted run and its --resume without changing the result.
@@ -305,15 +305,16 @@ def save_model(model, tokenizer, dest: Path, *, shard_size: str, card: dict[str,
 
 @torch.no_grad()
 def extrapolate_in_place(model, ref, alpha: float) -> None:
-    """θ ← (1+α)θ_ref − αθ for every parameter (tied weights are visited once), computed in fp32."""
-    ref_params = dict(ref.named_parameters())
-    for name, param in model.named_parameters():
+    """θ ← (1+α)θ_ref − αθ for every parameter (tied weights are visited once), computed in fp32; under
+    FSDP on each rank's shards, which line up with the reference's (sharding.py)."""
+    ref_params = sharding.local_parameters(ref)
+    for name, param in sharding.local_parameters(model).items():
         param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
 
 
 @torch.no_grad()
 def load_average_in_place(model, momentum: MomentumAverage) -> None:
-    for name, param in model.named_parameters():
+    for name, param in sharding.local_parameters(model).items():
         param.copy_(momentum.avg[name].to(param.device, param.dtype))
 
 
@@ -399,6 +400,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         # Otherwise every launched process would train alone and all would write the same OUT.
         raise MoxError(f"launched as {world_env} processes but accelerate sees {accelerator.num_processes}; "
                        "on CPU set ACCELERATE_USE_CPU=1 (torchrun) or use `accelerate launch --multi_gpu` on GPUs")
+    sharding.check_backend(accelerator, lora=cfg.lora, alpha_auto=cfg.alpha == "auto")
     main = accelerator.is_main_process
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, main=main)
     accelerator.wait_for_everyone()
@@ -464,15 +466,24 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     # is registered for checkpointing rather than prepared (a prepared one steps once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     models.model = model
+    sharded = sharding.is_sharded(accelerator)
+    if sharded:  # frozen models sharded like the policy; no reference cache (ranks would differ in forwards)
+        models.ref = ref = sharding.shard_like_policy(accelerator, ref)
+        models.reinforced = sharding.shard_like_policy(accelerator, models.reinforced)
+        models.cache = RefCache(ref, enabled=False) if ref is not None else None
     progress = Progress()
     momentum = None
     if cfg.momentum:
         momentum = lora.LowRankMomentum(cfg.eta, cfg.alpha) if cfg.lora else MomentumAverage(cfg.eta, cfg.alpha)
     accelerator.register_for_checkpointing(scheduler, progress)
-    if momentum is not None:
+    if momentum is not None and not sharded:  # sharded: each rank checkpoints its own shards (_checkpoint)
         accelerator.register_for_checkpointing(momentum)
     if resume:
-        accelerator.load_state(str(_latest_checkpoint(out)))
+        checkpoint = _latest_checkpoint(out)
+        accelerator.load_state(str(checkpoint))
+        if momentum is not None and sharded:
+            momentum.load_state_dict(torch.load(checkpoint / f"momentum-rank{accelerator.process_index}.pt",
+                                                weights_only=True))
         if main:
             _truncate_log(out / "log.jsonl", progress.step)
     momentum_every = cfg.momentum_every or plan.steps_per_epoch
@@ -533,7 +544,8 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     if cfg.lora:
                         momentum.update(accelerator.unwrap_model(model))
                     else:
-                        momentum.update(dict(ref.named_parameters()), accelerator.unwrap_model(model).named_parameters())
+                        momentum.update(sharding.local_parameters(ref),
+                                        sharding.local_parameters(accelerator.unwrap_model(model)).items())
                 if main and (progress.step % cfg.log_every == 0 or progress.step == plan.total_steps):
                     record = {"step": progress.step, "epoch": round(progress.step / plan.steps_per_epoch, 4),
                               "lr": scheduler.get_last_lr()[0], **{k: round(v, 6) for k, v in sums.items()}}
@@ -541,14 +553,15 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     log_file.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
                 bar.update(1)
-                if cfg.save_epochs and main and (progress.step % plan.steps_per_epoch == 0
-                                                 or progress.step == plan.total_steps):
+                if cfg.save_epochs and (progress.step % plan.steps_per_epoch == 0 or progress.step == plan.total_steps):
                     k = math.ceil(progress.step / plan.steps_per_epoch)
-                    save_trained(cfg, accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
-                                 title=f"Trained weights after epoch {k}",
-                                 card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
+                    state = sharding.full_state_dict(accelerator, model)  # every rank gathers under FSDP
+                    if main:
+                        save_trained(cfg, accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
+                                     title=f"Trained weights after epoch {k}", state_dict=state,
+                                     card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
                 if checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < plan.total_steps:
-                    _checkpoint(accelerator, out, progress.step)
+                    _checkpoint(accelerator, out, progress.step, momentum if sharded else None)
                 _on_step_end(progress.step)
     bar.close()
     t_trained = time.perf_counter()
@@ -565,12 +578,14 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     }
     if main and cfg.lora:
         save_lora_outputs(cfg, method, unwrapped, momentum, tokenizer, out, card, outputs)
-    elif main:
+    elif not cfg.lora and (main or sharded):  # FSDP: every rank gathers and works on its shards; rank 0 writes
         if method.extrapolate and cfg.save_memorized:
             role = "θ_mem (trained by gradient descent; extrapolate away from it)"
-            save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
-                       title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
-                       card={**card, "role": role})
+            state = sharding.full_state_dict(accelerator, model)
+            if main:
+                save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
+                           title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
+                           card={**card, "role": role}, state_dict=state)
             outputs["memorized"] = str(out / "memorized")
         if method.extrapolate:
             if momentum is not None:
@@ -585,7 +600,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     extra_info["alpha_selection"] = selection
                 extrapolate_in_place(unwrapped, ref, alpha)
                 card["alpha"] = alpha
-        save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size, title=f"Unlearned model ({method.name})", card=card)
+        state = sharding.full_state_dict(accelerator, model)
+        if main:
+            save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size,
+                       title=f"Unlearned model ({method.name})", card=card, state_dict=state)
         outputs["model"] = str(out / "model")
     if main:
         if not cfg.keep_checkpoints:
@@ -610,9 +628,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     return out
 
 
-def save_trained(cfg: UnlearnConfig, model, tokenizer, dest: Path, *, title: str, card: dict[str, Any]) -> None:
+def save_trained(cfg: UnlearnConfig, model, tokenizer, dest: Path, *, title: str, card: dict[str, Any],
+                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """The weights being trained as a plain HF folder (with LoRA: θ_ref + the adapter, merged)."""
-    state = lora.merged_state_dict(model, lora.memorized_factors(model)) if cfg.lora else None
+    state = lora.merged_state_dict(model, lora.memorized_factors(model)) if cfg.lora else state_dict
     save_model(model.get_base_model() if cfg.lora else model, tokenizer, dest, shard_size=cfg.shard_size, title=title,
                card=card, state_dict=state)
 
@@ -704,14 +723,17 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def _checkpoint(accelerator, out: Path, step: int) -> None:
-    """save_state into a temp folder, rename, then drop older checkpoints (only the latest is kept)."""
+def _checkpoint(accelerator, out: Path, step: int, own_momentum: MomentumAverage | None = None) -> None:
+    """save_state into a temp folder, rename, then drop older checkpoints (only the latest is kept).
+    `own_momentum`: under FSDP each rank's momentum holds its own shards, saved by that rank."""
     ckdir = out / "checkpoints"
     tmp = ckdir / f".tmp-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if own_momentum is not None:
+        torch.save(own_momentum.state_dict(), tmp / f"momentum-rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ckdir / f"step-{step}"
