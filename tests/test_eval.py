@@ -139,3 +139,19 @@ def test_muse_end_to_end_produces_every_summary_key(tiny_model_dir, data_dir, tm
     assert main(["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news"),
                  "--limit", "10", "--batch-size", "4", "--retain-result", str(out), "--out", str(again)]) == 0
     assert json.loads(again.read_text())["summary"]["privleak"] == 0.0
+
+
+def test_batch_size_8_equals_batch_size_1(model, tokenizer):
+    """The evaluation's batching (length-sorted batches, right padding for scoring, left padding and a
+    KV cache for generation) changes no number: answer log-probs within 1e-4 and identical greedy texts
+    between batch size 1 and 8, over 10 items of different lengths (so padding differs per batch)."""
+    questions = [f"{q} ({i})" * (1 + i % 3) for i, q in enumerate(QUESTIONS * 3)][:10]
+    answers = [a * (1 + i % 2) for i, a in enumerate(ANSWERS * 3)][:10]
+    one = answer_stats(model, tokenizer, questions, answers, FMT, batch_size=1)
+    eight = answer_stats(model, tokenizer, questions, answers, FMT, batch_size=8)
+    for a, b in zip(one, eight):
+        assert a.n_tokens == b.n_tokens and np.array_equal(a.correct, b.correct)
+        assert np.abs(a.token_logps - b.token_logps).max() <= 1e-4
+    prompts = [prompt_ids(tokenizer, q, FMT) for q in questions]
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=8) == \
+        generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=1)

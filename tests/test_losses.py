@@ -125,3 +125,24 @@ def test_forward_passes_are_skipped_for_switched_off_terms():
     spec = LOSSES["memorize"]
     assert effective_needs(spec, {"lambda_kl": 1.0}, has_target=False) == {"forget", "retain_logits", "ref_retain_logits"}
     assert effective_needs(spec, {"lambda_kl": 0.0}, has_target=True) == {"forget", "target"}
+
+
+def test_sequence_stats_at_answer_positions_equals_the_full_log_softmax():
+    """sequence_stats log-softmaxes only the answer positions; values and gradients equal the plain
+    [B, T-1, V] log-softmax + gather it replaced (performance change, same numbers)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[0, :3] = -100  # prompt
+    labels[1, 5:] = -100  # padding
+    labels[2, :] = -100  # a row with no answer token at all
+    fast = sequence_stats(logits, labels)
+    (grad_fast,) = torch.autograd.grad(fast.token_logps.sum(), logits)
+    targets = labels[:, 1:]
+    mask = targets != -100
+    full = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    (grad_full,) = torch.autograd.grad(full.sum(), logits)
+    assert torch.equal(fast.mask, mask)
+    torch.testing.assert_close(fast.token_logps, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad_fast, grad_full, rtol=0, atol=1e-6)
+    assert fast.token_logps[2].abs().sum() == 0

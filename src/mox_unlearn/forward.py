@@ -109,19 +109,22 @@ class Models:
 
 
 def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInputs:
-    """Run each forward pass the objective needs once and collect the tensors it reads."""
-    inputs = LossInputs()
+    """Run each forward pass the objective needs once and collect the tensors it reads (and nothing
+    else: e.g. MOX's KL reads retain logits only, so no log-softmax of the retain labels is computed)."""
+    inputs = LossInputs(norms=dict(batch.norms))
     layer = m.hidden_layer
     if needs & {"forget", "forget_logits", "forget_hidden"}:
-        p = forward(m.model, batch.forget, logits="forget_logits" in needs,
+        p = forward(m.model, batch.forget, stats="forget" in needs, logits="forget_logits" in needs,
                     hidden_layer=layer if "forget_hidden" in needs else None)
         inputs.forget, inputs.forget_logits, inputs.forget_hidden = p.stats, p.logits, p.hidden
-        inputs.forget.norm = batch.norms.get("forget")
+        if inputs.forget is not None:
+            inputs.forget.norm = batch.norms.get("forget")
     if batch.retain is not None and needs & {"retain", "retain_logits", "retain_hidden"}:
-        p = forward(m.model, batch.retain, logits="retain_logits" in needs,
+        p = forward(m.model, batch.retain, stats="retain" in needs, logits="retain_logits" in needs,
                     hidden_layer=layer if "retain_hidden" in needs else None)
         inputs.retain, inputs.retain_logits, inputs.retain_hidden = p.stats, p.logits, p.hidden
-        inputs.retain.norm = batch.norms.get("retain")
+        if inputs.retain is not None:
+            inputs.retain.norm = batch.norms.get("retain")
     if batch.target is not None and "target" in needs:
         inputs.target = forward(m.model, batch.target).stats
         inputs.target.norm = batch.norms.get("target")
@@ -135,7 +138,7 @@ def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInpu
         if "reinforced_forget_logits" in needs:
             inputs.reinforced_forget_logits = forward(m.reinforced, batch.forget, stats=False, logits=True).logits
         if batch.retain is not None and needs & {"ref_retain", "ref_retain_logits", "ref_retain_hidden"}:
-            p = forward(m.ref, batch.retain, logits="ref_retain_logits" in needs,
+            p = forward(m.ref, batch.retain, stats="ref_retain" in needs, logits="ref_retain_logits" in needs,
                         hidden_layer=layer if "ref_retain_hidden" in needs else None)
             inputs.ref_retain, inputs.ref_retain_logits, inputs.ref_retain_hidden = p.stats, p.logits, p.hidden
     if "control" in needs:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -74,6 +74,9 @@ class LossInputs:
     forget_hidden: torch.Tensor | None = None
     retain_hidden: torch.Tensor | None = None
     ref_retain_hidden: torch.Tensor | None = None
+    # token-mean divisors per kind ("forget", "retain", "target") the loop set for this step, read by
+    # token means whose stats are not needed (a KL over retain logits, RMU's hidden states); see SeqStats.norm
+    norms: dict[str, float] = field(default_factory=dict)
     control: torch.Tensor | None = None
 
 
@@ -112,13 +115,16 @@ def get_loss(name: str) -> LossSpec:
 
 
 def sequence_stats(logits: torch.Tensor, labels: torch.Tensor) -> SeqStats:
-    """Shift logits [B, T, V] against labels [B, T] and gather the label log-probs (computed in fp32)."""
-    logits = logits[:, :-1, :].float()
+    """Shift logits [B, T, V] against labels [B, T] and gather the label log-probs (computed in fp32).
+
+    Only the N answer positions go through the fp32 log-softmax ([N, V] rather than [B, T-1, V]: prompt
+    and padding positions are most of a QA batch and their values were multiplied by 0 anyway).
+    """
     targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logps = torch.log_softmax(logits, dim=-1)
-    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return SeqStats(token_logps=picked * mask, mask=mask)
+    mask = targets != IGNORE_INDEX  # [B, T-1]
+    picked = -F.cross_entropy(logits[:, :-1, :][mask].float(), targets[mask], reduction="none")  # [N]
+    token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
+    return SeqStats(token_logps=token_logps, mask=mask)
 
 
 def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def _retain_kl(inputs: LossInputs, lambda_kl: float) -> torch.Tensor:
     """λ_kl · KL(p_ref || p_θ) averaged over retain answer tokens; 0 when off or not computed."""
     if lambda_kl == 0 or inputs.retain_logits is None or inputs.ref_retain_logits is None:
         return _zero(inputs)
-    norm = inputs.retain.norm if inputs.retain is not None else None
+    norm = inputs.norms.get("retain")
     return lambda_kl * kl_ref_to_policy(inputs.ref_retain_logits, inputs.retain_logits, norm)
 
 
@@ -261,11 +261,6 @@ def llmu(inputs: LossInputs, forget_weight: float = 0.5, random_weight: float = 
     return _finish(forget=forget, random=random, kl=_retain_kl(inputs, lambda_kl))
 
 
-def _norm(stats: SeqStats | None) -> float | None:
-    """The token-mean divisor the loop set for this batch (SeqStats.norm), or None: the batch's own count."""
-    return None if stats is None else stats.norm
-
-
 def _token_mean(values: torch.Tensor, norm: float | None) -> torch.Tensor:
     """Mean of per-token values [N]; with `norm`, their sum divided by it (see SeqStats.norm)."""
     return values.mean() if norm is None else values.sum() / norm
@@ -308,11 +303,11 @@ def rmu(inputs: LossInputs, steering_coeff: float = 6.5, alpha_r: float = 1200.0
     _need(inputs, "forget_hidden", "control")
     u = inputs.control.float()
     u = u / u.norm().clamp(min=1e-12)
-    forget = _mse(inputs.forget_hidden, steering_coeff * u, _norm(inputs.forget))
+    forget = _mse(inputs.forget_hidden, steering_coeff * u, inputs.norms.get("forget"))
     if alpha_r == 0 or inputs.retain_hidden is None or inputs.ref_retain_hidden is None:
         retain = _zero(inputs)
     else:
-        retain = alpha_r * _mse(inputs.retain_hidden, inputs.ref_retain_hidden, _norm(inputs.retain))
+        retain = alpha_r * _mse(inputs.retain_hidden, inputs.ref_retain_hidden, inputs.norms.get("retain"))
     return _finish(forget=forget, retain=retain)
 
 
@@ -343,5 +338,5 @@ def whp(inputs: LossInputs, alpha_w: float = 1.0):
         v_b = inputs.ref_forget_logits.float()
         v_g = v_b - alpha_w * F.relu(inputs.reinforced_forget_logits.float() - v_b)
         target = torch.softmax(v_g, dim=-1)
-    ce = _token_mean(-(target * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1), _norm(inputs.forget))
+    ce = _token_mean(-(target * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1), inputs.norms.get("forget"))
     return _finish(whp=ce)

@@ -12,7 +12,7 @@ def _kl_term(inputs: LossInputs, lambda_kl: float) -> torch.Tensor:
     """λ_kl · KL(p_ref || p_θ) on retain answer tokens (Eq. 4/5, second term); 0 when λ_kl = 0."""
     if lambda_kl == 0 or inputs.retain_logits is None:
         return torch.zeros((), device=_device(inputs))
-    norm = inputs.retain.norm if inputs.retain is not None else None
+    norm = inputs.norms.get("retain")
     return lambda_kl * kl_ref_to_policy(inputs.ref_retain_logits, inputs.retain_logits, norm)
 
 
