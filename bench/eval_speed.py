@@ -24,11 +24,14 @@ from mox_unlearn.evaluate.tofu import evaluate_tofu
 from mox_unlearn.tiny import build_tiny_llama, build_tokenizer
 
 
+SPLITS = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+
+
 def main() -> None:
     default_data = os.environ.get("MOX_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(default_data) / "tofu"))
-    ap.add_argument("--limit", type=int, default=40, help="records per split")
+    ap.add_argument("--limit", type=int, default=40, help="records per split; 0 = every record (the full evaluation)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -44,9 +47,11 @@ def main() -> None:
         rows = []
         for bs in (args.batch_size, 1):
             start = time.perf_counter()
-            result = evaluate_tofu(model, tok, data=args.data, forget_split="forget10", batch_size=bs, limit=args.limit)
+            result = evaluate_tofu(model, tok, data=args.data, forget_split="forget10", batch_size=bs,
+                                   limit=args.limit or None)
             seconds = time.perf_counter() - start
-            items = 4 * args.limit
+            items = sum(min(len(load_records(str(Path(args.data) / f"{split}.jsonl")).records), args.limit or 10**9)
+                        for split in SPLITS)
             rows.append({"batch_size": bs, "items": items, "seconds": round(seconds, 2),
                          "items_per_s": round(items / seconds, 3), "model_utility": result["summary"]["model_utility"],
                          "forget_truth_ratio": result["metrics"]["forget_truth_ratio"]["value"],

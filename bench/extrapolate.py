@@ -168,9 +168,9 @@ def wait_for_idle(max_wait: float) -> bool:
             return False
 
 
-def run_case(argv: list[str]) -> dict:
-    """Start a child, sample its RssAnon every ~10 ms until it exits; return time, peak, CPU use."""
-    cmd = [sys.executable, os.path.abspath(__file__), *argv]
+def run_case(argv: list[str], script: str = __file__) -> dict:
+    """Start `script` as a child, sample its RssAnon every ~10 ms until it exits; return time, peak, CPU use."""
+    cmd = [sys.executable, os.path.abspath(script), *argv]
     ru0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), busy_cpu_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, samples = 0, 0
