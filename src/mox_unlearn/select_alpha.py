@@ -342,10 +342,11 @@ def _empty_device_cache() -> None:
 def check_model_pair(ref: Path, mem: Path) -> None:
     """Both HF safetensors folders with the same tensors: checked before any scoring."""
     from mox_unlearn.extrapolate import _check_compatible, _check_model_dir
-    from mox_unlearn.modelio import read_tensor_infos
+    from mox_unlearn.modelio import check_same_model_kind, read_tensor_infos
 
     _check_model_dir(Path(ref), "--ref")
     _check_model_dir(Path(mem), "--mem")
+    check_same_model_kind(Path(ref), Path(mem))
     _check_compatible(read_tensor_infos(Path(ref)), read_tensor_infos(Path(mem)))
 
 

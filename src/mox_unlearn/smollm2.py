@@ -45,8 +45,10 @@ def import_smollm2(out: str | Path, *, overwrite: bool = False) -> Path:
         raise MoxError(f"reading GGUF files needs the `gguf` package; run: {INSTALL}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # a GGUF file holds tensors and metadata only (no pickle); no code of the package's is run either
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
+                                                  trust_remote_code=False)
     # The weights are now plain fp32, but the loaded model still carries the GGUF quantizer (which refuses
     # to save) and its config: rebuild a plain model from the config without it and copy the weights over.
     config = loaded.config

@@ -6,10 +6,18 @@ frozen reference under `no_grad`), hands the tensors to the pure objective (loss
 AdamW with a linear warm-up/decay schedule. Methods that extrapolate (MOX) then turn the trained
 model θ_mem into θ_for = θ_ref + α(θ_ref − θ_mem) (Eq. 8), or into the momentum average (Eq. 10).
 
-Run folder (OUT):
+Stopping safely (guards.py): Ctrl-C / SIGTERM, a non-finite loss or gradient norm (on_nonfinite) and
+the collapse guard (collapse_probe_every) act at a step boundary, agreed by every process, and leave a
+checkpoint that `mox unlearn --resume --out OUT` continues from; a kill (SIGKILL) loses at most the
+steps since the latest checkpoint. Resuming reaches bitwise the weights of an uninterrupted run on CPU
+(tests/test_interrupt.py): model, optimizer, scheduler, momentum, step counter and RNG states are
+checkpointed, and the data order is a function of (seed, epoch).
+
+Run folder (OUT); every file but the appended log is written whole (temp file or folder, then a rename),
+with secrets redacted (redact.py):
   config.yaml, command.txt   the resolved config and the command line, written at the start
-  log.jsonl                  one line per logged optimizer step
-  checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume
+  log.jsonl                  one line per logged optimizer step (and per collapse probe or skipped step)
+  checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume; removed after run.json
   epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
   memorized/                 θ_mem as an HF folder (unless save_memorized=false)
   model/                     the unlearned model as an HF folder
@@ -23,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -61,24 +71,32 @@ from mox_unlearn.modelio import (
     write_model_card,
     write_text_atomic,
 )
-from mox_unlearn import lora, sharding
+from mox_unlearn import guards, lora, sharding
 from mox_unlearn.momentum import MomentumAverage
+from mox_unlearn.redact import redact, redact_text
 
-# Keys that may differ between an interrupted run and its --resume without changing the result.
-RESUME_FREE_KEYS = {"out", "checkpoint_every", "keep_checkpoints", "log_every"}
+log = logging.getLogger(__name__)
+
+# Keys that may differ between an interrupted run and its --resume without changing the result (the
+# guards change it only where they fire: a run stopped by one can be resumed with another setting).
+RESUME_FREE_KEYS = {"out", "checkpoint_every", "keep_checkpoints", "log_every", "on_nonfinite", "max_skipped_steps",
+                    "collapse_probe_every", "collapse_threshold", "collapse_action", "collapse_probe_prompts",
+                    "collapse_probe_tokens"}
 
 
 @dataclass
 class Progress:
-    """Optimizer steps done; checkpointed with the run so --resume knows where to continue."""
+    """Optimizer steps done (skipped ones included); checkpointed with the run so --resume knows where
+    to continue and how many of its max_skipped_steps a run has used."""
 
     step: int = 0
+    skipped: int = 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
 
 
 @dataclass
@@ -128,8 +146,15 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _local_inputs(cfg: UnlearnConfig) -> list[Path]:
+    """The files and folders a run reads that exist on this machine (hub ids and hf: specs are skipped)."""
+    specs = [cfg.forget, cfg.retain, cfg.holdout, cfg.refusals]
+    return [Path(s).resolve() for s in specs if s and not s.startswith("hf:") and Path(s).exists()]
+
+
 def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: bool = True) -> Path:
-    """Check OUT before any model is loaded; never delete anything that is not a mox run folder.
+    """Check OUT before any model is loaded; never delete anything that is not a mox run folder, and
+    never write into or delete an input (the model folder, or data that --overwrite would remove).
 
     Every process checks; only the main process clears or creates the folder.
     """
@@ -143,7 +168,7 @@ def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: 
         if _latest_checkpoint(out) is None:
             raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        now, defaults = to_dict(cfg), to_dict(UnlearnConfig())
+        now, defaults = redact(to_dict(cfg)), to_dict(UnlearnConfig())  # config.yaml was written redacted
         # a key the interrupted run's version did not have yet counts as its default
         changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
         if changed:
@@ -154,6 +179,9 @@ def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: 
         raise MoxError(f"output folder {out} exists and is not empty (use --overwrite or --resume)")
     if occupied and not _is_run_dir(out):
         raise MoxError(f"refusing to overwrite {out}: it is not a mox run folder")
+    inside = [str(p) for p in _local_inputs(cfg) if out == p or out in p.parents]
+    if occupied and inside:
+        raise MoxError(f"refusing to overwrite {out}: it holds input {inside[0]}, which --overwrite would delete")
     if main:
         if occupied:
             shutil.rmtree(out)
@@ -300,7 +328,7 @@ def save_model(model, tokenizer, dest: Path, *, shard_size: str, card: dict[str,
     with atomic_output_dir(dest, overwrite=True) as tmp:
         model.save_pretrained(tmp, max_shard_size=shard_size, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, title=title, fields=card)
+        write_model_card(tmp, title=title, fields=redact(card))
 
 
 @torch.no_grad()
@@ -401,12 +429,18 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         raise MoxError(f"launched as {world_env} processes but accelerate sees {accelerator.num_processes}; "
                        "on CPU set ACCELERATE_USE_CPU=1 (torchrun) or use `accelerate launch --multi_gpu` on GPUs")
     sharding.check_backend(accelerator, lora=cfg.lora, alpha_auto=cfg.alpha == "auto")
+    if cfg.collapse_probe_every and sharding.is_sharded(accelerator):
+        # generation under FSDP is a collective per token: processes stopping at different lengths hang
+        raise MoxError("collapse_probe_every under FSDP is not supported; probe a saved model with `mox eval`, "
+                       "or train with DDP / one process")
     main = accelerator.is_main_process
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, main=main)
     accelerator.wait_for_everyone()
     if main and not resume:
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        (out / "command.txt").write_text(" ".join(argv if argv is not None else sys.argv) + "\n")
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False))
+        write_text_atomic(out / "command.txt", redact_text(shlex.join(argv if argv is not None else sys.argv)) + "\n")
+    elif main:
+        _remove_partial_checkpoints(out)
 
     # --- stages that come before training (each skipped when its output already exists)
     reinforced_dir = run_reinforce_stage(cfg, out) if method.stage == "reinforce" else None
@@ -478,16 +512,27 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     accelerator.register_for_checkpointing(scheduler, progress)
     if momentum is not None and not sharded:  # sharded: each rank checkpoints its own shards (_checkpoint)
         accelerator.register_for_checkpointing(momentum)
+    saved_at = -1  # step of the checkpoint on disk that holds the current state, if any
     if resume:
         checkpoint = _latest_checkpoint(out)
         accelerator.load_state(str(checkpoint))
         if momentum is not None and sharded:
             momentum.load_state_dict(torch.load(checkpoint / f"momentum-rank{accelerator.process_index}.pt",
                                                 weights_only=True))
+        saved_at = progress.step
         if main:
             _truncate_log(out / "log.jsonl", progress.step)
     momentum_every = cfg.momentum_every or plan.steps_per_epoch
     checkpoint_every = plan.steps_per_epoch if cfg.checkpoint_every is None else cfg.checkpoint_every
+    probes = guards.probe_prompts(forget_ex, cfg.collapse_probe_prompts) if cfg.collapse_probe_every else []
+    own_momentum = momentum if sharded else None
+
+    def checkpoint_now() -> None:
+        """A checkpoint of the current state, unless the latest one already is it."""
+        nonlocal saved_at
+        if saved_at != progress.step:
+            _checkpoint(accelerator, out, progress.step, own_momentum)
+            saved_at = progress.step
 
     pad_id = tokenizer.pad_token_id
     device = accelerator.device
@@ -497,7 +542,8 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.total_steps, initial=progress.step, desc=f"{method.name}:{objective}", disable=not main)
-    with open(out / "log.jsonl", "a") as log_file:
+    # the bar is closed however the loop ends, so a stop's message starts on a line of its own
+    with open(out / "log.jsonl", "a") as log_file, guards.StopRequest() as stop, bar:
         for epoch in range(plan.epochs):
             micro = epoch_plan(len(forget_ex), len(retain_ex), plan.micro_batch * world, cfg.seed, epoch)
             choices = targets.choices(epoch)
@@ -508,6 +554,7 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     break
                 if step < progress.step:  # already done before the interruption
                     continue
+                rng_before = guards.rng_state()
                 sums: dict[str, float] = {}
                 batches = []
                 for f_idx, r_idx in group:
@@ -522,21 +569,28 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                         batch.target_keys = [("target", i, choices[i]) for i in f_idx]
                     batches.append(batch)
                 norms = step_token_norms(batches, accelerator)
+                bad_loss = None
                 for k, batch in enumerate(batches):
                     batch.norms = norms
                     last = k == len(group) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(model):
                         with accelerator.autocast():
                             loss, logs = spec.fn(build_inputs(needs, models, batch), **hp)
-                        if not torch.isfinite(loss):
-                            raise MoxError(f"loss is {loss.item()} at step {step + 1}; lower lr or check the data")
+                        if bad_loss is None and not torch.isfinite(loss):
+                            bad_loss = loss.item()
+                        # backward even so: under DDP every process must run the same backward passes
                         accelerator.backward(loss / len(group))
                     for key, value in logs.items():
                         sums[key] = sums.get(key, 0.0) + value / len(group)
-                if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                # the norm of the whole gradient (reduced over processes); max_norm=inf leaves it unchanged
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+                health = guards.agree(accelerator, bad_loss, grad_norm, stop, check_grad=accelerator.scaler is None)
+                if health.problem is None:
+                    optimizer.step()
+                    scheduler.step()
+                else:
+                    _skip_bad_step(cfg, accelerator, optimizer, progress, health.problem, rng_before, checkpoint_now,
+                                   out, main)
                 optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
                 last_logs = sums
@@ -546,9 +600,19 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     else:
                         momentum.update(sharding.local_parameters(ref),
                                         sharding.local_parameters(accelerator.unwrap_model(model)).items())
-                if main and (progress.step % cfg.log_every == 0 or progress.step == plan.total_steps):
+                rate = None
+                if probes and progress.step % cfg.collapse_probe_every == 0:
+                    rate = guards.collapse_rate(accelerator.unwrap_model(model), tokenizer, probes,
+                                                max_new_tokens=cfg.collapse_probe_tokens, rank=rank, world=world)
+                    model.train()
+                if main and (progress.step % cfg.log_every == 0 or progress.step == plan.total_steps
+                             or rate is not None or health.problem is not None):
                     record = {"step": progress.step, "epoch": round(progress.step / plan.steps_per_epoch, 4),
                               "lr": scheduler.get_last_lr()[0], **{k: round(v, 6) for k, v in sums.items()}}
+                    if health.problem is not None:
+                        record["skipped"] = health.problem
+                    if rate is not None:
+                        record["collapse_top_token_rate"] = round(rate, 4)
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
@@ -561,9 +625,14 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                                      title=f"Trained weights after epoch {k}", state_dict=state,
                                      card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
                 if checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < plan.total_steps:
-                    _checkpoint(accelerator, out, progress.step, momentum if sharded else None)
+                    checkpoint_now()
+                if rate is not None and rate >= cfg.collapse_threshold:
+                    _collapse_alarm(cfg, rate, progress.step, len(probes), checkpoint_now, out, main)
+                if health.stop_requested:
+                    checkpoint_now()
+                    raise guards.RunInterrupted(f"interrupted after step {progress.step} of {plan.total_steps}; "
+                                                f"checkpoint saved, resume with: {_resume_command(out)}")
                 _on_step_end(progress.step)
-    bar.close()
     t_trained = time.perf_counter()
 
     # --- outputs
@@ -576,56 +645,73 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         "retain set": cfg.retain, "steps": plan.total_steps, "lr": cfg.lr, "seed": cfg.seed,
         **({f"loss.{k}": v for k, v in hp.items()}),
     }
-    if main and cfg.lora:
-        save_lora_outputs(cfg, method, unwrapped, momentum, tokenizer, out, card, outputs)
-    elif not cfg.lora and (main or sharded):  # FSDP: every rank gathers and works on its shards; rank 0 writes
-        if method.extrapolate and cfg.save_memorized:
-            role = "θ_mem (trained by gradient descent; extrapolate away from it)"
+    with _writing_outputs(out):
+        if main and cfg.lora:
+            save_lora_outputs(cfg, method, unwrapped, momentum, tokenizer, out, card, outputs)
+        elif not cfg.lora and (main or sharded):  # FSDP: every rank gathers and works on its shards; rank 0 writes
+            if method.extrapolate and cfg.save_memorized:
+                role = "θ_mem (trained by gradient descent; extrapolate away from it)"
+                state = sharding.full_state_dict(accelerator, model)
+                if main:
+                    save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
+                               title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
+                               card={**card, "role": role}, state_dict=state)
+                outputs["memorized"] = str(out / "memorized")
+            if method.extrapolate:
+                if momentum is not None:
+                    load_average_in_place(unwrapped, momentum)
+                    card.update({"alpha": cfg.alpha, "momentum": f"eta={cfg.eta}, every {momentum_every} steps, {momentum.updates} updates"})
+                else:
+                    alpha = cfg.alpha
+                    if alpha == "auto":
+                        alpha, selection = choose_alpha(cfg, out, unwrapped, ref, tokenizer)
+                        outputs["alpha_selection"] = selection["report"]
+                        card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
+                        extra_info["alpha_selection"] = selection
+                    extrapolate_in_place(unwrapped, ref, alpha)
+                    card["alpha"] = alpha
             state = sharding.full_state_dict(accelerator, model)
             if main:
-                save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
-                           title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
-                           card={**card, "role": role}, state_dict=state)
-            outputs["memorized"] = str(out / "memorized")
-        if method.extrapolate:
-            if momentum is not None:
-                load_average_in_place(unwrapped, momentum)
-                card.update({"alpha": cfg.alpha, "momentum": f"eta={cfg.eta}, every {momentum_every} steps, {momentum.updates} updates"})
-            else:
-                alpha = cfg.alpha
-                if alpha == "auto":
-                    alpha, selection = choose_alpha(cfg, out, unwrapped, ref, tokenizer)
-                    outputs["alpha_selection"] = selection["report"]
-                    card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
-                    extra_info["alpha_selection"] = selection
-                extrapolate_in_place(unwrapped, ref, alpha)
-                card["alpha"] = alpha
-        state = sharding.full_state_dict(accelerator, model)
+                save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size,
+                           title=f"Unlearned model ({method.name})", card=card, state_dict=state)
+            outputs["model"] = str(out / "model")
         if main:
-            save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size,
-                       title=f"Unlearned model ({method.name})", card=card, state_dict=state)
-        outputs["model"] = str(out / "model")
-    if main:
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        t_end = time.perf_counter()
-        cache = models.cache
-        write_text_atomic(out / "run.json", json.dumps({
-            "config": to_dict(cfg),
-            "argv": argv if argv is not None else sys.argv,
-            "versions": versions(),
-            "plan": dataclasses.asdict(plan),
-            "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
-            "trainable_parameters": n_trainable,
-            "reference_cache": None if cache is None else {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses},
-            "timings_s": {"load": round(t_loaded - t_start, 3), "train": round(t_trained - t_loaded, 3),
-                          "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
-            "final_logs": last_logs,
-            **extra_info,
-            "outputs": outputs,
-        }, indent=2, default=str) + "\n")
+            t_end = time.perf_counter()
+            cache = models.cache
+            write_text_atomic(out / "run.json", json.dumps(redact({
+                "config": to_dict(cfg),
+                "argv": argv if argv is not None else sys.argv,
+                "versions": versions(),
+                "plan": dataclasses.asdict(plan),
+                "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
+                "trainable_parameters": n_trainable,
+                "reference_cache": None if cache is None else {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses},
+                "timings_s": {"load": round(t_loaded - t_start, 3), "train": round(t_trained - t_loaded, 3),
+                              "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
+                "final_logs": last_logs,
+                "skipped_steps": progress.skipped,
+                **extra_info,
+                "outputs": outputs,
+            }), indent=2, default=str) + "\n")
+            if not cfg.keep_checkpoints:  # only now: until run.json is written, --resume may need them
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
     return out
+
+
+@contextlib.contextmanager
+def _writing_outputs(out: Path):
+    """A failed write of the outputs (full disk, quota) becomes one line saying what is kept: every
+    folder is written to a temp folder and renamed whole (nothing half-written), and the checkpoints
+    are removed only after run.json, so --resume continues from the latest one."""
+    try:
+        yield
+    except OSError as e:
+        ckpt = _latest_checkpoint(out)
+        kept = (f"checkpoint {ckpt.name} kept: free space and run `{_resume_command(out)}`" if ckpt
+                else "no checkpoint to resume from (checkpoint_every=0): run again")
+        where = f" ({e.filename})" if e.filename else ""
+        raise MoxError(f"writing the outputs failed: {e.strerror or e}{where}; {kept}") from e
 
 
 def save_trained(cfg: UnlearnConfig, model, tokenizer, dest: Path, *, title: str, card: dict[str, Any],
@@ -691,7 +777,11 @@ def run_reinforce_stage(cfg: UnlearnConfig, out: Path) -> Path:
         targeted=False, trainable=None, epochs=cfg.reinforce_epochs or cfg.epochs, lr=cfg.reinforce_lr or cfg.lr,
         max_steps=cfg.reinforce_max_steps, save_memorized=False, prompt=dataclasses.replace(cfg.prompt))
     resume = _latest_checkpoint(stage_out) is not None
-    unlearn(sub, resume=resume, overwrite=not resume, argv=["(reinforce stage)"])
+    try:
+        unlearn(sub, resume=resume, overwrite=not resume, argv=["(reinforce stage)"])
+    except guards.RunInterrupted:  # the stage resumes with its run: name the run's folder, not the stage's
+        raise guards.RunInterrupted(f"interrupted in the reinforce stage; checkpoint saved, resume with: "
+                                    f"{_resume_command(out)}") from None
     return stage_out / "model"
 
 
@@ -716,27 +806,94 @@ def load_or_generate_alternates(cfg: UnlearnConfig, out: Path, ref, tokenizer, f
     return [row["alternate"] for row in rows]
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of a log line; None for a line cut short (a kill or a full disk mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (those steps run again)."""
+    """Drop log lines written after the checkpoint we resume from (those steps run again), and any line
+    cut short; rewritten atomically, so a second interruption here loses nothing."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in path.read_text().splitlines() if (s := _logged_step(line)) is not None and s <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _resume_command(out: Path) -> str:
+    return f"mox unlearn --resume --out {shlex.quote(str(out))}"
+
+
+def _skip_bad_step(cfg: UnlearnConfig, accelerator, optimizer, progress: Progress, problem: str, rng_before: dict,
+                   checkpoint_now, out: Path, main: bool) -> None:
+    """A step whose loss or gradient is not finite is never applied. on_nonfinite=skip drops it (no
+    optimizer or scheduler step) up to max_skipped_steps times; otherwise the run stops with a
+    checkpoint of the state before the step, RNG state included, so that resuming from it is exactly a
+    run in which the step did not fail (an injected NaN in tests; a changed setting in real use)."""
+    step = progress.step + 1
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator.scaler is not None:  # fp16: clip_grad_norm_ unscaled the gradients; the scaler needs an update
+        accelerator.scaler.update()
+    if cfg.on_nonfinite == "skip" and progress.skipped < cfg.max_skipped_steps:
+        progress.skipped += 1
+        if main:
+            log.warning(f"step {step}: {problem}; step skipped ({progress.skipped} of max_skipped_steps="
+                        f"{cfg.max_skipped_steps})")
+        return
+    guards.set_rng_state(rng_before)
+    checkpoint_now()
+    why = f"{cfg.max_skipped_steps} steps skipped already" if cfg.on_nonfinite == "skip" else "on_nonfinite=stop"
+    raise MoxError(f"step {step}: {problem} ({why}); stopped with a checkpoint of step {progress.step} (the weights "
+                   f"before it) in {out / 'checkpoints'}: lower lr and start again, or continue with --resume and "
+                   "on_nonfinite=skip max_skipped_steps=N")
+
+
+def _collapse_alarm(cfg: UnlearnConfig, rate: float, step: int, n_prompts: int, checkpoint_now, out: Path,
+                    main: bool) -> None:
+    """The collapse guard (paper Def. 2.2): greedy answers dominated by one token. GA-style objectives
+    drive a model there while their loss keeps improving, so the loss alone does not show it."""
+    what = (f"collapse guard: most-frequent-token rate {rate:.3f} >= collapse_threshold {cfg.collapse_threshold:g} "
+            f"at step {step} (greedy answers to {n_prompts} forget prompts)")
+    if cfg.collapse_action == "warn":
+        if main:
+            log.warning(what)
+        return
+    checkpoint_now()
+    raise MoxError(f"{what}; stopped with a checkpoint of step {step} in {out / 'checkpoints'} "
+                   "(collapse_action=stop): lower lr or use another method")
+
+
+def _remove_partial_checkpoints(out: Path) -> None:
+    """Temp folders of checkpoints a kill interrupted mid-write (never renamed, so never resumed from)."""
+    for tmp in (out / "checkpoints").glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _checkpoint(accelerator, out: Path, step: int, own_momentum: MomentumAverage | None = None) -> None:
     """save_state into a temp folder, rename, then drop older checkpoints (only the latest is kept).
-    `own_momentum`: under FSDP each rank's momentum holds its own shards, saved by that rank."""
+    `own_momentum`: under FSDP each rank's momentum holds its own shards, saved by that rank.
+
+    A write that fails (full disk) removes its temp folder and leaves the previous checkpoint as it was."""
     ckdir = out / "checkpoints"
     tmp = ckdir / f".tmp-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if own_momentum is not None:
-        torch.save(own_momentum.state_dict(), tmp / f"momentum-rank{accelerator.process_index}.pt")
+    try:
+        accelerator.save_state(str(tmp))
+        if own_momentum is not None:
+            torch.save(own_momentum.state_dict(), tmp / f"momentum-rank{accelerator.process_index}.pt")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = _latest_checkpoint(out)
+        kept = f"the checkpoint {previous.name} is kept" if previous else "no earlier checkpoint"
+        raise MoxError(f"writing checkpoint step-{step} failed ({e.strerror or e}); {kept}") from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = ckdir / f"step-{step}"
+        shutil.rmtree(final, ignore_errors=True)  # a stale one of the same step (same state)
         os.replace(tmp, final)
         for old in ckdir.glob("step-*"):
             if old != final:

@@ -106,39 +106,50 @@ def read_text(spec: str | Path, name: str) -> str:
     if not path.is_file():
         raise MoxError(f"{name} path is not a file: {spec}")
     try:
-        # utf-8-sig: tolerate a byte-order mark written by some editors.
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
         raise MoxError(f"cannot read {name} file {spec}: {_one_line(e)}") from e
+    try:
+        # utf-8-sig: tolerate a byte-order mark written by some editors.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MoxError(f"{spec}:{line}: {name} file is not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
 
 
 def read_json(spec: str | Path, name: str) -> Any:
     """A JSON file's value (result files, MUSE files); invalid JSON names the file and line."""
+    return _loads(read_text(spec, name), spec)
+
+
+def _loads(text: str, where: str, lineno: int | None = None) -> Any:
+    """json.loads with every failure as a one-line MoxError at `where`:line (the given line, for JSONL).
+
+    Nesting deep enough to exhaust the parser's recursion is reported like any other invalid JSON.
+    """
     try:
-        return json.loads(read_text(spec, name))
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise MoxError(f"{spec}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+        raise MoxError(f"{where}:{lineno or e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise MoxError(f"{where}:{lineno or 1}: invalid JSON: nested too deeply") from None
 
 
 def _parse_jsonl(content: str, spec: str) -> Located:
     """One JSON value a line; blank lines are skipped but still counted for line numbers."""
     out: Located = []
-    for lineno, line in enumerate(content.splitlines(), start=1):
+    # "\n" only: str.splitlines() also splits at U+2028, U+0085, ... which JSON strings may hold
+    # unescaped, and would then break a valid record and shift every line number after it.
+    for lineno, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            out.append((f"{spec}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise MoxError(f"{spec}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+        out.append((f"{spec}:{lineno}", _loads(line, spec, lineno)))
     return out
 
 
 def _parse_json(content: str, spec: str) -> Located:
     """A list of records, or an object holding exactly one list (``{"data": [...]}``)."""
-    try:
-        data = json.loads(content)
-    except json.JSONDecodeError as e:
-        raise MoxError(f"{spec}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+    data = _loads(content, spec)
     prefix = spec
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
@@ -217,6 +228,10 @@ def check_text(loc: str, key: str, value: Any, *, allow_blank: bool = False) -> 
         raise MoxError(f'{loc}: "{key}" must be a non-empty string, got {_type_name(value)}')
     if not allow_blank and not value.strip():
         raise MoxError(f'{loc}: "{key}" must be a non-empty string, got an empty string')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800" escapes decode to lone surrogates; tokenizers reject them
+        raise MoxError(f'{loc}: "{key}" is not valid Unicode (lone surrogate at character {e.start})') from None
 
 
 def _type_name(value: Any) -> str:
@@ -230,9 +245,34 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
+def record_key(record: dict, kind: str) -> tuple:
+    """What makes two records the same item: (question, answer) for QA, the text for raw text."""
+    return tuple(" ".join(record[k].split()) for k in REQUIRED_KEYS[kind])
+
+
+def check_overlap(forget: RecordSet, retain: RecordSet | None) -> str | None:
+    """Warn (and return the message) when forget records also appear in the retain set.
+
+    Training then pulls the same items both ways (forget them, keep them), which is almost always a
+    mistake in the data specs, e.g. the same file given twice; the run still continues.
+    """
+    if retain is None or retain.kind != forget.kind:
+        return None
+    kept = {record_key(r, retain.kind) for r in retain.records}
+    shared = sum(record_key(r, forget.kind) in kept for r in forget.records)
+    if not shared:
+        return None
+    scope = "every forget record is" if shared == len(forget) else f"{shared} of {len(forget)} forget records are"
+    message = (f"{scope} also in the retain set {retain.source} (forget set {forget.source}): "
+               "training pulls them both ways")
+    logger.warning(message)
+    return message
+
+
 def texts_of(rs: RecordSet) -> list[str]:
     """The raw documents of a text RecordSet."""
     return [r["text"] for r in rs.records]
 
 
-__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "texts_of", "read_text", "read_json"]
+__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "check_overlap", "texts_of", "read_text",
+           "read_json"]
