@@ -155,3 +155,11 @@ def test_batch_size_8_equals_batch_size_1(model, tokenizer):
     prompts = [prompt_ids(tokenizer, q, FMT) for q in questions]
     assert generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=8) == \
         generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=1)
+
+
+def test_eval_refuses_to_write_into_the_model_folder(tiny_model_dir, capsys):
+    before = sorted(p.name for p in tiny_model_dir.iterdir())
+    assert main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", "unused",
+                 "--out", str(tiny_model_dir / "config.json")]) == 2
+    assert "inside the model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == before

@@ -60,3 +60,14 @@ def test_no_file_of_a_run_folder_holds_a_secret(tiny_model_dir, qa_files, tmp_pa
             assert secret.encode() not in data, f"{secret} in {path}"
     assert "<redacted:HF_TOKEN> <redacted:WANDB_API_KEY> <redacted>" in (out / "config.yaml").read_text()
     assert "<redacted:HF_TOKEN>" in (out / "command.txt").read_text()
+
+
+def test_model_cards_and_eval_results_are_redacted(tiny_model_dir, tmp_path, monkeypatch):
+    """Every model card (modelio.write_model_card) and `mox eval`'s result file go through redact()."""
+    from mox_unlearn.modelio import write_model_card
+
+    secret = "hf_" + "c" * 30
+    monkeypatch.setenv("HF_TOKEN", secret)
+    write_model_card(tmp_path, title="t", fields={"source model": f"https://user:{secret}@example.org/m"})
+    card = (tmp_path / "README.md").read_text()
+    assert secret not in card and "<redacted" in card

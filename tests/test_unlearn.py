@@ -120,6 +120,9 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, qa_files, tmp_path, mon
     monkeypatch.undo()
     assert run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1", "lr=0.5", "--resume") == 2
     assert "different config" in capsys.readouterr().err
+    # the short form takes overrides too: they used to be dropped silently
+    assert main(["unlearn", "--resume", "--out", str(tmp_path / "r"), "lr=0.5"]) == 2
+    assert "different config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

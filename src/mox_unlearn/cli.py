@@ -345,12 +345,14 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
     flags = {k: getattr(args, k) for k in ("model", "forget", "retain", "out", "method", "objective", "alpha",
                                             "targeted", "refusals", "momentum", "seed", "max_steps", "save_memorized")}
     if args.resume and args.out and not (args.model or args.forget or args.config):
-        # `mox unlearn --resume --out DIR`: everything else comes from the interrupted run.
-        from mox_unlearn.config import UnlearnConfig, apply_mapping
+        # `mox unlearn --resume --out DIR [key=value ...]`: everything else comes from the interrupted run;
+        # overrides apply on top (the run refuses any that would change the result, e.g. lr)
+        from mox_unlearn.config import UnlearnConfig, apply_mapping, apply_overrides
 
         cfg = UnlearnConfig()
         apply_mapping(cfg, saved_config(args.out))
         apply_mapping(cfg, {"out": args.out})
+        apply_overrides(cfg, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, flags)
         preflight_unlearn(cfg)

@@ -260,9 +260,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), flags: dict[
             raise MoxError(f"{p}: a config file must be a mapping of keys to values")
         apply_mapping(cfg, data)
     apply_mapping(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Set each `key=value` (dotted keys reach into mappings, e.g. loss.beta=0.2)."""
     for text in overrides:
         _set(cfg, *parse_override(text))
-    return cfg
 
 
 def to_dict(cfg: UnlearnConfig) -> dict[str, Any]:

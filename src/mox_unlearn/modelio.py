@@ -102,8 +102,9 @@ def write_model_card(out_dir: Path, *, title: str, fields: Mapping[str, object],
     and the UTC date are added unless the caller already gave them.
     """
     from mox_unlearn import __version__
+    from mox_unlearn.redact import redact
 
-    rows = dict(fields)
+    rows = redact(dict(fields))  # cards travel with the model: no tokens from paths or settings
     rows.setdefault("mox-unlearn version", __version__)
     rows.setdefault("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     lines = [

@@ -441,10 +441,11 @@ def write_selection(report: Mapping[str, Any], folder: str | Path, stem: str = "
     import json
 
     from mox_unlearn.modelio import write_text_atomic
+    from mox_unlearn.redact import redact
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / f"{stem}.json", json.dumps(_json_safe(report), indent=1) + "\n")
+    write_text_atomic(folder / f"{stem}.json", json.dumps(redact(_json_safe(report)), indent=1) + "\n")
     return [folder / f"{stem}.json", plot_curve(report, folder / f"{stem}.png")]
 
 

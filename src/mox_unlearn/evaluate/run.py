@@ -10,6 +10,7 @@ from mox_unlearn import versions
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import load_model, load_tokenizer, torch_dtype, write_text_atomic
+from mox_unlearn.redact import redact
 
 BENCHMARKS = ("tofu", "muse")
 
@@ -36,6 +37,9 @@ def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | No
         raise MoxError(f"{out} exists (use --overwrite)")
     if out.suffix != ".json":
         raise MoxError(f"--out must be a .json file, got {out}")
+    model_dir = Path(model_path).expanduser()
+    if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
+        raise MoxError(f"--out {out} is inside the model folder {model_path}; write the result elsewhere")
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)
     if benchmark == "tofu":
@@ -50,7 +54,7 @@ def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | No
                                batch_size=batch_size, limit=limit)
     result = {"benchmark": benchmark, "model": str(model_path), "data": data, **result,
               "seconds": round(time.perf_counter() - start, 2), "versions": versions()}
-    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(redact(result), indent=1) + "\n")
     return result
 
 
