@@ -355,7 +355,6 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
         apply_overrides(cfg, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, flags)
-        preflight_unlearn(cfg)
     out_existed = bool(cfg.out) and Path(cfg.out).exists()
     try:
         out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv])
@@ -366,24 +365,6 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     _print_summary(run)
     return 0
-
-
-def preflight_unlearn(cfg) -> None:
-    """Checks `unlearn` would otherwise make only after creating the run folder, or not at all: local data
-    files (read again by the run; they are small next to a model), forget records that are also in the
-    retain set (a warning), and a local model folder, weights included."""
-    from mox_unlearn.data import load_records
-    from mox_unlearn.data.records import check_overlap
-    from mox_unlearn.modelio import check_model_folder, looks_like_path
-
-    def local(spec: str | None, name: str):  # hub datasets are read once, by the run itself
-        return load_records(spec, name=name) if spec and not spec.startswith("hf:") else None
-
-    forget, retain = local(cfg.forget, "forget"), local(cfg.retain, "retain")
-    if forget is not None:
-        check_overlap(forget, retain)
-    if cfg.model and looks_like_path(cfg.model):
-        check_model_folder(Path(cfg.model).expanduser())
 
 
 # What a run writes before it has done any work (train.py: config.yaml and command.txt first).

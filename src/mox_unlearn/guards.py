@@ -18,10 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ON_NONFINITE = ("stop", "skip")
-COLLAPSE_ACTIONS = ("warn", "stop")
-
-
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM handled at a step boundary: a checkpoint was saved; the message says how to resume.
 
@@ -143,21 +139,19 @@ def probe_prompts(examples: list[dict], n: int) -> list[list[int]]:
 @torch.no_grad()
 def collapse_rate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, rank: int = 0,
                   world: int = 1) -> float:
-    """Most-frequent-token rate of greedy continuations (Def. 2.2), as `mox eval` reports it
-    (evaluate/tofu.py: generated text re-tokenized, 1.0 when nothing at all is generated).
+    """Most-frequent-token rate of greedy continuations (Def. 2.2), computed as `mox eval` does
+    (evaluate.stats.generated_top_token_rate).
 
     Each process generates for its share of the prompts on the unwrapped model (no collective inside,
-    so processes may stop generating at different lengths); the token lists are then gathered, so every
+    so processes may stop generating at different lengths); the texts are then gathered, so every
     process computes the same rate and takes the same decision. Not for FSDP, whose forward passes
     are collectives (refused in train.py). Leaves the model in eval mode; the caller switches back."""
-    from mox_unlearn.evaluate.metrics import top_token_rate
-    from mox_unlearn.evaluate.stats import generate_greedy
+    from mox_unlearn.evaluate.stats import generate_greedy, generated_top_token_rate
 
     mine = prompts[rank::world]
     texts = generate_greedy(model, tokenizer, mine, max_new_tokens=max_new_tokens, batch_size=len(mine)) if mine else []
-    tokens = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     if world > 1:
         from accelerate.utils import gather_object
 
-        tokens = gather_object(tokens)
-    return top_token_rate(tokens) if any(tokens) else 1.0
+        texts = gather_object(texts)
+    return generated_top_token_rate(tokenizer, texts)

@@ -58,6 +58,7 @@ from mox_unlearn.data import (
     load_refusals,
     refusal_choices,
 )
+from mox_unlearn.data.records import check_overlap
 from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import extrapolate_tensor
 from mox_unlearn.forward import Models, RefCache, StepBatch, answer_tokens, build_inputs
@@ -65,8 +66,10 @@ from mox_unlearn.losses import LossSpec, get_loss
 from mox_unlearn.methods import Method, get_method
 from mox_unlearn.modelio import (
     atomic_output_dir,
+    check_model_folder,
     load_model,
     load_tokenizer,
+    looks_like_path,
     torch_dtype,
     write_model_card,
     write_text_atomic,
@@ -258,6 +261,7 @@ def load_data(cfg: UnlearnConfig, r: Resolved) -> tuple[RecordSet, RecordSet | N
         raise MoxError(f"{r.method.name} needs a question/answer forget set (its targets answer the forget questions)")
     if r.target == "retain_answer" and retain.kind != "qa":
         raise MoxError(f"{r.method.name} needs a question/answer retain set (its answers become targets)")
+    check_overlap(forget, retain)  # a warning: the same items pulled both ways is almost always a mistake
     refusals = load_refusals(cfg.refusals) if r.target == "refusal" else None
     if cfg.alpha == "auto":  # the holdout set is read now, so a bad one fails before training
         from mox_unlearn.select_alpha import load_selection_data
@@ -417,6 +421,8 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     r = resolve(cfg)
     method, objective, spec, hp, needs = r.method, r.objective, r.spec, r.hp, r.needs
     forget_rs, retain_rs, refusals = load_data(cfg, r)
+    if cfg.model and looks_like_path(cfg.model):  # a bad local model folder fails here, before OUT is created
+        check_model_folder(Path(cfg.model).expanduser())
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed

@@ -137,6 +137,15 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
+def generated_top_token_rate(tokenizer, texts: Sequence[str]) -> float:
+    """Def. 2.2's most-frequent-token rate of generated texts, re-tokenized; 1.0 when nothing at all was
+    generated (an empty answer every time is as collapsed as an answer can be)."""
+    from mox_unlearn.evaluate.metrics import top_token_rate
+
+    tokens = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return top_token_rate(tokens) if any(tokens) else 1.0
+
+
 def generate_answers(model, tokenizer, questions: Sequence[str], fmt: PromptFormat, *, max_new_tokens: int = 200,
                      batch_size: int = 16, stop_strings: Sequence[str] = (), desc: str | None = None) -> list[str]:
     """Greedy answers to questions, prompted exactly as in training."""

@@ -19,7 +19,13 @@ from mox_unlearn.data import RecordSet, load_records, read_json
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
-from mox_unlearn.evaluate.stats import AnswerStats, answer_stats, answer_stats_multi, generate_answers
+from mox_unlearn.evaluate.stats import (
+    AnswerStats,
+    answer_stats,
+    answer_stats_multi,
+    generate_answers,
+    generated_top_token_rate,
+)
 
 TOFU_HUB_ID = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
@@ -96,8 +102,7 @@ def evaluate_split(model, tokenizer, rs: RecordSet, name: str, fmt: PromptFormat
     out[f"{name}_truth_ratio"] = _metric(agg, ratio, per_item_is="R = P_pert / P_true (geometric means)")
     out[f"{name}_rouge"] = _metric(rouge.mean(), rouge, generations=generated)
     if name in ("forget", "retain"):  # collapse signals (paper Eq. 7, Def. 2.2)
-        tokens = [tokenizer(g, add_special_tokens=False)["input_ids"] for g in generated]
-        rate = M.top_token_rate(tokens) if any(tokens) else 1.0
+        rate = generated_top_token_rate(tokenizer, generated)
         out[f"{name}_top_token_rate"] = _metric(rate, None, definition="share of the most frequent generated token")
         kl = M.collapse_from_observations(o for s in stats for o in s.observations())
         out[f"{name}_collapse"] = _metric(kl, None, definition="Eq. 7 on answer tokens, empirical q from the data")
