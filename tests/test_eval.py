@@ -89,8 +89,12 @@ def tofu_result(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_tofu_end_to_end_produces_every_summary_key(tofu_result):
     result = json.loads(tofu_result.read_text())
-    assert set(result["summary"]) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge"}
+    assert set(result["summary"]) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak"}
     assert result["summary"]["forget_quality"] is None and "retain" in result["metrics"]["forget_quality"]["reason"]
+    assert result["summary"]["privleak"] is None and "min-k AUC" in result["metrics"]["privleak"]["reason"]
+    mia = result["metrics"]["mia_min_k"]
+    assert mia["auc_open_unlearning"] == pytest.approx(1 - mia["value"]) and "MUSE" in mia["convention"]
+    assert set(result["convention"]) == {"prompt", "positions", "tokenizer_sha", "probe_sha"}
     for name in ("forget", "retain", "ra", "wf"):
         for kind in ("probability", "truth_ratio", "rouge"):
             metric = result["metrics"][f"{name}_{kind}"]
@@ -108,6 +112,8 @@ def test_tofu_model_against_itself_has_forget_quality_one_and_is_deterministic(t
                  "--out", str(out)]) == 0
     first, second = json.loads(tofu_result.read_text()), json.loads(out.read_text())
     assert second["summary"]["forget_quality"] == 1.0
+    assert second["summary"]["privleak"] == 0.0
+    assert second["metrics"]["forget_quality"]["convention_check"] == "same prompt convention and tokenizer"
     for key in ("model_utility", "forget_rouge", "retain_rouge"):
         assert first["summary"][key] == second["summary"][key]
     assert first["metrics"]["forget_truth_ratio"]["per_item"] == second["metrics"]["forget_truth_ratio"]["per_item"]
@@ -163,3 +169,146 @@ def test_eval_refuses_to_write_into_the_model_folder(tiny_model_dir, capsys):
                  "--out", str(tiny_model_dir / "config.json")]) == 2
     assert "inside the model folder" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------- issue 21: parity with open-unlearning
+
+
+def _open_unlearning_tokenwise(model, example: dict) -> tuple[np.ndarray, np.ndarray]:
+    """open-unlearning's `tokenwise_logprobs` / `tokenwise_vocab_logprobs` as its code defines them, written out
+    here: log-probs of the labelled positions except the last one (`actual_indices[:-1]`, "ignore eos
+    prediction"), and the argmax predictions of the same positions against their labels."""
+    ids = torch.tensor([example["input_ids"]])
+    labels = torch.tensor(example["labels"])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0].double(), -1)[:-1]
+    target = log_probs.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+    actual = (labels != -100).nonzero(as_tuple=True)[0][:-1]
+    start, end = int(actual[0]), int(actual[-1])
+    preds = log_probs[start - 1 : end].argmax(-1)
+    return target[start - 1 : end].numpy(), (preds == labels[actual]).numpy()
+
+
+def _ou_extraction_strength(correct: np.ndarray) -> float:
+    n = len(correct)
+    for k in range(n):  # open-unlearning memorization.extraction_strength's loop, quirk included
+        if correct[k:].all():
+            break
+    return 1 - k / n
+
+
+def _ou_min_k(logps: np.ndarray, k: float = 0.4) -> float:
+    num = max(1, int(len(logps) * k))  # open-unlearning mia/min_k.py: -mean of the lowest num
+    return float(-np.sort(logps)[:num].mean())
+
+
+def test_es_em_and_min_k_reproduce_open_unlearning_definitions(model, tokenizer):
+    """On made-up QA pairs: our EOS-free statistics equal open-unlearning's definitions computed directly."""
+    from mox_unlearn.evaluate import metrics as M
+
+    stats = answer_stats(model, tokenizer, QUESTIONS, ANSWERS, FMT, batch_size=3)
+    for q, a, s in zip(QUESTIONS, ANSWERS, stats):
+        logps, correct = _open_unlearning_tokenwise(model, encode_qa(tokenizer, q, a, FMT, 512))
+        assert s.ends_with_eos and s.content_logps.size == s.n_tokens - 1 == logps.size
+        assert np.allclose(s.content_logps, logps, atol=1e-4)
+        assert np.array_equal(s.content_correct, correct)
+        assert M.extraction_strength([s.content_correct])[0] == pytest.approx(_ou_extraction_strength(correct))
+        assert M.exact_memorization([s.content_correct])[0] == pytest.approx(correct.mean())
+        assert M.min_k_score(s.content_logps, 0.4) == pytest.approx(_ou_min_k(logps), abs=1e-4)
+
+
+def test_eos_is_dropped_only_where_the_answer_ends_in_eos(model, tokenizer):
+    from mox_unlearn.evaluate.stats import AnswerStats
+
+    s = AnswerStats(np.array([-1.0, -2.0, -3.0]), np.array([True, False, True]), ends_with_eos=True)
+    assert s.content_logps.tolist() == [-1.0, -2.0] and s.content_correct.tolist() == [True, False]
+    assert s.nll_sum == 6.0  # probability and truth ratio keep the EOS position
+    cut = AnswerStats(np.array([-1.0, -2.0]), np.array([True, True]), ends_with_eos=False)  # truncated: no EOS
+    assert cut.content_logps.tolist() == [-1.0, -2.0]
+    # a truncated answer is scored whole: its last label is an answer token, not EOS
+    room = len(prompt_ids(tokenizer, QUESTIONS[1], FMT)) + 3
+    short = answer_stats(model, tokenizer, [QUESTIONS[1]], [ANSWERS[1]], FMT, max_length=room)[0]
+    assert not short.ends_with_eos and short.content_logps.size == short.n_tokens == 3
+
+
+def test_tofu_min_k_es_em_drop_eos_in_the_result(tofu_result, model, tokenizer, data_dir):
+    """The result file's ES / EM / min-k scores are those of the EOS-free positions of every forget answer."""
+    from mox_unlearn.evaluate import metrics as M
+    from mox_unlearn.evaluate.tofu import load_tofu_split
+
+    result = json.loads(tofu_result.read_text())
+    forget = load_tofu_split(str(data_dir / "tofu"), "forget01_perturbed").records[:10]
+    stats = answer_stats(model, tokenizer, [r["question"] for r in forget], [r["answer"] for r in forget], FMT)
+    correct = [s.content_correct for s in stats]
+    assert result["metrics"]["extraction_strength"]["per_item"] == pytest.approx(M.extraction_strength(correct).tolist())
+    assert result["metrics"]["exact_memorization"]["per_item"] == pytest.approx(M.exact_memorization(correct).tolist())
+    scores = M.min_k_scores([s.content_logps for s in stats])
+    assert result["metrics"]["mia_min_k"]["forget_scores"] == pytest.approx(scores.tolist(), abs=1e-6)
+
+
+def test_tofu_privleak_hand_values():
+    """PrivLeak = (AUC - AUC_retain) / AUC_retain * 100 in our convention, which is open-unlearning's
+    ((1 - auc_ou) - (1 - ref_ou)) / (1 - ref_ou) * 100 on its flipped AUCs."""
+    from mox_unlearn.evaluate.tofu import _privleak
+
+    assert _privleak(0.6, 0.5, "r.json")["value"] == pytest.approx(20.0)
+    assert _privleak(0.0, 0.4, "r.json")["value"] == pytest.approx(-100.0)  # memorised: forget far more likely
+    auc_ou, ref_ou = 0.9, 0.55  # open-unlearning's own numbers for the same two models
+    expected = ((1 - auc_ou) - (1 - ref_ou)) / (1 - ref_ou) * 100
+    assert _privleak(1 - auc_ou, 1 - ref_ou, "r.json")["value"] == pytest.approx(expected)
+    assert _privleak(0.6, None, "r.json")["value"] is None
+    assert "divides by it" in _privleak(0.6, 0.0, "r.json")["reason"]
+
+
+def _eval_args(tiny_model_dir, data_dir, out, retain):
+    return ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
+            "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--retain-result", str(retain),
+            "--out", str(out)]
+
+
+def test_retain_result_with_another_convention_is_refused_unless_allowed(tofu_result, tiny_model_dir, data_dir,
+                                                                          tmp_path, capsys):
+    other = json.loads(tofu_result.read_text())
+    other["convention"]["prompt"]["question_template"] = "Question: {question}\nAnswer: "  # open-unlearning's
+    other["convention"]["tokenizer_sha"] = "0" * 16
+    retain = tmp_path / "other.json"
+    retain.write_text(json.dumps(other))
+    out = tmp_path / "r.json"
+    assert main(_eval_args(tiny_model_dir, data_dir, out, retain)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different prompt and tokenizer" in err and "--allow-convention-mismatch" in err
+    assert not out.exists()
+    assert main([*_eval_args(tiny_model_dir, data_dir, out, retain), "--allow-convention-mismatch"]) == 0
+    assert "mox: warning:" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["summary"]["forget_quality"] == 1.0  # same model: compared anyway, as asked
+    assert "different prompt" in result["metrics"]["forget_quality"]["convention_check"]
+
+
+def test_open_unlearning_retain_result_warns_and_gives_privleak(tofu_result, tiny_model_dir, data_dir, tmp_path, capsys):
+    """A TOFU_EVAL.json records no convention: accepted with a one-line warning; its mia_min_k (open-unlearning's
+    flipped AUC) gives PrivLeak."""
+    ours = json.loads(tofu_result.read_text())
+    ratios = ours["metrics"]["forget_truth_ratio"]["per_item"]
+    auc = ours["metrics"]["mia_min_k"]["value"]
+    retain = tmp_path / "TOFU_EVAL.json"
+    retain.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {str(i): {"score": r} for i, r in enumerate(ratios)}},
+                                  "mia_min_k": {"agg_value": 1 - auc}}))
+    out = tmp_path / "r.json"
+    assert main(_eval_args(tiny_model_dir, data_dir, out, retain)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox: warning:")]
+    assert len(warnings) == 1 and "records no prompt convention" in warnings[0] and "Answer: " in warnings[0]
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["forget_quality"] == 1.0 and summary["privleak"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_convention_tells_prompt_and_tokenizer_apart(tokenizer):
+    from mox_unlearn.evaluate.convention import convention_differences, scoring_convention
+    from mox_unlearn.tiny import build_tokenizer
+
+    base = scoring_convention(tokenizer, FMT)
+    assert scoring_convention(tokenizer, PromptFormat()) == base  # deterministic
+    other_prompt = scoring_convention(tokenizer, PromptFormat(question_template="Q: {question}\nA:"))
+    assert set(convention_differences(base, other_prompt)) == {"prompt", "tokenization of a probe question"}
+    other_tok = scoring_convention(build_tokenizer(["a few other words entirely", "and more of them"], vocab_size=80), FMT)
+    assert "tokenizer" in convention_differences(base, other_tok)

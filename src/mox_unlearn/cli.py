@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
     v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
     v.add_argument("--retain-result", help="the retain model's result file (FQ / PrivLeak); for MUSE also a number (its AUC)")
+    v.add_argument("--allow-convention-mismatch", action="store_true", dest="allow_convention_mismatch",
+                   help="TOFU: compare with a retain result scored with another prompt convention or tokenizer "
+                        "(refused by default: FQ would compare different statistics)")
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--limit", type=int, help="evaluate only the first N items of every split (quick checks)")
     v.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
@@ -267,7 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise MoxError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = run_eval(args.benchmark, args.model, args.out, data=args.data, forget_split=args.forget_split,
                       retain_result=args.retain_result, batch_size=args.batch_size, limit=args.limit,
-                      fmt=PromptFormat(chat_template=args.chat_template), dtype=args.dtype)
+                      fmt=PromptFormat(chat_template=args.chat_template), dtype=args.dtype,
+                      allow_convention_mismatch=args.allow_convention_mismatch)
     print(summary_table(result))
     for name, metric in result["metrics"].items():
         if metric.get("value") is None and metric.get("reason"):

@@ -269,8 +269,10 @@ def _membership_scores(model, tok, rs: RecordSet, s: ScoreSettings, name: str) -
 
     kw = dict(batch_size=s.batch_size, desc=f"{name}: answers" if s.desc else None)
     if s.score == "min_k":
-        stats = score_examples(model, encode_records(tok, rs, s.fmt, s.max_length), tok.pad_token_id, **kw)
-        return np.array([_nan_safe(M.min_k_score, st.token_logps, s.k) for st in stats])
+        stats = score_examples(model, encode_records(tok, rs, s.fmt, s.max_length), tok.pad_token_id,
+                               eos_id=tok.eos_token_id, **kw)
+        # EOS dropped, as in TOFU's min-k MIA (evaluate/tofu.py) and open-unlearning
+        return np.array([_nan_safe(M.min_k_score, st.content_logps, s.k) for st in stats])
     questions = [r["question"] for r in rs.records]
     true = [r.get("paraphrased_answer") if isinstance(r.get("paraphrased_answer"), str) else r["answer"] for r in rs.records]
     t = answer_stats(model, tok, questions, true, s.fmt, max_length=s.max_length, **kw)

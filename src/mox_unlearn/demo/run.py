@@ -134,12 +134,16 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
 
 def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, retain_result: Path | None,
              forget_split: str | None = None) -> dict:
-    """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`)."""
+    """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`; a cached result
+    scored by an older mox, whose min-k / ES / EM still included EOS, is evaluated again)."""
+    from mox_unlearn.evaluate.convention import POSITIONS
     from mox_unlearn.evaluate.run import load_eval_model
     from mox_unlearn.evaluate.tofu import evaluate_tofu
 
     if out.is_file():
-        return json.loads(out.read_text())
+        cached = json.loads(out.read_text())
+        if (cached.get("convention") or {}).get("positions") == POSITIONS:
+            return cached
     model, tok = load_eval_model(str(model_dir), "float32")
     result = evaluate_tofu(model, tok, data=str(data), forget_split=forget_split or cfg.forget_split,
                            retain_result=str(retain_result) if retain_result else None,

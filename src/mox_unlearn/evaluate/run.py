@@ -26,7 +26,8 @@ def load_eval_model(path: str, dtype: str = "auto"):
 
 def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | None = None, forget_split: str = "forget10",
              retain_result: str | None = None, batch_size: int = 16, limit: int | None = None,
-             fmt: PromptFormat | None = None, dtype: str = "auto", overwrite: bool = True) -> dict:
+             fmt: PromptFormat | None = None, dtype: str = "auto", overwrite: bool = True,
+             allow_convention_mismatch: bool = False) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict."""
     if benchmark not in BENCHMARKS:
         raise MoxError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
@@ -46,7 +47,8 @@ def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | No
         from mox_unlearn.evaluate.tofu import TOFU_HUB_ID, evaluate_tofu
 
         result = evaluate_tofu(model, tokenizer, data=data or TOFU_HUB_ID, forget_split=forget_split,
-                               retain_result=retain_result, fmt=fmt, batch_size=batch_size, limit=limit)
+                               retain_result=retain_result, fmt=fmt, batch_size=batch_size, limit=limit,
+                               allow_convention_mismatch=allow_convention_mismatch)
     else:
         from mox_unlearn.evaluate.muse import MUSE_HUB_ID, evaluate_muse
 

@@ -22,12 +22,25 @@ class AnswerStats:
     """Teacher-forced statistics of one answer given its question (answer tokens + EOS only).
 
     token_logps: [n] log p(answer token | prefix); correct: [n] teacher-forced argmax == token;
-    input_ids: the whole sequence, whose last n tokens are the answer tokens.
+    input_ids: the whole sequence, whose last n tokens are the answer tokens; ends_with_eos: the last
+    scored position is the EOS appended to the answer (False where truncation cut it, or for raw text).
     """
 
     token_logps: np.ndarray
     correct: np.ndarray
     input_ids: tuple[int, ...] = ()
+    ends_with_eos: bool = False
+
+    @property
+    def content_logps(self) -> np.ndarray:
+        """`token_logps` without the EOS position: what extraction strength, exact memorization and min-k
+        score (open-unlearning's `tokenwise_logprobs` drops it). Probability and truth ratio keep it."""
+        return self.token_logps[:-1] if self.ends_with_eos else self.token_logps
+
+    @property
+    def content_correct(self) -> np.ndarray:
+        """`correct` without the EOS position (see `content_logps`)."""
+        return self.correct[:-1] if self.ends_with_eos else self.correct
 
     def observations(self):
         """(context, next token, log p) for each answer position, for collapse_from_observations."""
@@ -65,8 +78,11 @@ def _bar(total: int, desc: str | None):
 
 
 @torch.no_grad()
-def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int = 16, desc: str | None = None) -> list[AnswerStats]:
-    """Teacher-forced log-probs and argmax correctness of the labelled tokens of encoded examples."""
+def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int = 16, desc: str | None = None,
+                   eos_id: int | None = None) -> list[AnswerStats]:
+    """Teacher-forced log-probs and argmax correctness of the labelled tokens of encoded examples.
+
+    With `eos_id`, an example whose last label is that id is marked `ends_with_eos` (see AnswerStats)."""
     model.eval()
     device = _device(model)
     results: list[AnswerStats | None] = [None] * len(examples)
@@ -78,8 +94,10 @@ def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int 
             hits = logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
             for row, i in enumerate(idx):
                 m = stats.mask[row]
+                labels = examples[i].get("labels") or ()
                 results[i] = AnswerStats(stats.token_logps[row][m].double().cpu().numpy(), hits[row][m].cpu().numpy(),
-                                         tuple(examples[i]["input_ids"]))
+                                         tuple(examples[i]["input_ids"]),
+                                         ends_with_eos=eos_id is not None and bool(labels) and labels[-1] == eos_id)
             bar.update(len(idx))
     return results  # type: ignore[return-value]
 
@@ -88,7 +106,8 @@ def answer_stats(model, tokenizer, questions: Sequence[str], answers: Sequence[s
                  batch_size: int = 16, max_length: int = 512, desc: str | None = None) -> list[AnswerStats]:
     """AnswerStats of each (question, answer) pair, formatted exactly as in training."""
     examples = [encode_qa(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
-    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc)
+    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc,
+                          eos_id=tokenizer.eos_token_id)
 
 
 def answer_stats_multi(model, tokenizer, questions: Sequence[str], answer_lists: Sequence[Sequence[str]],

@@ -19,6 +19,7 @@ from mox_unlearn.data import RecordSet, load_records, read_json
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.convention import check_retain_convention, scoring_convention
 from mox_unlearn.evaluate.stats import (
     AnswerStats,
     answer_stats,
@@ -110,30 +111,90 @@ def evaluate_split(model, tokenizer, rs: RecordSet, name: str, fmt: PromptFormat
 
 
 def read_retain_truth_ratios(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Per-item forget truth ratios of the retain model: from a `mox eval` result file, or from an
-    open-unlearning TOFU_EVAL.json (`forget_truth_ratio.value_by_index.<i>.score`, same R = false/true)."""
+    """Per-item forget truth ratios of the retain model, and what else the file says about it.
+
+    From a `mox eval` result file, or from an open-unlearning TOFU_EVAL.json
+    (`forget_truth_ratio.value_by_index.<i>.score`, the same R = false/true). The dict holds
+    forget_split / limit / model where known, `convention` (how it was scored; None where the file
+    does not say) and `mia_auc` (its min-k AUC in our convention, for PrivLeak; None if absent).
+    """
     p = Path(path)
     data = read_json(p, "retain result")
     if not isinstance(data, dict):
         data = {}  # not an object: falls through to the one-line refusal below
-    if isinstance(data.get("metrics"), dict) and "forget_truth_ratio" in data["metrics"]:
-        values = data["metrics"]["forget_truth_ratio"].get("per_item")
-        return np.asarray(values, dtype=float), {k: data.get(k) for k in ("forget_split", "limit", "model")}
-    by_index = data.get("forget_truth_ratio", {}).get("value_by_index")
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("forget_truth_ratio"), dict):
+        values = metrics["forget_truth_ratio"].get("per_item")
+        meta = {k: data.get(k) for k in ("forget_split", "limit", "model")}
+        auc = _field(metrics, "mia_min_k", "value")
+        return _ratios(values, p), {**meta, "convention": data.get("convention"), "mia_auc": auc}
+    by_index = _field(data, "forget_truth_ratio", "value_by_index")
     if isinstance(by_index, dict):
-        keys = sorted(by_index, key=int)
-        return np.asarray([by_index[k]["score"] for k in keys], dtype=float), {}
+        try:
+            keys = sorted(by_index, key=int)
+            values = [by_index[k]["score"] for k in keys]
+        except (KeyError, TypeError, ValueError):
+            raise MoxError(f"{p}: forget_truth_ratio.value_by_index must map item indices to {{\"score\": R}}") from None
+        ou_auc = _field(data, "mia_min_k", "agg_value")  # open-unlearning: 1 - our AUC
+        auc = None if not isinstance(ou_auc, (int, float)) else 1.0 - float(ou_auc)
+        return _ratios(values, p), {"convention": None, "mia_auc": auc}
     raise MoxError(f"{p}: no per-item forget truth ratios (expected a `mox eval` result or an open-unlearning TOFU_EVAL.json)")
+
+
+def _field(data: dict, *keys: str) -> Any:
+    """data[k1][k2]..., or None where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _ratios(values: Any, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise MoxError(f"{path}: the forget truth ratios are not a list of numbers") from None
+
+
+def _content(stats: list[AnswerStats], split: str) -> list[AnswerStats]:
+    """Refuse items with no answer token besides EOS, which ES, EM and min-k cannot score."""
+    empty = [i for i, s in enumerate(stats) if s.content_logps.size == 0]
+    if empty:
+        raise MoxError(f"TOFU {split}[{empty[0]}]: the answer has no token besides EOS")
+    return stats
+
+
+def mia_min_k_metric(forget: list[AnswerStats], holdout: list[AnswerStats], k: float = 0.4) -> dict:
+    """Min-k AUC of forget (members) vs holdout answers, EOS position dropped; both AUC conventions named."""
+    f_scores = M.min_k_scores([s.content_logps for s in _content(forget, "forget")], k=k)
+    h_scores = M.min_k_scores([s.content_logps for s in _content(holdout, "holdout")], k=k)
+    auc = M.mia_auc(f_scores, h_scores)
+    return _metric(auc, None, k=k, convention=MIA_CONVENTION, auc_open_unlearning=1.0 - auc,
+                   forget_scores=f_scores.tolist(), holdout_scores=h_scores.tolist())
+
+
+MIA_CONVENTION = ("MUSE's: P(min-k score of a forget answer > of a holdout answer), the score being minus the mean "
+                  "of the lowest 40% token log-probs; ~0 when forget answers are memorised, 0.5 when forget and "
+                  "holdout look alike. auc_open_unlearning = 1 - value (open-unlearning's mia_min_k)")
 
 
 def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: str = "forget10",
                   retain_result: str | None = None, fmt: PromptFormat | None = None, batch_size: int = 16,
-                  max_new_tokens: int = 200, max_length: int = 512, limit: int | None = None) -> dict:
-    """All TOFU metrics of one model. Returns {"summary": {...}, "metrics": {...}} (see docs/metrics.md)."""
+                  max_new_tokens: int = 200, max_length: int = 512, limit: int | None = None,
+                  allow_convention_mismatch: bool = False) -> dict:
+    """All TOFU metrics of one model. Returns {"summary": {...}, "metrics": {...}, "convention": {...}}
+    (see docs/metrics.md). A retain result scored with another prompt convention or tokenizer is refused
+    unless `allow_convention_mismatch`."""
     if forget_split not in FORGET_SPLITS:
         raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
     fmt = fmt or PromptFormat()
-    retain_r, retain_meta = (read_retain_truth_ratios(retain_result) if retain_result else (None, {}))
+    convention = scoring_convention(tokenizer, fmt)
+    retain = read_retain_truth_ratios(retain_result) if retain_result else None
+    note = None  # checked before the (long) evaluation: a mismatch is known now
+    if retain is not None:
+        note = check_retain_convention(convention, retain[1]["convention"], retain_result,
+                                       allow_mismatch=allow_convention_mismatch)
     splits = {name: _limit(load_tofu_split(data, pattern.format(forget=forget_split)), limit)
               for name, pattern in SPLITS.items()}
     holdout = _limit(load_tofu_split(data, forget_split.replace("forget", "holdout")), limit)
@@ -146,16 +207,13 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
         if name == "forget":
             forget_stats = stats
 
-    # membership inference and memorization on the forget answers (open-unlearning's extras)
+    # membership inference and memorization on the forget answers (open-unlearning's extras), EOS dropped
     hold_stats = answer_stats(model, tokenizer, [r["question"] for r in holdout.records],
                               _true_answers(holdout, "answer"), fmt, batch_size=batch_size, max_length=max_length,
                               desc="holdout: answers")
-    f_scores = M.min_k_scores([s.token_logps for s in forget_stats], k=0.4)
-    h_scores = M.min_k_scores([s.token_logps for s in hold_stats], k=0.4)
-    metrics["mia_min_k"] = _metric(M.mia_auc(f_scores, h_scores), None, k=0.4, forget_scores=f_scores.tolist(),
-                                   holdout_scores=h_scores.tolist())
-    es = M.extraction_strength([s.correct for s in forget_stats])
-    em = M.exact_memorization([s.correct for s in forget_stats])
+    metrics["mia_min_k"] = mia_min_k_metric(forget_stats, hold_stats)
+    correct = [s.content_correct for s in forget_stats]
+    es, em = M.extraction_strength(correct), M.exact_memorization(correct)
     metrics["extraction_strength"] = _metric(es.mean(), es)
     metrics["exact_memorization"] = _metric(em.mean(), em)
 
@@ -167,28 +225,52 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
         "model_utility": metrics["model_utility"]["value"],
         "forget_rouge": metrics["forget_rouge"]["value"],
         "retain_rouge": metrics["retain_rouge"]["value"],
+        "privleak": None,
     }
-    result = {"summary": summary, "metrics": metrics, "forget_split": forget_split, "limit": limit}
-    return _set_forget_quality(result, retain_r, retain_meta, retain_result)
+    result = {"summary": summary, "metrics": metrics, "forget_split": forget_split, "limit": limit,
+              "convention": convention}
+    return _compare_with_retain(result, retain, retain_result, note)
 
 
-def add_forget_quality(result: dict, retain_result: str | Path) -> dict:
-    """FQ of a finished TOFU result against a retain model's result file, without evaluating again."""
-    retain_r, retain_meta = read_retain_truth_ratios(retain_result)
-    return _set_forget_quality(result, retain_r, retain_meta, retain_result)
+def add_forget_quality(result: dict, retain_result: str | Path, *, allow_convention_mismatch: bool = False) -> dict:
+    """FQ and PrivLeak of a finished TOFU result against a retain model's result file, without evaluating again."""
+    retain = read_retain_truth_ratios(retain_result)
+    note = check_retain_convention(result.get("convention"), retain[1]["convention"], retain_result,
+                                   allow_mismatch=allow_convention_mismatch)
+    return _compare_with_retain(result, retain, retain_result, note)
 
 
-def _set_forget_quality(result: dict, retain_r, retain_meta: dict, source) -> dict:
-    metric = _forget_quality(result["metrics"]["forget_truth_ratio"]["per_item"], retain_r, retain_meta,
-                             result["forget_split"], result["limit"], source)
-    result["metrics"]["forget_quality"] = metric
-    result["summary"]["forget_quality"] = metric["value"]
+def _compare_with_retain(result: dict, retain: tuple[np.ndarray, dict] | None, source, note: str | None) -> dict:
+    """Set FQ and PrivLeak (metrics and summary) from the retain model's result, or say why they are missing;
+    `note` is the outcome of the convention check."""
+    metrics, summary = result["metrics"], result["summary"]
+    if retain is None:
+        reason = "no retain result given (--retain-result FILE): {} needs the retain model's {}"
+        metrics["forget_quality"] = _metric(None, None, reason=reason.format("FQ", "truth ratios"))
+        metrics["privleak"] = _metric(None, None, reason=reason.format("PrivLeak", "min-k AUC"))
+    else:
+        r_retain, meta = retain
+        metrics["forget_quality"] = {**_forget_quality(metrics["forget_truth_ratio"]["per_item"], r_retain, meta,
+                                                       result["forget_split"], result["limit"], source),
+                                     "convention_check": note}
+        metrics["privleak"] = _privleak(metrics["mia_min_k"]["value"], meta.get("mia_auc"), source)
+    summary["forget_quality"] = metrics["forget_quality"]["value"]
+    summary["privleak"] = metrics["privleak"]["value"]
     return result
 
 
+def _privleak(auc: float, auc_retain: float | None, source) -> dict:
+    """PrivLeak (%) of the min-k AUC against the retain model's (open-unlearning's formula and sign)."""
+    if auc_retain is None:
+        return _metric(None, None, reason=f"{source} has no min-k AUC (mia_min_k) to compare with")
+    if not 0.0 < auc_retain <= 1.0:
+        return _metric(None, None, reason=f"the retain model's min-k AUC is {auc_retain:g}; PrivLeak divides by it")
+    return _metric(M.privleak(auc, auc_retain), None, auc_retain=float(auc_retain), retain_result=str(source),
+                   definition="(AUC - AUC_retain) / AUC_retain * 100 in mia_min_k's convention; "
+                              "-100 = memorised, 0 = like the retain model, > 0 = over-unlearned")
+
+
 def _forget_quality(r_model, r_retain, retain_meta: dict, forget_split: str, limit: int | None, source) -> dict:
-    if r_retain is None:
-        return _metric(None, None, reason="no retain result given (--retain-result FILE): FQ needs the retain model's truth ratios")
     if retain_meta.get("forget_split") not in (None, forget_split):
         raise MoxError(f"retain result is for {retain_meta['forget_split']}, not {forget_split}")
     if len(r_retain) != len(r_model):
