@@ -26,6 +26,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "overlap": ("attacks:overlap", "forget a 10% sample of the retain facts, retain the rest: MOX vs GA vs IdkPO (Table 5)"),
     "relearn": ("attacks:relearn", "relearning attack: fine-tune on half the forget set, score the other half (Table 6)"),
     "select-alpha": ("selection:select_alpha_experiment", "α chosen without a retrained model (retain tolerance + forget-vs-holdout KS) vs the best true FQ"),
+    "frontier": ("frontier:frontier", "every method tuned on equal terms (lr grid, α or stopping epoch) over seeds; picks by the oracle and a retrain-free rule"),
     "examples": ("attacks:examples", "greedy forget answers of original / retrained / MOX / baselines (Table 4)"),
 }
 

@@ -62,6 +62,17 @@ class ExperimentConfig(DemoConfig):
     overlap_percent: int = 10
     select_tolerance: float = 0.05  # select-alpha: largest relative drop of retain utility
     select_p_min: float = 0.05  # select-alpha: KS p-value above which forget ~ holdout
+    # frontier (experiments/frontier.py, docs/frontier.md): every method tuned with the same budget, two rules
+    frontier_methods: list[str] = field(default_factory=lambda: ["mox", "npo", "graddiff", "simnpo", "ga"])
+    frontier_lr_scales: list[float] = field(default_factory=lambda: [1 / 3, 1.0, 3.0])  # × each method's lr
+    frontier_lrs: list[float] = field(default_factory=list)  # explicit learning rates instead of the scales
+    frontier_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # unlearning seeds (data order, sampling)
+    frontier_grids: dict[str, dict[str, list]] = field(default_factory=dict)  # e.g. {npo: {loss.beta: [0.05, 0.1]}}
+    frontier_mu_ratio: float = 0.95  # oracle rule: MU >= this × the target's MU
+    frontier_score: str = "min_k"  # retrain-free rule: forget-vs-holdout score (min_k or truth_ratio)
+    frontier_max_items: int = 100  # retrain-free rule: validation retain / holdout items, spread over each set
+    validation_retain: str | None = None  # data spec replacing the derived validation retain items
+    validation_holdout: str | None = None  # data spec replacing the derived validation holdout items
 
 
 def check_settings(cfg: ExperimentConfig) -> None:
@@ -77,6 +88,9 @@ def check_settings(cfg: ExperimentConfig) -> None:
     bad_eta = [e for e in cfg.etas if not 0 < e <= 1]  # NaN fails the comparison too
     if not cfg.etas or bad_eta:
         raise MoxError(f"etas must be a non-empty list of momentum coefficients in (0, 1], got {cfg.etas}")
+    from mox_unlearn.experiments.frontier import check_frontier_settings
+
+    check_frontier_settings(cfg)
     unknown = [s for s in cfg.forget_splits if s not in FORGET_SPLITS]
     if unknown or cfg.forget_split not in FORGET_SPLITS:
         raise MoxError(f"unknown forget split {(unknown or [cfg.forget_split])[0]!r}; valid: {', '.join(FORGET_SPLITS)}")
