@@ -66,6 +66,21 @@ def test_retrain_free_takes_the_most_holdout_like_forget_set_within_the_utility_
     assert select_retrain_free(records[:3], tolerance=0.05)["id"] == "b"  # drop == tolerance passes
 
 
+def test_retrain_free_breaks_a_saturated_p_by_the_ks_statistic_then_the_median_gap():
+    """Completely separated forget and holdout give every candidate the same p; rule v1 then took the least
+    changed model. v2 takes the one whose forget scores came closest to the holdout's."""
+    saturated = 6.2e-14
+    records = [rec("untouched", 0.1, 0.8, 0.00, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-11.9),
+               rec("closer", 0.1, 0.8, 0.04, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-8.5),
+               rec("too far", 0.1, 0.8, 0.20, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-2.0),
+               rec("over", 0.1, 0.8, 0.03, saturated, val_ks_stat=1.0, val_forget_minus_holdout=+9.0)]
+    assert select_retrain_free(records)["id"] == "closer"  # |−8.5| < |+9.0| < |−11.9|; "too far" drops 20 %
+    records.append(rec("smaller D", 0.1, 0.8, 0.05, saturated, val_ks_stat=0.9, val_forget_minus_holdout=-10.0))
+    assert select_retrain_free(records)["id"] == "smaller D"  # the statistic before the gap
+    records.append(rec("higher p", 0.1, 0.8, 0.05, 1e-3, val_ks_stat=0.95, val_forget_minus_holdout=-10.5))
+    assert select_retrain_free(records)["id"] == "higher p"  # p first, wherever it still discriminates
+
+
 def test_retrain_free_fallbacks_are_flagged():
     low_p = [rec("a", 0.9, 0.8, 0.01, 0.001), rec("b", 0.9, 0.8, 0.02, 0.01)]
     pick = select_retrain_free(low_p, tolerance=0.05, p_min=0.05)
@@ -213,5 +228,15 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     assert "training" not in capsys.readouterr().out
     assert sorted((tmp_path / "out" / "runs").iterdir()) == runs and sorted((tmp_path / "out" / "evals").iterdir()) == evals
+    assert main(["experiment", "list"]) == 0
+    assert "frontier" in capsys.readouterr().out
+
+
+def test_experiment_help_lists_frontier(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "frontier", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "frontier" in out and "retrain-free" in out and "mox experiment frontier --out" in out
     assert main(["experiment", "list"]) == 0
     assert "frontier" in capsys.readouterr().out

@@ -63,7 +63,21 @@ EXPERIMENT_EXAMPLE = """example:
   mox experiment list                        # the analyses and what each reproduces
   mox experiment sweep                       # on the demo benchmark (models trained once, cached)
   mox experiment trajectory --out runs/exp   # experiments sharing --out reuse each other's runs
+  mox experiment frontier --out runs/frontier frontier_seeds=[0,1,2]   # every method tuned alike (docs/frontier.md)
   mox experiment forget-size target=./tofu-model retain_model=./tofu-retain90 data=../shared/data/tofu max_length=256"""
+
+
+class _ExperimentHelp(argparse._HelpAction):
+    """`mox experiment [NAME] --help`: the help with every experiment and what it reproduces. The list is
+    imported only when help is asked for (it pulls in torch), so building the parser stays fast."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mox_unlearn.experiments import EXPERIMENTS
+
+        width = max(map(len, EXPERIMENTS))
+        listing = "\n".join(f"  {name:<{width}}  {what}" for name, (_, what) in EXPERIMENTS.items())
+        parser.epilog = f"experiments:\n{listing}\n\n{EXPERIMENT_EXAMPLE}"
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,8 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
     _add_common(d)
 
-    x = sub.add_parser("experiment", help="the paper's analyses (sweep, stability, trajectory, ...): table + plot",
-                       epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    x = sub.add_parser("experiment", help="the paper's analyses (sweep, stability, trajectory, frontier, ...): table + plot",
+                       epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    x.add_argument("-h", "--help", action=_ExperimentHelp, help="show this help, with every experiment, and exit")
     x.add_argument("name", help="experiment name, or `list`")
     x.add_argument("--config", help="YAML of demo + experiment settings (default: the packaged demo preset)")
     x.add_argument("--out", default="mox-experiments", help="workspace folder shared by experiments (default ./mox-experiments)")

@@ -14,8 +14,9 @@ against θ_ref, and a KS test of forget vs validation-holdout min-k scores (sele
 
 Per method and seed, two pure rules pick one record among all (lr, setting, knob) of that seed:
   oracle        the highest test FQ with MU ≥ frontier_mu_ratio × the target's MU (what tables report);
-  retrain_free  the highest validation KS p with validation utility drop ≤ select_tolerance (what a
-                practitioner can do); it reads only the `val_*` fields of a record.
+  retrain_free  among records with validation utility drop ≤ select_tolerance, the forget set most like
+                the validation holdout (KS p, then KS statistic, then median gap; what a practitioner
+                can do); it reads only the `val_*` fields of a record.
 The table gives mean ± std over seeds of each rule's pick per method.
 
 Writes OUT/frontier/frontier.{json,csv,md}, frontier.png (FQ vs MU, Pareto fronts) and
@@ -166,10 +167,16 @@ def select_oracle(records: Sequence[Mapping[str, Any]], target_mu: float, ratio:
 
 def select_retrain_free(records: Sequence[Mapping[str, Any]], tolerance: float = 0.05,
                         p_min: float = 0.05) -> dict[str, Any]:
-    """The record whose forget set looks most like unseen data (highest validation KS p, forget vs
-    holdout) among those whose validation retain utility dropped at most `tolerance` (relative to θ_ref);
-    ties: smaller drop, then the first. None within the tolerance: the smallest drop, flagged
-    `utility_ok: false`; a pick with p < p_min is flagged `forget_indistinguishable: false`.
+    """The record whose forget set looks most like unseen data among those whose validation retain utility
+    dropped at most `tolerance` (relative to θ_ref). "Most like unseen data", in order: the highest KS p
+    (forget vs holdout), then the smallest KS statistic, then the smallest |median gap| between forget and
+    holdout scores, then the smaller utility drop, then the first record. None within the tolerance: the
+    smallest drop, flagged `utility_ok: false`; a pick with p < p_min is flagged `forget_indistinguishable: false`.
+
+    Why the statistic and the gap after p (rule v2, docs/frontier.md "Changes"): once forget and holdout
+    are completely separated (KS statistic 1), p is the same tiny number for every candidate, and rule v1
+    then fell through to the smallest utility drop, i.e. the least changed model. The gap keeps measuring
+    how far the forget set still is from unseen data where p and the statistic no longer can.
 
     Only `val_*` fields are read (each record is cut down to them first), so the test metrics, and the
     retain model they need, cannot influence the choice.
@@ -180,9 +187,16 @@ def select_retrain_free(records: Sequence[Mapping[str, Any]], tolerance: float =
     drop = [_num(v.get("val_utility_drop")) for v in views]
     p = [_num(v.get("val_ks_p")) for v in views]
     within = [i for i, d in enumerate(drop) if d is not None and d <= tolerance]
+
+    def unlike_holdout(j: int) -> tuple[float, float, float, float]:  # smaller = more like unseen data
+        stat, gap = _num(views[j].get("val_ks_stat")), _num(views[j].get("val_forget_minus_holdout"))
+        return (1.0 if p[j] is None else -p[j], math.inf if stat is None else stat,
+                math.inf if gap is None else abs(gap), drop[j])
+
     if within:
-        i = max(within, key=lambda j: (-1.0 if p[j] is None else p[j], -drop[j]))
-        reason = f"highest forget-vs-holdout KS p with validation retain utility within {tolerance:.0%} of θ_ref"
+        i = min(within, key=unlike_holdout)
+        reason = (f"forget most like validation holdout (KS p, then KS statistic, then median gap) with validation "
+                  f"retain utility within {tolerance:.0%} of θ_ref")
     else:
         i = min(range(len(views)), key=lambda j: (math.inf if drop[j] is None else drop[j],
                                                   1.0 if p[j] is None else -p[j]))
@@ -438,8 +452,9 @@ def _note(extra: Mapping[str, Any]) -> str:
             "uses them (flagged `overlaps_test` in frontier.json)." if overlap else "")
     return (f"Each method: lr grid × settings × seeds {cfg['frontier_seeds']}, and its post-hoc knob (α for MOX / TV, "
             f"the stopping epoch otherwise). **oracle**: highest test FQ with MU ≥ {cfg['frontier_mu_ratio']:g} × the "
-            f"target's MU ({extra['target_mu']:.4f}, bar {extra['mu_bar']:.4f}). **retrain_free**: highest KS p "
-            f"({val['score']}, forget vs {val['holdout']['items']} validation holdout items) with validation retain "
+            f"target's MU ({extra['target_mu']:.4f}, bar {extra['mu_bar']:.4f}). **retrain_free** (rule v2): forget most "
+            f"like {val['holdout']['items']} validation holdout items ({val['score']}: KS p, then KS statistic, then "
+            f"median gap) with validation retain "
             f"utility ({val['retain']['items']} items) within {cfg['select_tolerance']:.0%} of θ_ref; it never reads "
             f"test metrics.{warn} Mean ± sample std over seeds of the picked records; Fallbacks = seeds whose rule "
             f"found no qualifying setting. Protocol: docs/frontier.md. {len(extra['records'])} records, "
