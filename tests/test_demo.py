@@ -32,6 +32,7 @@ def test_miniature_demo_writes_every_output(demo, capsys):
     assert {r["name"]: r["forget_quality"] for r in result["rows"]}["retrained"] == 1.0
     assert len(result["gates"]) == 3 and all("ok" in g for g in result["gates"])
     assert "| FQ (↑) |" in (out / "results.md").read_text()
+    assert "untuned setting" in (out / "results.md").read_text()  # the table says what it is not
 
 
 def test_second_demo_reuses_the_trained_models(demo, capsys):

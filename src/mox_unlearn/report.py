@@ -67,8 +67,10 @@ def text_table(rows: Sequence[dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells)
 
 
-def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None) -> list[Path]:
-    """results.json / results.csv / results.md plus fq_mu.png and (with MOX α rows) alpha_sweep.png."""
+def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None,
+                 note: str = "") -> list[Path]:
+    """results.json / results.csv / results.md (with `note` under the title) plus fq_mu.png and (with MOX α
+    rows) alpha_sweep.png."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
     buf = io.StringIO()
@@ -76,7 +78,7 @@ def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", ext
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "results.csv", buf.getvalue())
-    write_text_atomic(out / "results.md", f"# {title}\n\n{markdown_table(rows)}\n")
+    write_text_atomic(out / "results.md", f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n")
     written = [out / "results.json", out / "results.csv", out / "results.md", plot_fq_mu(rows, out / "fq_mu.png")]
     sweep = plot_alpha_sweep(rows, out / "alpha_sweep.png")
     return written + ([sweep] if sweep else [])
@@ -179,6 +181,18 @@ def save_figure(fig, path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def fq_mu_axes(ax, title: str, *, legend: int | None = None) -> None:
+    """The axes every FQ-vs-MU plot shares: FQ on a log scale against MU, a grid, the title, and a legend
+    in font size `legend` where one is wanted."""
+    ax.set_yscale("log")
+    ax.set_xlabel("Model Utility (↑)")
+    ax.set_ylabel("Forget Quality (↑, log)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=legend)
 
 
 def log_value(x: float | None) -> float:

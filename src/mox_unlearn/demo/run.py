@@ -222,6 +222,15 @@ def _claim_out(out: Path, cfg: DemoConfig) -> None:
     marker.write_text(current)
 
 
+def untuned_note(cfg: DemoConfig) -> str:
+    """What the table is and is not: one shared setting and one seed, and where the tuned comparison is."""
+    default = UnlearnConfig()
+    lr, epochs = cfg.unlearn.get("lr", default.lr), cfg.unlearn.get("epochs", default.epochs)
+    return (f"One shared, untuned setting for every method (lr {float(lr):g}, {epochs} epochs) and "
+            f"one seed ({cfg.seed}): the ranking changes with the learning rate. Every method tuned alike over "
+            "three seeds, picked by a fixed rule: `mox experiment frontier` (docs/frontier.md).")
+
+
 def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
     """The whole demo; returns the results dict that is also written to OUT/results.json."""
     from mox_unlearn.evaluate.tofu import add_forget_quality
@@ -258,9 +267,10 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     extra = {"gates": gates, "guess_rouge": guess, "config": dataclasses.asdict(cfg), "cache": str(models["root"]),
              "seconds": seconds, "method_seconds": timings}
+    note = untuned_note(cfg)
     write_report(rows, out, title=f"mox demo: TOFU-style metrics on {cfg.forget_split} of fictitious profiles",
-                 extra=extra)
-    _say("\n" + text_table(rows))
+                 extra=extra, note=note)
+    _say("\n" + text_table(rows) + "\n" + note)
     _say(f"\n{len(rows)} models evaluated in {seconds:.0f} s; results in {out}/results.{{md,csv,json}}, plots fq_mu.png"
          + (", alpha_sweep.png" if (out / "alpha_sweep.png").exists() else ""))
     return {"rows": rows, **extra}

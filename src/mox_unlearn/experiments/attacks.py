@@ -15,7 +15,7 @@ from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish, metrics_row
 from mox_unlearn.experiments.workspace import Workspace, _key, _say
-from mox_unlearn.report import figure, log_value, save_figure
+from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure
 
 RELEARN_METRICS = ("probability", "rouge", "truth_ratio")
 OVERLAP_METHODS = ("mox", "ga", "idkpo")  # Table 5: MOX, GA and PO (TOFU's IdkPO)
@@ -325,9 +325,5 @@ def _plot_overlap(rows: list[dict], path: Path) -> Path:
         fq = log_value(r["forget_quality"])
         ax.scatter([r["model_utility"]], [fq], marker="s" if r["model"] in ("original", "retrained") else "o", s=50)
         ax.annotate(r["model"], (r["model_utility"], fq), textcoords="offset points", xytext=(4, 3), fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("Model Utility (↑)")
-    ax.set_ylabel("Forget Quality (↑, log)")
-    ax.set_title("Semantic overlap: FQ vs MU")
-    ax.grid(alpha=0.3, which="both")
+    fq_mu_axes(ax, "Semantic overlap: FQ vs MU")
     return save_figure(fig, path)

@@ -475,7 +475,7 @@ def _write(ws: Workspace, summary: list[dict], extra: dict) -> dict:
 
 def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
     """FQ (log) against MU: every record, each method's Pareto front, both rules' picks, the MU bar."""
-    from mox_unlearn.report import figure, log_value, save_figure
+    from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure
 
     fig, axes = figure(1, 1, size=(8.5, 6))
     ax = axes[0][0]
@@ -500,12 +500,7 @@ def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
     ax.axvline(extra["mu_bar"], color="gray", ls="--", lw=1, label="oracle MU bar")
     ax.scatter([], [], marker="*", color="w", edgecolor="k", s=90, label="oracle pick")
     ax.scatter([], [], marker="D", color="w", edgecolor="k", s=40, label="retrain-free pick")
-    ax.set_yscale("log")
-    ax.set_xlabel("Model Utility (↑)")
-    ax.set_ylabel("Forget Quality (↑, log)")
-    ax.set_title("Every lr × setting × seed × knob value, with each method's Pareto front")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fq_mu_axes(ax, "Every lr × setting × seed × knob value, with each method's Pareto front", legend=7)
     return save_figure(fig, path)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mox_unlearn.experiments.workspace import Workspace, config_dict, epoch_snapshots
-from mox_unlearn.report import figure, log_value, save_figure, write_table
+from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure, write_table
 
 SPLITS = {"forget": "Forget", "retain": "Retain", "ra": "Real Authors", "wf": "World Facts"}
 PARTS = {"rouge": "ROUGE-L", "probability": "Probability", "truth_ratio": "Truth Ratio"}
@@ -200,12 +200,7 @@ def _plot_trajectory(rows: list[dict], path: Path) -> Path:
     for r in rows:
         if r["method"] == "retrained":
             ax.scatter([r["model_utility"]], [log_value(r["forget_quality"])], marker="*", s=200, color="k", label="retrained")
-    ax.set_yscale("log")
-    ax.set_xlabel("Model Utility (↑)")
-    ax.set_ylabel("Forget Quality (↑, log)")
-    ax.set_title("Trajectory per epoch (marker size = epoch; epoch 0 = original)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fq_mu_axes(ax, "Trajectory per epoch (marker size = epoch; epoch 0 = original)", legend=8)
     return save_figure(fig, path)
 
 
