@@ -23,6 +23,7 @@ from mox_unlearn.experiments.frontier import (
     select_all,
     select_oracle,
     select_retrain_free,
+    stopping_epochs,
     summarize,
     unscored,
 )
@@ -153,6 +154,7 @@ def test_mean_std_pareto_and_the_plan():
     ("frontier_grids={kl: {loss.beta: [1]}}", "frontier_grids: 'kl' is not in frontier_methods"),
     ("frontier_grids={npo: {bogus: [1]}}", "unknown config key 'bogus'"),
     ("frontier_score=rouge", "frontier_score: unknown score 'rouge'"),
+    ("frontier_epochs=[0, 2]", "frontier_epochs must be a list of distinct epochs >= 1"),
 ])
 def test_bad_frontier_settings_are_refused_before_any_work(tmp_path, capsys, setting, message):
     assert main(["experiment", "frontier", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
@@ -230,6 +232,20 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
     assert sorted((tmp_path / "out" / "runs").iterdir()) == runs and sorted((tmp_path / "out" / "evals").iterdir()) == evals
     assert main(["experiment", "list"]) == 0
     assert "frontier" in capsys.readouterr().out
+    # fewer stopping epochs: the same cached runs, only epoch 2 of GA is a candidate
+    assert main([*args, "frontier_epochs=[2]"]) == 0
+    ga = [r for r in json.loads((out / "frontier.json").read_text())["records"] if r["method"] == "ga"]
+    assert sorted((r["seed"], r["value"]) for r in ga) == [(0, 2), (1, 2)]
+    assert main([*args, "frontier_epochs=[3]"]) == 2
+    assert "has no epoch 3 (it has 1, 2)" in capsys.readouterr().err
+
+
+def test_stopping_epochs_keeps_the_wanted_ones_or_refuses():
+    snaps = [(1, "e1"), (2, "e2"), (3, "e3")]
+    assert stopping_epochs(snaps, []) == snaps
+    assert stopping_epochs(snaps, [3, 1]) == [(1, "e1"), (3, "e3")]
+    with pytest.raises(MoxError, match="run-x has no epoch 5 \\(it has 1, 2, 3\\)"):
+        stopping_epochs(snaps, [1, 5], "run-x")
 
 
 def test_experiment_help_lists_frontier(capsys):

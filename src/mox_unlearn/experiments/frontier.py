@@ -4,7 +4,8 @@ picked by two rules fixed before any test number is seen (docs/frontier.md).
 Budget, the same for every method: a learning-rate grid (the setting's lr × `frontier_lr_scales`, or
 `frontier_lrs`), optional grids of method settings (`frontier_grids`, e.g. NPO's loss.beta), and the
 method's own post-hoc knob, evaluated without training again: α (cfg.alphas) for methods that
-extrapolate (MOX, task vectors), the epoch at which training stops (per-epoch weights) for the others.
+extrapolate (MOX, task vectors), the epoch at which training stops (per-epoch weights; every epoch, or
+`frontier_epochs` only) for the others.
 Each (method, lr, setting, seed) is trained once, cached like every workspace run.
 
 Every (knob value) model gets the TOFU test metrics (FQ against the retain model, MU, ROUGE, ...) and,
@@ -91,6 +92,10 @@ def check_frontier_settings(cfg: Any) -> None:
         raise MoxError(f"frontier_mu_ratio must be in (0, 1], got {cfg.frontier_mu_ratio!r}")
     if cfg.frontier_score not in SCORES:
         raise MoxError(f"frontier_score: unknown score {cfg.frontier_score!r}; valid: {', '.join(SCORES)}")
+    epochs = cfg.frontier_epochs
+    if (not isinstance(epochs, list) or len(set(map(str, epochs))) != len(epochs)
+            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in epochs)):
+        raise MoxError(f"frontier_epochs must be a list of distinct epochs >= 1 (empty: every epoch), got {epochs!r}")
     if isinstance(cfg.frontier_max_items, bool) or not isinstance(cfg.frontier_max_items, int) or cfg.frontier_max_items < 2:
         raise MoxError(f"frontier_max_items must be an integer >= 2, got {cfg.frontier_max_items!r}")
     for method, grid in cfg.frontier_grids.items():
@@ -369,12 +374,25 @@ def knob_models(ws: Workspace, run: Path, u: Any) -> list[tuple[str, float | int
     from mox_unlearn.methods import get_method
 
     if not get_method(u.method).extrapolate:
-        return [("epoch", k, p) for k, p in epoch_snapshots(run)]
+        return [("epoch", k, p) for k, p in stopping_epochs(epoch_snapshots(run), ws.cfg.frontier_epochs, run)]
     alphas = sorted(float(a) for a in ws.cfg.alphas)
     if u.momentum:
         snaps = [p for _, p in epoch_snapshots(run)]
         return [("alpha", a, ws.momentum_fold(u.model, snaps, a, u.eta)) for a in alphas]
     return [("alpha", a, m) for a, m in zip(alphas, ws.extrapolated(u.model, run / "memorized", alphas))]
+
+
+def stopping_epochs(snapshots: Sequence[tuple[int, Path]], wanted: Sequence[int], run: Path | str = "the run"
+                    ) -> list[tuple[int, Path]]:
+    """The (epoch, folder) snapshots that are candidates: all of them, or only the `wanted` epochs (a run
+    that lacks one is refused: the budget would silently differ between methods)."""
+    if not wanted:
+        return list(snapshots)
+    have = {k: p for k, p in snapshots}
+    missing = [k for k in wanted if k not in have]
+    if missing:
+        raise MoxError(f"frontier_epochs: {run} has no epoch {missing[0]} (it has {', '.join(map(str, sorted(have)))})")
+    return [(k, have[k]) for k in sorted(set(wanted))]
 
 
 def _needs_epochs(name: str) -> bool:

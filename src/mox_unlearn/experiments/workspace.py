@@ -71,6 +71,7 @@ class ExperimentConfig(DemoConfig):
     frontier_mu_ratio: float = 0.95  # oracle rule: MU >= this × the target's MU
     frontier_score: str = "min_k"  # retrain-free rule: forget-vs-holdout score (min_k or truth_ratio)
     frontier_max_items: int = 100  # retrain-free rule: validation retain / holdout items, spread over each set
+    frontier_epochs: list[int] = field(default_factory=list)  # stopping epochs evaluated (empty: every epoch)
     validation_retain: str | None = None  # data spec replacing the derived validation retain items
     validation_holdout: str | None = None  # data spec replacing the derived validation holdout items
 
