@@ -61,3 +61,17 @@ def test_an_output_folder_of_other_settings_is_refused(demo, capsys):
     changed = [m if not m.startswith("eval_max_new_tokens") else "eval_max_new_tokens=9" for m in MINI]
     assert main(["demo", "--out", str(demo / "out"), "--cache-dir", str(demo / "cache"), *changed]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_an_evaluation_scored_by_an_older_mox_is_not_reused(tmp_path):
+    """Cached evaluations from before ES / EM / min-k dropped EOS carry no convention record: made again."""
+    from mox_unlearn.demo.run import cached_evaluation
+    from mox_unlearn.evaluate.convention import POSITIONS
+
+    path = tmp_path / "eval.json"
+    assert cached_evaluation(path) is None
+    path.write_text(json.dumps({"summary": {}, "metrics": {}}))
+    assert cached_evaluation(path) is None
+    current = {"summary": {}, "metrics": {}, "convention": {"positions": POSITIONS}}
+    path.write_text(json.dumps(current))
+    assert cached_evaluation(path) == current

@@ -162,27 +162,28 @@ def relative_drop(ref: float | None, value: float | None) -> float:
 # ----------------------------------------------------------------------------- settings and data
 
 
-def check_grid(alphas: Sequence[Any]) -> list[float]:
-    """A valid α grid, ascending: non-empty, numbers, finite, > 0, no duplicates."""
-    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence):
-        raise MoxError(f"α grid must be a list of numbers, got {alphas!r}")
-    values = []
-    for a in alphas:
+def check_grid(values: Sequence[Any], name: str = "α grid", hint: str = " (extrapolation needs α > 0)") -> list[float]:
+    """A valid grid of positive numbers, ascending: non-empty, numbers, finite, > 0, no duplicates. `name`
+    starts every error message (the frontier checks its learning-rate grids with it too)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise MoxError(f"{name} must be a list of numbers, got {values!r}")
+    numbers = []
+    for a in values:
         try:
             if isinstance(a, bool):
                 raise ValueError
-            values.append(float(a))
+            numbers.append(float(a))
         except (TypeError, ValueError):
-            raise MoxError(f"α grid: {a!r} is not a number") from None
-    if not values:
-        raise MoxError("α grid is empty")
-    for a in values:
+            raise MoxError(f"{name}: {a!r} is not a number") from None
+    if not numbers:
+        raise MoxError(f"{name} is empty")
+    for a in numbers:
         if not math.isfinite(a) or a <= 0:
-            raise MoxError(f"α grid: {a:g} is not a finite number > 0 (extrapolation needs α > 0)")
-    if len(set(values)) != len(values):
-        dupes = sorted({a for a in values if values.count(a) > 1})
-        raise MoxError(f"α grid: duplicate values {', '.join(map(_fmt_alpha, dupes))}")
-    return sorted(values)
+            raise MoxError(f"{name}: {a:g} is not a finite number > 0{hint}")
+    if len(set(numbers)) != len(numbers):
+        dupes = sorted({a for a in numbers if numbers.count(a) > 1})
+        raise MoxError(f"{name}: duplicate values {', '.join(map(_fmt_alpha, dupes))}")
+    return sorted(numbers)
 
 
 def check_settings(alphas: Sequence[Any], tolerance: float, p_min: float, score: str, max_items: int | None) -> list[float]:

@@ -134,16 +134,14 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
 
 def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, retain_result: Path | None,
              forget_split: str | None = None) -> dict:
-    """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`; a cached result
-    scored by an older mox, whose min-k / ES / EM still included EOS, is evaluated again)."""
-    from mox_unlearn.evaluate.convention import POSITIONS
+    """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`, see
+    `cached_evaluation`)."""
     from mox_unlearn.evaluate.run import load_eval_model
     from mox_unlearn.evaluate.tofu import evaluate_tofu
 
-    if out.is_file():
-        cached = json.loads(out.read_text())
-        if (cached.get("convention") or {}).get("positions") == POSITIONS:
-            return cached
+    cached = cached_evaluation(out)
+    if cached is not None:
+        return cached
     model, tok = load_eval_model(str(model_dir), "float32")
     result = evaluate_tofu(model, tok, data=str(data), forget_split=forget_split or cfg.forget_split,
                            retain_result=str(retain_result) if retain_result else None,
@@ -152,6 +150,17 @@ def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, reta
     result = {"benchmark": "tofu", "model": str(model_dir), "data": str(data), **result}
     write_text_atomic(out, json.dumps(result) + "\n")
     return result
+
+
+def cached_evaluation(out: Path) -> dict | None:
+    """The evaluation cached in `out`, or None where there is none or it was scored by an older mox (whose
+    min-k / ES / EM still included EOS: its convention record lacks today's positions), so it is made again."""
+    from mox_unlearn.evaluate.convention import POSITIONS
+
+    if not out.is_file():
+        return None
+    cached = json.loads(out.read_text())
+    return cached if (cached.get("convention") or {}).get("positions") == POSITIONS else None
 
 
 def guess_rouge(data: Path, split: str) -> float:

@@ -190,11 +190,8 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
         raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
     fmt = fmt or PromptFormat()
     convention = scoring_convention(tokenizer, fmt)
-    retain = read_retain_truth_ratios(retain_result) if retain_result else None
-    note = None  # checked before the (long) evaluation: a mismatch is known now
-    if retain is not None:
-        note = check_retain_convention(convention, retain[1]["convention"], retain_result,
-                                       allow_mismatch=allow_convention_mismatch)
+    # read and checked before the (long) evaluation: a mismatch is known now
+    retain, note = _read_retain(retain_result, convention, allow_convention_mismatch) if retain_result else (None, None)
     splits = {name: _limit(load_tofu_split(data, pattern.format(forget=forget_split)), limit)
               for name, pattern in SPLITS.items()}
     holdout = _limit(load_tofu_split(data, forget_split.replace("forget", "holdout")), limit)
@@ -234,10 +231,16 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
 
 def add_forget_quality(result: dict, retain_result: str | Path, *, allow_convention_mismatch: bool = False) -> dict:
     """FQ and PrivLeak of a finished TOFU result against a retain model's result file, without evaluating again."""
-    retain = read_retain_truth_ratios(retain_result)
-    note = check_retain_convention(result.get("convention"), retain[1]["convention"], retain_result,
-                                   allow_mismatch=allow_convention_mismatch)
+    retain, note = _read_retain(retain_result, result.get("convention"), allow_convention_mismatch)
     return _compare_with_retain(result, retain, retain_result, note)
+
+
+def _read_retain(retain_result: str | Path, convention: dict | None, allow_mismatch: bool
+                 ) -> tuple[tuple[np.ndarray, dict], str]:
+    """The retain result (truth ratios, metadata) and the outcome of comparing its scoring convention
+    with `convention` (refused on a mismatch unless `allow_mismatch`)."""
+    retain = read_retain_truth_ratios(retain_result)
+    return retain, check_retain_convention(convention, retain[1]["convention"], retain_result, allow_mismatch=allow_mismatch)
 
 
 def _compare_with_retain(result: dict, retain: tuple[np.ndarray, dict] | None, source, note: str | None) -> dict:

@@ -50,28 +50,17 @@ VALIDATION_VERSION = 2  # in the validation cache key: bump when select_alpha's 
 # ----------------------------------------------------------------------------- settings and the plan
 
 
-def _numbers(values: Any, key: str, positive: bool = True) -> list[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise MoxError(f"{key} must be a list of numbers, got {values!r}")
-    out = []
-    for v in values:
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            x = float(v)
-        except (TypeError, ValueError):
-            raise MoxError(f"{key}: {v!r} is not a number") from None
-        if not math.isfinite(x) or (positive and x <= 0):
-            raise MoxError(f"{key}: {v!r} must be a finite number > 0")
-        out.append(x)
-    return out
+def _distinct_ints(values: Any, minimum: int, *, allow_empty: bool) -> bool:
+    """A list of distinct integers ≥ minimum (booleans are not integers here)."""
+    return (isinstance(values, list) and (allow_empty or bool(values)) and len(set(map(str, values))) == len(values)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values))
 
 
 def check_frontier_settings(cfg: Any) -> None:
     """Refuse a frontier setting that cannot run, in one line, before any model is trained."""
     from mox_unlearn.config import UnlearnConfig, apply_mapping
     from mox_unlearn.methods import METHODS, VARIANTS
-    from mox_unlearn.select_alpha import SCORES
+    from mox_unlearn.select_alpha import SCORES, check_grid
 
     methods = cfg.frontier_methods
     unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
@@ -80,22 +69,17 @@ def check_frontier_settings(cfg: Any) -> None:
                        f"{', '.join([*METHODS, *VARIANTS])}")
     if len(set(methods)) != len(methods):
         raise MoxError(f"frontier_methods: duplicate names in {methods}")
-    lrs = _numbers(cfg.frontier_lrs, "frontier_lrs") if cfg.frontier_lrs else []
-    scales = _numbers(cfg.frontier_lr_scales, "frontier_lr_scales")
-    if not (lrs or scales) or len(set(lrs or scales)) != len(lrs or scales):
-        raise MoxError("frontier_lrs / frontier_lr_scales must be a non-empty list of distinct numbers > 0")
-    seeds = cfg.frontier_seeds
-    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise MoxError(f"frontier_seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    explicit = check_grid(cfg.frontier_lrs, "frontier_lrs", "") if cfg.frontier_lrs else []
+    if cfg.frontier_lr_scales or not explicit:  # the scales only matter without explicit learning rates
+        check_grid(cfg.frontier_lr_scales, "frontier_lr_scales", "")
+    if not _distinct_ints(cfg.frontier_seeds, 0, allow_empty=False):
+        raise MoxError(f"frontier_seeds must be a non-empty list of distinct integers >= 0, got {cfg.frontier_seeds!r}")
     if not 0 < cfg.frontier_mu_ratio <= 1:
         raise MoxError(f"frontier_mu_ratio must be in (0, 1], got {cfg.frontier_mu_ratio!r}")
     if cfg.frontier_score not in SCORES:
         raise MoxError(f"frontier_score: unknown score {cfg.frontier_score!r}; valid: {', '.join(SCORES)}")
-    epochs = cfg.frontier_epochs
-    if (not isinstance(epochs, list) or len(set(map(str, epochs))) != len(epochs)
-            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in epochs)):
-        raise MoxError(f"frontier_epochs must be a list of distinct epochs >= 1 (empty: every epoch), got {epochs!r}")
+    if not _distinct_ints(cfg.frontier_epochs, 1, allow_empty=True):
+        raise MoxError(f"frontier_epochs must be a list of distinct epochs >= 1 (empty: every epoch), got {cfg.frontier_epochs!r}")
     if isinstance(cfg.frontier_max_items, bool) or not isinstance(cfg.frontier_max_items, int) or cfg.frontier_max_items < 2:
         raise MoxError(f"frontier_max_items must be an integer >= 2, got {cfg.frontier_max_items!r}")
     for method, grid in cfg.frontier_grids.items():

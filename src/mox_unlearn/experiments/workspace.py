@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mox_unlearn.config import UnlearnConfig, apply_mapping, to_dict
-from mox_unlearn.demo.run import DemoConfig, evaluate, prepare_models
+from mox_unlearn.demo.run import DemoConfig, cached_evaluation, evaluate, prepare_models
 from mox_unlearn.errors import MoxError
 from mox_unlearn.methods import method_variant
 
@@ -276,7 +276,7 @@ class Workspace:
         if not self.retain:
             return None
         path = self._eval_path(self.retain, "retrained", split)
-        if not path.is_file():
+        if cached_evaluation(path) is None:  # missing, or scored by an older mox
             _say(f"evaluating the retain model on {split}")
             evaluate(Path(self.retain), self.data, self.cfg, path, None, forget_split=split)
         return path
