@@ -76,6 +76,12 @@ def test_open_unlearning_retain_log_is_read(tmp_path):
         read_retain_truth_ratios(bad)
     with pytest.raises(MoxError, match="retain result file not found"):
         read_retain_truth_ratios(tmp_path / "missing.json")
+    bad.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {"a": {"score": 0.5}}}}))
+    with pytest.raises(MoxError, match="must map item indices"):
+        read_retain_truth_ratios(bad)
+    bad.write_text(json.dumps({"metrics": {"forget_truth_ratio": {"per_item": ["x", 1]}}}))
+    with pytest.raises(MoxError, match="not a list of numbers"):
+        read_retain_truth_ratios(bad)
 
 
 @pytest.fixture(scope="module")
