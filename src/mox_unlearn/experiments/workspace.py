@@ -282,10 +282,16 @@ class Workspace:
         return path
 
     def _eval_path(self, model: str | Path, label: str, split: str) -> Path:
+        """OUT/evals/<label>-<split>-<key>.json, the key made of everything that shapes the result; where only
+        another label has it (the demo's `npo` row is the frontier's `frontier-npo-...` model), that file."""
         c = self.cfg
         parts = [str(model), split, str(self.data), c.eval_max_new_tokens, c.eval_batch_size, c.max_length]
         key = _key(parts + ([c.eval_limit] if c.eval_limit is not None else []))
-        return self.root / "evals" / f"{label}-{split}-{key}.json"
+        path = self.root / "evals" / f"{label}-{split}-{key}.json"
+        if not path.is_file():
+            same = [p for p in sorted(path.parent.glob(f"*-{split}-{key}.json")) if cached_evaluation(p) is not None]
+            path = same[0] if same else path
+        return path
 
     def evaluate(self, model: str | Path, label: str, split: str | None = None) -> dict:
         """TOFU metrics of `model` on `split`, FQ against the retain model where there is one; cached."""
