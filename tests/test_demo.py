@@ -12,7 +12,8 @@ MINI = ["sizes={n_profiles: 10, n_holdout: 1, n_attributes: 8, n_train_phrasings
         "vocab_size=400", "hidden_size=32", "num_layers=2", "num_heads=2", "intermediate_size=64",
         "general_epochs=1", "profile_epochs=2", "pretrain_lr=1e-3",
         "unlearn={lr: 1e-3, epochs: 2, batch_size: 4, per_device_batch_size: 4}",
-        "methods=[mox, ga]", "alphas=[1.0, 4.0]", "eval_max_new_tokens=8", "eval_batch_size=16"]
+        "methods=[mox, ga]", "alphas=[1.0, 4.0]", "eval_max_new_tokens=8", "eval_batch_size=16",
+        "tuned_settings={frontier_methods: [mox, ga], frontier_lr_scales: [1.0]}"]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,82 @@ def test_miniature_demo_writes_every_output(demo, capsys):
     assert "untuned setting" in (out / "results.md").read_text()  # the table says what it is not
 
 
+def test_miniature_demo_reports_each_method_at_its_picked_setting(demo):
+    """The tuned table: each method at the retrain-free pick and at the oracle's, with the setting picked;
+    its runs at the shared setting are the shared table's runs, trained once."""
+    out = demo / "out"
+    result = json.loads((out / "results.json").read_text())
+    tuned = result["tuned_rows"]
+    assert [(r["method"], r["rule"]) for r in tuned] == [("mox", "retrain-free"), ("mox", "oracle"),
+                                                        ("ga", "retrain-free"), ("ga", "oracle")]
+    frontier = json.loads((out / "frontier" / "frontier.json").read_text())
+    by_id = {r["id"]: r for r in frontier["records"]}
+    for row in tuned:
+        pick = by_id[frontier["selected"][row["method"]]["0"][row["rule"].replace("-", "_")]["id"]]
+        assert row["forget_quality"] == pick["forget_quality"] and row["model_utility"] == pick["model_utility"]
+        knob = "α" if row["method"] == "mox" else "epoch"
+        assert row["picked"].removesuffix(" (fallback)") == f"lr 0.001, {knob} {pick['value']:g}"
+    assert {r["knob"] for r in frontier["records"]} == {"alpha", "epoch"}
+    assert len({r["run"] for r in frontier["records"]}) == 2  # one run per method: the shared ones
+    assert len(list((out / "runs").glob("*/run.json"))) == 2
+    # and each model is evaluated once: the α models are the shared table's (only GA's epochs are new)
+    evals = sorted(p.name.split("-forget10-")[0] for p in (out / "evals").glob("*-forget10-*.json"))
+    assert evals == ["frontier-ga-lr0.001-s0-epoch1", "frontier-ga-lr0.001-s0-epoch2", "ga", "mox-a1", "mox-a4",
+                     "original", "retrained"]
+    md = (out / "results.md").read_text()
+    assert "## Tuned: each method at the setting a rule picks" in md and "| Picked setting |" in md
+    assert (out / "frontier" / "frontier.png").is_file()
+
+
+def test_untuned_demo_says_how_to_get_the_tuned_table(demo, capsys):
+    assert main(["demo", "--untuned", "--out", str(demo / "untuned"), "--cache-dir", str(demo / "cache"), *MINI]) == 0
+    result = json.loads((demo / "untuned" / "results.json").read_text())
+    assert result["tuned_rows"] == [] and not (demo / "untuned" / "frontier").exists()
+    said = capsys.readouterr().out
+    assert "No tuned table" in said and f"mox experiment frontier --config demo --out {demo / 'untuned'}" in said
+    assert "No tuned table" in (demo / "untuned" / "results.md").read_text()
+    first = json.loads((demo / "out" / "results.json").read_text())["rows"]
+    assert result["rows"] == first  # the shared table does not depend on the tuned one
+
+
+def test_the_printed_frontier_command_reuses_the_demo_runs(demo, capsys):
+    """What the untuned demo tells the user to run adds the tuned table to its folder without training the
+    shared runs again (same workspace keys)."""
+    out = demo / "untuned"
+    if not (out / "results.json").is_file():
+        assert main(["demo", "--untuned", "--out", str(out), "--cache-dir", str(demo / "cache"), *MINI]) == 0
+    runs = sorted(p.parent.name for p in (out / "runs").glob("*/run.json"))
+    capsys.readouterr()
+    assert main(["experiment", "frontier", "--config", "demo", "--out", str(out), "--cache-dir", str(demo / "cache"),
+                 *MINI, "frontier_methods=[mox, ga]", "frontier_lr_scales=[1.0]", "frontier_seeds=[0]"]) == 0
+    assert "training" not in capsys.readouterr().out
+    assert sorted(p.parent.name for p in (out / "runs").glob("*/run.json")) == runs
+    assert (out / "frontier" / "frontier.json").is_file()
+
+
+def test_a_bad_tuned_setting_is_refused_before_any_work(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), *MINI]
+    assert main([*args, "tuned_settings={frontier_methods: [mox, nope]}"]) == 2
+    assert "frontier_methods: unknown method 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    assert main([*args, "tuned_settings={no_such_key: 1}"]) == 2
+    assert "tuned_settings: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_names_a_packaged_preset(tmp_path):
+    from mox_unlearn.cli import preset_path
+    from mox_unlearn.errors import MoxError
+
+    assert preset_path("demo-fast").endswith("resources/demo-fast.yaml")
+    assert preset_path("demo.yaml").endswith("resources/demo.yaml")
+    mine = tmp_path / "demo"
+    mine.write_text("seed: 1\n")
+    assert preset_path(str(mine)) == str(mine)  # a file of that name wins
+    with pytest.raises(MoxError, match="config file not found: configs/demo-fast.yaml"):
+        preset_path("configs/demo-fast.yaml")
+
+
 def test_second_demo_reuses_the_trained_models(demo, capsys):
     cache_runs = sorted(p for p in (demo / "cache").glob("*/*/run.json"))
     stamps = [p.stat().st_mtime for p in cache_runs]
@@ -48,7 +125,7 @@ def test_second_demo_reuses_the_trained_models(demo, capsys):
 
 
 def test_report_renders_demo_and_eval_files(demo, tmp_path):
-    evals = sorted((demo / "out" / "evals").glob("*.json"))
+    evals = sorted((demo / "out" / "evals").glob("original-*.json"))
     assert main(["report", str(demo / "out" / "results.json"), str(evals[0]), "--out", str(tmp_path / "rep")]) == 0
     rows = json.loads((tmp_path / "rep" / "results.json").read_text())["rows"]
     assert len(rows) == 6 and (tmp_path / "rep" / "fq_mu.png").is_file()

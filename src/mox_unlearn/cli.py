@@ -55,8 +55,9 @@ EVAL_EXAMPLE = """example:
 
 DEMO_EXAMPLE = """example:
   mox demo --fast                 # a few methods, small sizes: about 3 minutes on 2 CPU cores
-  mox demo --out mox-demo         # every method, the full table and plots
-  mox demo unlearn.lr=5e-4        # any demo setting as key=value (see configs/demo.yaml)"""
+  mox demo --out mox-demo         # every method at one shared setting, then the main ones tuned; plots
+  mox demo --untuned              # the shared-setting table only
+  mox demo unlearn.lr=5e-4        # any demo setting as key=value (the preset: mox_unlearn/resources/demo.yaml)"""
 
 
 EXPERIMENT_EXAMPLE = """example:
@@ -189,8 +190,11 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the paper's Table 1 in miniature: CPU, minutes, no download", epilog=DEMO_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--fast", action="store_true", help="fewer methods and smaller sizes (configs/demo-fast.yaml)")
-    d.add_argument("--config", help="demo YAML (default: the packaged demo or demo-fast preset)")
+    d.add_argument("--fast", action="store_true", help="fewer methods and smaller sizes, no tuned table "
+                   "(the packaged demo-fast preset)")
+    d.add_argument("--untuned", action="store_true", help="only the shared-setting table (no tuned table)")
+    d.add_argument("--config", help="demo YAML, or a packaged preset by name: demo, demo-fast (default: demo, or "
+                   "demo-fast with --fast)")
     d.add_argument("--out", default="mox-demo", help="output folder (default ./mox-demo)")
     d.add_argument("--cache-dir", help="trained-model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
     d.add_argument("--seed", type=int)
@@ -202,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     x.add_argument("-h", "--help", action=_ExperimentHelp, help="show this help, with every experiment, and exit")
     x.add_argument("name", help="experiment name, or `list`")
-    x.add_argument("--config", help="YAML of demo + experiment settings (default: the packaged demo preset)")
+    x.add_argument("--config", help="YAML of demo + experiment settings, or a packaged preset by name: demo, "
+                   "demo-fast (default: demo)")
     x.add_argument("--out", default="mox-experiments", help="workspace folder shared by experiments (default ./mox-experiments)")
     x.add_argument("--cache-dir", help="demo model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
     x.add_argument("--seed", type=int)
@@ -295,14 +300,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+PRESETS = ("demo", "demo-fast")  # packaged configs (mox_unlearn/resources/<name>.yaml), named in --config
+
+
+def preset_path(config: str) -> str:
+    """--config as given where such a file exists, else the packaged preset of that name (`demo`, `demo-fast`,
+    also with .yaml); anything else is a missing file, refused in one line."""
     from importlib import resources
 
+    if Path(config).is_file():
+        return config
+    name = config[:-5] if config.endswith(".yaml") else config
+    if Path(name).name == name and name in PRESETS:
+        return str(resources.files("mox_unlearn").joinpath("resources", f"{name}.yaml"))
+    raise MoxError(f"config file not found: {config} (or a packaged preset: {', '.join(PRESETS)})")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from mox_unlearn.config import load_config
     from mox_unlearn.demo.run import DemoConfig, default_cache_dir, run_demo
 
-    preset = args.config or str(resources.files("mox_unlearn").joinpath("resources", "demo-fast.yaml" if args.fast else "demo.yaml"))
-    cfg = load_config(preset, args.overrides, {"seed": args.seed}, cls=DemoConfig)
+    name = args.config or ("demo-fast" if args.fast else "demo")
+    cfg = load_config(preset_path(name), args.overrides, {"seed": args.seed, "tuned": False if args.untuned else None},
+                      cls=DemoConfig)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "results.json").exists() and not (out / "runs").exists():
         raise MoxError(f"--out {out} exists and is not a demo folder")
@@ -310,13 +330,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(out)
-    run_demo(cfg, out, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    run_demo(cfg, out, Path(args.cache_dir) if args.cache_dir else default_cache_dir(), config_arg=name)
     return 0
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from importlib import resources
-
     from mox_unlearn.config import load_config
     from mox_unlearn.demo.run import default_cache_dir
     from mox_unlearn.experiments import EXPERIMENTS, ExperimentConfig, get_experiment, run_experiment
@@ -326,8 +344,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print("\n".join(f"{name:<{width}}  {desc}" for name, (_, desc) in EXPERIMENTS.items()))
         return 0
     get_experiment(args.name)  # an unknown name fails before any work
-    preset = args.config or str(resources.files("mox_unlearn").joinpath("resources", "demo.yaml"))
-    cfg = load_config(preset, args.overrides, {"seed": args.seed}, cls=ExperimentConfig)
+    cfg = load_config(preset_path(args.config or "demo"), args.overrides, {"seed": args.seed}, cls=ExperimentConfig)
     result = run_experiment(args.name, cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     print("written: " + ", ".join(result["files"]))
     return 0

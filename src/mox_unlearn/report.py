@@ -19,7 +19,8 @@ from mox_unlearn.modelio import write_text_atomic
 
 COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
 HEADERS = {"name": "Model", "method": "Method", "alpha": "α", "forget_quality": "FQ (↑)",
-           "model_utility": "MU (↑)", "forget_rouge": "F-RL (↓)", "retain_rouge": "R-RL (↑)"}
+           "model_utility": "MU (↑)", "forget_rouge": "F-RL (↓)", "retain_rouge": "R-RL (↑)",
+           "rule": "Rule", "picked": "Picked setting"}
 
 
 def row_from_eval(result: dict, name: str, method: str | None = None, alpha: float | None = None) -> dict:
@@ -55,22 +56,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+def markdown_table(rows: Sequence[dict], extra: Sequence[str] = ()) -> str:
+    """The rows under COLUMNS (plus the `extra` columns, e.g. the tuned table's rule and picked setting)."""
+    columns = (*COLUMNS, *extra)
+    lines = ["| " + " | ".join(HEADERS[c] for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def text_table(rows: Sequence[dict]) -> str:
-    cells = [[HEADERS[c] for c in COLUMNS]] + [[_fmt(r.get(c)) for c in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+def text_table(rows: Sequence[dict], extra: Sequence[str] = ()) -> str:
+    columns = (*COLUMNS, *extra)
+    cells = [[HEADERS[c] for c in columns]] + [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells)
 
 
+SECTION_COLUMNS = ("rule", "picked")  # the extra columns of a results.md section (tuned table)
+
+
 def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None,
-                 note: str = "") -> list[Path]:
+                 note: str = "", sections: Sequence[tuple[str, str, Sequence[dict]]] = ()) -> list[Path]:
     """results.json / results.csv / results.md (with `note` under the title) plus fq_mu.png and (with MOX α
-    rows) alpha_sweep.png."""
+    rows) alpha_sweep.png. Each (heading, note, rows) of `sections` follows the main table in results.md
+    (the rows with their rule and picked setting; a note alone where there are no rows)."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
     buf = io.StringIO()
@@ -78,7 +86,10 @@ def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", ext
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "results.csv", buf.getvalue())
-    write_text_atomic(out / "results.md", f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n")
+    md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n"
+    for heading, text, section in sections:
+        md += f"\n## {heading}\n\n{text}\n" + (f"\n{markdown_table(section, SECTION_COLUMNS)}\n" if section else "")
+    write_text_atomic(out / "results.md", md)
     written = [out / "results.json", out / "results.csv", out / "results.md", plot_fq_mu(rows, out / "fq_mu.png")]
     sweep = plot_alpha_sweep(rows, out / "alpha_sweep.png")
     return written + ([sweep] if sweep else [])

@@ -7,7 +7,11 @@
 3. Check the quality gates: the target knows the forget set, the benchmark tells target and retain
    apart, the retain model only guesses on the forget set.
 4. Unlearn the forget split with MOX (α sweep from one θ_mem, targeted, momentum) and every baseline,
-   with one shared set of hyper-parameters; evaluate each with the TOFU metrics; write the table and plots.
+   with one shared set of hyper-parameters; evaluate each with the TOFU metrics.
+5. The tuned table (full demo): the main methods over a learning-rate grid, each at the stopping epoch or α
+   that the retrain-free rule picks, next to the oracle's pick (experiments/frontier.py, one seed).
+Steps 4 and 5 run in an experiments workspace in OUT (experiments/workspace.py), which caches every run and
+evaluation by its settings; then the tables and plots are written.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from typing import Any
 
 from mox_unlearn.config import UnlearnConfig, apply_mapping
 from mox_unlearn.errors import MoxError
-from mox_unlearn.methods import method_variant
 from mox_unlearn.modelio import write_text_atomic
 
 ALL_METHODS = ["mox", "mox-targeted", "mox-momentum", "ga", "graddiff", "kl", "npo", "simnpo", "idkpo", "dpo",
@@ -58,6 +61,10 @@ class DemoConfig:
     gate_target_rouge: float = 0.9
     gate_fq: float = 1e-5
     gate_guess_margin: float = 0.15
+    # the tuned table (mox demo only): the frontier's methods over its lr grid with this seed, each reported at
+    # the setting the retrain-free rule picks (experiments/frontier.py); false: the shared-setting table only
+    tuned: bool = True
+    tuned_settings: dict[str, Any] = field(default_factory=dict)  # frontier settings, e.g. {frontier_methods: [mox, npo]}
 
 
 def default_cache_dir() -> Path:
@@ -189,60 +196,119 @@ def check_gates(target: dict, retain: dict, guess: float, cfg: DemoConfig) -> li
 
 # ----------------------------------------------------------------------------- unlearning runs
 
-
-def _unlearn_cfg(cfg: DemoConfig, name: str, target: Path, data: Path, out: Path) -> UnlearnConfig:
-    method, settings = method_variant(name)
-    u = UnlearnConfig(model=str(target), forget=str(data / f"{cfg.forget_split}.jsonl"),
-                      retain=str(data / f"retain{100 - int(cfg.forget_split[-2:])}.jsonl"), out=str(out),
-                      method=method, max_length=cfg.max_length, seed=cfg.seed, checkpoint_every=0,
-                      save_memorized=(name == "mox"))
-    apply_mapping(u, cfg.unlearn)
-    apply_mapping(u, settings)
-    return u
+# the tuned table's methods and learning-rate grid: the frontier's defaults (experiments/frontier.py)
+TUNED_DEFAULTS = {"frontier_methods": ["mox", "npo", "graddiff", "simnpo", "ga"], "frontier_lr_scales": [1 / 3, 1.0, 3.0]}
 
 
-def run_method(name: str, cfg: DemoConfig, models: dict, out: Path) -> list[tuple[str, Path, float | None]]:
-    """Train one method (cached by its run.json); returns (row name, model folder, α) per model to evaluate."""
-    from mox_unlearn.extrapolate import alpha_label, extrapolate_folders
-    from mox_unlearn.train import unlearn
+def workspace_config(cfg: DemoConfig):
+    """The experiments workspace's config for this demo: the same models and shared settings; the tuned
+    table's frontier over `tuned_settings` and the demo's one seed. Per-epoch weights are kept (as every
+    experiment keeps them) for the tuned methods only, whose shared-setting run is then the same run as the
+    frontier's at that lr, here and in `mox experiment frontier --out` this folder (see `run_method`)."""
+    from mox_unlearn.experiments.workspace import ExperimentConfig, check_settings
 
-    run_dir = out / "runs" / name
-    u = _unlearn_cfg(cfg, name, models["target"], models["data"], run_dir)
-    if not (run_dir / "run.json").is_file():
-        unlearn(u, overwrite=True, argv=[f"mox demo ({name})"])
+    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    x = ExperimentConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields})
+    apply_mapping(x, {**TUNED_DEFAULTS, "frontier_seeds": [cfg.seed]})
+    try:
+        apply_mapping(x, cfg.tuned_settings)
+    except MoxError as e:
+        raise MoxError(f"tuned_settings: {e}") from None
+    check_settings(x)
+    return x
+
+
+def run_method(name: str, cfg: DemoConfig, ws) -> list[tuple[str, Path, float | None]]:
+    """Train one method in the workspace (cached by its settings); returns (row name, model folder, α) per
+    model to evaluate. A run the tuned table also needs (same lr and seed) is the same run, trained once;
+    the other methods keep no per-epoch weights (~6 MB each for the demo model, 10 epochs)."""
+    from mox_unlearn.extrapolate import alpha_label
+
+    run, u = ws.run_method(name, **({} if name in ws.cfg.frontier_methods else {"save_epochs": False}))
     if name != "mox":
         alpha = u.alpha if name.startswith("mox") or name == "tv" else None
-        return [(name, run_dir / "model", alpha)]
-    sweep = out / "runs" / "mox-alphas"
-    if not sweep.is_dir():  # Eq. 8 for every α from the one θ_mem, in one pass
-        extrapolate_folders(models["target"], run_dir / "memorized", cfg.alphas, sweep, shard_size="2GB",
-                            progress=False)
-    if len(cfg.alphas) == 1:
-        return [(f"mox-a{alpha_label(cfg.alphas[0])}", sweep, cfg.alphas[0])]
-    return [(f"mox-a{alpha_label(a)}", sweep / f"alpha-{alpha_label(a)}", a) for a in cfg.alphas]
+        return [(name, run / "model", alpha)]
+    models = ws.extrapolated(ws.target, run / "memorized", cfg.alphas)  # Eq. 8 for every α from one θ_mem
+    return [(f"mox-a{alpha_label(a)}", m, a) for a, m in zip(cfg.alphas, models)]
+
+
+def tuned_rows(result: dict) -> list[dict]:
+    """The tuned table: each method's pick by the retrain-free rule, then by the oracle, with the setting
+    picked (one seed: the demo's)."""
+    from mox_unlearn.experiments.frontier import ORACLE, RETRAIN_FREE
+    from mox_unlearn.report import COLUMNS
+
+    by_id = {r["id"]: r for r in result["records"]}
+    rows = []
+    for method, by_seed in result["selected"].items():
+        for rule in (RETRAIN_FREE, ORACLE):
+            for pick in (p[rule] for p in by_seed.values()):
+                r = by_id.get(pick["id"])
+                if r is None:
+                    continue
+                fallback = not (pick.get("qualified", True) and pick.get("utility_ok", True))
+                knob = "α" if r["knob"] == "alpha" else r["knob"]
+                grid = r["setting"].split(", ")[1:]  # the setting's own grid values, after its lr
+                picked = ", ".join([f"lr {r['lr']:.3g}", *grid, f"{knob} {r['value']:g}"])
+                rows.append({"name": method, "method": method, "alpha": r["value"] if r["knob"] == "alpha" else None,
+                             **{k: r.get(k) for k in COLUMNS[3:]}, "rule": rule.replace("_", "-"),
+                             "picked": picked + (" (fallback)" if fallback else "")})
+    return rows
 
 
 def _claim_out(out: Path, cfg: DemoConfig) -> None:
     """OUT reuses finished runs and evaluations, so it must belong to the same settings."""
-    marker = out / "demo-config.json"
-    current = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    marker = out / "demo-config.json"  # the tuned table may be added or left out: its runs are keyed apart
+    current = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "tuned"}, sort_keys=True)
     if marker.is_file() and marker.read_text() != current:
         raise MoxError(f"{out} holds a demo made with other settings; use --overwrite or another --out")
     marker.write_text(current)
 
 
 def untuned_note(cfg: DemoConfig) -> str:
-    """What the table is and is not: one shared setting and one seed, and where the tuned comparison is."""
+    """What the shared table is and is not: one setting and one seed, and where the tuned comparison is."""
     default = UnlearnConfig()
     lr, epochs = cfg.unlearn.get("lr", default.lr), cfg.unlearn.get("epochs", default.epochs)
+    where = ("the tuned table below (one seed) and, over three seeds, `mox experiment frontier` (docs/frontier.md)"
+             if cfg.tuned else "`mox experiment frontier` (docs/frontier.md)")
     return (f"One shared, untuned setting for every method (lr {float(lr):g}, {epochs} epochs) and "
-            f"one seed ({cfg.seed}): the ranking changes with the learning rate. Every method tuned alike over "
-            "three seeds, picked by a fixed rule: `mox experiment frontier` (docs/frontier.md).")
+            f"one seed ({cfg.seed}): the ranking changes with the learning rate. Every method tuned alike, picked "
+            f"by a fixed rule: {where}.")
 
 
-def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
-    """The whole demo; returns the results dict that is also written to OUT/results.json."""
-    from mox_unlearn.evaluate.tofu import add_forget_quality
+def tuned_note(result: dict, fcfg: dict, cfg: DemoConfig) -> str:
+    """What the tuned table is: grid, knob, the two rules, and where the full frontier output is."""
+    lrs = ", ".join(f"{lr:.3g}" for lr in sorted({r["lr"] for r in result["records"]}))
+    alphas = ", ".join(f"{a:g}" for a in cfg.alphas)
+    stops = ("every epoch" if not fcfg["frontier_epochs"]
+             else "epoch " + ", ".join(map(str, sorted(fcfg["frontier_epochs"]))))
+    return (f"Each method trained at lr {lrs} (seed {cfg.seed}) and stopped at {stops}, or for MOX "
+            f"extrapolated at α {alphas}; **retrain-free**: the pick a practitioner can make "
+            f"(forget set most like unseen holdout data while validation retain utility stays within "
+            f"{fcfg['select_tolerance']:.0%} of the original; never reads test FQ); **oracle**: the highest test FQ "
+            f"with MU ≥ {fcfg['frontier_mu_ratio']:g} × the original's (needs the retrained model). One seed: "
+            "differences between methods below the seed spread of docs/frontier.md mean nothing. Every candidate and "
+            "plot: frontier/frontier.{md,json,png}.")
+
+
+def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
+    """Why there is no tuned table, and the one command that adds it to the same folder."""
+    n_lr = len(xcfg.frontier_lrs or xcfg.frontier_lr_scales)
+    # a knob needs more than the table's α columns: the full demo's grid, as docs/frontier.md runs it
+    finer = ' "alphas=[0.5,1,2,4,8]"' if len(xcfg.alphas) < 3 else ""
+    return (f"No tuned table (tuned: false, or --untuned): it trains each of {len(xcfg.frontier_methods)} methods at "
+            f"{n_lr} learning rates and evaluates every stopping epoch or α, more than this demo's time allows "
+            "(`mox demo --fast` stays under 3 minutes). Make it in this folder, reusing the runs above, with "
+            f"`mox experiment frontier --config {config_arg} --out {out}{finer}`; docs/frontier.md has it over "
+            "three seeds.")
+
+
+def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "demo") -> dict:
+    """The whole demo; returns the results dict that is also written to OUT/results.json.
+
+    OUT is an experiments workspace (experiments/workspace.py): runs, derived models and evaluations are
+    cached there by their settings, so `mox experiment ... --out OUT` with the same config reuses them."""
+    from mox_unlearn.experiments.workspace import Workspace
     from mox_unlearn.methods import METHODS
     from mox_unlearn.report import row_from_eval, text_table, write_report
 
@@ -250,16 +316,14 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
     if unknown:
         raise MoxError(f"unknown demo methods {unknown}; valid: {', '.join(ALL_METHODS)}")
     start = time.perf_counter()
+    xcfg = workspace_config(cfg)  # a bad tuned setting fails here, before anything is trained or written
     out.mkdir(parents=True, exist_ok=True)
     _claim_out(out, cfg)
-    models = prepare_models(cfg, cache_dir)
-    data = models["data"]
-    evals = out / "evals"
+    ws = Workspace(xcfg, out, cache_dir)
+    data = Path(ws.data)
     _say("evaluating the target (original) and retain (retrained) models")
-    retain_file = evals / "retrained.json"
-    # the retrained row's FQ is against itself (1.0): computed from its result, not a second evaluation
-    retain_eval = add_forget_quality(evaluate(models["retain"], data, cfg, retain_file, None), retain_file)
-    target_eval = evaluate(models["target"], data, cfg, evals / "original.json", retain_file)
+    retain_eval = ws.evaluate(ws.retain, "retrained")  # FQ against itself (1.0), from its own result
+    target_eval = ws.evaluate(ws.target, "original")
     guess = guess_rouge(data, cfg.forget_split)
     gates = check_gates(target_eval, retain_eval, guess, cfg)
     for g in gates:
@@ -269,17 +333,31 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path) -> dict:
     for i, name in enumerate(cfg.methods, 1):
         _say(f"[{i}/{len(cfg.methods)}] {name}")
         t0 = time.perf_counter()
-        for row_name, model_dir, alpha in run_method(name, cfg, models, out):
-            result = evaluate(model_dir, data, cfg, evals / f"{row_name}.json", retain_file)
-            rows.append(row_from_eval(result, row_name, name.split("-")[0], alpha))
+        for row_name, model_dir, alpha in run_method(name, cfg, ws):
+            rows.append(row_from_eval(ws.evaluate(model_dir, row_name), row_name, name.split("-")[0], alpha))
         timings[name] = round(time.perf_counter() - t0, 1)
+    tuned: list[dict] = []
+    if cfg.tuned:
+        from mox_unlearn.experiments.frontier import frontier
+
+        _say(f"tuned table: {', '.join(xcfg.frontier_methods)} over the learning-rate grid (runs at the shared "
+             "setting are reused)")
+        t0 = time.perf_counter()
+        result = frontier(ws, show=False)
+        timings["tuned"] = round(time.perf_counter() - t0, 1)
+        tuned = tuned_rows(result)
+        second = ("Tuned: each method at the setting a rule picks", tuned_note(result, dataclasses.asdict(xcfg), cfg))
+    else:
+        second = ("Tuned", skipped_note(xcfg, out, config_arg))
     seconds = round(time.perf_counter() - start, 1)
-    extra = {"gates": gates, "guess_rouge": guess, "config": dataclasses.asdict(cfg), "cache": str(models["root"]),
-             "seconds": seconds, "method_seconds": timings}
+    extra = {"tuned_rows": tuned, "gates": gates, "guess_rouge": guess, "config": dataclasses.asdict(cfg),
+             "cache": str(ws.cache), "seconds": seconds, "method_seconds": timings}
     note = untuned_note(cfg)
     write_report(rows, out, title=f"mox demo: TOFU-style metrics on {cfg.forget_split} of fictitious profiles",
-                 extra=extra, note=note)
+                 extra=extra, note=note, sections=[(*second, tuned)])
     _say("\n" + text_table(rows) + "\n" + note)
-    _say(f"\n{len(rows)} models evaluated in {seconds:.0f} s; results in {out}/results.{{md,csv,json}}, plots fq_mu.png"
-         + (", alpha_sweep.png" if (out / "alpha_sweep.png").exists() else ""))
+    _say(f"\n{second[0]}\n" + (text_table(tuned, extra=("rule", "picked")) + "\n" if tuned else "") + second[1])
+    _say(f"\n{len(rows) + len(tuned)} rows in {seconds:.0f} s; results in {out}/results.{{md,csv,json}}, plots fq_mu.png"
+         + (", alpha_sweep.png" if (out / "alpha_sweep.png").exists() else "")
+         + (", frontier/frontier.png" if tuned else ""))
     return {"rows": rows, **extra}

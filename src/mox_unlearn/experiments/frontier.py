@@ -386,9 +386,10 @@ def _needs_epochs(name: str) -> bool:
     return not get_method(method).extrapolate or bool(settings.get("momentum"))
 
 
-def frontier(ws: Workspace) -> dict:
+def frontier(ws: Workspace, show: bool = True) -> dict:
     """Train every method × lr × setting × seed once, evaluate every knob value on test and validation
-    statistics, pick per method and seed with both rules, and write the table and plots."""
+    statistics, pick per method and seed with both rules, and write the table and plots (and print the
+    table where `show`)."""
     cfg = ws.cfg
     start = time.perf_counter()  # the settings were checked when the workspace was made (check_settings)
     target = ws.evaluate(ws.target, "original")
@@ -424,7 +425,7 @@ def frontier(ws: Workspace) -> dict:
     extra_json = {"records": records, "selected": selected, "summary": summary, "reference": reference_rows,
                   "validation": {**val_info, "reference": val_ref}, "target_mu": target_mu,
                   "mu_bar": cfg.frontier_mu_ratio * target_mu, "seconds": seconds, "config": config_dict(cfg)}
-    return _write(ws, summary, extra_json)
+    return _write(ws, summary, extra_json, show)
 
 
 # ----------------------------------------------------------------------------- output
@@ -463,7 +464,7 @@ def _note(extra: Mapping[str, Any]) -> str:
             f"{extra['seconds']:.0f} s.")
 
 
-def _write(ws: Workspace, summary: list[dict], extra: dict) -> dict:
+def _write(ws: Workspace, summary: list[dict], extra: dict, show: bool = True) -> dict:
     from mox_unlearn.report import write_table
     from mox_unlearn.select_alpha import _json_safe
 
@@ -471,7 +472,8 @@ def _write(ws: Workspace, summary: list[dict], extra: dict) -> dict:
     files = write_table(display_rows(summary), out, "frontier", title=f"Tuned frontier on {ws.cfg.forget_split}",
                         extra=_json_safe(extra), note=_note(extra))
     files += [plot_frontier(extra, out / "frontier.png"), plot_seeds(extra, out / "frontier-seeds.png")]
-    print("\n" + (out / "frontier.md").read_text(), flush=True)
+    if show:
+        print("\n" + (out / "frontier.md").read_text(), flush=True)
     return {"rows": summary, "records": extra["records"], "selected": extra["selected"], "files": [str(f) for f in files]}
 
 
