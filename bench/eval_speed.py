@@ -23,7 +23,6 @@ from mox_unlearn.data import load_records
 from mox_unlearn.evaluate.tofu import evaluate_tofu
 from mox_unlearn.tiny import build_tiny_llama, build_tokenizer
 
-
 SPLITS = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 
 
@@ -39,29 +38,42 @@ def main() -> None:
     texts = [f"{r['question']} {r['answer']}" for r in load_records(str(Path(args.data) / "full.jsonl")).records]
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(texts, vocab_size=4096)
-        path = build_tiny_llama(tmp, tok, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
-                                max_position_embeddings=1024)
+        path = build_tiny_llama(
+            tmp, tok, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=1024
+        )
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         rows = []
         for bs in (args.batch_size, 1):
             start = time.perf_counter()
-            result = evaluate_tofu(model, tok, data=args.data, forget_split="forget10", batch_size=bs,
-                                   limit=args.limit or None)
+            result = evaluate_tofu(
+                model, tok, data=args.data, forget_split="forget10", batch_size=bs, limit=args.limit or None
+            )
             seconds = time.perf_counter() - start
-            items = sum(min(len(load_records(str(Path(args.data) / f"{split}.jsonl")).records), args.limit or 10**9)
-                        for split in SPLITS)
-            rows.append({"batch_size": bs, "items": items, "seconds": round(seconds, 2),
-                         "items_per_s": round(items / seconds, 3), "model_utility": result["summary"]["model_utility"],
-                         "forget_truth_ratio": result["metrics"]["forget_truth_ratio"]["value"],
-                         "retain_probability": result["metrics"]["retain_probability"]["value"],
-                         "ra_probability": result["metrics"]["ra_probability"]["value"]})
+            items = sum(
+                min(len(load_records(str(Path(args.data) / f"{split}.jsonl")).records), args.limit or 10**9)
+                for split in SPLITS
+            )
+            rows.append(
+                {
+                    "batch_size": bs,
+                    "items": items,
+                    "seconds": round(seconds, 2),
+                    "items_per_s": round(items / seconds, 3),
+                    "model_utility": result["summary"]["model_utility"],
+                    "forget_truth_ratio": result["metrics"]["forget_truth_ratio"]["value"],
+                    "retain_probability": result["metrics"]["retain_probability"]["value"],
+                    "ra_probability": result["metrics"]["ra_probability"]["value"],
+                }
+            )
     keys = ("model_utility", "forget_truth_ratio", "retain_probability", "ra_probability")
     print(f"{'batch size':>10}  {'items':>5}  {'seconds':>8}  {'items/s':>8}  " + "  ".join(keys))
     for r in rows:
-        print(f"{r['batch_size']:>10}  {r['items']:>5}  {r['seconds']:>8}  {r['items_per_s']:>8}  "
-              + "  ".join(f"{r[k]:.6g}" for k in keys))
+        print(
+            f"{r['batch_size']:>10}  {r['items']:>5}  {r['seconds']:>8}  {r['items_per_s']:>8}  "
+            + "  ".join(f"{r[k]:.6g}" for k in keys)
+        )
     same = all(abs(rows[0][k] - rows[1][k]) <= 1e-4 * max(1.0, abs(rows[1][k])) for k in keys)
     print(f"speed-up of batching: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x (same numbers within 1e-4: {same})")
     if args.json:

@@ -61,8 +61,11 @@ def layer_shapes(i: int) -> list[tuple[str, tuple[int, ...]]]:
 def model_shapes(size_bytes: int, itemsize: int) -> list[tuple[str, tuple[int, ...]]]:
     """Embedding + N decoder layers + norm + lm_head, with N chosen to land near `size_bytes`."""
     numel = lambda shapes: sum(math.prod(s) for _, s in shapes)  # noqa: E731
-    ends = [("model.embed_tokens.weight", (VOCAB, HIDDEN)), ("model.norm.weight", (HIDDEN,)),
-            ("lm_head.weight", (VOCAB, HIDDEN))]
+    ends = [
+        ("model.embed_tokens.weight", (VOCAB, HIDDEN)),
+        ("model.norm.weight", (HIDDEN,)),
+        ("lm_head.weight", (VOCAB, HIDDEN)),
+    ]
     per_layer = numel(layer_shapes(0)) * itemsize
     n_layers = max(1, round((size_bytes - numel(ends) * itemsize) / per_layer))
     layers = [t for i in range(n_layers) for t in layer_shapes(i)]
@@ -94,9 +97,17 @@ def build_checkpoint(out: Path, shapes, n_shards: int, dtype, seed: int) -> None
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     n_layers = sum(1 for n, _ in shapes if n.endswith("input_layernorm.weight"))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB,
-              "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": n_layers,
-              "num_attention_heads": 16, "num_key_value_heads": 16, "dtype": str(dtype).split(".")[-1]}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTER,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "dtype": str(dtype).split(".")[-1],
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -115,8 +126,9 @@ def child_main(args: argparse.Namespace) -> None:
         copy_inputs(Path(args.ref), Path(args.mem), Path(args.out), args.copies, args.shard_size)
     elif args.child == "extrapolate":
         alphas = [float(a) for a in args.alphas.split(",")]
-        extrapolate_folders(Path(args.ref), Path(args.mem), alphas, Path(args.out),
-                            shard_size=args.shard_size, progress=False)
+        extrapolate_folders(
+            Path(args.ref), Path(args.mem), alphas, Path(args.out), shard_size=args.shard_size, progress=False
+        )
     elif args.child == "idle":
         time.sleep(0.3)
     print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
@@ -190,8 +202,13 @@ def run_case(argv: list[str], script: str = __file__) -> dict:
         sys.exit(f"case {argv} failed (exit {proc.returncode}):\n{err[-3000:]}")
     child_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     result = json.loads(out.strip().splitlines()[-1])
-    return {"seconds": result["seconds"], "peak_rss_anon_bytes": peak * 1024, "samples": samples,
-            "child_cpu_s": child_cpu, "other_cpu_s": max(0.0, busy1 - busy0 - child_cpu)}
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_anon_bytes": peak * 1024,
+        "samples": samples,
+        "child_cpu_s": child_cpu,
+        "other_cpu_s": max(0.0, busy1 - busy0 - child_cpu),
+    }
 
 
 def dir_bytes(path: Path) -> int:
@@ -201,15 +218,24 @@ def dir_bytes(path: Path) -> int:
 def machine() -> dict:
     model = ""
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     import torch
 
     mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
-    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": round(int(mem) / 2**20, 1),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(int(mem) / 2**20, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def measure(argv: list[str], read_bytes: int, out: Path, wait_idle: float) -> dict:
@@ -227,23 +253,34 @@ def summarize(name: str, n_alpha: int, runs: list[dict]) -> dict:
     """Median time over repeats (the machine is shared and noisy), worst memory peak."""
     secs = statistics.median(r["seconds"] for r in runs)
     first = runs[0]
-    return {"case": name, "n_alpha": n_alpha, "seconds": secs, "seconds_all": [r["seconds"] for r in runs],
-            "read_bytes": first["read_bytes"], "written_bytes": first["written_bytes"],
-            "bytes_per_s": (first["read_bytes"] + first["written_bytes"]) / secs,
-            "peak_rss_anon_bytes": max(r["peak_rss_anon_bytes"] for r in runs),
-            "other_cpu_s_max": max(r["other_cpu_s"] for r in runs), "runs": runs}
+    return {
+        "case": name,
+        "n_alpha": n_alpha,
+        "seconds": secs,
+        "seconds_all": [r["seconds"] for r in runs],
+        "read_bytes": first["read_bytes"],
+        "written_bytes": first["written_bytes"],
+        "bytes_per_s": (first["read_bytes"] + first["written_bytes"]) / secs,
+        "peak_rss_anon_bytes": max(r["peak_rss_anon_bytes"] for r in runs),
+        "other_cpu_s_max": max(r["other_cpu_s"] for r in runs),
+        "runs": runs,
+    }
 
 
 def print_table(rows: list[dict], baseline: int) -> None:
     mib = lambda b: b / 2**20  # noqa: E731
-    print(f"\n{'case':<12}{'wall s (median)':>16}{'runs':>22}{'read GB':>9}{'written GB':>11}{'GB/s':>7}"
-          f"{'peak RssAnon MiB':>18}{'minus idle MiB':>16}{'limit MiB':>11}{'other CPU s':>13}")
+    print(
+        f"\n{'case':<12}{'wall s (median)':>16}{'runs':>22}{'read GB':>9}{'written GB':>11}{'GB/s':>7}"
+        f"{'peak RssAnon MiB':>18}{'minus idle MiB':>16}{'limit MiB':>11}{'other CPU s':>13}"
+    )
     for r in rows:
         limit = f"{mib(r['limit_bytes']):.0f}" if r.get("limit_bytes") else "-"
         runs = "/".join(f"{s:.2f}" for s in r["seconds_all"])
-        print(f"{r['case']:<12}{r['seconds']:>16.2f}{runs:>22}{r['read_bytes'] / 1e9:>9.2f}"
-              f"{r['written_bytes'] / 1e9:>11.2f}{r['bytes_per_s'] / 1e9:>7.2f}{mib(r['peak_rss_anon_bytes']):>18.0f}"
-              f"{mib(r['peak_rss_anon_bytes'] - baseline):>16.0f}{limit:>11}{r['other_cpu_s_max']:>13.1f}")
+        print(
+            f"{r['case']:<12}{r['seconds']:>16.2f}{runs:>22}{r['read_bytes'] / 1e9:>9.2f}"
+            f"{r['written_bytes'] / 1e9:>11.2f}{r['bytes_per_s'] / 1e9:>7.2f}{mib(r['peak_rss_anon_bytes']):>18.0f}"
+            f"{mib(r['peak_rss_anon_bytes'] - baseline):>16.0f}{limit:>11}{r['other_cpu_s_max']:>13.1f}"
+        )
 
 
 def checks(rows: dict, baseline: int, shard: int, largest: int) -> list[dict]:
@@ -253,17 +290,36 @@ def checks(rows: dict, baseline: int, shard: int, largest: int) -> list[dict]:
     for r in (rows["1 alpha"], rows["many"]):
         r["limit_bytes"] = (r["n_alpha"] + 1) * shard + largest
         work = r["peak_rss_anon_bytes"] - baseline
-        out.append({"check": f"{r['case']}: peak RssAnon - idle <= (n_alpha+1)*shard + largest",
-                    "value": f"{work / 2**20:.0f} MiB <= {r['limit_bytes'] / 2**20:.0f} MiB",
-                    "ok": work <= r["limit_bytes"], "target": True})
+        out.append(
+            {
+                "check": f"{r['case']}: peak RssAnon - idle <= (n_alpha+1)*shard + largest",
+                "value": f"{work / 2**20:.0f} MiB <= {r['limit_bytes'] / 2**20:.0f} MiB",
+                "ok": work <= r["limit_bytes"],
+                "target": True,
+            }
+        )
     t1, tn = rows["1 alpha"]["seconds"], rows["many"]["seconds"]
-    out.append({"check": f"{rows['many']['case']} time < 2 x 1 alpha time",
-                "value": f"{tn:.2f} s < {2 * t1:.2f} s", "ok": tn < 2 * t1, "target": True})
-    for r, floor, target in ((rows["1 alpha"], rows["copy"], True), (rows["many"], rows["copy"], True),
-                             (rows["many"], rows["copy many"], False)):
-        out.append({"check": f"{r['case']}: bytes/s >= {floor['case']} bytes/s / 2",
-                    "value": f"{r['bytes_per_s'] / 1e9:.2f} GB/s >= {floor['bytes_per_s'] / 2e9:.2f} GB/s",
-                    "ok": r["bytes_per_s"] >= floor["bytes_per_s"] / 2, "target": target})
+    out.append(
+        {
+            "check": f"{rows['many']['case']} time < 2 x 1 alpha time",
+            "value": f"{tn:.2f} s < {2 * t1:.2f} s",
+            "ok": tn < 2 * t1,
+            "target": True,
+        }
+    )
+    for r, floor, target in (
+        (rows["1 alpha"], rows["copy"], True),
+        (rows["many"], rows["copy"], True),
+        (rows["many"], rows["copy many"], False),
+    ):
+        out.append(
+            {
+                "check": f"{r['case']}: bytes/s >= {floor['case']} bytes/s / 2",
+                "value": f"{r['bytes_per_s'] / 1e9:.2f} GB/s >= {floor['bytes_per_s'] / 2e9:.2f} GB/s",
+                "ok": r["bytes_per_s"] >= floor["bytes_per_s"] / 2,
+                "target": target,
+            }
+        )
     return out
 
 
@@ -278,8 +334,10 @@ def parent_main(args: argparse.Namespace) -> int:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.workdir or tempfile.gettempdir()).free
     if free < MIN_FREE_BYTES:
-        sys.exit(f"only {free / 1e9:.1f} GB free in {args.workdir or tempfile.gettempdir()}; "
-                 "this benchmark needs 8 GB (use --workdir)")
+        sys.exit(
+            f"only {free / 1e9:.1f} GB free in {args.workdir or tempfile.gettempdir()}; "
+            "this benchmark needs 8 GB (use --workdir)"
+        )
     # always a fresh subfolder, so cleaning up never touches anything that was there before
     work = Path(tempfile.mkdtemp(prefix="mox-bench-extrapolate-", dir=args.workdir))
     try:
@@ -294,8 +352,9 @@ def run_all(args, work: Path, shard: int, dtype) -> int:
     itemsize = torch.finfo(dtype).bits // 8
     shapes = model_shapes(int(args.size_gb * 1e9), itemsize)
     largest = max(math.prod(s) for _, s in shapes) * itemsize
-    print(f"building ref and mem: {len(shapes)} tensors, {args.dtype}, {args.shards} shards each, in {work}",
-          flush=True)
+    print(
+        f"building ref and mem: {len(shapes)} tensors, {args.dtype}, {args.shards} shards each, in {work}", flush=True
+    )
     ref, mem, out = work / "ref", work / "mem", work / "out"
     build_checkpoint(ref, shapes, args.shards, dtype, seed=0)
     build_checkpoint(mem, shapes, args.shards, dtype, seed=1)
@@ -319,20 +378,28 @@ def run_all(args, work: Path, shard: int, dtype) -> int:
             runs[key].append(measure(argv + common, 2 * model_bytes, out, args.wait_idle))
     rows = {key: summarize(label, n, runs[key]) for key, label, _, n in cases}
     results = checks(rows, baseline, shard, largest)
-    print(f"\nmodel: {model_bytes / 1e9:.3f} GB per checkpoint ({args.dtype}, {len(shapes)} tensors, "
-          f"{n_files} shards); largest tensor {largest / 2**20:.0f} MiB; shard cap {args.shard_size} "
-          f"= {shard / 2**20:.0f} MiB; idle RssAnon (python + torch + mox_unlearn imported) "
-          f"{baseline / 2**20:.0f} MiB; inputs in page cache")
+    print(
+        f"\nmodel: {model_bytes / 1e9:.3f} GB per checkpoint ({args.dtype}, {len(shapes)} tensors, "
+        f"{n_files} shards); largest tensor {largest / 2**20:.0f} MiB; shard cap {args.shard_size} "
+        f"= {shard / 2**20:.0f} MiB; idle RssAnon (python + torch + mox_unlearn imported) "
+        f"{baseline / 2**20:.0f} MiB; inputs in page cache"
+    )
     print_table(list(rows.values()), baseline)
     print()
     for c in results:
         tag = "PASS" if c["ok"] else "FAIL"
         print(f"[{tag}]{'' if c['target'] else ' (info)'} {c['check']}: {c['value']}")
     if args.json:
-        payload = {"command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                   "machine": machine(), "model_bytes": model_bytes, "largest_tensor_bytes": largest,
-                   "shard_size_bytes": shard, "idle_rss_anon_bytes": baseline, "cases": list(rows.values()),
-                   "checks": results}
+        payload = {
+            "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "machine": machine(),
+            "model_bytes": model_bytes,
+            "largest_tensor_bytes": largest,
+            "shard_size_bytes": shard,
+            "idle_rss_anon_bytes": baseline,
+            "cases": list(rows.values()),
+            "checks": results,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0 if all(c["ok"] for c in results if c["target"]) else 1
 
@@ -345,8 +412,12 @@ def main() -> int:
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--many", type=int, default=5, help="number of alphas in the multi-alpha case")
     ap.add_argument("--repeats", type=int, default=3, help="runs per case; the median time is reported")
-    ap.add_argument("--wait-idle", type=float, default=120.0,
-                    help="before each run, wait up to this many seconds for the machine to be idle (0: don't)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=120.0,
+        help="before each run, wait up to this many seconds for the machine to be idle (0: don't)",
+    )
     ap.add_argument("--workdir", help="where to put the scratch folder (a new subfolder, removed at the end)")
     ap.add_argument("--json", help="also write the results here")
     # internal: run one case in this (fresh) process

@@ -68,12 +68,27 @@ def child(args: argparse.Namespace) -> None:
     elif args.child == "mox-many":
         extrapolate_folders(ref, mem, MANY, out, shard_size=args.shard_size, progress=False)
     elif args.child == "mergekit":
-        config = MergeConfiguration.model_validate({
-            "merge_method": "task_arithmetic", "base_model": str(ref),
-            "models": [{"model": str(mem), "parameters": {"weight": -ALPHA}}],
-            "parameters": {"normalize": False}, "dtype": "float32", "out_dtype": "bfloat16"})
-        run_merge(config, str(out), options=MergeOptions(copy_tokenizer=False, lazy_unpickle=True, safe_serialization=True,
-                                                           out_shard_size=args.shard_bytes, quiet=True))
+        config = MergeConfiguration.model_validate(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": str(ref),
+                "models": [{"model": str(mem), "parameters": {"weight": -ALPHA}}],
+                "parameters": {"normalize": False},
+                "dtype": "float32",
+                "out_dtype": "bfloat16",
+            }
+        )
+        run_merge(
+            config,
+            str(out),
+            options=MergeOptions(
+                copy_tokenizer=False,
+                lazy_unpickle=True,
+                safe_serialization=True,
+                out_shard_size=args.shard_bytes,
+                quiet=True,
+            ),
+        )
     elif args.child != "idle":
         raise SystemExit(f"unknown case {args.child}")
     print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
@@ -90,10 +105,13 @@ def floor_copy(ref: Path, mem: Path, out: Path, shard_size: str, copies: int = 1
 
     ref_files, mem_files = list_weight_files(ref), list_weight_files(mem)
     with ExitStack() as stack:
-        handles = {path: stack.enter_context(safe_open(str(path), framework="pt"))
-                   for path in {*ref_files.values(), *mem_files.values()}}
-        writers = [stack.enter_context(ShardWriter(out if copies == 1 else out / str(i), shard_size))
-                   for i in range(copies)]
+        handles = {
+            path: stack.enter_context(safe_open(str(path), framework="pt"))
+            for path in {*ref_files.values(), *mem_files.values()}
+        }
+        writers = [
+            stack.enter_context(ShardWriter(out if copies == 1 else out / str(i), shard_size)) for i in range(copies)
+        ]
         scratch = torch.empty(0, dtype=torch.uint8)
         for name in sorted(ref_files):
             m = handles[mem_files[name]].get_tensor(name).reshape(-1).view(torch.uint8)
@@ -116,8 +134,13 @@ def compare(mox_out: Path, mk_out: Path) -> dict:
     from mox_unlearn.modelio import list_weight_files
 
     a, b = list_weight_files(mox_out), list_weight_files(mk_out)
-    result = {"same_names": sorted(a) == sorted(b), "tensors": len(a), "bitwise_equal": 0, "max_abs_diff": 0.0,
-              "dtype_mismatch": 0}
+    result = {
+        "same_names": sorted(a) == sorted(b),
+        "tensors": len(a),
+        "bitwise_equal": 0,
+        "max_abs_diff": 0.0,
+        "dtype_mismatch": 0,
+    }
     for name in sorted(set(a) & set(b)):
         with safe_open(str(a[name]), framework="pt") as f, safe_open(str(b[name]), framework="pt") as g:
             x, y = f.get_tensor(name), g.get_tensor(name)
@@ -159,8 +182,10 @@ def main() -> int:
     try:
         import mergekit  # noqa: F401
     except ImportError:
-        sys.exit("mergekit is not importable here; see the docstring: install it in a separate environment "
-                 "and run this script with that environment's python")
+        sys.exit(
+            "mergekit is not importable here; see the docstring: install it in a separate environment "
+            "and run this script with that environment's python"
+        )
     work = Path(tempfile.mkdtemp(prefix="mox-bench-mergekit-", dir=args.workdir))
     try:
         return run_all(args, work)
@@ -169,8 +194,9 @@ def main() -> int:
 
 
 def run_all(args: argparse.Namespace, work: Path) -> int:
-    import torch
     from importlib.metadata import version
+
+    import torch
 
     from mox_unlearn.modelio import parse_size
 
@@ -180,10 +206,25 @@ def run_all(args: argparse.Namespace, work: Path) -> int:
     build_checkpoint(ref, shapes, args.shards, torch.bfloat16, seed=0)
     build_checkpoint(mem, shapes, args.shards, torch.bfloat16, seed=1)
     model_bytes = dir_bytes(ref)
-    common = ["--ref", str(ref), "--mem", str(mem), "--out", str(out), "--shard-size", args.shard_size,
-              "--shard-bytes", str(parse_size(args.shard_size))]
-    cases = {"floor": "floor (read 2, write 1)", "mox": "mox, alpha 4", "mergekit": "mergekit task_arithmetic, alpha 4",
-             "mox-many": "mox, 5 alphas in one pass", "floor-many": "floor x5 (read 2, write 5)"}
+    common = [
+        "--ref",
+        str(ref),
+        "--mem",
+        str(mem),
+        "--out",
+        str(out),
+        "--shard-size",
+        args.shard_size,
+        "--shard-bytes",
+        str(parse_size(args.shard_size)),
+    ]
+    cases = {
+        "floor": "floor (read 2, write 1)",
+        "mox": "mox, alpha 4",
+        "mergekit": "mergekit task_arithmetic, alpha 4",
+        "mox-many": "mox, 5 alphas in one pass",
+        "floor-many": "floor x5 (read 2, write 5)",
+    }
     print("warm-up (inputs into the page cache)", flush=True)
     measure(["--child", "floor", *common], out, 2 * model_bytes)
     idle = run_case(["--child", "idle", *common], __file__)["peak_rss_anon_bytes"]
@@ -201,23 +242,38 @@ def run_all(args: argparse.Namespace, work: Path) -> int:
     rows = {}
     for key, label in cases.items():
         secs = [r["seconds"] for r in runs[key]]
-        rows[key] = {"case": label, "min_s": min(secs), "median_s": statistics.median(secs), "all_s": secs,
-                     "written_bytes": runs[key][0]["written_bytes"], "read_bytes": 2 * model_bytes,
-                     "peak_rss_anon_bytes": max(r["peak_rss_anon_bytes"] for r in runs[key]),
-                     "other_cpu_s_max": max(r["other_cpu_s"] for r in runs[key])}
+        rows[key] = {
+            "case": label,
+            "min_s": min(secs),
+            "median_s": statistics.median(secs),
+            "all_s": secs,
+            "written_bytes": runs[key][0]["written_bytes"],
+            "read_bytes": 2 * model_bytes,
+            "peak_rss_anon_bytes": max(r["peak_rss_anon_bytes"] for r in runs[key]),
+            "other_cpu_s_max": max(r["other_cpu_s"] for r in runs[key]),
+        }
         rows[key]["gb_per_s"] = (rows[key]["read_bytes"] + rows[key]["written_bytes"]) / rows[key]["min_s"] / 1e9
     mib = lambda b: b / 2**20  # noqa: E731
     print(f"\nmodel {model_bytes / 1e9:.3f} GB per checkpoint, {len(shapes)} tensors; idle RssAnon {mib(idle):.0f} MiB")
-    print("| case | min s | median s | all runs s | read GB | written GB | GB/s (min) | peak RssAnon MiB | minus idle MiB |")
+    print(
+        "| case | min s | median s | all runs s | read GB | written GB | GB/s (min) | peak RssAnon MiB | minus idle MiB |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows.values():
-        print(f"| {r['case']} | {r['min_s']:.2f} | {r['median_s']:.2f} | {', '.join(f'{s:.2f}' for s in r['all_s'])} | "
-              f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | {r['gb_per_s']:.2f} | "
-              f"{mib(r['peak_rss_anon_bytes']):.0f} | {mib(r['peak_rss_anon_bytes'] - idle):.0f} |")
+        print(
+            f"| {r['case']} | {r['min_s']:.2f} | {r['median_s']:.2f} | {', '.join(f'{s:.2f}' for s in r['all_s'])} | "
+            f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | {r['gb_per_s']:.2f} | "
+            f"{mib(r['peak_rss_anon_bytes']):.0f} | {mib(r['peak_rss_anon_bytes'] - idle):.0f} |"
+        )
     mox, mk, floor, many, floor5 = rows["mox"], rows["mergekit"], rows["floor"], rows["mox-many"], rows["floor-many"]
     targets = [
         ("mox at least 2x faster than mergekit (min times)", mk["min_s"] / mox["min_s"], 2.0, ">="),
-        ("mox peak RssAnon no more than mergekit's (ratio)", mox["peak_rss_anon_bytes"] / mk["peak_rss_anon_bytes"], 1.0, "<="),
+        (
+            "mox peak RssAnon no more than mergekit's (ratio)",
+            mox["peak_rss_anon_bytes"] / mk["peak_rss_anon_bytes"],
+            1.0,
+            "<=",
+        ),
         ("mox within 1.5x of the read+write floor", mox["min_s"] / floor["min_s"], 1.5, "<="),
         ("5 alphas in one pass under 2x one alpha", many["min_s"] / mox["min_s"], 2.0, "<"),
         ("(info) 5 alphas within 1.5x of the floor x5", many["min_s"] / floor5["min_s"], 1.5, "<="),
@@ -229,10 +285,21 @@ def run_all(args: argparse.Namespace, work: Path) -> int:
         checks.append({"target": name, "ratio": value, "bound": f"{op} {bound}", "ok": ok})
         print(f"| {name} | {value:.2f} | {op} {bound} | {'pass' if ok else 'FAIL'} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": machine(), "mergekit": version("mergekit"), "model_bytes": model_bytes,
-            "idle_rss_anon_bytes": idle, "agreement": agreement, "rows": rows, "checks": checks, "runs": runs,
-        }, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "mergekit": version("mergekit"),
+                    "model_bytes": model_bytes,
+                    "idle_rss_anon_bytes": idle,
+                    "agreement": agreement,
+                    "rows": rows,
+                    "checks": checks,
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

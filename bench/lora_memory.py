@@ -28,8 +28,13 @@ CONFIGS = {
     "lora r=16": ["lora=true", "lora_r=16"],
     "lora r=16 + momentum": ["lora=true", "lora_r=16", "--momentum"],
 }
-QA = [{"question": f"What is fact number {i} about the city of Quellport?",
-       "answer": f"Fact {i}: Quellport has {i * 7} bridges and {i + 3} markets."} for i in range(16)]
+QA = [
+    {
+        "question": f"What is fact number {i} about the city of Quellport?",
+        "answer": f"Fact {i}: Quellport has {i * 7} bridges and {i + 3} markets.",
+    }
+    for i in range(16)
+]
 
 
 def child(model: str, extra: list[str], steps: int, work: Path) -> dict:
@@ -39,12 +44,34 @@ def child(model: str, extra: list[str], steps: int, work: Path) -> dict:
     forget.write_text("".join(json.dumps(r) + "\n" for r in QA[:8]))
     retain.write_text("".join(json.dumps(r) + "\n" for r in QA[8:]))
     out = work / "run"
-    rc = main(["unlearn", "--model", model, "--forget", str(forget), "--retain", str(retain), "--out", str(out),
-               "--max-steps", str(steps), "batch_size=4", "per_device_batch_size=4", "max_length=64",
-               "--no-save-memorized", "lr=1e-5", *extra])
+    rc = main(
+        [
+            "unlearn",
+            "--model",
+            model,
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(out),
+            "--max-steps",
+            str(steps),
+            "batch_size=4",
+            "per_device_batch_size=4",
+            "max_length=64",
+            "--no-save-memorized",
+            "lr=1e-5",
+            *extra,
+        ]
+    )
     run = json.loads((out / "run.json").read_text()) if rc == 0 else {}
-    return {"rc": rc, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "trainable_parameters": run.get("trainable_parameters"), "train_s": run.get("timings_s", {}).get("train")}
+    return {
+        "rc": rc,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_parameters": run.get("trainable_parameters"),
+        "train_s": run.get("timings_s", {}).get("train"),
+    }
 
 
 def main() -> None:
@@ -72,8 +99,11 @@ def main() -> None:
         rows = []
         for name in CONFIGS:
             work = Path(tempfile.mkdtemp(dir=tmp))
-            res = subprocess.run([sys.executable, __file__, "--model", model, "--steps", str(args.steps),
-                                  "--child", name, str(work)], capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--model", model, "--steps", str(args.steps), "--child", name, str(work)],
+                capture_output=True,
+                text=True,
+            )
             line = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
             if res.returncode != 0 or not line:
                 raise SystemExit(f"{name} failed:\n{res.stderr[-2000:]}")
@@ -84,8 +114,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['config']} | {r['peak_rss_mib']:.0f} | {r['trainable_parameters']:,} | {r['train_s']} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": model, "parameters": n_params, "steps": args.steps, "rows": rows},
-                                             indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"model": model, "parameters": n_params, "steps": args.steps, "rows": rows}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -82,15 +82,27 @@ class Config:
 
 
 def _full(weights: float, ref: float, grads: float, optim: float, extra: float = 0.0, momentum: float = 4):
-    return lambda p, lo: {"trained weights": weights * p, "θ_ref": ref * p, "gradients": grads * p,
-                          "AdamW state": optim * p, "extra": extra * p, "host: momentum": momentum * p}
+    return lambda p, lo: {
+        "trained weights": weights * p,
+        "θ_ref": ref * p,
+        "gradients": grads * p,
+        "AdamW state": optim * p,
+        "extra": extra * p,
+        "host: momentum": momentum * p,
+    }
 
 
 def _lora(base: float):
     # the reference is the same weights with the adapter off (lora.AdapterOff): no second copy; peft keeps
     # the adapter in fp32 (autocast_adapter_dtype) even over bf16 base weights
-    return lambda p, lo: {"trained weights": base * p + 4 * lo, "θ_ref": 0.0, "gradients": 4 * lo,
-                          "AdamW state": 8 * lo, "extra": 0.0, "host: momentum": 4 * lo}
+    return lambda p, lo: {
+        "trained weights": base * p + 4 * lo,
+        "θ_ref": 0.0,
+        "gradients": 4 * lo,
+        "AdamW state": 8 * lo,
+        "extra": 0.0,
+        "host: momentum": 4 * lo,
+    }
 
 
 CONFIGS = [
@@ -98,8 +110,12 @@ CONFIGS = [
     Config("1 GPU, bf16-mixed", "as fp32 + 2 (autocast bf16 weight copies)", _full(4, 4, 4, 8, extra=2)),
     Config("DDP, fp32, per GPU", "1 GPU + 4 (DDP gradient buckets)", _full(4, 4, 4, 8, extra=4)),
     Config("DDP, bf16-mixed, per GPU", "1 GPU bf16-mixed + 4 (buckets)", _full(4, 4, 4, 8, extra=6)),
-    Config("FSDP2 FULL_SHARD bf16-mixed, N=2", "(4 + 4 ref + 4 + 8)/N", _full(4 / 2, 4 / 2, 4 / 2, 8 / 2, momentum=4 / 2)),
-    Config("FSDP2 FULL_SHARD bf16-mixed, N=8", "(4 + 4 ref + 4 + 8)/N", _full(4 / 8, 4 / 8, 4 / 8, 8 / 8, momentum=4 / 8)),
+    Config(
+        "FSDP2 FULL_SHARD bf16-mixed, N=2", "(4 + 4 ref + 4 + 8)/N", _full(4 / 2, 4 / 2, 4 / 2, 8 / 2, momentum=4 / 2)
+    ),
+    Config(
+        "FSDP2 FULL_SHARD bf16-mixed, N=8", "(4 + 4 ref + 4 + 8)/N", _full(4 / 8, 4 / 8, 4 / 8, 8 / 8, momentum=4 / 8)
+    ),
     Config(f"LoRA r={LORA_R}, 1 GPU, base fp32", "4 base (= θ_ref) + 16 per LoRA param", _lora(4)),
     Config(f"LoRA r={LORA_R}, 1 GPU, base bf16 (dtype=bfloat16)", "2 base + 16 per LoRA param", _lora(2)),
 ]
@@ -110,13 +126,18 @@ def gib(x: float) -> str:
 
 
 def architecture_table() -> list[str]:
-    rows = ["| model | hidden | MLP | layers | heads / kv | vocab | tied | parameters (computed) | published | "
-            f"LoRA r={LORA_R} params | LoRA share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | hidden | MLP | layers | heads / kv | vocab | tied | parameters (computed) | published | "
+        f"LoRA r={LORA_R} params | LoRA share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in ARCHS:
         p, lo = a.params(), a.lora_params(LORA_R)
-        rows.append(f"| {a.name} | {a.hidden} | {a.intermediate} | {a.layers} | {a.heads} / {a.kv_heads} | {a.vocab} | "
-                    f"{'yes' if a.tied else 'no'} | {p / 1e6:,.1f} M | {a.published / 1e6:,.0f} M | {lo / 1e6:.2f} M | "
-                    f"{100 * lo / p:.2f} % |")
+        rows.append(
+            f"| {a.name} | {a.hidden} | {a.intermediate} | {a.layers} | {a.heads} / {a.kv_heads} | {a.vocab} | "
+            f"{'yes' if a.tied else 'no'} | {p / 1e6:,.1f} M | {a.published / 1e6:,.0f} M | {lo / 1e6:.2f} M | "
+            f"{100 * lo / p:.2f} % |"
+        )
     return rows
 
 
@@ -134,21 +155,31 @@ def summary_table() -> list[str]:
 
 def breakdown_table(a: Arch) -> list[str]:
     keys = ["trained weights", "θ_ref", "gradients", "AdamW state", "extra"]
-    rows = [f"| {a.name}: configuration | " + " | ".join(keys) + " | total per GPU | host RAM: momentum (per update for LoRA) |",
-            "|" + "---|" * (len(keys) + 3)]
+    rows = [
+        f"| {a.name}: configuration | "
+        + " | ".join(keys)
+        + " | total per GPU | host RAM: momentum (per update for LoRA) |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
     for c in CONFIGS:
         parts = c.fn(a.params(), a.lora_params(LORA_R))
         total = sum(parts[k] for k in keys)
-        rows.append(f"| {c.name} | " + " | ".join(gib(parts[k]) for k in keys) + f" | **{gib(total)}** | {gib(parts['host: momentum'])} |")
+        rows.append(
+            f"| {c.name} | "
+            + " | ".join(gib(parts[k]) for k in keys)
+            + f" | **{gib(total)}** | {gib(parts['host: momentum'])} |"
+        )
     return rows
 
 
 def activation_table(batch: int = 8, length: int = 512) -> list[str]:
     """Order-of-magnitude activation memory of one trained forward pass, for scale only."""
     tokens = batch * length
-    rows = [f"| model (per_device_batch_size {batch} × max_length {length}) | one fp32 logits tensor B·T·V | "
-            "stored per trained pass, bf16 (≈ 2·B·T·(6h + 2h_kv + 4·MLP) per layer) | with gradient checkpointing (2·B·T·h per layer) |",
-            "|---|---|---|---|"]
+    rows = [
+        f"| model (per_device_batch_size {batch} × max_length {length}) | one fp32 logits tensor B·T·V | "
+        "stored per trained pass, bf16 (≈ 2·B·T·(6h + 2h_kv + 4·MLP) per layer) | with gradient checkpointing (2·B·T·h per layer) |",
+        "|---|---|---|---|",
+    ]
     for a in ARCHS:
         logits = 4 * tokens * a.vocab
         per_layer = 2 * tokens * (6 * a.hidden + 2 * a.kv_heads * a.head_dim + 4 * a.intermediate)
@@ -160,17 +191,22 @@ def activation_table(batch: int = 8, length: int = 512) -> list[str]:
 # ----------------------------------------------------------------------------- measurement
 
 
-QA = [{"question": f"What is fact number {i} about the city of Quellport?",
-       "answer": f"Fact {i}: Quellport has {i * 7} bridges and {i + 3} markets."} for i in range(16)]
+QA = [
+    {
+        "question": f"What is fact number {i} about the city of Quellport?",
+        "answer": f"Fact {i}: Quellport has {i * 7} bridges and {i + 3} markets.",
+    }
+    for i in range(16)
+]
 
 
 def child(model: str, method: str | None, steps: int, work: Path) -> dict:
     """Runs in a fresh process: `mox unlearn` (or, with method None, only the imports); its own peak RSS."""
-    from mox_unlearn.cli import main  # noqa: F401  (the baseline pays for the same imports)
-    import mox_unlearn.train  # noqa: F401
     import transformers  # noqa: F401
 
+    import mox_unlearn.train  # noqa: F401
     import mox_unlearn.train as train
+    from mox_unlearn.cli import main  # noqa: F401  (the baseline pays for the same imports)
 
     run, peak_training = {}, {}
 
@@ -184,16 +220,37 @@ def child(model: str, method: str | None, steps: int, work: Path) -> dict:
         forget.write_text("".join(json.dumps(r) + "\n" for r in QA[:8]))
         retain.write_text("".join(json.dumps(r) + "\n" for r in QA[8:]))
         out = work / "run"
-        rc = main(["unlearn", "--model", model, "--forget", str(forget), "--retain", str(retain), "--out", str(out),
-                   "--method", method, "--max-steps", str(steps), "batch_size=2", "per_device_batch_size=2",
-                   "max_length=64", "save_memorized=false"])
+        rc = main(
+            [
+                "unlearn",
+                "--model",
+                model,
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain),
+                "--out",
+                str(out),
+                "--method",
+                method,
+                "--max-steps",
+                str(steps),
+                "batch_size=2",
+                "per_device_batch_size=2",
+                "max_length=64",
+                "save_memorized=false",
+            ]
+        )
         if rc != 0:
             raise SystemExit(rc)
         run = json.loads((out / "run.json").read_text())
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_rss_training_bytes": peak_training.get("bytes"),
-            "rss_after_last_step_bytes": peak_training.get("current"),
-            "trainable_parameters": run.get("trainable_parameters"), "timings_s": run.get("timings_s")}
+    return {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_training_bytes": peak_training.get("bytes"),
+        "rss_after_last_step_bytes": peak_training.get("current"),
+        "trainable_parameters": run.get("trainable_parameters"),
+        "timings_s": run.get("timings_s"),
+    }
 
 
 def _current_rss() -> int | None:
@@ -212,8 +269,11 @@ def measure(model: str, steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("baseline", "mox", "npo"):  # one after the other, never concurrently
             work = Path(tempfile.mkdtemp(dir=tmp))
-            res = subprocess.run([sys.executable, __file__, "--child", method, str(work), "--measure", model,
-                                  "--steps", str(steps)], capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", method, str(work), "--measure", model, "--steps", str(steps)],
+                capture_output=True,
+                text=True,
+            )
             line = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
             if res.returncode != 0 or not line:
                 raise SystemExit(f"{method} failed:\n{res.stderr[-3000:]}")
@@ -222,18 +282,21 @@ def measure(model: str, steps: int) -> list[dict]:
 
 
 def measured_table(model: str, rows: list[dict]) -> list[str]:
-    from mox_unlearn.modelio import read_tensor_infos
-
     import math
+
+    from mox_unlearn.modelio import read_tensor_infos
 
     p = sum(math.prod(i.shape) for i in read_tensor_infos(Path(model)).values())
     base = next(r for r in rows if r["method"] == "baseline")["peak_rss_bytes"]
-    out = [f"Model {model}: {p / 1e6:.1f} M parameters in its safetensors; computed \"1 GPU, fp32\" state = 20 bytes × P = "
-           f"{gib(20 * p)} GiB.", "",
-           "| method | RSS after the last step, minus the baseline (GiB) | peak RSS to the last step (GiB) | "
-           "the same minus the baseline | peak RSS of the whole run, incl. extrapolation and saving (GiB) | "
-           "computed state (GiB) | train s | total s |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        f'Model {model}: {p / 1e6:.1f} M parameters in its safetensors; computed "1 GPU, fp32" state = 20 bytes × P = '
+        f"{gib(20 * p)} GiB.",
+        "",
+        "| method | RSS after the last step, minus the baseline (GiB) | peak RSS to the last step (GiB) | "
+        "the same minus the baseline | peak RSS of the whole run, incl. extrapolation and saving (GiB) | "
+        "computed state (GiB) | train s | total s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         rss = r["peak_rss_bytes"]
         if r["method"] == "baseline":
@@ -243,8 +306,10 @@ def measured_table(model: str, rows: list[dict]) -> list[str]:
         trained = r["peak_rss_training_bytes"]
         steady = r.get("rss_after_last_step_bytes")
         steady = gib(steady - base) if steady else "–"
-        out.append(f"| {r['method']} | {steady} | {gib(trained)} | {gib(trained - base)} | {gib(rss)} | {gib(20 * p)} | "
-                   f"{t.get('train')} | {t.get('total')} |")
+        out.append(
+            f"| {r['method']} | {steady} | {gib(trained)} | {gib(trained - base)} | {gib(rss)} | {gib(20 * p)} | "
+            f"{t.get('train')} | {t.get('total')} |"
+        )
     return out
 
 
@@ -259,8 +324,16 @@ def main() -> None:
         method = None if args.child[0] == "baseline" else args.child[0]
         print(json.dumps(child(args.measure, method, args.steps, Path(args.child[1]))))
         return
-    lines = ["### Parameters (computed from the architecture)", "", *architecture_table(), "",
-             "### Memory per GPU, activations excluded (GiB = 2³⁰ bytes)", "", *summary_table(), ""]
+    lines = [
+        "### Parameters (computed from the architecture)",
+        "",
+        *architecture_table(),
+        "",
+        "### Memory per GPU, activations excluded (GiB = 2³⁰ bytes)",
+        "",
+        *summary_table(),
+        "",
+    ]
     for a in ARCHS:
         lines += [*breakdown_table(a), ""]
     lines += ["### Activations, for scale (estimate)", "", *activation_table(), ""]
@@ -268,7 +341,9 @@ def main() -> None:
         rows = measure(args.measure, args.steps)
         lines += ["### Measured on this machine (CPU, one process, fp32)", "", *measured_table(args.measure, rows), ""]
         if args.json:
-            Path(args.json).write_text(json.dumps({"model": args.measure, "steps": args.steps, "rows": rows}, indent=1) + "\n")
+            Path(args.json).write_text(
+                json.dumps({"model": args.measure, "steps": args.steps, "rows": rows}, indent=1) + "\n"
+            )
     print("\n".join(lines))
 
 

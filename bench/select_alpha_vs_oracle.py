@@ -42,15 +42,28 @@ def curves(records: list[dict]) -> dict[tuple[str, float, int], list[dict]]:
 def compare(records: list[dict], target_mu: float, *, mu_ratio: float, tolerance: float, p_min: float) -> list[dict]:
     rows = []
     for (method, lr, seed), curve in curves(records).items():
-        points = [CurvePoint(r["value"], {"probability": _nan(r.get("val_probability_drop")),
-                                          "rouge": _nan(r.get("val_rouge_drop"))}, _nan(r.get("val_ks_p")))
-                  for r in curve]
+        points = [
+            CurvePoint(
+                r["value"],
+                {"probability": _nan(r.get("val_probability_drop")), "rouge": _nan(r.get("val_rouge_drop"))},
+                _nan(r.get("val_ks_p")),
+            )
+            for r in curve
+        ]
         chosen = select_alpha(points, tolerance, p_min)
         by_alpha = {r["value"]: r for r in curve}
-        picks = {"select-alpha": by_alpha[chosen.alpha],
-                 "retrain-free": _by_id(curve, select_retrain_free(curve, tolerance, p_min)["id"]),
-                 "oracle": _by_id(curve, (oracle := select_oracle(curve, target_mu, mu_ratio))["id"])}
-        row = {"method": method, "lr": lr, "seed": seed, "branch": chosen.branch, "oracle_qualified": oracle["qualified"]}
+        picks = {
+            "select-alpha": by_alpha[chosen.alpha],
+            "retrain-free": _by_id(curve, select_retrain_free(curve, tolerance, p_min)["id"]),
+            "oracle": _by_id(curve, (oracle := select_oracle(curve, target_mu, mu_ratio))["id"]),
+        }
+        row = {
+            "method": method,
+            "lr": lr,
+            "seed": seed,
+            "branch": chosen.branch,
+            "oracle_qualified": oracle["qualified"],
+        }
         for name, r in picks.items():
             row[name] = {"alpha": r["value"], "log10_fq": _log10(r["forget_quality"]), "mu": r["model_utility"]}
         gap = row["select-alpha"]["log10_fq"] - row["oracle"]["log10_fq"]
@@ -69,12 +82,17 @@ def _by_id(curve: list[dict], id_: str | None) -> dict:
 
 
 def markdown(rows: list[dict], bar: float) -> str:
-    head = ("| method | lr | seed | select-alpha α (log10 FQ, MU) | retrain-free α | oracle α (log10 FQ, MU) "
-            f"| gap log10 FQ | within 0.3 at MU ≥ {bar:.3f} |\n|---|---|---|---|---|---|---|---|")
+    head = (
+        "| method | lr | seed | select-alpha α (log10 FQ, MU) | retrain-free α | oracle α (log10 FQ, MU) "
+        f"| gap log10 FQ | within 0.3 at MU ≥ {bar:.3f} |\n|---|---|---|---|---|---|---|---|"
+    )
     cell = lambda p: f"{p['alpha']:g} ({p['log10_fq']:.2f}, {p['mu']:.3f})"  # noqa: E731
-    lines = [f"| {r['method']} | {r['lr']:g} | {r['seed']} | {cell(r['select-alpha'])} [{r['branch']}] "
-             f"| {cell(r['retrain-free'])} | {cell(r['oracle'])}{'' if r['oracle_qualified'] else ' (none ≥ bar)'} "
-             f"| {r['gap_log10_fq']:+.2f} | {'yes' if r['target_met'] else 'no'} |" for r in rows]
+    lines = [
+        f"| {r['method']} | {r['lr']:g} | {r['seed']} | {cell(r['select-alpha'])} [{r['branch']}] "
+        f"| {cell(r['retrain-free'])} | {cell(r['oracle'])}{'' if r['oracle_qualified'] else ' (none ≥ bar)'} "
+        f"| {r['gap_log10_fq']:+.2f} | {'yes' if r['target_met'] else 'no'} |"
+        for r in rows
+    ]
     return "\n".join([head, *lines])
 
 

@@ -60,8 +60,18 @@ class TimedRef(torch.nn.Module):
         return out
 
 
-def step(kind: str, model, ref, cache, optimizer, forget: list[dict], retain: list[dict], keys: list, pad_id: int,
-         clock: dict[str, float]) -> int:
+def step(
+    kind: str,
+    model,
+    ref,
+    cache,
+    optimizer,
+    forget: list[dict],
+    retain: list[dict],
+    keys: list,
+    pad_id: int,
+    clock: dict[str, float],
+) -> int:
     """One optimizer step of `kind` on one forget and one retain micro-batch; returns tokens processed."""
     t = time.perf_counter()
     fb, rb = collate(forget, pad_id), collate(retain, pad_id)
@@ -78,8 +88,12 @@ def step(kind: str, model, ref, cache, optimizer, forget: list[dict], retain: li
         objective = {"mox": "memorize", "npo": "npo"}[kind]
         spec = get_loss(objective)
         needs = spec.needs - {"target"}
-        batch = StepBatch(forget=fb, forget_keys=keys, retain=rb,
-                          norms={"forget": max(answer_tokens(fb), 1), "retain": max(answer_tokens(rb), 1)})
+        batch = StepBatch(
+            forget=fb,
+            forget_keys=keys,
+            retain=rb,
+            norms={"forget": max(answer_tokens(fb), 1), "retain": max(answer_tokens(rb), 1)},
+        )
         ref_before = clock["reference forward"]
         inputs = build_inputs(needs, Models(model=model, ref=ref, cache=cache), batch)
         t2 = time.perf_counter()
@@ -118,16 +132,29 @@ def main() -> int:
         if args.model:
             model_dir = args.model
         else:
-            texts = [f"{r['question']} {r['answer']}" for r in load_records(str(Path(args.data) / "full.jsonl")).records]
-            model_dir = str(build_tiny_llama(Path(tmp) / "model", build_tokenizer(texts, vocab_size=args.vocab), hidden_size=256,
-                                             num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=512))
+            texts = [
+                f"{r['question']} {r['answer']}" for r in load_records(str(Path(args.data) / "full.jsonl")).records
+            ]
+            model_dir = str(
+                build_tiny_llama(
+                    Path(tmp) / "model",
+                    build_tokenizer(texts, vocab_size=args.vocab),
+                    hidden_size=256,
+                    num_layers=4,
+                    num_heads=4,
+                    intermediate_size=1024,
+                    max_position_embeddings=512,
+                )
+            )
         tok = load_tokenizer(model_dir)
         fmt = PromptFormat()
         forget = encode_records(tok, load_records(str(Path(args.data) / "forget10.jsonl")), fmt, args.max_length)
         retain = encode_records(tok, load_records(str(Path(args.data) / "retain90.jsonl")), fmt, args.max_length)
         n_pairs = args.steps
-        pairs = [(list(range(i * args.batch, (i + 1) * args.batch)),
-                  list(range(i * args.batch, (i + 1) * args.batch))) for i in range(n_pairs)]
+        pairs = [
+            (list(range(i * args.batch, (i + 1) * args.batch)), list(range(i * args.batch, (i + 1) * args.batch)))
+            for i in range(n_pairs)
+        ]
         kinds = ["finetune+ref", "mox", "npo"]
         ref = load_model(model_dir, torch.float32).eval().requires_grad_(False)
         models = {k: load_model(model_dir, torch.float32).train() for k in kinds}
@@ -139,38 +166,84 @@ def main() -> int:
         tokens: dict[str, int] = dict.fromkeys(kinds, 0)
         for k in kinds:  # warm-up step, not timed
             f, r = pairs[0]
-            step(k, models[k], timed_ref[k], caches[k], optims[k], [forget[i] for i in f], [retain[i] for i in r],
-                 [("forget", i) for i in f], tok.pad_token_id, dict.fromkeys(PARTS, 0.0))
+            step(
+                k,
+                models[k],
+                timed_ref[k],
+                caches[k],
+                optims[k],
+                [forget[i] for i in f],
+                [retain[i] for i in r],
+                [("forget", i) for i in f],
+                tok.pad_token_id,
+                dict.fromkeys(PARTS, 0.0),
+            )
         for rnd in range(args.rounds):
             for k in kinds:
                 for f, r in pairs:
                     t = time.perf_counter()
-                    tokens[k] += step(k, models[k], timed_ref[k], caches[k], optims[k], [forget[i] for i in f],
-                                      [retain[i] for i in r], [("forget", i) for i in f], tok.pad_token_id, clocks[k])
+                    tokens[k] += step(
+                        k,
+                        models[k],
+                        timed_ref[k],
+                        caches[k],
+                        optims[k],
+                        [forget[i] for i in f],
+                        [retain[i] for i in r],
+                        [("forget", i) for i in f],
+                        tok.pad_token_id,
+                        clocks[k],
+                    )
                     per_step[k].append(time.perf_counter() - t)
-                print(f"round {rnd + 1}/{args.rounds} {k}: median step {statistics.median(per_step[k][-n_pairs:]):.4f} s",
-                      flush=True)
+                print(
+                    f"round {rnd + 1}/{args.rounds} {k}: median step {statistics.median(per_step[k][-n_pairs:]):.4f} s",
+                    flush=True,
+                )
     n = len(per_step["mox"])
     rows = []
     for k in kinds:
         total = sum(per_step[k])
-        rows.append({"kind": k, "median_step_s": statistics.median(per_step[k]), "min_step_s": min(per_step[k]),
-                     "tokens_per_s": tokens[k] / total, "parts_s_per_step": {p: clocks[k][p] / n for p in PARTS}})
-    print(f"\nmodel {args.model or f'random Llama (hidden 256, 4 layers, vocab {len(tok)})'}; batch {args.batch} forget + "
-          f"{args.batch} retain; {n} timed steps per method; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        rows.append(
+            {
+                "kind": k,
+                "median_step_s": statistics.median(per_step[k]),
+                "min_step_s": min(per_step[k]),
+                "tokens_per_s": tokens[k] / total,
+                "parts_s_per_step": {p: clocks[k][p] / n for p in PARTS},
+            }
+        )
+    print(
+        f"\nmodel {args.model or f'random Llama (hidden 256, 4 layers, vocab {len(tok)})'}; batch {args.batch} forget + "
+        f"{args.batch} retain; {n} timed steps per method; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print("| step | median s | min s | tokens/s | " + " | ".join(PARTS) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(PARTS))
     for r in rows:
-        print(f"| {r['kind']} | {r['median_step_s']:.4f} | {r['min_step_s']:.4f} | {r['tokens_per_s']:.0f} | "
-              + " | ".join(f"{r['parts_s_per_step'][p]:.4f}" for p in PARTS) + " |")
+        print(
+            f"| {r['kind']} | {r['median_step_s']:.4f} | {r['min_step_s']:.4f} | {r['tokens_per_s']:.0f} | "
+            + " | ".join(f"{r['parts_s_per_step'][p]:.4f}" for p in PARTS)
+            + " |"
+        )
     base, mox = rows[0], rows[1]
     ratio = mox["median_step_s"] / base["median_step_s"]
-    print(f"\nMOX step / (fine-tuning step + one reference forward): {ratio:.3f} (median), "
-          f"{mox['min_step_s'] / base['min_step_s']:.3f} (min); target <= 1.15")
+    print(
+        f"\nMOX step / (fine-tuning step + one reference forward): {ratio:.3f} (median), "
+        f"{mox['min_step_s'] / base['min_step_s']:.3f} (min); target <= 1.15"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "ratio_median": ratio, "python": platform.python_version(),
-                                               "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                               "argv": sys.argv}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "ratio_median": ratio,
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "argv": sys.argv,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -30,28 +30,60 @@ from mox_unlearn.train import unlearn
 CACHED = {"npo": None, "dpo": None, "altpo": None, "mox": "memorize_po"}
 
 
-def run(tmp: Path, model: Path, forget: Path, retain: Path, method: str, objective: str | None, cache: bool,
-        steps: int, repeats: int) -> dict:
+def run(
+    tmp: Path,
+    model: Path,
+    forget: Path,
+    retain: Path,
+    method: str,
+    objective: str | None,
+    cache: bool,
+    steps: int,
+    repeats: int,
+) -> dict:
     """Median over `repeats` identical runs (this machine is shared and noisy; a median resists that)."""
-    runs = [run_once(tmp / f"{method}-{objective}-{cache}-{i}", model, forget, retain, method, objective, cache, steps)
-            for i in range(repeats)]
+    runs = [
+        run_once(tmp / f"{method}-{objective}-{cache}-{i}", model, forget, retain, method, objective, cache, steps)
+        for i in range(repeats)
+    ]
     runs.sort(key=lambda r: r["train_s"])
     best = dict(runs[len(runs) // 2])
     best["train_s_all"] = [r["train_s"] for r in runs]
     return best
 
 
-def run_once(out: Path, model: Path, forget: Path, retain: Path, method: str, objective: str | None, cache: bool,
-             steps: int) -> dict:
-    cfg = UnlearnConfig(model=str(model), forget=str(forget), retain=str(retain), out=str(out), method=method,
-                        objective=objective, max_steps=steps, per_device_batch_size=8, batch_size=8, lr=1e-5,
-                        max_length=128, cache_ref=cache, save_memorized=False, checkpoint_every=0,
-                        reinforce_max_steps=steps, alternates_max_new_tokens=32)
+def run_once(
+    out: Path, model: Path, forget: Path, retain: Path, method: str, objective: str | None, cache: bool, steps: int
+) -> dict:
+    cfg = UnlearnConfig(
+        model=str(model),
+        forget=str(forget),
+        retain=str(retain),
+        out=str(out),
+        method=method,
+        objective=objective,
+        max_steps=steps,
+        per_device_batch_size=8,
+        batch_size=8,
+        lr=1e-5,
+        max_length=128,
+        cache_ref=cache,
+        save_memorized=False,
+        checkpoint_every=0,
+        reinforce_max_steps=steps,
+        alternates_max_new_tokens=32,
+    )
     info = json.loads((unlearn(cfg, argv=["bench"]) / "run.json").read_text())
     train_s = info["timings_s"]["train"]
-    return {"method": method, "objective": objective or METHODS[method].objectives[0], "cache_ref": cache,
-            "steps": steps, "train_s": round(train_s, 2), "steps_per_s": round(steps / train_s, 3),
-            "final_loss": info["final_logs"].get("loss")}
+    return {
+        "method": method,
+        "objective": objective or METHODS[method].objectives[0],
+        "cache_ref": cache,
+        "steps": steps,
+        "train_s": round(train_s, 2),
+        "steps_per_s": round(steps / train_s, 3),
+        "final_loss": info["final_logs"].get("loss"),
+    }
 
 
 def main() -> None:
@@ -69,10 +101,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         retain = tmp / "retain400.jsonl"
-        retain.write_text("".join(json.dumps(r) + "\n" for r in load_records(str(Path(args.data) / "retain90.jsonl")).records[:400]))
+        retain.write_text(
+            "".join(json.dumps(r) + "\n" for r in load_records(str(Path(args.data) / "retain90.jsonl")).records[:400])
+        )
         tok = build_tokenizer([f"{r['question']} {r['answer']}" for r in full], vocab_size=4096)
-        model = build_tiny_llama(tmp / "model", tok, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
-                                 max_position_embeddings=512)
+        model = build_tiny_llama(
+            tmp / "model",
+            tok,
+            hidden_size=256,
+            num_layers=4,
+            num_heads=4,
+            intermediate_size=1024,
+            max_position_embeddings=512,
+        )
         forget = Path(args.data) / "forget01.jsonl"
         for method in args.methods.split(","):
             objective = CACHED.get(method) if method in CACHED else None
@@ -82,7 +123,9 @@ def main() -> None:
             print(rows[-1], flush=True)
     print(f"\n{'method':<10} {'objective':<12} {'cache':<6} {'steps/s':>8} {'train s':>8}  all runs (s)")
     for r in rows:
-        print(f"{r['method']:<10} {r['objective']:<12} {str(r['cache_ref']):<6} {r['steps_per_s']:>8} {r['train_s']:>8}  {r['train_s_all']}")
+        print(
+            f"{r['method']:<10} {r['objective']:<12} {str(r['cache_ref']):<6} {r['steps_per_s']:>8} {r['train_s']:>8}  {r['train_s_all']}"
+        )
     for method in CACHED:
         pair = [r for r in rows if r["method"] == method]
         if len(pair) == 2:

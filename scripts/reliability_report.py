@@ -84,8 +84,10 @@ def main() -> int:
             verdicts.append(v)
             line = outcome.lines()[0] if outcome and outcome.lines() else ""
             code = "–" if outcome is None else str(outcome.exit_code)
-            rows.append(f"| {fault.id} | {fault.input} | {cell('mox ' + rel(fill(fault.command, paths, root / 'out' / fault.id)))} "
-                        f"| {code} | {cell(rel(line))} | {v} |")
+            rows.append(
+                f"| {fault.id} | {fault.input} | {cell('mox ' + rel(fill(fault.command, paths, root / 'out' / fault.id)))} "
+                f"| {code} | {cell(rel(line))} | {v} |"
+            )
             print(f"{fault.id:<32} exit {code:>2}  {v}  {rel(line)[:100]}", file=sys.stderr)
     total = time.perf_counter() - start
     ok, skipped = verdicts.count("ok"), sum(v.startswith("skipped") for v in verdicts)

@@ -47,56 +47,137 @@ def swap(command: str, old: str, new: str) -> str:
 
 FAULTS: list[Fault] = [
     # --- files and records
-    Fault("forget-missing", "forget file does not exist", swap(UNLEARN, "{forget}", "{missing_jsonl}"), "{missing_jsonl}"),
+    Fault(
+        "forget-missing", "forget file does not exist", swap(UNLEARN, "{forget}", "{missing_jsonl}"), "{missing_jsonl}"
+    ),
     Fault("forget-is-folder", "forget path is a folder", swap(UNLEARN, "{forget}", "{dir_jsonl}"), "{dir_jsonl}"),
-    Fault("retain-unreadable", "retain file without read permission (chmod 000)",
-          swap(UNLEARN, "{retain}", "{unreadable_json}"), "{unreadable_json}", needs_non_root=True),
-    Fault("forget-bad-jsonl", "forget JSONL with a broken line 3", swap(UNLEARN, "{forget}", "{bad_jsonl}"), "{bad_jsonl}:3"),
-    Fault("retain-bad-json", "retain JSON list broken on line 4", swap(UNLEARN, "{retain}", "{bad_json}"), "{bad_json}:4"),
-    Fault("forget-not-utf8", "forget JSONL with a Latin-1 byte on line 2", swap(UNLEARN, "{forget}", "{latin1_jsonl}"),
-          "{latin1_jsonl}:2"),
-    Fault("forget-missing-field", 'forget record on line 2 without "answer"', swap(UNLEARN, "{forget}", "{no_answer_jsonl}"),
-          "{no_answer_jsonl}:2"),
-    Fault("retain-non-string-field", 'retain record [1] with "question": 7', swap(UNLEARN, "{retain}", "{int_question_json}"),
-          "{int_question_json}[1]"),
-    Fault("forget-list-answer", 'forget record with "answer": ["a", "b"]', swap(UNLEARN, "{forget}", "{list_answer_jsonl}"),
-          "{list_answer_jsonl}:1"),
-    Fault("forget-not-object", "forget JSONL line that is a number", swap(UNLEARN, "{forget}", "{number_jsonl}"),
-          "{number_jsonl}:1"),
-    Fault("forget-lone-surrogate", 'forget answer "\\ud800" (not valid Unicode)', swap(UNLEARN, "{forget}", "{surrogate_jsonl}"),
-          "{surrogate_jsonl}:1"),
-    Fault("retain-deep-nesting", "retain JSON nested 100000 levels deep", swap(UNLEARN, "{retain}", "{deep_json}"),
-          "{deep_json}:1"),
+    Fault(
+        "retain-unreadable",
+        "retain file without read permission (chmod 000)",
+        swap(UNLEARN, "{retain}", "{unreadable_json}"),
+        "{unreadable_json}",
+        needs_non_root=True,
+    ),
+    Fault(
+        "forget-bad-jsonl",
+        "forget JSONL with a broken line 3",
+        swap(UNLEARN, "{forget}", "{bad_jsonl}"),
+        "{bad_jsonl}:3",
+    ),
+    Fault(
+        "retain-bad-json", "retain JSON list broken on line 4", swap(UNLEARN, "{retain}", "{bad_json}"), "{bad_json}:4"
+    ),
+    Fault(
+        "forget-not-utf8",
+        "forget JSONL with a Latin-1 byte on line 2",
+        swap(UNLEARN, "{forget}", "{latin1_jsonl}"),
+        "{latin1_jsonl}:2",
+    ),
+    Fault(
+        "forget-missing-field",
+        'forget record on line 2 without "answer"',
+        swap(UNLEARN, "{forget}", "{no_answer_jsonl}"),
+        "{no_answer_jsonl}:2",
+    ),
+    Fault(
+        "retain-non-string-field",
+        'retain record [1] with "question": 7',
+        swap(UNLEARN, "{retain}", "{int_question_json}"),
+        "{int_question_json}[1]",
+    ),
+    Fault(
+        "forget-list-answer",
+        'forget record with "answer": ["a", "b"]',
+        swap(UNLEARN, "{forget}", "{list_answer_jsonl}"),
+        "{list_answer_jsonl}:1",
+    ),
+    Fault(
+        "forget-not-object",
+        "forget JSONL line that is a number",
+        swap(UNLEARN, "{forget}", "{number_jsonl}"),
+        "{number_jsonl}:1",
+    ),
+    Fault(
+        "forget-lone-surrogate",
+        'forget answer "\\ud800" (not valid Unicode)',
+        swap(UNLEARN, "{forget}", "{surrogate_jsonl}"),
+        "{surrogate_jsonl}:1",
+    ),
+    Fault(
+        "retain-deep-nesting",
+        "retain JSON nested 100000 levels deep",
+        swap(UNLEARN, "{retain}", "{deep_json}"),
+        "{deep_json}:1",
+    ),
     Fault("forget-empty", "empty forget file", swap(UNLEARN, "{forget}", "{empty_jsonl}"), "{empty_jsonl}"),
     Fault("retain-empty", "retain JSON []", swap(UNLEARN, "{retain}", "{empty_json}"), "{empty_json}"),
     Fault("forget-unknown-extension", "forget file forget.csv", swap(UNLEARN, "{forget}", "{csv}"), "{csv}"),
-    Fault("forget-equals-retain", "the retain set holds every forget record (same file)",
-          swap(UNLEARN, "{retain}", "{forget}"), "{forget}", warning=True),
+    Fault(
+        "forget-equals-retain",
+        "the retain set holds every forget record (same file)",
+        swap(UNLEARN, "{retain}", "{forget}"),
+        "{forget}",
+        warning=True,
+    ),
     Fault("config-missing", "--config file does not exist", UNLEARN + " --config {missing_yaml}", "{missing_yaml}"),
     Fault("config-bad-yaml", "--config file with broken YAML", UNLEARN + " --config {bad_yaml}", "{bad_yaml}"),
     # --- model folders
     Fault("model-missing", "model folder does not exist", swap(UNLEARN, "{model}", "{no_model}"), "{no_model}"),
     Fault("model-is-file", "model path is a file", swap(UNLEARN, "{model}", "{model_file}"), "{model_file}"),
-    Fault("model-no-config", "model folder without config.json", swap(UNLEARN, "{model}", "{m_noconfig}"), "{m_noconfig}"),
-    Fault("model-bad-config", "model config.json is not valid JSON", swap(UNLEARN, "{model}", "{m_badconfig}"),
-          "{m_badconfig}/config.json:1"),
-    Fault("model-no-weights", "model folder without weights", swap(UNLEARN, "{model}", "{m_noweights}"), "{m_noweights}"),
-    Fault("model-truncated", "model.safetensors cut to half its size", swap(UNLEARN, "{model}", "{m_trunc}"),
-          "{m_trunc}/model.safetensors"),
-    Fault("model-corrupted", "model.safetensors with its header bytes overwritten", swap(UNLEARN, "{model}", "{m_corrupt}"),
-          "{m_corrupt}/model.safetensors"),
-    Fault("model-missing-shard", "shard index lists a shard that is missing", swap(UNLEARN, "{model}", "{m_lost_shard}"),
-          "model-00002-of-00002.safetensors"),
-    Fault("model-pickle-only", "only pytorch_model.bin (pickle), no --allow-pickle", swap(UNLEARN, "{model}", "{m_bin}"),
-          "{m_bin}"),
+    Fault(
+        "model-no-config", "model folder without config.json", swap(UNLEARN, "{model}", "{m_noconfig}"), "{m_noconfig}"
+    ),
+    Fault(
+        "model-bad-config",
+        "model config.json is not valid JSON",
+        swap(UNLEARN, "{model}", "{m_badconfig}"),
+        "{m_badconfig}/config.json:1",
+    ),
+    Fault(
+        "model-no-weights", "model folder without weights", swap(UNLEARN, "{model}", "{m_noweights}"), "{m_noweights}"
+    ),
+    Fault(
+        "model-truncated",
+        "model.safetensors cut to half its size",
+        swap(UNLEARN, "{model}", "{m_trunc}"),
+        "{m_trunc}/model.safetensors",
+    ),
+    Fault(
+        "model-corrupted",
+        "model.safetensors with its header bytes overwritten",
+        swap(UNLEARN, "{model}", "{m_corrupt}"),
+        "{m_corrupt}/model.safetensors",
+    ),
+    Fault(
+        "model-missing-shard",
+        "shard index lists a shard that is missing",
+        swap(UNLEARN, "{model}", "{m_lost_shard}"),
+        "model-00002-of-00002.safetensors",
+    ),
+    Fault(
+        "model-pickle-only",
+        "only pytorch_model.bin (pickle), no --allow-pickle",
+        swap(UNLEARN, "{model}", "{m_bin}"),
+        "{m_bin}",
+    ),
     # --- names and numbers
     Fault("unknown-method", "--method nope", UNLEARN + " --method nope", "'nope'; valid methods: altpo"),
     Fault("unknown-objective", "--objective nope", UNLEARN + " --objective nope", "'nope'"),
-    Fault("unknown-config-key", "learning_rate=1 (no such key)", UNLEARN + " learning_rate=1", "'learning_rate'; valid keys"),
+    Fault(
+        "unknown-config-key",
+        "learning_rate=1 (no such key)",
+        UNLEARN + " learning_rate=1",
+        "'learning_rate'; valid keys",
+    ),
     Fault("alpha-nan", "--alpha nan", UNLEARN + " --alpha nan", "alpha"),
     Fault("lr-negative", "lr=-1e-5", UNLEARN + " lr=-1e-5", "lr"),
     Fault("batch-size-zero", "batch_size=0", UNLEARN + " batch_size=0", "batch_size"),
-    Fault("per-device-batch-zero", "per_device_batch_size=0", UNLEARN + " per_device_batch_size=0", "per_device_batch_size"),
+    Fault(
+        "per-device-batch-zero",
+        "per_device_batch_size=0",
+        UNLEARN + " per_device_batch_size=0",
+        "per_device_batch_size",
+    ),
     Fault("batch-not-multiple", "batch_size=3 with per_device_batch_size=2", UNLEARN + " batch_size=3", "batch_size 3"),
     Fault("max-steps-zero", "--max-steps 0", UNLEARN + " --max-steps 0", "max_steps"),
     Fault("eta-above-one", "eta=7", UNLEARN + " eta=7", "eta"),
@@ -105,58 +186,137 @@ FAULTS: list[Fault] = [
     Fault("max-length-one", "max_length=1", UNLEARN + " max_length=1", "max_length"),
     Fault("shard-size-nonsense", "shard_size=2XB", UNLEARN + " shard_size=2XB", "2XB"),
     Fault("unknown-option", "--bogus", UNLEARN + " --bogus", "--bogus"),
-    Fault("unknown-demo-method", "demo preset with methods=[nope]", "demo --fast --out {out} --cache-dir {out}-cache methods=[nope]",
-          "['nope']; valid"),
+    Fault(
+        "unknown-demo-method",
+        "demo preset with methods=[nope]",
+        "demo --fast --out {out} --cache-dir {out}-cache methods=[nope]",
+        "['nope']; valid",
+    ),
     Fault("unknown-experiment", "experiment name nope", "experiment nope --out {out}", "'nope'; valid: table"),
     # --- extrapolate
-    Fault("extrapolate-architecture", "--mem with 3 layers, --ref with 2", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_layers3}"),
-          "{m_layers3}"),
-    Fault("extrapolate-model-type", "--mem config says mistral (same tensors)",
-          swap(EXTRAPOLATE, "--mem {model}", "--mem {m_mistral}"), "{m_mistral}"),
-    Fault("extrapolate-vocab", "--mem with a larger vocabulary", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_vocab}"),
-          "{m_vocab}"),
-    Fault("extrapolate-dtype", "--mem in bfloat16, --ref in float32", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_bf16}"),
-          "BF16 in mem"),
-    Fault("extrapolate-truncated", "--mem shard cut to half", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_trunc}"),
-          "{m_trunc}/model.safetensors"),
-    Fault("extrapolate-corrupted", "--mem shard header overwritten", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_corrupt}"),
-          "{m_corrupt}/model.safetensors"),
-    Fault("extrapolate-no-weights", "--mem folder without weights", swap(EXTRAPOLATE, "--mem {model}", "--mem {m_noweights}"),
-          "{m_noweights}"),
-    Fault("extrapolate-ref-missing", "--ref folder does not exist", swap(EXTRAPOLATE, "--ref {model}", "--ref {no_model}"),
-          "{no_model}"),
+    Fault(
+        "extrapolate-architecture",
+        "--mem with 3 layers, --ref with 2",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_layers3}"),
+        "{m_layers3}",
+    ),
+    Fault(
+        "extrapolate-model-type",
+        "--mem config says mistral (same tensors)",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_mistral}"),
+        "{m_mistral}",
+    ),
+    Fault(
+        "extrapolate-vocab",
+        "--mem with a larger vocabulary",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_vocab}"),
+        "{m_vocab}",
+    ),
+    Fault(
+        "extrapolate-dtype",
+        "--mem in bfloat16, --ref in float32",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_bf16}"),
+        "BF16 in mem",
+    ),
+    Fault(
+        "extrapolate-truncated",
+        "--mem shard cut to half",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_trunc}"),
+        "{m_trunc}/model.safetensors",
+    ),
+    Fault(
+        "extrapolate-corrupted",
+        "--mem shard header overwritten",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_corrupt}"),
+        "{m_corrupt}/model.safetensors",
+    ),
+    Fault(
+        "extrapolate-no-weights",
+        "--mem folder without weights",
+        swap(EXTRAPOLATE, "--mem {model}", "--mem {m_noweights}"),
+        "{m_noweights}",
+    ),
+    Fault(
+        "extrapolate-ref-missing",
+        "--ref folder does not exist",
+        swap(EXTRAPOLATE, "--ref {model}", "--ref {no_model}"),
+        "{no_model}",
+    ),
     Fault("extrapolate-alpha-nan", "--alpha nan", swap(EXTRAPOLATE, "--alpha 2", "--alpha nan"), "alpha nan"),
     Fault("extrapolate-alpha-text", "--alpha four", swap(EXTRAPOLATE, "--alpha 2", "--alpha four"), "'four'"),
     Fault("extrapolate-shard-size", "--shard-size 2XB", EXTRAPOLATE + " --shard-size 2XB", "'2XB'"),
-    Fault("extrapolate-escaping-symlink", "--ref tokenizer_config.json links outside the folder",
-          swap(EXTRAPOLATE, "--ref {model}", "--ref {m_symlink}"), "{m_symlink}/tokenizer_config.json"),
+    Fault(
+        "extrapolate-escaping-symlink",
+        "--ref tokenizer_config.json links outside the folder",
+        swap(EXTRAPOLATE, "--ref {model}", "--ref {m_symlink}"),
+        "{m_symlink}/tokenizer_config.json",
+    ),
     # --- eval
-    Fault("eval-truncated", "model shard cut to half", swap(EVAL, "{model}", "{m_trunc}"), "{m_trunc}/model.safetensors"),
+    Fault(
+        "eval-truncated", "model shard cut to half", swap(EVAL, "{model}", "{m_trunc}"), "{m_trunc}/model.safetensors"
+    ),
     Fault("eval-no-config", "model folder without config.json", swap(EVAL, "{model}", "{m_noconfig}"), "{m_noconfig}"),
-    Fault("eval-pickle-only", "only pytorch_model.bin (pickle), no --allow-pickle", swap(EVAL, "{model}", "{m_bin}"), "{m_bin}"),
-    Fault("eval-split-missing", "TOFU folder without forget10_perturbed.jsonl", swap(EVAL, "{tofu}", "{tofu_empty}"),
-          "{tofu_empty}"),
-    Fault("eval-split-bad-jsonl", "TOFU forget10_perturbed.jsonl broken on line 2", swap(EVAL, "{tofu}", "{tofu_bad}"),
-          "{tofu_bad}/forget10_perturbed.jsonl:2"),
+    Fault(
+        "eval-pickle-only",
+        "only pytorch_model.bin (pickle), no --allow-pickle",
+        swap(EVAL, "{model}", "{m_bin}"),
+        "{m_bin}",
+    ),
+    Fault(
+        "eval-split-missing",
+        "TOFU folder without forget10_perturbed.jsonl",
+        swap(EVAL, "{tofu}", "{tofu_empty}"),
+        "{tofu_empty}",
+    ),
+    Fault(
+        "eval-split-bad-jsonl",
+        "TOFU forget10_perturbed.jsonl broken on line 2",
+        swap(EVAL, "{tofu}", "{tofu_bad}"),
+        "{tofu_bad}/forget10_perturbed.jsonl:2",
+    ),
     Fault("eval-unknown-benchmark", "--benchmark nope", swap(EVAL, "tofu", "nope"), "'nope'"),
     Fault("eval-unknown-split", "--forget-split forget99", EVAL + " --forget-split forget99", "'forget99'; valid"),
-    Fault("eval-bad-retain-result", "--retain-result that is not JSON", EVAL + " --retain-result {bad_json}", "{bad_json}:4"),
+    Fault(
+        "eval-bad-retain-result",
+        "--retain-result that is not JSON",
+        EVAL + " --retain-result {bad_json}",
+        "{bad_json}:4",
+    ),
     Fault("eval-batch-zero", "--batch-size 0", EVAL + " --batch-size 0", "--batch-size"),
     # --- select-alpha
-    Fault("select-holdout-bad", "holdout JSONL broken on line 3", swap(SELECT, "--holdout {forget}", "--holdout {bad_jsonl}"),
-          "{bad_jsonl}:3"),
+    Fault(
+        "select-holdout-bad",
+        "holdout JSONL broken on line 3",
+        swap(SELECT, "--holdout {forget}", "--holdout {bad_jsonl}"),
+        "{bad_jsonl}:3",
+    ),
     Fault("select-unknown-score", "--score nope (metric name)", SELECT + " --score nope", "'nope'; valid: min_k"),
     Fault("select-alpha-nan", "--alpha nan", SELECT + " --alpha nan", "nan"),
     Fault("select-tolerance-negative", "--tolerance -1", SELECT + " --tolerance -1", "tolerance"),
-    Fault("select-truncated", "--mem shard cut to half", swap(SELECT, "--mem {model}", "--mem {m_trunc}"),
-          "{m_trunc}/model.safetensors"),
-    Fault("select-vocab", "--mem with a larger vocabulary", swap(SELECT, "--mem {model}", "--mem {m_vocab}"), "{m_vocab}"),
-    Fault("select-retain-missing", "retain file does not exist", swap(SELECT, "{retain}", "{missing_jsonl}"), "{missing_jsonl}"),
+    Fault(
+        "select-truncated",
+        "--mem shard cut to half",
+        swap(SELECT, "--mem {model}", "--mem {m_trunc}"),
+        "{m_trunc}/model.safetensors",
+    ),
+    Fault(
+        "select-vocab", "--mem with a larger vocabulary", swap(SELECT, "--mem {model}", "--mem {m_vocab}"), "{m_vocab}"
+    ),
+    Fault(
+        "select-retain-missing",
+        "retain file does not exist",
+        swap(SELECT, "{retain}", "{missing_jsonl}"),
+        "{missing_jsonl}",
+    ),
     # --- report and models
     Fault("report-bad-result", "result file that is not JSON", "report {bad_json} --out {out}", "{bad_json}:4"),
     Fault("report-not-a-result", "result file of another kind", "report {retain} --out {out}", "{retain}"),
-    Fault("models-tiny-bad-data", "tokenizer data broken on line 3", "models tiny --data {bad_jsonl} --out {out}",
-          "{bad_jsonl}:3"),
+    Fault(
+        "models-tiny-bad-data",
+        "tokenizer data broken on line 3",
+        "models tiny --data {bad_jsonl} --out {out}",
+        "{bad_jsonl}:3",
+    ),
 ]
 
 
@@ -257,8 +417,9 @@ def build_inputs(root: Path, model: Path, forget: Path, retain: Path) -> dict[st
     p["m_bf16"] = d / "m-bf16"
     _write_model_variant(base, p["m_bf16"], dtype=torch.bfloat16)
     p["m_mistral"] = _copy_model(base, d / "m-mistral")
-    (p["m_mistral"] / "config.json").write_text(json.dumps({**config, "model_type": "mistral",
-                                                            "architectures": ["MistralForCausalLM"]}))
+    (p["m_mistral"] / "config.json").write_text(
+        json.dumps({**config, "model_type": "mistral", "architectures": ["MistralForCausalLM"]})
+    )
 
     p["tofu"] = d / "tofu"  # only what the eval cases need: they fail on the model before any data
     p["tofu"].mkdir()

@@ -49,7 +49,9 @@ def test_common_keys(name):
 
 def test_fsdp_section():
     fsdp = _load("fsdp.yaml")["fsdp_config"]
-    assert fsdp["fsdp_version"] == 2  # accelerate swaps the optimizer's params; FSDP1 needs the optimizer after wrapping
+    assert (
+        fsdp["fsdp_version"] == 2
+    )  # accelerate swaps the optimizer's params; FSDP1 needs the optimizer after wrapping
     assert fsdp["fsdp_reshard_after_forward"] is True  # FSDP2's FULL_SHARD
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"

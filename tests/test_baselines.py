@@ -41,12 +41,21 @@ def full_inputs(seed=0):
         return SeqStats(-torch.rand(2, 3, generator=g), torch.tensor([[True, True, False], [True, True, True]]))
 
     return LossInputs(
-        forget=s(), retain=s(), target=s(), ref_forget=s(), ref_retain=s(), ref_target=s(),
-        retain_logits=torch.randn(4, 5, generator=g), ref_retain_logits=torch.randn(4, 5, generator=g),
-        forget_logits=torch.randn(5, 5, generator=g), ref_forget_logits=torch.randn(5, 5, generator=g),
+        forget=s(),
+        retain=s(),
+        target=s(),
+        ref_forget=s(),
+        ref_retain=s(),
+        ref_target=s(),
+        retain_logits=torch.randn(4, 5, generator=g),
+        ref_retain_logits=torch.randn(4, 5, generator=g),
+        forget_logits=torch.randn(5, 5, generator=g),
+        ref_forget_logits=torch.randn(5, 5, generator=g),
         reinforced_forget_logits=torch.randn(5, 5, generator=g),
-        forget_hidden=torch.randn(5, 4, generator=g), retain_hidden=torch.randn(4, 4, generator=g),
-        ref_retain_hidden=torch.randn(4, 4, generator=g), control=torch.rand(4, generator=g),
+        forget_hidden=torch.randn(5, 4, generator=g),
+        retain_hidden=torch.randn(4, 4, generator=g),
+        ref_retain_hidden=torch.randn(4, 4, generator=g),
+        control=torch.rand(4, generator=g),
     )
 
 

@@ -9,7 +9,9 @@ from mox_unlearn.errors import MoxError
 def test_precedence_defaults_yaml_flags_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("lr: 2.0e-5\nepochs: 3\nalpha: 2\nprompt:\n  chat_template: never\nloss:\n  lambda_kl: 0.5\n")
-    cfg = load_config(f, ["epochs=4", "loss.beta=0.2", "prompt.question_template=Q: {question}\\nA:"], {"alpha": 8.0, "model": None})
+    cfg = load_config(
+        f, ["epochs=4", "loss.beta=0.2", "prompt.question_template=Q: {question}\\nA:"], {"alpha": 8.0, "model": None}
+    )
     assert cfg.lr == 2e-5 and cfg.epochs == 4 and cfg.alpha == 8.0 and isinstance(cfg.alpha, float)
     assert cfg.loss == {"lambda_kl": 0.5, "beta": 0.2}
     assert cfg.prompt.chat_template == "never" and cfg.prompt.question_template.startswith("Q: ")

@@ -181,7 +181,9 @@ def test_json_top_level_shapes(tmp_path):
     with pytest.raises(MoxError, match=r"s\.json: expected a JSON list of records, got str"):
         load_records(write(tmp_path / "s.json", '"just a string"'))
     with pytest.raises(MoxError, match=r'w\.json\["data"\]\[1\]: record has no "answer" key'):
-        load_records(write(tmp_path / "w.json", json.dumps({"data": [{"question": "q", "answer": "a"}, {"question": "q"}]})))
+        load_records(
+            write(tmp_path / "w.json", json.dumps({"data": [{"question": "q", "answer": "a"}, {"question": "q"}]}))
+        )
 
 
 def test_missing_file(tmp_path):
@@ -190,7 +192,9 @@ def test_missing_file(tmp_path):
         load_records(str(path), name="forget")
 
 
-@pytest.mark.parametrize("name, content", [("e.jsonl", "\n\n"), ("e.json", "[]"), ("e.txt", "  \n"), ("d.json", '{"data": []}')])
+@pytest.mark.parametrize(
+    "name, content", [("e.jsonl", "\n\n"), ("e.json", "[]"), ("e.txt", "  \n"), ("d.json", '{"data": []}')]
+)
 def test_empty_set(tmp_path, name, content):
     spec = write(tmp_path / name, content)
     with pytest.raises(MoxError, match=r"^forget set is empty: "):
@@ -349,7 +353,10 @@ def test_truncation_keeps_prompt(tokenizer):
 
 def test_prompt_too_long(tokenizer):
     n = len(prompt_ids(tokenizer, "Where was Alia Vorn born?", PLAIN))
-    assert encode_qa(tokenizer, "Where was Alia Vorn born?", "In 1961.", PLAIN, max_length=n + 1)["labels"][-1] != IGNORE_INDEX
+    assert (
+        encode_qa(tokenizer, "Where was Alia Vorn born?", "In 1961.", PLAIN, max_length=n + 1)["labels"][-1]
+        != IGNORE_INDEX
+    )
     with pytest.raises(MoxError, match="prompt is longer than max_length"):
         encode_qa(tokenizer, "Where was Alia Vorn born?", "In 1961.", PLAIN, max_length=n)
 

@@ -8,12 +8,25 @@ import pytest
 
 from mox_unlearn.cli import main
 
-MINI = ["sizes={n_profiles: 10, n_holdout: 1, n_attributes: 8, n_train_phrasings: 2, n_authors: 6, n_world: 6, n_retain_eval: 10}",
-        "vocab_size=400", "hidden_size=32", "num_layers=2", "num_heads=2", "intermediate_size=64",
-        "general_epochs=1", "profile_epochs=2", "pretrain_lr=1e-3",
-        "unlearn={lr: 1e-3, epochs: 2, batch_size: 4, per_device_batch_size: 4}",
-        "methods=[mox, ga]", "alphas=[1.0, 4.0]", "eval_max_new_tokens=8", "eval_batch_size=16",
-        "tuned_settings={frontier_methods: [mox, ga], frontier_lr_scales: [1.0]}"]
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
+
+MINI = [
+    "sizes={n_profiles: 10, n_holdout: 1, n_attributes: 8, n_train_phrasings: 2, n_authors: 6, n_world: 6, n_retain_eval: 10}",
+    "vocab_size=400",
+    "hidden_size=32",
+    "num_layers=2",
+    "num_heads=2",
+    "intermediate_size=64",
+    "general_epochs=1",
+    "profile_epochs=2",
+    "pretrain_lr=1e-3",
+    "unlearn={lr: 1e-3, epochs: 2, batch_size: 4, per_device_batch_size: 4}",
+    "methods=[mox, ga]",
+    "alphas=[1.0, 4.0]",
+    "eval_max_new_tokens=8",
+    "eval_batch_size=16",
+    "tuned_settings={frontier_methods: [mox, ga], frontier_lr_scales: [1.0]}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +55,12 @@ def test_miniature_demo_reports_each_method_at_its_picked_setting(demo):
     out = demo / "out"
     result = json.loads((out / "results.json").read_text())
     tuned = result["tuned_rows"]
-    assert [(r["method"], r["rule"]) for r in tuned] == [("mox", "retrain-free"), ("mox", "oracle"),
-                                                        ("ga", "retrain-free"), ("ga", "oracle")]
+    assert [(r["method"], r["rule"]) for r in tuned] == [
+        ("mox", "retrain-free"),
+        ("mox", "oracle"),
+        ("ga", "retrain-free"),
+        ("ga", "oracle"),
+    ]
     frontier = json.loads((out / "frontier" / "frontier.json").read_text())
     by_id = {r["id"]: r for r in frontier["records"]}
     for row in tuned:
@@ -56,8 +73,15 @@ def test_miniature_demo_reports_each_method_at_its_picked_setting(demo):
     assert len(list((out / "runs").glob("*/run.json"))) == 2
     # and each model is evaluated once: the α models are the shared table's (only GA's epochs are new)
     evals = sorted(p.name.split("-forget10-")[0] for p in (out / "evals").glob("*-forget10-*.json"))
-    assert evals == ["frontier-ga-lr0.001-s0-epoch1", "frontier-ga-lr0.001-s0-epoch2", "ga", "mox-a1", "mox-a4",
-                     "original", "retrained"]
+    assert evals == [
+        "frontier-ga-lr0.001-s0-epoch1",
+        "frontier-ga-lr0.001-s0-epoch2",
+        "ga",
+        "mox-a1",
+        "mox-a4",
+        "original",
+        "retrained",
+    ]
     md = (out / "results.md").read_text()
     assert "## Tuned: each method at the setting a rule picks" in md and "| Picked setting |" in md
     assert (out / "frontier" / "frontier.png").is_file()
@@ -82,8 +106,25 @@ def test_the_printed_frontier_command_reuses_the_demo_runs(demo, capsys):
         assert main(["demo", "--untuned", "--out", str(out), "--cache-dir", str(demo / "cache"), *MINI]) == 0
     runs = sorted(p.parent.name for p in (out / "runs").glob("*/run.json"))
     capsys.readouterr()
-    assert main(["experiment", "frontier", "--config", "demo", "--out", str(out), "--cache-dir", str(demo / "cache"),
-                 *MINI, "frontier_methods=[mox, ga]", "frontier_lr_scales=[1.0]", "frontier_seeds=[0]"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "frontier",
+                "--config",
+                "demo",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(demo / "cache"),
+                *MINI,
+                "frontier_methods=[mox, ga]",
+                "frontier_lr_scales=[1.0]",
+                "frontier_seeds=[0]",
+            ]
+        )
+        == 0
+    )
     assert "training" not in capsys.readouterr().out
     assert sorted(p.parent.name for p in (out / "runs").glob("*/run.json")) == runs
     assert (out / "frontier" / "frontier.json").is_file()

@@ -63,8 +63,16 @@ def test_cut_at_stop():
 
 def test_open_unlearning_retain_log_is_read(tmp_path):
     f = tmp_path / "TOFU_EVAL.json"
-    f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
-        "10": {"score": 0.3}, "2": {"score": 0.9}, "0": {"score": 0.5}}}}))
+    f.write_text(
+        json.dumps(
+            {
+                "forget_truth_ratio": {
+                    "agg_value": 0.6,
+                    "value_by_index": {"10": {"score": 0.3}, "2": {"score": 0.9}, "0": {"score": 0.5}},
+                }
+            }
+        )
+    )
     values, _ = read_retain_truth_ratios(f)
     assert values.tolist() == [0.5, 0.9, 0.3]  # ordered by index
     bad = tmp_path / "bad.json"
@@ -87,12 +95,30 @@ def test_open_unlearning_retain_log_is_read(tmp_path):
 @pytest.fixture(scope="module")
 def tofu_result(tiny_model_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "tofu.json"
-    code = main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
-                 "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            "--benchmark",
+            "tofu",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data_dir / "tofu"),
+            "--forget-split",
+            "forget01",
+            "--limit",
+            "10",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
 
+@pytest.mark.slow
 def test_tofu_end_to_end_produces_every_summary_key(tofu_result):
     result = json.loads(tofu_result.read_text())
     assert set(result["summary"]) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak"}
@@ -111,11 +137,35 @@ def test_tofu_end_to_end_produces_every_summary_key(tofu_result):
         assert np.isfinite(result["metrics"][name]["value"])
 
 
-def test_tofu_model_against_itself_has_forget_quality_one_and_is_deterministic(tofu_result, tiny_model_dir, data_dir, tmp_path):
+@pytest.mark.slow
+def test_tofu_model_against_itself_has_forget_quality_one_and_is_deterministic(
+    tofu_result, tiny_model_dir, data_dir, tmp_path
+):
     out = tmp_path / "again.json"
-    assert main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
-                 "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--retain-result", str(tofu_result),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data_dir / "tofu"),
+                "--forget-split",
+                "forget01",
+                "--limit",
+                "10",
+                "--batch-size",
+                "8",
+                "--retain-result",
+                str(tofu_result),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     first, second = json.loads(tofu_result.read_text()), json.loads(out.read_text())
     assert second["summary"]["forget_quality"] == 1.0
     assert second["summary"]["privleak"] == 0.0
@@ -125,22 +175,58 @@ def test_tofu_model_against_itself_has_forget_quality_one_and_is_deterministic(t
     assert first["metrics"]["forget_truth_ratio"]["per_item"] == second["metrics"]["forget_truth_ratio"]["per_item"]
 
 
+@pytest.mark.slow
 def test_tofu_refusals(tiny_model_dir, data_dir, tofu_result, tmp_path, capsys):
     base = ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r.json")]
     assert main([*base, "--data", str(data_dir / "tofu"), "--forget-split", "forget02"]) == 2
     assert "valid: forget01, forget05, forget10" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path), "--limit", "2"]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main([*base, "--data", str(data_dir / "tofu"), "--forget-split", "forget01", "--limit", "5",
-                 "--retain-result", str(tofu_result)]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "--data",
+                str(data_dir / "tofu"),
+                "--forget-split",
+                "forget01",
+                "--limit",
+                "5",
+                "--retain-result",
+                str(tofu_result),
+            ]
+        )
+        == 2
+    )
     assert "same forget split and --limit" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_muse_end_to_end_produces_every_summary_key(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "muse.json"
-    assert main(["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news"),
-                 "--limit", "10", "--batch-size", "4", "--retain-result", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "muse",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data_dir / "muse-news"),
+                "--limit",
+                "10",
+                "--batch-size",
+                "4",
+                "--retain-result",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["summary"]) == {"verbmem_f", "knowmem_f", "knowmem_r", "privleak"}
     assert all(v is not None and np.isfinite(v) for v in result["summary"].values())
@@ -148,8 +234,28 @@ def test_muse_end_to_end_produces_every_summary_key(tiny_model_dir, data_dir, tm
     assert 0 <= result["metrics"]["privleak_auc"]["value"] <= 1
     # its own result file as the retain model: PrivLeak 0
     again = tmp_path / "again.json"
-    assert main(["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news"),
-                 "--limit", "10", "--batch-size", "4", "--retain-result", str(out), "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "muse",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data_dir / "muse-news"),
+                "--limit",
+                "10",
+                "--batch-size",
+                "4",
+                "--retain-result",
+                str(out),
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert json.loads(again.read_text())["summary"]["privleak"] == 0.0
 
 
@@ -165,14 +271,29 @@ def test_batch_size_8_equals_batch_size_1(model, tokenizer):
         assert a.n_tokens == b.n_tokens and np.array_equal(a.correct, b.correct)
         assert np.abs(a.token_logps - b.token_logps).max() <= 1e-4
     prompts = [prompt_ids(tokenizer, q, FMT) for q in questions]
-    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=8) == \
-        generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=1)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=16, batch_size=8) == generate_greedy(
+        model, tokenizer, prompts, max_new_tokens=16, batch_size=1
+    )
 
 
 def test_eval_refuses_to_write_into_the_model_folder(tiny_model_dir, capsys):
     before = sorted(p.name for p in tiny_model_dir.iterdir())
-    assert main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", "unused",
-                 "--out", str(tiny_model_dir / "config.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                "unused",
+                "--out",
+                str(tiny_model_dir / "config.json"),
+            ]
+        )
+        == 2
+    )
     assert "inside the model folder" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
 
@@ -237,6 +358,7 @@ def test_eos_is_dropped_only_where_the_answer_ends_in_eos(model, tokenizer):
     assert not short.ends_with_eos and short.content_logps.size == short.n_tokens == 3
 
 
+@pytest.mark.slow
 def test_tofu_min_k_es_em_drop_eos_in_the_result(tofu_result, model, tokenizer, data_dir):
     """The result file's ES / EM / min-k scores are those of the EOS-free positions of every forget answer."""
     from mox_unlearn.evaluate import metrics as M
@@ -246,7 +368,9 @@ def test_tofu_min_k_es_em_drop_eos_in_the_result(tofu_result, model, tokenizer, 
     forget = load_tofu_split(str(data_dir / "tofu"), "forget01_perturbed").records[:10]
     stats = answer_stats(model, tokenizer, [r["question"] for r in forget], [r["answer"] for r in forget], FMT)
     correct = [s.content_correct for s in stats]
-    assert result["metrics"]["extraction_strength"]["per_item"] == pytest.approx(M.extraction_strength(correct).tolist())
+    assert result["metrics"]["extraction_strength"]["per_item"] == pytest.approx(
+        M.extraction_strength(correct).tolist()
+    )
     assert result["metrics"]["exact_memorization"]["per_item"] == pytest.approx(M.exact_memorization(correct).tolist())
     scores = M.min_k_scores([s.content_logps for s in stats])
     assert result["metrics"]["mia_min_k"]["forget_scores"] == pytest.approx(scores.tolist(), abs=1e-6)
@@ -267,13 +391,31 @@ def test_tofu_privleak_hand_values():
 
 
 def _eval_args(tiny_model_dir, data_dir, out, retain):
-    return ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu"),
-            "--forget-split", "forget01", "--limit", "10", "--batch-size", "8", "--retain-result", str(retain),
-            "--out", str(out)]
+    return [
+        "eval",
+        "--benchmark",
+        "tofu",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data_dir / "tofu"),
+        "--forget-split",
+        "forget01",
+        "--limit",
+        "10",
+        "--batch-size",
+        "8",
+        "--retain-result",
+        str(retain),
+        "--out",
+        str(out),
+    ]
 
 
-def test_retain_result_with_another_convention_is_refused_unless_allowed(tofu_result, tiny_model_dir, data_dir,
-                                                                          tmp_path, capsys):
+@pytest.mark.slow
+def test_retain_result_with_another_convention_is_refused_unless_allowed(
+    tofu_result, tiny_model_dir, data_dir, tmp_path, capsys
+):
     other = json.loads(tofu_result.read_text())
     other["convention"]["prompt"]["question_template"] = "Question: {question}\nAnswer: "  # open-unlearning's
     other["convention"]["tokenizer_sha"] = "0" * 16
@@ -291,15 +433,24 @@ def test_retain_result_with_another_convention_is_refused_unless_allowed(tofu_re
     assert "different prompt" in result["metrics"]["forget_quality"]["convention_check"]
 
 
-def test_open_unlearning_retain_result_warns_and_gives_privleak(tofu_result, tiny_model_dir, data_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_open_unlearning_retain_result_warns_and_gives_privleak(
+    tofu_result, tiny_model_dir, data_dir, tmp_path, capsys
+):
     """A TOFU_EVAL.json records no convention: accepted with a one-line warning; its mia_min_k (open-unlearning's
     flipped AUC) gives PrivLeak."""
     ours = json.loads(tofu_result.read_text())
     ratios = ours["metrics"]["forget_truth_ratio"]["per_item"]
     auc = ours["metrics"]["mia_min_k"]["value"]
     retain = tmp_path / "TOFU_EVAL.json"
-    retain.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {str(i): {"score": r} for i, r in enumerate(ratios)}},
-                                  "mia_min_k": {"agg_value": 1 - auc}}))
+    retain.write_text(
+        json.dumps(
+            {
+                "forget_truth_ratio": {"value_by_index": {str(i): {"score": r} for i, r in enumerate(ratios)}},
+                "mia_min_k": {"agg_value": 1 - auc},
+            }
+        )
+    )
     out = tmp_path / "r.json"
     assert main(_eval_args(tiny_model_dir, data_dir, out, retain)) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox: warning:")]
@@ -316,5 +467,7 @@ def test_convention_tells_prompt_and_tokenizer_apart(tokenizer):
     assert scoring_convention(tokenizer, PromptFormat()) == base  # deterministic
     other_prompt = scoring_convention(tokenizer, PromptFormat(question_template="Q: {question}\nA:"))
     assert set(convention_differences(base, other_prompt)) == {"prompt", "tokenization of a probe question"}
-    other_tok = scoring_convention(build_tokenizer(["a few other words entirely", "and more of them"], vocab_size=80), FMT)
+    other_tok = scoring_convention(
+        build_tokenizer(["a few other words entirely", "and more of them"], vocab_size=80), FMT
+    )
     assert "tokenizer" in convention_differences(base, other_tok)

@@ -7,17 +7,25 @@ import json
 
 import pytest
 import torch
+from miniature import mini_settings
 from safetensors.torch import load_file
 
 from mox_unlearn.cli import main
 from mox_unlearn.config import apply_mapping
 from mox_unlearn.experiments import ExperimentConfig, Workspace
 from mox_unlearn.experiments.workspace import epoch_snapshots
-from miniature import mini_settings
+
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
 
 MINI = mini_settings(
-    etas=[0.5, 1.0], weights=[1.0, 2.0], trajectory_methods=["ga", "mox", "mox-momentum"], collapse_methods=["ga", "mox"],
-    continual_methods=["ga", "mox"], continual_epochs=1, compare_methods=["npo"], forget_splits=["forget05", "forget10"],
+    etas=[0.5, 1.0],
+    weights=[1.0, 2.0],
+    trajectory_methods=["ga", "mox", "mox-momentum"],
+    collapse_methods=["ga", "mox"],
+    continual_methods=["ga", "mox"],
+    continual_epochs=1,
+    compare_methods=["npo"],
+    forget_splits=["forget05", "forget10"],
 )
 ARGS = [f"{k}={json.dumps(v)}" for k, v in MINI.items()]
 
@@ -41,8 +49,14 @@ def _weights(folder):
 
 def test_sweep_rows_and_momentum_fold_at_eta_1_is_the_last_extrapolation(root):
     rows = _run(root, "sweep")
-    assert [r["model"] for r in rows] == ["original", "retrained", "mox-a1", "mox-a4", "mox-momentum-eta0.5",
-                                          "mox-momentum-eta1"]
+    assert [r["model"] for r in rows] == [
+        "original",
+        "retrained",
+        "mox-a1",
+        "mox-a4",
+        "mox-momentum-eta0.5",
+        "mox-momentum-eta1",
+    ]
     by = {r["model"]: r for r in rows}
     assert by["retrained"]["forget_quality"] == 1.0
     # η = 1 keeps only the last epoch's θ_for, i.e. α = 4 from the final θ_mem: same weights, same metrics
@@ -72,17 +86,29 @@ def test_momentum_fold_equals_a_momentum_training_run(root):
 
 def test_stability_forget_size_and_continual(root):
     rows = _run(root, "stability")
-    assert [(r["method"], r["value"]) for r in rows] == [("GA", 1.0), ("GA", 2.0), ("NPO", 1.0), ("NPO", 2.0),
-                                                         ("MOX", 1.0), ("MOX", 2.0)]
+    assert [(r["method"], r["value"]) for r in rows] == [
+        ("GA", 1.0),
+        ("GA", 2.0),
+        ("NPO", 1.0),
+        ("NPO", 2.0),
+        ("MOX", 1.0),
+        ("MOX", 2.0),
+    ]
     rows = _run(root, "forget-size")
-    assert [(r["method"], r["split"]) for r in rows] == [("mox", "forget05"), ("npo", "forget05"), ("mox", "forget10"),
-                                                         ("npo", "forget10")]
+    assert [(r["method"], r["split"]) for r in rows] == [
+        ("mox", "forget05"),
+        ("npo", "forget05"),
+        ("mox", "forget10"),
+        ("npo", "forget10"),
+    ]
     assert all(r["forget_quality"] is not None for r in rows)
     rows = _run(root, "continual")
     assert [(r["method"], r["stage"]) for r in rows] == [("ga", 1), ("ga", 2), ("mox", 1), ("mox", 2)]
     # stage 2 starts from stage 1's model
     stage2 = [p for p in (root / "out" / "runs").glob("continual-mox-2-*")]
-    assert len(stage2) == 1 and "continual-mox-1-" in json.loads((stage2[0] / "run.json").read_text())["config"]["model"]
+    assert (
+        len(stage2) == 1 and "continual-mox-1-" in json.loads((stage2[0] / "run.json").read_text())["config"]["model"]
+    )
 
 
 def test_trajectory_and_collapse_share_their_runs(root):
@@ -108,9 +134,17 @@ def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
 
 def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tmp_path):
     """target= / retain_model= / data= replace the demo benchmark (here the shared TOFU copy, 4 items a split)."""
-    args = [f"target={tiny_model_dir}", f"retain_model={tiny_model_dir}", f"data={data_dir / 'tofu'}", "eval_limit=4",
-            "forget_splits=[forget01]", "compare_methods=[ga]", "max_length=256", "eval_max_new_tokens=4",
-            "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}"]
+    args = [
+        f"target={tiny_model_dir}",
+        f"retain_model={tiny_model_dir}",
+        f"data={data_dir / 'tofu'}",
+        "eval_limit=4",
+        "forget_splits=[forget01]",
+        "compare_methods=[ga]",
+        "max_length=256",
+        "eval_max_new_tokens=4",
+        "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}",
+    ]
     assert main(["experiment", "forget-size", "--out", str(tmp_path / "out"), *args]) == 0
     rows = json.loads((tmp_path / "out" / "forget-size" / "forget-size.json").read_text())["rows"]
     assert [(r["method"], r["split"]) for r in rows] == [("mox", "forget01"), ("ga", "forget01")]
@@ -136,10 +170,20 @@ def test_tofu_subset_keeps_every_metric_fed(data_dir, tmp_path):
 
 
 def test_base_model_is_fine_tuned_into_target_and_retain(data_dir, tiny_model_dir, tmp_path):
-    args = [f"base={tiny_model_dir}", f"data={data_dir / 'tofu'}", "tofu_authors=3", "forget_split=forget01",
-            "eval_limit=3", "max_length=256", "eval_max_new_tokens=4", "methods=[mox, ga]", "alphas=[2.0]",
-            "finetune={lr: 1e-3, max_steps: 2, batch_size: 4, per_device_batch_size: 4}",
-            "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}", "save_epochs=false"]
+    args = [
+        f"base={tiny_model_dir}",
+        f"data={data_dir / 'tofu'}",
+        "tofu_authors=3",
+        "forget_split=forget01",
+        "eval_limit=3",
+        "max_length=256",
+        "eval_max_new_tokens=4",
+        "methods=[mox, ga]",
+        "alphas=[2.0]",
+        "finetune={lr: 1e-3, max_steps: 2, batch_size: 4, per_device_batch_size: 4}",
+        "unlearn={lr: 1e-3, max_steps: 1, batch_size: 4, per_device_batch_size: 4}",
+        "save_epochs=false",
+    ]
     assert main(["experiment", "table", "--out", str(tmp_path / "out"), *args]) == 0
     rows = json.loads((tmp_path / "out" / "table" / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["original", "retrained", "mox-a2", "ga"]
@@ -160,9 +204,14 @@ def test_every_experiment_preset_loads():
         assert cfg.methods and cfg.forget_split in ("forget01", "forget05", "forget10"), path
 
 
-@pytest.mark.parametrize("setting,message", [("target=/no/such/model", "target=/no/such/model: no such folder"),
-                                             ("base=./missing-base", "base=./missing-base: no such folder"),
-                                             ("data=/no/such/data", "data=/no/such/data: no such folder")])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("target=/no/such/model", "target=/no/such/model: no such folder"),
+        ("base=./missing-base", "base=./missing-base: no such folder"),
+        ("data=/no/such/data", "data=/no/such/data: no such folder"),
+    ],
+)
 def test_missing_models_and_data_are_refused_before_anything_is_written(tmp_path, capsys, setting, message):
     assert main(["experiment", "table", "--out", str(tmp_path / "out"), setting]) == 2
     err = capsys.readouterr().err.strip()
@@ -177,13 +226,31 @@ def test_a_folder_without_config_is_not_a_model(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("setting,message", [("alphas=[1, .nan]", "alphas: alpha nan is not a finite number"),
-                                             ("weights=[0, 1]", "weights: alpha 0 <= 0"),
-                                             ("etas=[0.5, 0]", "etas must be"),
-                                             ("forget_splits=[forget07]", "unknown forget split 'forget07'")])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("alphas=[1, .nan]", "alphas: alpha nan is not a finite number"),
+        ("weights=[0, 1]", "weights: alpha 0 <= 0"),
+        ("etas=[0.5, 0]", "etas must be"),
+        ("forget_splits=[forget07]", "unknown forget split 'forget07'"),
+    ],
+)
 def test_nonsense_numbers_are_refused_before_any_work(tmp_path, capsys, setting, message):
-    assert main(["experiment", "sweep", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-                 *ARGS, setting]) == 2
+    assert (
+        main(
+            [
+                "experiment",
+                "sweep",
+                "--out",
+                str(tmp_path / "out"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                *ARGS,
+                setting,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -7,6 +7,7 @@ import copy
 import json
 
 import pytest
+from miniature import mini_settings
 
 from mox_unlearn.config import apply_mapping
 from mox_unlearn.data import load_records
@@ -14,7 +15,8 @@ from mox_unlearn.demo.profiles import DemoSizes, generate, make_world, overlap_s
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments import ExperimentConfig, Workspace
 from mox_unlearn.experiments.attacks import examples, overlap, relearn, relearn_halves
-from miniature import mini_settings
+
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
 
 MINI = mini_settings(compare_methods=["ga"], relearn_steps=[2], examples=3)
 SIZES = DemoSizes(**MINI["sizes"])
@@ -71,8 +73,12 @@ def test_overlap_corpus_drops_every_phrasing_of_a_carved_fact_and_nothing_else()
     splits, base = overlap_splits(2, SIZES, 10), generate(2, SIZES)
     carved = {(r["question"], r["answer"]) for r in splits["forget10"]}
     facts = [f for p in make_world(2, SIZES).profiles for f in p.facts]
-    gone = [(r["question"], r["answer"]) for f in facts for r in phrasings(f, SIZES.n_train_phrasings)
-            if (phrasings(f, 1)[0]["question"], phrasings(f, 1)[0]["answer"]) in carved]
+    gone = [
+        (r["question"], r["answer"])
+        for f in facts
+        for r in phrasings(f, SIZES.n_train_phrasings)
+        if (phrasings(f, 1)[0]["question"], phrasings(f, 1)[0]["answer"]) in carved
+    ]
     assert len(gone) == len(carved) * SIZES.n_train_phrasings
     corpus = [(r["question"], r["answer"]) for r in splits["train_retain"]]
     assert not set(gone) & set(corpus)
@@ -110,8 +116,11 @@ def test_examples_show_the_stored_generations(ws):
     rows = _table(examples(ws), "examples")
     assert len(rows) == 3 * (1 + len(MODELS))
     assert [r["model"] for r in rows[: 1 + len(MODELS)]] == ["gold", *MODELS]
-    evals = {json.loads(p.read_text())["model"]: json.loads(p.read_text()) for p in (ws.root / "evals").glob("*.json")
-             if "forget_rouge" in json.loads(p.read_text()).get("metrics", {})}
+    evals = {
+        json.loads(p.read_text())["model"]: json.loads(p.read_text())
+        for p in (ws.root / "evals").glob("*.json")
+        if "forget_rouge" in json.loads(p.read_text()).get("metrics", {})
+    }
     models = dict(zip(MODELS, [ws.target, ws.retain, *(str(p / "model") for p in _runs(ws, ("mox", "ga")))]))
     for r in rows:
         if r["model"] == "gold":
@@ -145,9 +154,13 @@ def test_overlap_unlearns_carved_facts_against_a_gold_model_without_them(ws):
 
 def test_bad_settings_are_one_line_errors(ws, tmp_path):
     cache = ws.root.parent / "cache"
-    cases = [(relearn, {"relearn_steps": []}, "relearn_steps"), (relearn, {"relearn_steps": [0]}, "relearn_steps"),
-             (relearn, {"relearn_lr": -1.0}, "relearn_lr"), (examples, {"examples": 0}, "examples"),
-             (overlap, {"overlap_percent": 7}, "overlap_percent")]
+    cases = [
+        (relearn, {"relearn_steps": []}, "relearn_steps"),
+        (relearn, {"relearn_steps": [0]}, "relearn_steps"),
+        (relearn, {"relearn_lr": -1.0}, "relearn_lr"),
+        (examples, {"examples": 0}, "examples"),
+        (overlap, {"overlap_percent": 7}, "overlap_percent"),
+    ]
     for fn, change, match in cases:
         with pytest.raises(MoxError, match=match) as e:
             fn(Workspace(_config(**change), tmp_path / "exp", cache))

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from miniature import mini_settings
 from safetensors.torch import save_file
 
 from mox_unlearn.config import apply_mapping
@@ -25,7 +26,8 @@ from mox_unlearn.experiments.weights import (
     layer_group,
     momentum_flops_per_element,
 )
-from miniature import mini_settings
+
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
 
 MINI = mini_settings()
 
@@ -85,8 +87,14 @@ def test_cosine_rows_cover_every_pair_and_group_in_model_order():
     ref, models = _hand_models()
     rows = cosine_rows(delta_dots(ref, models), list(models))
     assert [r["group"] for r in rows[:6]] == ["all"] * 6
-    assert [r["pair"] for r in rows[:6]] == ["m1 vs m2", "m1 vs ext", "m1 vs same", "m2 vs ext", "m2 vs same",
-                                             "ext vs same"]
+    assert [r["pair"] for r in rows[:6]] == [
+        "m1 vs m2",
+        "m1 vs ext",
+        "m1 vs same",
+        "m2 vs ext",
+        "m2 vs same",
+        "ext vs same",
+    ]
     assert len(rows) == 6 * 3
     assert all(r["cosine"] is None or -1 <= r["cosine"] <= 1 for r in rows)
 

@@ -56,8 +56,10 @@ def expected_sd(ref: dict, mem: dict, alpha: float) -> dict[str, torch.Tensor]:
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
     )
 
 
@@ -199,8 +201,15 @@ def test_output_is_a_loadable_hf_folder(models, tmp_path):
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (models["ref"] / name).read_bytes()
     card = (out / "README.md").read_text()
-    for text in ("MOX extrapolation (Eq. 8)", "| alpha | 4 |", str(models["ref"].resolve()),
-                 str(models["mem"].resolve()), "forget.jsonl", "mox-unlearn version", "date"):
+    for text in (
+        "MOX extrapolation (Eq. 8)",
+        "| alpha | 4 |",
+        str(models["ref"].resolve()),
+        str(models["mem"].resolve()),
+        "forget.jsonl",
+        "mox-unlearn version",
+        "date",
+    ):
         assert text in card
 
 
@@ -228,8 +237,14 @@ def test_non_float_tensors_come_from_ref(models, tmp_path):
         d.mkdir()
         (d / "config.json").write_text("{}")
         g = torch.Generator().manual_seed(seed)
-        save_file({"w": torch.randn(4, 4, generator=g), "steps": torch.tensor([seed + 10]),
-                   "mask": torch.tensor([bool(seed), True])}, str(d / "model.safetensors"))
+        save_file(
+            {
+                "w": torch.randn(4, 4, generator=g),
+                "steps": torch.tensor([seed + 10]),
+                "mask": torch.tensor([bool(seed), True]),
+            },
+            str(d / "model.safetensors"),
+        )
     got = load_sd(run(ref, mem, [4.0], tmp_path / "out")[0])
     assert torch.equal(got["steps"], torch.tensor([10])) and torch.equal(got["mask"], torch.tensor([False, True]))
 
@@ -259,8 +274,10 @@ def test_output_shards_respect_cap(models, tmp_path):
         total += data
         assert data <= cap or len(header) == 1, (shard.name, data)
     assert index["metadata"]["total_size"] == total
-    assert any(len(read_safetensors_header(s)) == 1 and sum(i.nbytes for i in read_safetensors_header(s).values()) > cap
-               for s in shards)  # the oversized embedding got a shard of its own
+    assert any(
+        len(read_safetensors_header(s)) == 1 and sum(i.nbytes for i in read_safetensors_header(s).values()) > cap
+        for s in shards
+    )  # the oversized embedding got a shard of its own
 
 
 # ----------------------------------------------------------------------------- folders: refusals
@@ -370,8 +387,17 @@ def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("2GB", 2 * 10**9), ("256MB", 256 * 10**6), ("500KB", 500_000), ("1.5GB", 1_500_000_000),
-     ("512MiB", 512 * 2**20), ("1GiB", 2**30), ("100", 100), (4096, 4096), (" 2 gb ", 2 * 10**9)],
+    [
+        ("2GB", 2 * 10**9),
+        ("256MB", 256 * 10**6),
+        ("500KB", 500_000),
+        ("1.5GB", 1_500_000_000),
+        ("512MiB", 512 * 2**20),
+        ("1GiB", 2**30),
+        ("100", 100),
+        (4096, 4096),
+        (" 2 gb ", 2 * 10**9),
+    ],
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value
@@ -404,7 +430,8 @@ def test_shard_writer_single_and_many(tmp_path):
     assert index["weight_map"]["t4"] == "model-00003-of-00003.safetensors"
     assert list_weight_files(tmp_path / "many")["t2"] == tmp_path / "many" / "model-00002-of-00003.safetensors"
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == sorted(
-        [p.name for p in paths] + ["model.safetensors.index.json"])  # no temp names left
+        [p.name for p in paths] + ["model.safetensors.index.json"]
+    )  # no temp names left
     with safe_open(str(paths[0]), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
     w2 = ShardWriter(tmp_path / "dup", 2000)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fault_cases import FAULTS, Fault, build_inputs, fill, is_root, left_behind, run_case
+
 from mox_unlearn import modelio
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
@@ -61,10 +61,27 @@ def test_unreadable_file_even_as_root(fault_root, monkeypatch, capsys):
 
     monkeypatch.setattr(Path, "read_bytes", deny)
     out = root / "out" / "eacces"
-    assert main(["unlearn", "--model", str(paths["model"]), "--forget", str(paths["forget"]), "--retain",
-                 str(paths["retain"]), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                str(paths["model"]),
+                "--forget",
+                str(paths["forget"]),
+                "--retain",
+                str(paths["retain"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.startswith(f"mox: error: cannot read retain file {paths['retain']}: PermissionError") and err.count("\n") == 1
+    assert (
+        err.startswith(f"mox: error: cannot read retain file {paths['retain']}: PermissionError")
+        and err.count("\n") == 1
+    )
     assert not out.exists()
 
 
@@ -77,22 +94,55 @@ def test_fault_ids_are_unique():
 
 def test_debug_prints_the_traceback_and_the_line(fault_root, capsys):
     root, paths = fault_root
-    assert main(["--debug", "extrapolate", "--ref", str(paths["model"]), "--mem", str(paths["m_trunc"]),
-                 "--alpha", "2", "--out", str(root / "out" / "debug")]) == 2
+    assert (
+        main(
+            [
+                "--debug",
+                "extrapolate",
+                "--ref",
+                str(paths["model"]),
+                "--mem",
+                str(paths["m_trunc"]),
+                "--alpha",
+                "2",
+                "--out",
+                str(root / "out" / "debug"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("mox: error: corrupted or truncated")
     # also accepted after the subcommand
-    assert main(["extrapolate", "--ref", str(paths["model"]), "--mem", str(paths["m_trunc"]), "--alpha", "2",
-                 "--out", str(root / "out" / "debug"), "--debug"]) == 2
+    assert (
+        main(
+            [
+                "extrapolate",
+                "--ref",
+                str(paths["model"]),
+                "--mem",
+                str(paths["m_trunc"]),
+                "--alpha",
+                "2",
+                "--out",
+                str(root / "out" / "debug"),
+                "--debug",
+            ]
+        )
+        == 2
+    )
     assert "Traceback" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (RuntimeError("boom\nsecond line"), "mox: error: unexpected RuntimeError: boom second line (run with --debug"),
-    (PermissionError(13, "Permission denied", "/x/y"), "mox: error: Permission denied: /x/y"),
-    (json.JSONDecodeError("Expecting value", '{"a":\n', 6), "mox: error: invalid JSON at line 2"),
-    (KeyError("lm_head.weight"), "mox: error: unexpected KeyError: 'lm_head.weight' (run with --debug"),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (RuntimeError("boom\nsecond line"), "mox: error: unexpected RuntimeError: boom second line (run with --debug"),
+        (PermissionError(13, "Permission denied", "/x/y"), "mox: error: Permission denied: /x/y"),
+        (json.JSONDecodeError("Expecting value", '{"a":\n', 6), "mox: error: invalid JSON at line 2"),
+        (KeyError("lm_head.weight"), "mox: error: unexpected KeyError: 'lm_head.weight' (run with --debug"),
+    ],
+)
 def test_unexpected_exceptions_are_one_line(monkeypatch, capsys, tmp_path, exc, expected):
     import mox_unlearn.report
 
@@ -124,8 +174,19 @@ def test_failed_start_of_a_run_leaves_an_existing_folder_alone(fault_root, capsy
     out = root / "out" / "existing"
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("mine")
-    argv = ["unlearn", "--model", str(paths["model"]), "--forget", str(paths["forget"]), "--retain",
-            str(paths["retain"]), "--out", str(out), "batch_size=3", "per_device_batch_size=2"]
+    argv = [
+        "unlearn",
+        "--model",
+        str(paths["model"]),
+        "--forget",
+        str(paths["forget"]),
+        "--retain",
+        str(paths["retain"]),
+        "--out",
+        str(out),
+        "batch_size=3",
+        "per_device_batch_size=2",
+    ]
     assert main(argv) == 2
     assert (out / "keep.txt").read_text() == "mine"
     assert "not empty" in capsys.readouterr().err
@@ -171,8 +232,17 @@ def test_allow_pickle_still_refuses_code_in_a_pickle(fault_root, tmp_path):
 def test_allow_pickle_flag_reaches_the_loader(fault_root, capsys):
     """`mox eval --allow-pickle` gets past the refusal (and then fails on the empty data folder)."""
     root, paths = fault_root
-    argv = ["eval", "--benchmark", "tofu", "--model", str(paths["m_bin"]), "--data", str(paths["tofu_empty"]),
-            "--out", str(root / "out" / "pickle.json")]
+    argv = [
+        "eval",
+        "--benchmark",
+        "tofu",
+        "--model",
+        str(paths["m_bin"]),
+        "--data",
+        str(paths["tofu_empty"]),
+        "--out",
+        str(root / "out" / "pickle.json"),
+    ]
     assert main(argv) == 2
     assert "--allow-pickle" in capsys.readouterr().err
     assert main([*argv, "--allow-pickle"]) == 2

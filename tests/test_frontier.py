@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+from miniature import mini_settings
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
@@ -27,21 +28,38 @@ from mox_unlearn.experiments.frontier import (
     summarize,
     unscored,
 )
-from miniature import mini_settings
 
 
 def rec(id_, fq, mu, drop, p, *, method="m", seed=0, **more):
     """A record as the frontier writes it: test metrics, validation (`val_*`) statistics, identity."""
-    return {"id": id_, "method": method, "seed": seed, "setting": f"lr {id_}", "knob": "epoch", "value": 1,
-            "forget_quality": fq, "model_utility": mu, "log10_forget_quality": None if fq is None else math.log10(fq),
-            "forget_rouge": 0.5, "retain_rouge": 0.8, "val_utility_drop": drop, "val_ks_p": p, **more}
+    return {
+        "id": id_,
+        "method": method,
+        "seed": seed,
+        "setting": f"lr {id_}",
+        "knob": "epoch",
+        "value": 1,
+        "forget_quality": fq,
+        "model_utility": mu,
+        "log10_forget_quality": None if fq is None else math.log10(fq),
+        "forget_rouge": 0.5,
+        "retain_rouge": 0.8,
+        "val_utility_drop": drop,
+        "val_ks_p": p,
+        **more,
+    }
 
 
 # ----------------------------------------------------------------------------- oracle
 
 
 def test_oracle_picks_the_highest_fq_above_the_mu_bar():
-    records = [rec("a", 0.9, 0.50, 0, 0), rec("b", 0.3, 0.80, 0, 0), rec("c", 0.6, 0.76, 0, 0), rec("d", 0.6, 0.95, 0, 0)]
+    records = [
+        rec("a", 0.9, 0.50, 0, 0),
+        rec("b", 0.3, 0.80, 0, 0),
+        rec("c", 0.6, 0.76, 0, 0),
+        rec("d", 0.6, 0.95, 0, 0),
+    ]
     pick = select_oracle(records, target_mu=0.8, ratio=0.95)  # bar 0.76: a is below it, c sits on it
     assert pick["id"] == "d" and pick["qualified"] and pick["mu_bar"] == pytest.approx(0.76)  # FQ tie -> higher MU
     assert select_oracle(records[:3], target_mu=0.8)["id"] == "c"  # the boundary MU = bar qualifies
@@ -59,8 +77,14 @@ def test_oracle_says_when_nothing_qualifies_and_takes_the_best_mu():
 
 
 def test_retrain_free_takes_the_most_holdout_like_forget_set_within_the_utility_tolerance():
-    records = [rec("a", 0.1, 0.8, 0.01, 0.20), rec("b", 0.9, 0.8, 0.05, 0.60), rec("c", 0.5, 0.8, 0.30, 0.99),
-               rec("d", 0.5, 0.8, 0.02, 0.60), rec("e", 0.5, 0.8, None, 0.99), rec("f", 0.5, 0.8, 0.0, float("nan"))]
+    records = [
+        rec("a", 0.1, 0.8, 0.01, 0.20),
+        rec("b", 0.9, 0.8, 0.05, 0.60),
+        rec("c", 0.5, 0.8, 0.30, 0.99),
+        rec("d", 0.5, 0.8, 0.02, 0.60),
+        rec("e", 0.5, 0.8, None, 0.99),
+        rec("f", 0.5, 0.8, 0.0, float("nan")),
+    ]
     pick = select_retrain_free(records, tolerance=0.05, p_min=0.05)
     # c and e have the highest p but drop too much / unknown utility; b and d tie on p, d dropped less
     assert pick["id"] == "d" and pick["utility_ok"] and pick["forget_indistinguishable"]
@@ -71,10 +95,12 @@ def test_retrain_free_breaks_a_saturated_p_by_the_ks_statistic_then_the_median_g
     """Completely separated forget and holdout give every candidate the same p; rule v1 then took the least
     changed model. v2 takes the one whose forget scores came closest to the holdout's."""
     saturated = 6.2e-14
-    records = [rec("untouched", 0.1, 0.8, 0.00, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-11.9),
-               rec("closer", 0.1, 0.8, 0.04, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-8.5),
-               rec("too far", 0.1, 0.8, 0.20, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-2.0),
-               rec("over", 0.1, 0.8, 0.03, saturated, val_ks_stat=1.0, val_forget_minus_holdout=+9.0)]
+    records = [
+        rec("untouched", 0.1, 0.8, 0.00, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-11.9),
+        rec("closer", 0.1, 0.8, 0.04, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-8.5),
+        rec("too far", 0.1, 0.8, 0.20, saturated, val_ks_stat=1.0, val_forget_minus_holdout=-2.0),
+        rec("over", 0.1, 0.8, 0.03, saturated, val_ks_stat=1.0, val_forget_minus_holdout=+9.0),
+    ]
     assert select_retrain_free(records)["id"] == "closer"  # |−8.5| < |+9.0| < |−11.9|; "too far" drops 20 %
     records.append(rec("smaller D", 0.1, 0.8, 0.05, saturated, val_ks_stat=0.9, val_forget_minus_holdout=-10.0))
     assert select_retrain_free(records)["id"] == "smaller D"  # the statistic before the gap
@@ -96,7 +122,9 @@ def test_retrain_free_fallbacks_are_flagged():
 
 def test_retrain_free_never_reads_the_test_metrics():
     rng = random.Random(0)
-    records = [rec(f"r{i}", rng.random(), rng.random(), rng.uniform(0, 0.1), rng.random(), seed=i % 2) for i in range(12)]
+    records = [
+        rec(f"r{i}", rng.random(), rng.random(), rng.uniform(0, 0.1), rng.random(), seed=i % 2) for i in range(12)
+    ]
     base = select_retrain_free(records)["id"]
     for _ in range(20):
         shuffled = copy.deepcopy(records)
@@ -112,16 +140,24 @@ def test_retrain_free_never_reads_the_test_metrics():
 
 
 def test_both_rules_per_method_and_seed_and_mean_std_over_seeds():
-    records = [rec("m0a", 0.2, 0.9, 0.01, 0.5, seed=0), rec("m0b", 0.4, 0.9, 0.10, 0.9, seed=0),
-               rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1), rec("m1b", 0.1, 0.2, 0.01, 0.1, seed=1),
-               rec("n0", 0.01, 0.1, 0.5, 0.5, method="n", seed=0)]
+    records = [
+        rec("m0a", 0.2, 0.9, 0.01, 0.5, seed=0),
+        rec("m0b", 0.4, 0.9, 0.10, 0.9, seed=0),
+        rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1),
+        rec("m1b", 0.1, 0.2, 0.01, 0.1, seed=1),
+        rec("n0", 0.01, 0.1, 0.5, 0.5, method="n", seed=0),
+    ]
     sel = select_all(records, target_mu=0.9)
     assert {m: {s: (p[ORACLE]["id"], p[RETRAIN_FREE]["id"]) for s, p in by.items()} for m, by in sel.items()} == {
-        "m": {"0": ("m0b", "m0a"), "1": ("m1a", "m1a")}, "n": {"0": ("n0", "n0")}}
+        "m": {"0": ("m0b", "m0a"), "1": ("m1a", "m1a")},
+        "n": {"0": ("n0", "n0")},
+    }
     rows = {(r["method"], r["rule"]): r for r in summarize(records, sel)}
     oracle = rows[("m", ORACLE)]
     assert oracle["seeds"] == 2 and oracle["fallbacks"] == 0
-    assert oracle["forget_quality_mean"] == pytest.approx(0.5) and oracle["forget_quality_std"] == pytest.approx(0.1414213562)
+    assert oracle["forget_quality_mean"] == pytest.approx(0.5) and oracle["forget_quality_std"] == pytest.approx(
+        0.1414213562
+    )
     assert oracle["log10_forget_quality_mean"] == pytest.approx((math.log10(0.4) + math.log10(0.6)) / 2)
     assert rows[("m", RETRAIN_FREE)]["forget_quality_mean"] == pytest.approx(0.4)
     assert rows[("m", RETRAIN_FREE)]["picks"] == {"0": "lr m0a, epoch 1", "1": "lr m1a, epoch 1"}
@@ -135,45 +171,62 @@ def test_mean_std_pareto_and_the_plan():
     assert mean_std([0.5, None, float("nan")]) == (0.5, None)
     assert mean_std([]) == (None, None)
     assert pareto_front([(0.9, 0.1), (0.5, 0.5), (0.6, 0.2), (0.4, 0.4), (0.2, 0.9), (0.9, 0.05)]) == [
-        (0.9, 0.1), (0.6, 0.2), (0.5, 0.5), (0.2, 0.9)]
+        (0.9, 0.1),
+        (0.6, 0.2),
+        (0.5, 0.5),
+        (0.2, 0.9),
+    ]
     assert lr_grid(1e-3, [1 / 3, 1.0, 3.0]) == [0.000333333, 0.001, 0.003]
     assert lr_grid(1e-3, [1.0], [3e-4, 1e-4]) == [1e-4, 3e-4]
     assert grid_settings({}) == [{}]
     assert flat_grid({"loss": {"beta": [1, 2]}, "epochs": [3]}) == {"loss.beta": [1, 2], "epochs": [3]}
     assert grid_settings({"loss.gamma": [1], "loss": {"beta": [0.1, 0.2]}}) == [
-        {"loss.beta": 0.1, "loss.gamma": 1}, {"loss.beta": 0.2, "loss.gamma": 1}]
+        {"loss.beta": 0.1, "loss.gamma": 1},
+        {"loss.beta": 0.2, "loss.gamma": 1},
+    ]
     pool = [{"question": q, "answer": "x"} for q in "abcd"]
     assert unscored(pool, [{"question": "b"}, {"question": "z"}]) == [pool[0], pool[2], pool[3]]
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("frontier_methods=[mox, nope]", "frontier_methods: unknown method 'nope'"),
-    ("frontier_seeds=[0, 0]", "frontier_seeds must be"),
-    ("frontier_lr_scales=[1, -1]", "frontier_lr_scales: -1"),
-    ("frontier_mu_ratio=1.5", "frontier_mu_ratio must be in (0, 1]"),
-    ("frontier_grids={kl: {loss.beta: [1]}}", "frontier_grids: 'kl' is not in frontier_methods"),
-    ("frontier_grids={npo: {bogus: [1]}}", "unknown config key 'bogus'"),
-    ("frontier_score=rouge", "frontier_score: unknown score 'rouge'"),
-    ("frontier_epochs=[0, 2]", "frontier_epochs must be a list of distinct epochs >= 1"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("frontier_methods=[mox, nope]", "frontier_methods: unknown method 'nope'"),
+        ("frontier_seeds=[0, 0]", "frontier_seeds must be"),
+        ("frontier_lr_scales=[1, -1]", "frontier_lr_scales: -1"),
+        ("frontier_mu_ratio=1.5", "frontier_mu_ratio must be in (0, 1]"),
+        ("frontier_grids={kl: {loss.beta: [1]}}", "frontier_grids: 'kl' is not in frontier_methods"),
+        ("frontier_grids={npo: {bogus: [1]}}", "unknown config key 'bogus'"),
+        ("frontier_score=rouge", "frontier_score: unknown score 'rouge'"),
+        ("frontier_epochs=[0, 2]", "frontier_epochs must be a list of distinct epochs >= 1"),
+    ],
+)
 def test_bad_frontier_settings_are_refused_before_any_work(tmp_path, capsys, setting, message):
-    assert main(["experiment", "frontier", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-                 setting]) == 2
+    assert (
+        main(
+            ["experiment", "frontier", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), setting]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("split,limit,holdout_free", [("forget01", None, 360), ("forget05", 40, 360),
-                                                     ("forget10", None, 0)])
-def test_validation_items_on_tofu_are_never_the_scored_ones(data_dir, tiny_model_dir, tmp_path, split, limit,
-                                                            holdout_free):
+@pytest.mark.parametrize(
+    "split,limit,holdout_free", [("forget01", None, 360), ("forget05", 40, 360), ("forget10", None, 0)]
+)
+def test_validation_items_on_tofu_are_never_the_scored_ones(
+    data_dir, tiny_model_dir, tmp_path, split, limit, holdout_free
+):
     """TOFU: retain items outside retain_perturbed, holdout items outside the forget split's holdout (and
     outside the first eval_limit items); forget10's holdout is the whole holdout10, flagged as overlapping."""
     from mox_unlearn.experiments import ExperimentConfig, Workspace
     from mox_unlearn.experiments.frontier import validation_sets
 
-    cfg = ExperimentConfig(target=str(tiny_model_dir), data=str(data_dir / "tofu"), forget_split=split, eval_limit=limit)
+    cfg = ExperimentConfig(
+        target=str(tiny_model_dir), data=str(data_dir / "tofu"), forget_split=split, eval_limit=limit
+    )
     ws = Workspace(cfg, tmp_path / "out", tmp_path / "cache")
     data, info = validation_sets(ws, ws.unlearn_config("mox").retain)
     read = lambda name: [json.loads(line)["question"] for line in (data_dir / "tofu" / f"{name}.jsonl").open()]  # noqa: E731
@@ -193,13 +246,22 @@ def test_validation_items_on_tofu_are_never_the_scored_ones(data_dir, tiny_model
 # ----------------------------------------------------------------------------- a miniature frontier
 
 
-MINI = mini_settings(frontier_methods=["mox", "ga"], frontier_seeds=[0, 1], frontier_lr_scales=[1.0],
-                     frontier_max_items=8)
+MINI = mini_settings(
+    frontier_methods=["mox", "ga"], frontier_seeds=[0, 1], frontier_lr_scales=[1.0], frontier_max_items=8
+)
 
 
+@pytest.mark.slow
 def test_miniature_frontier_end_to_end(tmp_path, capsys):
-    args = ["experiment", "frontier", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-            *[f"{k}={json.dumps(v)}" for k, v in MINI.items()]]
+    args = [
+        "experiment",
+        "frontier",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *[f"{k}={json.dumps(v)}" for k, v in MINI.items()],
+    ]
     assert main(args) == 0
     out = tmp_path / "out" / "frontier"
     for name in ("frontier.json", "frontier.csv", "frontier.md", "frontier.png", "frontier-seeds.png"):
@@ -208,7 +270,9 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
     records = result["records"]
     # one record per method × lr × seed × knob value: MOX over α = [1, 4], GA over its 2 epochs
     assert sorted((r["method"], r["seed"], r["knob"], r["value"]) for r in records) == sorted(
-        [("mox", s, "alpha", a) for s in (0, 1) for a in (1.0, 4.0)] + [("ga", s, "epoch", e) for s in (0, 1) for e in (1, 2)])
+        [("mox", s, "alpha", a) for s in (0, 1) for a in (1.0, 4.0)]
+        + [("ga", s, "epoch", e) for s in (0, 1) for e in (1, 2)]
+    )
     ids = {r["id"] for r in records}
     for r in records:
         assert r["forget_quality"] is not None and r["model_utility"] is not None and r["val_ks_p"] is not None
@@ -217,7 +281,8 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
             for rule in (ORACLE, RETRAIN_FREE):
                 assert result["selected"][method][seed][rule]["id"] in ids
     assert {(r["method"], r["rule"], r["seeds"]) for r in result["summary"]} == {
-        (m, rule, 2) for m in ("mox", "ga") for rule in (ORACLE, RETRAIN_FREE)}
+        (m, rule, 2) for m in ("mox", "ga") for rule in (ORACLE, RETRAIN_FREE)
+    }
     # validation: retain items the evaluation does not score; the miniature's holdout is all scored (flagged)
     val = result["validation"]
     assert val["retain"]["overlaps_test"] is False and val["retain"]["items"] == 8
@@ -229,7 +294,10 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "training" not in capsys.readouterr().out
-    assert sorted((tmp_path / "out" / "runs").iterdir()) == runs and sorted((tmp_path / "out" / "evals").iterdir()) == evals
+    assert (
+        sorted((tmp_path / "out" / "runs").iterdir()) == runs
+        and sorted((tmp_path / "out" / "evals").iterdir()) == evals
+    )
     assert main(["experiment", "list"]) == 0
     assert "frontier" in capsys.readouterr().out
     # fewer stopping epochs: the same cached runs, only epoch 2 of GA is a candidate

@@ -18,11 +18,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_accelerate_configs import _launch_env
-from test_multiprocess import MAX_ABS_MEMORIZED, MAX_ABS_MODEL, MAX_RELATIVE, _difference, _equal_length_qa, _write_jsonl
+from test_multiprocess import (
+    MAX_ABS_MEMORIZED,
+    MAX_ABS_MODEL,
+    MAX_RELATIVE,
+    _difference,
+    _equal_length_qa,
+    _write_jsonl,
+)
 
-FSDP_LAUNCHER = '''
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
+
+FSDP_LAUNCHER = """
 import os, sys
 import accelerate.state as state
 from accelerate.utils import DistributedType
@@ -49,8 +57,7 @@ if stop:
 
 from mox_unlearn.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
-
+"""
 
 
 def _fsdp_env() -> dict[str, str]:
@@ -61,8 +68,9 @@ def _fsdp_env() -> dict[str, str]:
     return fsdp
 
 
-def _run(args: list[str], *, cwd: Path, fsdp: bool, env_extra: dict[str, str] | None = None,
-         check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], *, cwd: Path, fsdp: bool, env_extra: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if fsdp:
         launcher = cwd / "fsdp_launch.py"
@@ -97,15 +105,31 @@ def test_fsdp_matches_one_process(tiny_model_dir, equal_qa, tmp_path, method):
     """mox: θ_mem gathered from shards, Eq. 8 on local shards of θ and θ_ref (a reference left whole
     while θ is sharded fails with a shape mismatch); npo: the sharded reference's forward in the loss
     (with the reference cache off). Per-epoch folders come from gathers too."""
-    common = ["--model", str(tiny_model_dir), *equal_qa, "--method", method, "batch_size=4", "max_steps=4",
-              "lr=1e-3", "seed=0", "epochs=2", "save_epochs=true"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        *equal_qa,
+        "--method",
+        method,
+        "batch_size=4",
+        "max_steps=4",
+        "lr=1e-3",
+        "seed=0",
+        "epochs=2",
+        "save_epochs=true",
+    ]
     _run([*common, "--out", str(tmp_path / "fsdp"), "per_device_batch_size=2"], cwd=tmp_path, fsdp=True)
     _run([*common, "--out", str(tmp_path / "one"), "per_device_batch_size=4"], cwd=tmp_path, fsdp=False)
-    _assert_close(tmp_path / "fsdp", tmp_path / "one", tiny_model_dir,
-                  subs=("memorized", "model") if method == "mox" else ("model",))
+    _assert_close(
+        tmp_path / "fsdp",
+        tmp_path / "one",
+        tiny_model_dir,
+        subs=("memorized", "model") if method == "mox" else ("model",),
+    )
     for k in (1, 2):
-        max_abs, _ = _difference(tmp_path / "fsdp" / "epochs" / f"epoch-{k}", tmp_path / "one" / "epochs" / f"epoch-{k}",
-                                 tiny_model_dir)
+        max_abs, _ = _difference(
+            tmp_path / "fsdp" / "epochs" / f"epoch-{k}", tmp_path / "one" / "epochs" / f"epoch-{k}", tiny_model_dir
+        )
         assert max_abs <= MAX_ABS_MEMORIZED, f"epoch-{k}: max |Δ| {max_abs:.3g}"
     run = json.loads((tmp_path / "fsdp" / "run.json").read_text())
     if method == "npo":
@@ -116,27 +140,64 @@ def test_fsdp_momentum_killed_and_resumed_matches_one_process(tiny_model_dir, eq
     """Momentum under FSDP: each rank averages its own shards and checkpoints them itself
     (momentum-rank{R}.pt). A run killed after step 3 (checkpoint at step 2) and resumed reaches what an
     uninterrupted 1-process run reaches."""
-    common = ["--model", str(tiny_model_dir), *equal_qa, "--method", "mox", "momentum=true", "batch_size=4",
-              "max_steps=4", "lr=1e-3", "seed=0", "epochs=2", "momentum_every=1", "checkpoint_every=2"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        *equal_qa,
+        "--method",
+        "mox",
+        "momentum=true",
+        "batch_size=4",
+        "max_steps=4",
+        "lr=1e-3",
+        "seed=0",
+        "epochs=2",
+        "momentum_every=1",
+        "checkpoint_every=2",
+    ]
     out = tmp_path / "fsdp"
-    killed = _run([*common, "--out", str(out), "per_device_batch_size=2"], cwd=tmp_path, fsdp=True,
-                  env_extra={"MOX_STOP_AFTER": "3"}, check=False)
+    killed = _run(
+        [*common, "--out", str(out), "per_device_batch_size=2"],
+        cwd=tmp_path,
+        fsdp=True,
+        env_extra={"MOX_STOP_AFTER": "3"},
+        check=False,
+    )
     assert killed.returncode != 0 and not (out / "model").exists()
     assert sorted(p.name for p in (out / "checkpoints" / "step-2").glob("momentum-rank*.pt")) == [
-        "momentum-rank0.pt", "momentum-rank1.pt"]
+        "momentum-rank0.pt",
+        "momentum-rank1.pt",
+    ]
     _run(["--resume", "--out", str(out)], cwd=tmp_path, fsdp=True)
     _run([*common, "--out", str(tmp_path / "one"), "per_device_batch_size=4"], cwd=tmp_path, fsdp=False)
     _assert_close(out, tmp_path / "one", tiny_model_dir)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["lora=true"], "lora=true under FSDP is not supported"),
-    (["alpha=auto", "holdout=HOLDOUT"], "alpha=auto under FSDP is not supported"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["lora=true"], "lora=true under FSDP is not supported"),
+        (["alpha=auto", "holdout=HOLDOUT"], "alpha=auto under FSDP is not supported"),
+    ],
+)
 def test_fsdp_refuses_what_it_does_not_handle(tiny_model_dir, equal_qa, tmp_path, extra, message):
     extra = [e.replace("HOLDOUT", equal_qa[1]) for e in extra]
-    res = _run(["--model", str(tiny_model_dir), *equal_qa, "--method", "mox", "max_steps=1", "--out",
-                str(tmp_path / "r"), *extra], cwd=tmp_path, fsdp=True, check=False)
+    res = _run(
+        [
+            "--model",
+            str(tiny_model_dir),
+            *equal_qa,
+            "--method",
+            "mox",
+            "max_steps=1",
+            "--out",
+            str(tmp_path / "r"),
+            *extra,
+        ],
+        cwd=tmp_path,
+        fsdp=True,
+        check=False,
+    )
     assert res.returncode != 0 and message in res.stderr
     assert not (tmp_path / "r").exists()
 
@@ -152,7 +213,9 @@ def test_deepspeed_and_fsdp1_are_refused_with_one_line():
     deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
     with pytest.raises(MoxError, match="DeepSpeed is not supported"):
         check_backend(deepspeed, lora=False, alpha_auto=False)
-    fsdp1 = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1)))
+    fsdp1 = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))
+    )
     with pytest.raises(MoxError, match="fsdp_version: 2"):
         check_backend(fsdp1, lora=False, alpha_auto=False)
     check_backend(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), lora=True, alpha_auto=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_unlearn import run, weights
+
 from mox_unlearn import train
 from mox_unlearn.cli import main
 
@@ -67,8 +67,9 @@ def five_steps(tiny_model_dir, qa_files, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("how, problem", [("loss", "loss is nan"), ("grad", "gradient norm is ")])
-def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(tiny_model_dir, qa_files, tmp_path, monkeypatch,
-                                                                   capsys, five_steps, how, problem):
+def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(
+    tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps, how, problem
+):
     out = tmp_path / "bad"
     _poison(monkeypatch, {3}, how)
     assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=0") == 2
@@ -79,9 +80,14 @@ def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(tiny_model_di
 
     # the checkpoint holds the weights after step 2, as a run interrupted right after step 2 saved them
     cut = tmp_path / "cut"
-    monkeypatch.setattr(train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
+    monkeypatch.setattr(
+        train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None
+    )
     assert run(tiny_model_dir, qa_files, cut, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1") == 130
-    a, b = load_file(out / "checkpoints/step-2/model.safetensors"), load_file(cut / "checkpoints/step-2/model.safetensors")
+    a, b = (
+        load_file(out / "checkpoints/step-2/model.safetensors"),
+        load_file(cut / "checkpoints/step-2/model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # resuming it (the fault was one-off) is exactly the run in which step 3 never failed: RNG, optimizer,
@@ -91,12 +97,15 @@ def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(tiny_model_di
     _same_weights(five_steps, out)
 
 
-def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(tiny_model_dir, qa_files, tmp_path, monkeypatch,
-                                                                capsys, five_steps):
+def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(
+    tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps
+):
     out = tmp_path / "skip"
     _poison(monkeypatch, {3})
-    assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "on_nonfinite=skip",
-               "max_skipped_steps=1") == 0
+    assert (
+        run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "on_nonfinite=skip", "max_skipped_steps=1")
+        == 0
+    )
     assert "mox: warning: step 3: loss is nan; step skipped (1 of max_skipped_steps=1)" in capsys.readouterr().err
     log = _log(out)
     assert log[2]["skipped"] == "loss is nan" and [r["step"] for r in log] == [1, 2, 3, 4, 5]
@@ -106,8 +115,12 @@ def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(tiny_model_dir, 
 
     monkeypatch.undo()
     _poison(monkeypatch, {2, 4})
-    assert run(tiny_model_dir, qa_files, tmp_path / "twice", "--max-steps", "5", "on_nonfinite=skip",
-               "max_skipped_steps=1") == 2
+    assert (
+        run(
+            tiny_model_dir, qa_files, tmp_path / "twice", "--max-steps", "5", "on_nonfinite=skip", "max_skipped_steps=1"
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "step 4: loss is nan (1 steps skipped already); stopped with a checkpoint of step 3" in err
     assert (tmp_path / "twice" / "checkpoints" / "step-3").is_dir()
@@ -118,8 +131,18 @@ def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(tiny_model_dir, 
 
 def test_collapse_guard_stops_gradient_ascent_at_a_high_lr(tiny_model_dir, qa_files, tmp_path, capsys):
     out = tmp_path / "ga"
-    code = run(tiny_model_dir, qa_files, out, "--method", "ga", "lr=1e-2", "--max-steps", "10",
-               "collapse_probe_every=1", "collapse_action=stop")
+    code = run(
+        tiny_model_dir,
+        qa_files,
+        out,
+        "--method",
+        "ga",
+        "lr=1e-2",
+        "--max-steps",
+        "10",
+        "collapse_probe_every=1",
+        "collapse_action=stop",
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "mox: error: collapse guard: most-frequent-token rate" in err and "collapse_action=stop" in err
     rates = [r["collapse_top_token_rate"] for r in _log(out)]
@@ -130,8 +153,19 @@ def test_collapse_guard_stops_gradient_ascent_at_a_high_lr(tiny_model_dir, qa_fi
 
 def test_collapse_probe_is_logged_and_quiet_for_mox(tiny_model_dir, qa_files, tmp_path, capsys):
     out = tmp_path / "mox"
-    assert run(tiny_model_dir, qa_files, out, "--max-steps", "6", "collapse_probe_every=2", "log_every=3",
-               "collapse_action=stop") == 0
+    assert (
+        run(
+            tiny_model_dir,
+            qa_files,
+            out,
+            "--max-steps",
+            "6",
+            "collapse_probe_every=2",
+            "log_every=3",
+            "collapse_action=stop",
+        )
+        == 0
+    )
     assert "collapse guard" not in capsys.readouterr().err
     log = _log(out)
     assert [r["step"] for r in log] == [2, 3, 4, 6]  # probe steps are logged whatever log_every says
@@ -141,8 +175,21 @@ def test_collapse_probe_is_logged_and_quiet_for_mox(tiny_model_dir, qa_files, tm
 
 def test_collapse_guard_warns_and_goes_on(tiny_model_dir, qa_files, tmp_path, capsys):
     out = tmp_path / "warn"
-    assert run(tiny_model_dir, qa_files, out, "--method", "ga", "lr=1e-2", "--max-steps", "3",
-               "collapse_probe_every=1", "collapse_threshold=0.01") == 0
+    assert (
+        run(
+            tiny_model_dir,
+            qa_files,
+            out,
+            "--method",
+            "ga",
+            "lr=1e-2",
+            "--max-steps",
+            "3",
+            "collapse_probe_every=1",
+            "collapse_threshold=0.01",
+        )
+        == 0
+    )
     assert capsys.readouterr().err.count("mox: warning: collapse guard: most-frequent-token rate") == 3
     assert (out / "model").is_dir()
 
@@ -163,8 +210,9 @@ def _full_disk_when(monkeypatch, target: str, what: str) -> None:
     monkeypatch.setattr(train, what, write_model_card)
 
 
-def test_full_disk_while_writing_the_model_keeps_the_checkpoint(tiny_model_dir, qa_files, tmp_path, monkeypatch,
-                                                                capsys, five_steps):
+def test_full_disk_while_writing_the_model_keeps_the_checkpoint(
+    tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps
+):
     out = tmp_path / "full-disk"
     _full_disk_when(monkeypatch, "model", "write_model_card")
     assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1") == 2
@@ -178,8 +226,9 @@ def test_full_disk_while_writing_the_model_keeps_the_checkpoint(tiny_model_dir, 
     _same_weights(five_steps, out)
 
 
-def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_model_dir, qa_files, tmp_path, monkeypatch,
-                                                                     capsys, five_steps):
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
+    tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps
+):
     from accelerate import Accelerator
 
     out = tmp_path / "full-disk"
@@ -201,11 +250,14 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_model_
     _same_weights(five_steps, out)
 
 
-def test_resume_survives_a_cut_log_line_and_a_half_written_checkpoint(tiny_model_dir, qa_files, tmp_path,
-                                                                      monkeypatch, five_steps):
+def test_resume_survives_a_cut_log_line_and_a_half_written_checkpoint(
+    tiny_model_dir, qa_files, tmp_path, monkeypatch, five_steps
+):
     """What a kill can leave: the last log line cut short, a checkpoint temp folder never renamed."""
     out = tmp_path / "cut"
-    monkeypatch.setattr(train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
+    monkeypatch.setattr(
+        train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None
+    )
     assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1") == 130
     monkeypatch.undo()
     with open(out / "log.jsonl", "a") as f:
@@ -222,8 +274,22 @@ def test_overwrite_never_deletes_an_input(tiny_model_dir, qa_files, tmp_path, ca
     assert run(tiny_model_dir, qa_files, out, "--max-steps", "1") == 0
     forget = out / "forget.jsonl"
     forget.write_text(qa_files[0].read_text())
-    code = main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(qa_files[1]),
-                 "--out", str(out), "--max-steps", "1", "--overwrite"])
+    code = main(
+        [
+            "unlearn",
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(qa_files[1]),
+            "--out",
+            str(out),
+            "--max-steps",
+            "1",
+            "--overwrite",
+        ]
+    )
     assert code == 2 and f"holds input {forget}, which --overwrite would delete" in capsys.readouterr().err
     assert forget.is_file() and (out / "model").is_dir()
     for inside in (tiny_model_dir, tiny_model_dir / "sub"):

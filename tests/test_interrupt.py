@@ -15,21 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_unlearn import FAST, weights
+
 from mox_unlearn.cli import main
+
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
 
 # The CLI, with every optimizer step slowed down so that a signal can land before the run ends
 # (a tiny-model step takes milliseconds). The pause is after the step's checkpoint, so signals land
 # in the pause as well as inside a step or a checkpoint write.
-LAUNCHER = '''
+LAUNCHER = """
 import os, sys, time
 import mox_unlearn.train as train
 pause = float(os.environ.get("MOX_TEST_STEP_PAUSE", "0"))
 train._on_step_end = lambda step: time.sleep(pause)
 from mox_unlearn.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 STEPS = 10
 COMMON = ("--method", "mox", "--momentum", "momentum_every=1", "checkpoint_every=1", "--max-steps", str(STEPS))
@@ -37,8 +39,20 @@ COMMON = ("--method", "mox", "--momentum", "momentum_every=1", "checkpoint_every
 
 def _args(tiny_model_dir, qa_files, out: Path, *extra: str) -> list[str]:
     forget, retain = qa_files
-    return ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain),
-            "--out", str(out), *FAST, *COMMON, *extra]
+    return [
+        "unlearn",
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--out",
+        str(out),
+        *FAST,
+        *COMMON,
+        *extra,
+    ]
 
 
 def _start(tmp_path: Path, args: list[str], pause: float) -> subprocess.Popen:
@@ -46,8 +60,9 @@ def _start(tmp_path: Path, args: list[str], pause: float) -> subprocess.Popen:
     launcher.write_text(LAUNCHER)
     # the same thread count as this process, so the two runs do the same float reductions
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MOX_TEST_STEP_PAUSE": str(pause)}
-    return subprocess.Popen([sys.executable, str(launcher), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(launcher), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _logged_steps(out: Path) -> list[int]:
@@ -106,7 +121,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(tiny_model_dir, q
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_checkpoints_the_last_step_and_says_how_to_resume(tiny_model_dir, qa_files, tmp_path, uninterrupted, sig):
+def test_ctrl_c_checkpoints_the_last_step_and_says_how_to_resume(
+    tiny_model_dir, qa_files, tmp_path, uninterrupted, sig
+):
     """checkpoint_every=0: the only checkpoint is the one the interruption writes."""
     out = tmp_path / "stopped"
     proc = _start(tmp_path, _args(tiny_model_dir, qa_files, out, "checkpoint_every=0"), pause=0.05)
@@ -127,7 +144,7 @@ def test_ctrl_c_checkpoints_the_last_step_and_says_how_to_resume(tiny_model_dir,
 
 # ----------------------------------------------------------------------------- DDP: every process stops together
 
-DDP_LAUNCHER = '''
+DDP_LAUNCHER = """
 import dataclasses, math, os, signal, sys
 import mox_unlearn.train as train
 rank = int(os.environ["RANK"])
@@ -145,35 +162,74 @@ if os.environ.get("MOX_TEST_SIGINT") == str(rank):  # Ctrl-C reaches this proces
     train._on_step_end = lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 2 else None
 from mox_unlearn.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
-@pytest.mark.parametrize("case, env, extra, message, checkpoint", [
-    ("nan", {"MOX_TEST_NAN": "1"}, [], "step 2: loss is nan", "step-1"),
-    ("sigint", {"MOX_TEST_SIGINT": "1"}, [], "interrupted after step 3 of 6", "step-3"),
-    ("collapse", {}, ["--method", "ga", "lr=1e-2", "collapse_probe_every=1", "collapse_action=stop",
-                      "collapse_probe_prompts=3"], "collapse guard", None),
-], ids=["nan-on-one-process", "sigint-on-one-process", "collapse-probe"])
-def test_two_processes_take_every_stop_decision_together(tiny_model_dir, qa_files, tmp_path, case, env, extra,
-                                                          message, checkpoint):
+@pytest.mark.parametrize(
+    "case, env, extra, message, checkpoint",
+    [
+        ("nan", {"MOX_TEST_NAN": "1"}, [], "step 2: loss is nan", "step-1"),
+        ("sigint", {"MOX_TEST_SIGINT": "1"}, [], "interrupted after step 3 of 6", "step-3"),
+        (
+            "collapse",
+            {},
+            ["--method", "ga", "lr=1e-2", "collapse_probe_every=1", "collapse_action=stop", "collapse_probe_prompts=3"],
+            "collapse guard",
+            None,
+        ),
+    ],
+    ids=["nan-on-one-process", "sigint-on-one-process", "collapse-probe"],
+)
+def test_two_processes_take_every_stop_decision_together(
+    tiny_model_dir, qa_files, tmp_path, case, env, extra, message, checkpoint
+):
     """A NaN, a signal on one process only, or a collapse probe split unevenly (3 prompts, 2 processes):
     both processes stop at the same step with a checkpoint instead of one waiting forever in a collective."""
     forget, retain = qa_files
     launcher = tmp_path / "ddp_launch.py"
     launcher.write_text(DDP_LAUNCHER)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
-           "unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--out", str(out),
-           "per_device_batch_size=1", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64", "--max-steps", "6",
-           "checkpoint_every=0", *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **env})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(launcher),
+        "unlearn",
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--out",
+        str(out),
+        "per_device_batch_size=1",
+        "batch_size=2",
+        "lr=1e-3",
+        "warmup_epochs=0",
+        "max_length=64",
+        "--max-steps",
+        "6",
+        "checkpoint_every=0",
+        *extra,
+    ]
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **env},
+    )
     assert res.returncode != 0 and res.stderr.count(message) == 2, res.stderr[-3000:]
     steps = _logged_steps(out)
     assert [p.name for p in (out / "checkpoints").iterdir()] == [checkpoint or f"step-{steps[-1]}"]
     if case == "collapse":
-        assert len(steps) < 6 and all("collapse_top_token_rate" in json.loads(line)
-                                      for line in (out / "log.jsonl").read_text().splitlines())
+        assert len(steps) < 6 and all(
+            "collapse_top_token_rate" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+        )
 
 
 def test_collapse_probe_is_refused_under_fsdp(tiny_model_dir, qa_files, tmp_path):
@@ -181,7 +237,23 @@ def test_collapse_probe_is_refused_under_fsdp(tiny_model_dir, qa_files, tmp_path
     from test_fsdp import _run
 
     forget, retain = qa_files
-    res = _run(["--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--max-steps", "1",
-                "--out", str(tmp_path / "r"), "collapse_probe_every=1"], cwd=tmp_path, fsdp=True, check=False)
+    res = _run(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "collapse_probe_every=1",
+        ],
+        cwd=tmp_path,
+        fsdp=True,
+        check=False,
+    )
     assert res.returncode != 0 and "collapse_probe_every under FSDP is not supported" in res.stderr
     assert not (tmp_path / "r").exists()

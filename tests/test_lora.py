@@ -20,8 +20,26 @@ LORA = ["lora=true", "lora_r=4", "lora_alpha=8", "lr=5e-3", "batch_size=2", "per
 
 def _run(tiny_model_dir, qa_files, out, *extra):
     forget, retain = qa_files
-    assert main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain),
-                 "--out", str(out), "--max-steps", "4", *LORA, *extra]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                str(tiny_model_dir),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain),
+                "--out",
+                str(out),
+                "--max-steps",
+                "4",
+                *LORA,
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -56,20 +74,35 @@ def test_adapters_rebuild_the_merged_models(lora_run, tiny_model_dir):
     from mox_unlearn.modelio import load_model
 
     forget = PeftModel.from_pretrained(load_model(str(tiny_model_dir), torch.float32), str(lora_run / "forget-adapter"))
-    _assert_same({k: v for k, v in forget.merge_and_unload().state_dict().items() if k in _weights(lora_run / "model")},
-                 _weights(lora_run / "model"), atol=1e-5)
+    _assert_same(
+        {k: v for k, v in forget.merge_and_unload().state_dict().items() if k in _weights(lora_run / "model")},
+        _weights(lora_run / "model"),
+        atol=1e-5,
+    )
     # α chosen at load time from the memorization adapter
     again = load_forget_model(str(tiny_model_dir), str(lora_run / "memorized-adapter"), 3.0)
-    _assert_same({k: v for k, v in again.state_dict().items() if k in _weights(lora_run / "model")},
-                 _weights(lora_run / "model"), atol=1e-5)
+    _assert_same(
+        {k: v for k, v in again.state_dict().items() if k in _weights(lora_run / "model")},
+        _weights(lora_run / "model"),
+        atol=1e-5,
+    )
 
 
 def test_lora_momentum_is_exact_over_products(tiny_model_dir, qa_files, tmp_path):
     """Momentum over 2-step 'epochs' equals the fold of the per-epoch merged θ_mem snapshots (Eq. 10)."""
     from mox_unlearn.momentum import MomentumAverage
 
-    out = _run(tiny_model_dir, qa_files, tmp_path / "mom", "--momentum", "momentum_every=2", "eta=0.5",
-               "save_epochs=true", "epochs=2", "batch_size=2")
+    out = _run(
+        tiny_model_dir,
+        qa_files,
+        tmp_path / "mom",
+        "--momentum",
+        "momentum_every=2",
+        "eta=0.5",
+        "save_epochs=true",
+        "epochs=2",
+        "batch_size=2",
+    )
     ref = _weights(tiny_model_dir)
     snaps = sorted((out / "epochs").glob("epoch-*"))
     assert len(snaps) == 2

@@ -53,7 +53,9 @@ def test_memorize_value_is_ce_plus_weighted_kl():
     forget = stats([[-1.0, -3.0]], [[True, True]])  # CE = 2
     ref, pol = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]])
     kl = 0.5 * math.log(4 / 3)
-    loss, logs = get_loss("memorize").fn(LossInputs(forget=forget, retain_logits=pol, ref_retain_logits=ref), lambda_kl=0.5)
+    loss, logs = get_loss("memorize").fn(
+        LossInputs(forget=forget, retain_logits=pol, ref_retain_logits=ref), lambda_kl=0.5
+    )
     assert loss.item() == pytest.approx(2 + 0.5 * kl, rel=1e-6)
     assert logs["ce"] == pytest.approx(2) and logs["kl"] == pytest.approx(0.5 * kl, rel=1e-5)
 
@@ -111,7 +113,9 @@ def test_targeted_term_subtracts_refusal_cross_entropy():
     target = stats([[-0.5, -1.5]], [[True, True]])  # CE = 1
     for name in ("memorize", "memorize_po"):
         base, _ = get_loss(name).fn(LossInputs(forget=forget, ref_forget=forget), lambda_kl=0.0)
-        with_t, logs = get_loss(name).fn(LossInputs(forget=forget, ref_forget=forget, target=target), lambda_kl=0.0, gamma_t=0.3)
+        with_t, logs = get_loss(name).fn(
+            LossInputs(forget=forget, ref_forget=forget, target=target), lambda_kl=0.0, gamma_t=0.3
+        )
         assert with_t.item() == pytest.approx(base.item() - 0.3 * 1.0)
         assert logs["target"] == pytest.approx(-0.3)
 
@@ -123,7 +127,11 @@ def test_unknown_objective_lists_valid_ones():
 
 def test_forward_passes_are_skipped_for_switched_off_terms():
     spec = LOSSES["memorize"]
-    assert effective_needs(spec, {"lambda_kl": 1.0}, has_target=False) == {"forget", "retain_logits", "ref_retain_logits"}
+    assert effective_needs(spec, {"lambda_kl": 1.0}, has_target=False) == {
+        "forget",
+        "retain_logits",
+        "ref_retain_logits",
+    }
     assert effective_needs(spec, {"lambda_kl": 0.0}, has_target=True) == {"forget", "target"}
 
 
@@ -140,7 +148,9 @@ def test_sequence_stats_at_answer_positions_equals_the_full_log_softmax():
     (grad_fast,) = torch.autograd.grad(fast.token_logps.sum(), logits)
     targets = labels[:, 1:]
     mask = targets != -100
-    full = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    full = (
+        torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    )
     (grad_full,) = torch.autograd.grad(full.sum(), logits)
     assert torch.equal(fast.mask, mask)
     torch.testing.assert_close(fast.token_logps, full, rtol=0, atol=1e-6)

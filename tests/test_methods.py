@@ -33,8 +33,23 @@ def weights(folder) -> dict[str, torch.Tensor]:
 def test_three_steps_of_every_method(name, tiny_model_dir, qa_files, tmp_path):
     forget, retain = qa_files
     out = tmp_path / name
-    code = main(["unlearn", "--method", name, "--model", str(tiny_model_dir), "--forget", str(forget), "--retain",
-                 str(retain), "--out", str(out), *FAST, *EXTRA.get(name, [])])
+    code = main(
+        [
+            "unlearn",
+            "--method",
+            name,
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(out),
+            *FAST,
+            *EXTRA.get(name, []),
+        ]
+    )
     assert code == 0
     info = json.loads((out / "run.json").read_text())
     assert info["final_logs"] and all(math.isfinite(v) for v in info["final_logs"].values())
@@ -62,8 +77,14 @@ def test_every_objective_of_every_method_is_registered():
 def test_cached_reference_logprobs_equal_recomputed_ones(objective, tiny_model_dir, qa_files, tokenizer):
     """The cache reproduces the reference statistics of a fresh forward, batch after batch."""
     method = {"npo": "npo", "dpo": "dpo", "memorize_po": "mox"}[objective]
-    cfg = UnlearnConfig(model=str(tiny_model_dir), forget=str(qa_files[0]), retain=str(qa_files[1]), method=method,
-                        objective=objective, max_length=64)
+    cfg = UnlearnConfig(
+        model=str(tiny_model_dir),
+        forget=str(qa_files[0]),
+        retain=str(qa_files[1]),
+        method=method,
+        objective=objective,
+        max_length=64,
+    )
     r = resolve(cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
@@ -71,10 +92,13 @@ def test_cached_reference_logprobs_equal_recomputed_ones(objective, tiny_model_d
     cached = Models(model=model, ref=ref, cache=RefCache(ref, enabled=True))
     fresh = Models(model=model, ref=ref, cache=RefCache(ref, enabled=False))
     for rows in ([0, 1], [1, 2, 3], [3, 0], [2]):  # items reappear with other batch partners / padding
-        batch = StepBatch(forget=collate([ex[i] for i in rows], tokenizer.pad_token_id), forget_keys=rows,
-                          retain=collate([ex[i] for i in rows], tokenizer.pad_token_id),
-                          target=collate([ex[i] for i in reversed(rows)], tokenizer.pad_token_id),
-                          target_keys=[("t", i) for i in reversed(rows)])
+        batch = StepBatch(
+            forget=collate([ex[i] for i in rows], tokenizer.pad_token_id),
+            forget_keys=rows,
+            retain=collate([ex[i] for i in rows], tokenizer.pad_token_id),
+            target=collate([ex[i] for i in reversed(rows)], tokenizer.pad_token_id),
+            target_keys=[("t", i) for i in reversed(rows)],
+        )
         a, _ = r.spec.fn(build_inputs(r.needs | {"ref_target"}, cached, batch), **r.hp)
         b, _ = r.spec.fn(build_inputs(r.needs | {"ref_target"}, fresh, batch), **r.hp)
         assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)

@@ -11,7 +11,6 @@ from sklearn.metrics import roc_auc_score
 
 from mox_unlearn.evaluate import metrics as M
 
-
 # --------------------------------------------------------------------------- TOFU
 
 
@@ -318,7 +317,8 @@ def test_collapse_from_observations_hand_values():
 
     # distinct contexts: KL(one-hot || p) = -log p, mean over contexts
     assert collapse_from_observations([("a", 1, np.log(0.5)), ("b", 2, np.log(0.25))]) == pytest.approx(
-        (np.log(2) + np.log(4)) / 2)
+        (np.log(2) + np.log(4)) / 2
+    )
     # one context seen with tokens 1, 1, 2: q = (2/3, 1/3); p(1) = 0.5, p(2) = 0.25
     obs = [("c", 1, np.log(0.5)), ("c", 1, np.log(0.5)), ("c", 2, np.log(0.25))]
     expected = (2 / 3) * np.log((2 / 3) / 0.5) + (1 / 3) * np.log((1 / 3) / 0.25)

@@ -31,9 +31,11 @@ from mox_unlearn.data import encode_qa, epoch_plan
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.train import _slice_for_process
 
+pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
+
 # Runs `mox` (cli.main) after wrapping train._slice_for_process so that each rank records which
 # forget / retain indices it took (the loop logs only rank 0's losses, nothing about sampling).
-RECORDING_LAUNCHER = '''
+RECORDING_LAUNCHER = """
 import json, os, sys
 import mox_unlearn.train as train
 from mox_unlearn.cli import main
@@ -54,7 +56,7 @@ finally:
     with open(path, "w") as f:
         json.dump(calls, f)
 sys.exit(code)
-'''
+"""
 
 
 def _equal_length_qa(tokenizer, n: int) -> list[dict]:
@@ -76,8 +78,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def _unlearn(args: list[str], *, nproc: int, cwd: Path, launcher: Path | None = None,
-             env_extra: dict[str, str] | None = None) -> None:
+def _unlearn(
+    args: list[str], *, nproc: int, cwd: Path, launcher: Path | None = None, env_extra: dict[str, str] | None = None
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if nproc > 1:
         # --standalone: a free rendezvous port, so parallel test sessions do not collide on 29500.
@@ -135,14 +138,31 @@ def test_two_processes_match_one_process(tiny_model_dir, tokenizer, tmp_path):
     qa = _equal_length_qa(tokenizer, 20)
     forget = _write_jsonl(tmp_path / "forget.jsonl", qa[:10])
     retain = _write_jsonl(tmp_path / "retain.jsonl", qa[10:])
-    common = ["--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--method", "mox",
-              "batch_size=8", "max_steps=4", "lr=1e-3", "seed=0"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--method",
+        "mox",
+        "batch_size=8",
+        "max_steps=4",
+        "lr=1e-3",
+        "seed=0",
+    ]
     launcher = tmp_path / "launch.py"
     launcher.write_text(RECORDING_LAUNCHER)
     slices = tmp_path / "slices"
     slices.mkdir()
-    _unlearn([*common, "--out", str(tmp_path / "two"), "per_device_batch_size=2"], nproc=2, cwd=tmp_path,
-             launcher=launcher, env_extra={"MOX_SLICE_LOG": str(slices)})  # where each rank writes its slices
+    _unlearn(
+        [*common, "--out", str(tmp_path / "two"), "per_device_batch_size=2"],
+        nproc=2,
+        cwd=tmp_path,
+        launcher=launcher,
+        env_extra={"MOX_SLICE_LOG": str(slices)},
+    )  # where each rank writes its slices
     _unlearn([*common, "--out", str(tmp_path / "one"), "per_device_batch_size=4"], nproc=1, cwd=tmp_path)
 
     for out in ("two", "one"):
@@ -173,8 +193,22 @@ def test_lora_two_processes_match_one_process(tiny_model_dir, tokenizer, tmp_pat
     qa = _equal_length_qa(tokenizer, 16)
     forget = _write_jsonl(tmp_path / "forget.jsonl", qa[:8])
     retain = _write_jsonl(tmp_path / "retain.jsonl", qa[8:])
-    common = ["--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--method", "mox",
-              "batch_size=4", "max_steps=2", "lr=1e-3", "seed=0", "lora=true", "lora_r=4"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--method",
+        "mox",
+        "batch_size=4",
+        "max_steps=2",
+        "lr=1e-3",
+        "seed=0",
+        "lora=true",
+        "lora_r=4",
+    ]
     _unlearn([*common, "--out", str(tmp_path / "two"), "per_device_batch_size=2"], nproc=2, cwd=tmp_path)
     _unlearn([*common, "--out", str(tmp_path / "one"), "per_device_batch_size=4"], nproc=1, cwd=tmp_path)
     # measured: max |Δ| 4e-9 (memorized) and 1e-8 (model), relative 5e-7
@@ -188,8 +222,21 @@ def test_unequal_answer_lengths_two_processes_match_one_process(tiny_model_dir, 
     Token means divided by each rank's own count would weight them 1/54 and 1/74 instead of 1/64; the
     loop divides by the step's token count over all ranks (train.step_token_norms), so they match."""
     forget, retain = qa_files
-    common = ["--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--method", "mox",
-              "batch_size=4", "max_steps=2", "lr=1e-3", "seed=0", "save_memorized=false"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--method",
+        "mox",
+        "batch_size=4",
+        "max_steps=2",
+        "lr=1e-3",
+        "seed=0",
+        "save_memorized=false",
+    ]
     _unlearn([*common, "--out", str(tmp_path / "two"), "per_device_batch_size=2"], nproc=2, cwd=tmp_path)
     _unlearn([*common, "--out", str(tmp_path / "one"), "per_device_batch_size=4"], nproc=1, cwd=tmp_path)
     max_abs, rel = _difference(tmp_path / "two" / "model", tmp_path / "one" / "model", tiny_model_dir)

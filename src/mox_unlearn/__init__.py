@@ -11,5 +11,10 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"mox-unlearn": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": sys.version.split()[0]}
+    return {
+        "mox-unlearn": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+    }

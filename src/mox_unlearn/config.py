@@ -32,7 +32,9 @@ class UnlearnConfig:
     method: str = "mox"
     objective: str | None = None  # default: the method's first objective
     loss: dict[str, Any] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
-    alpha: float | Literal["auto"] = 4.0  # extrapolation strength (Eq. 8); "auto": chosen after training (select_alpha.py)
+    alpha: float | Literal["auto"] = (
+        4.0  # extrapolation strength (Eq. 8); "auto": chosen after training (select_alpha.py)
+    )
     targeted: bool = False  # add the targeted term (Eq. 9)
     refusals: str | None = None  # refusal strings, one a line (TOFU idontknow format); None = packaged list
     momentum: bool = False  # momentum extrapolation (Eq. 10)
@@ -150,11 +152,25 @@ def _finite(value: Any, key: str) -> Any:
 # eta outside (0, 1]) fails with the key's name before anything is loaded or written.
 _LIMITS: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v > 0, "> 0") for k in ("lr", "reinforce_lr", "max_grad_norm", "lora_alpha")},
-    **{k: (lambda v: v >= 0, ">= 0") for k in ("weight_decay", "warmup_epochs", "seed", "checkpoint_every",
-                                               "hidden_layer", "alpha_tolerance")},
-    **{k: (lambda v: v >= 1, ">= 1") for k in ("batch_size", "per_device_batch_size", "epochs", "max_steps",
-                                               "momentum_every", "log_every", "lora_r", "reinforce_epochs",
-                                               "reinforce_max_steps", "alternates_max_new_tokens")},
+    **{
+        k: (lambda v: v >= 0, ">= 0")
+        for k in ("weight_decay", "warmup_epochs", "seed", "checkpoint_every", "hidden_layer", "alpha_tolerance")
+    },
+    **{
+        k: (lambda v: v >= 1, ">= 1")
+        for k in (
+            "batch_size",
+            "per_device_batch_size",
+            "epochs",
+            "max_steps",
+            "momentum_every",
+            "log_every",
+            "lora_r",
+            "reinforce_epochs",
+            "reinforce_max_steps",
+            "alternates_max_new_tokens",
+        )
+    },
     "max_length": (lambda v: v >= 2, ">= 2"),
     "eta": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -167,8 +183,10 @@ _LIMITS: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every")},
     **{k: (lambda v: v >= 1, ">= 1") for k in ("collapse_probe_prompts", "collapse_probe_tokens")},
     # what transformers' save_pretrained parses (after training, too late to fail): digits and a unit
-    "shard_size": (lambda v: re.fullmatch(r"\s*0*[1-9]\d*\s*[KMGkmg][iI]?B\s*", v) is not None,
-                   "a size such as 2GB, 500MB or 512MiB"),
+    "shard_size": (
+        lambda v: re.fullmatch(r"\s*0*[1-9]\d*\s*[KMGkmg][iI]?B\s*", v) is not None,
+        "a size such as 2GB, 500MB or 512MiB",
+    ),
 }
 
 
@@ -196,7 +214,9 @@ def _coerce_union(value: Any, options: tuple, key: str) -> Any:
             return _coerce(value, opt, key)
         except MoxError:
             pass
-    expected = " or ".join([_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in types_] + [repr(w) for w in words])
+    expected = " or ".join(
+        [_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in types_] + [repr(w) for w in words]
+    )
     raise MoxError(f"config {key}: expected {expected}, got {value!r}")
 
 
@@ -244,8 +264,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), _number(value)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None,
-                cls: type = UnlearnConfig) -> Any:
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None, cls: type = UnlearnConfig
+) -> Any:
     """Defaults, then the YAML file, then flags given on the command line, then key=value overrides."""
     cfg = cls()
     if path is not None:

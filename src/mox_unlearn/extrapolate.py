@@ -9,9 +9,9 @@ and several alphas share one read of the inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -178,8 +178,11 @@ def _check_model_dir(path: Path, role: str) -> None:
         raise MoxError(f"{role} folder {path} has no config.json; expected a Hugging Face model folder")
 
 
-def _check_compatible(ref: Mapping[str, TensorInfo | torch.Tensor], mem: Mapping[str, TensorInfo | torch.Tensor],
-                      where: str = "ref and mem") -> None:
+def _check_compatible(
+    ref: Mapping[str, TensorInfo | torch.Tensor],
+    mem: Mapping[str, TensorInfo | torch.Tensor],
+    where: str = "ref and mem",
+) -> None:
     """Same names, shapes and dtypes in both (headers or tensors), else a one-line refusal naming a tensor."""
     _check_same_keys(list(ref), list(mem), where)
     for name, r in ref.items():

@@ -8,8 +8,8 @@ reference forward per step for NPO, DPO, AltPO and MOX's preference objective.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import torch
 
@@ -41,11 +41,15 @@ class Pass:
     hidden: torch.Tensor | None = None  # [N, H] at answer positions
 
 
-def forward(model, batch: dict[str, torch.Tensor], *, stats: bool = True, logits: bool = False,
-            hidden_layer: int | None = None) -> Pass:
+def forward(
+    model, batch: dict[str, torch.Tensor], *, stats: bool = True, logits: bool = False, hidden_layer: int | None = None
+) -> Pass:
     """One forward pass; returns the answer-token statistics asked for."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=hidden_layer is not None)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=hidden_layer is not None,
+    )
     result = Pass()
     if stats:
         result.stats = sequence_stats(out.logits, batch["labels"])
@@ -114,14 +118,24 @@ def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInpu
     inputs = LossInputs(norms=dict(batch.norms))
     layer = m.hidden_layer
     if needs & {"forget", "forget_logits", "forget_hidden"}:
-        p = forward(m.model, batch.forget, stats="forget" in needs, logits="forget_logits" in needs,
-                    hidden_layer=layer if "forget_hidden" in needs else None)
+        p = forward(
+            m.model,
+            batch.forget,
+            stats="forget" in needs,
+            logits="forget_logits" in needs,
+            hidden_layer=layer if "forget_hidden" in needs else None,
+        )
         inputs.forget, inputs.forget_logits, inputs.forget_hidden = p.stats, p.logits, p.hidden
         if inputs.forget is not None:
             inputs.forget.norm = batch.norms.get("forget")
     if batch.retain is not None and needs & {"retain", "retain_logits", "retain_hidden"}:
-        p = forward(m.model, batch.retain, stats="retain" in needs, logits="retain_logits" in needs,
-                    hidden_layer=layer if "retain_hidden" in needs else None)
+        p = forward(
+            m.model,
+            batch.retain,
+            stats="retain" in needs,
+            logits="retain_logits" in needs,
+            hidden_layer=layer if "retain_hidden" in needs else None,
+        )
         inputs.retain, inputs.retain_logits, inputs.retain_hidden = p.stats, p.logits, p.hidden
         if inputs.retain is not None:
             inputs.retain.norm = batch.norms.get("retain")
@@ -138,8 +152,13 @@ def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInpu
         if "reinforced_forget_logits" in needs:
             inputs.reinforced_forget_logits = forward(m.reinforced, batch.forget, stats=False, logits=True).logits
         if batch.retain is not None and needs & {"ref_retain", "ref_retain_logits", "ref_retain_hidden"}:
-            p = forward(m.ref, batch.retain, stats="ref_retain" in needs, logits="ref_retain_logits" in needs,
-                        hidden_layer=layer if "ref_retain_hidden" in needs else None)
+            p = forward(
+                m.ref,
+                batch.retain,
+                stats="ref_retain" in needs,
+                logits="ref_retain_logits" in needs,
+                hidden_layer=layer if "ref_retain_hidden" in needs else None,
+            )
             inputs.ref_retain, inputs.ref_retain_logits, inputs.ref_retain_hidden = p.stats, p.logits, p.hidden
     if "control" in needs:
         inputs.control = m.control

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM handled at a step boundary: a checkpoint was saved; the message says how to resume.
 
@@ -45,7 +46,7 @@ class StopRequest:
         self._at = 0.0
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -87,7 +88,9 @@ class StepHealth:
         return None
 
 
-def agree(accelerator, local_bad_loss: float | None, grad_norm, stop: StopRequest, check_grad: bool = True) -> StepHealth:
+def agree(
+    accelerator, local_bad_loss: float | None, grad_norm, stop: StopRequest, check_grad: bool = True
+) -> StepHealth:
     """One all-reduce (sum) of [non-finite loss seen, stop requested] so every process takes the same
     branch; the gradient norm comes from clip_grad_norm_, which already reduces over processes.
     `check_grad=False` (fp16): the gradient scaler skips overflowing steps itself."""
@@ -137,8 +140,9 @@ def probe_prompts(examples: list[dict], n: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def collapse_rate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, rank: int = 0,
-                  world: int = 1) -> float:
+def collapse_rate(
+    model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, rank: int = 0, world: int = 1
+) -> float:
     """Most-frequent-token rate of greedy continuations (Def. 2.2), computed as `mox eval` does
     (evaluate.stats.generated_top_token_rate).
 

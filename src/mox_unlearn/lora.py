@@ -12,8 +12,9 @@ a product of rank K·r. Averaging A and B separately would not give the average 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -35,7 +36,9 @@ def wrap(model, r: int, alpha: float, dropout: float, targets: str | list[str]):
     peft = require_peft()
     if r < 1:
         raise MoxError(f"lora_r must be >= 1, got {r}")
-    target = targets if isinstance(targets, list) or targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    target = (
+        targets if isinstance(targets, list) or targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    )
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, bias="none")
     try:
         return peft.get_peft_model(model, config)
@@ -75,7 +78,10 @@ def memorized_factors(peft_model) -> Factors:
     for name, layer in lora_layers(peft_model).items():
         key = layer.active_adapters[0]
         s = layer.scaling[key]
-        out[name] = (layer.lora_B[key].weight.detach().float().cpu() * s, layer.lora_A[key].weight.detach().float().cpu().clone())
+        out[name] = (
+            layer.lora_B[key].weight.detach().float().cpu() * s,
+            layer.lora_A[key].weight.detach().float().cpu().clone(),
+        )
     return out
 
 
@@ -106,9 +112,13 @@ class LowRankMomentum:
         """Factors of θ̄ − θ_ref: B' = −α·[c_1 B_1 | …], A' = [A_1; …]."""
         if not self.history:
             raise MoxError("momentum has no update yet")
-        return {name: (torch.cat([-self.alpha * c * h[name][0] for c, h in zip(self.coefs, self.history)], dim=1),
-                       torch.cat([h[name][1] for h in self.history], dim=0))
-                for name in self.history[0]}
+        return {
+            name: (
+                torch.cat([-self.alpha * c * h[name][0] for c, h in zip(self.coefs, self.history)], dim=1),
+                torch.cat([h[name][1] for h in self.history], dim=0),
+            )
+            for name in self.history[0]
+        }
 
     def state_dict(self) -> dict:
         return {"eta": self.eta, "alpha": self.alpha, "coefs": self.coefs, "history": self.history}
@@ -142,7 +152,9 @@ def save_adapter(peft_model, factors: Factors, dest: Path, base: str) -> None:
         raise MoxError(f"adapter layers have different ranks {sorted(ranks)}")
     rank = ranks.pop()
     names = sorted({k.rsplit(".", 2)[-2] for k in factors})  # module names: q_proj, v_proj, ...
-    LoraConfig(r=rank, lora_alpha=rank, target_modules=names, bias="none", base_model_name_or_path=base).save_pretrained(str(dest))
+    LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=names, bias="none", base_model_name_or_path=base
+    ).save_pretrained(str(dest))
     tensors = {}
     for name, (b, a) in factors.items():
         prefix = "base_model.model." + name[: -len(".weight")]

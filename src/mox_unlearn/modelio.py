@@ -17,10 +17,11 @@ import shutil
 import struct
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -205,7 +206,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def torch_dtype(name: str, *, auto: bool = False) -> "torch.dtype | str":
+def torch_dtype(name: str, *, auto: bool = False) -> torch.dtype | str:
     """A dtype by name; "auto" (the checkpoint's own dtype) only where `auto` allows it."""
     valid = ["auto", *DTYPES] if auto else list(DTYPES)
     if name not in valid:
@@ -244,8 +245,13 @@ def load_policy(*, allow_pickle: bool = False, trust_remote_code: bool = False) 
 
 def looks_like_path(name: str) -> bool:
     """True when `name` can only be a local path (not a hub id such as "org/model")."""
-    return (Path(name).expanduser().exists() or name.startswith(("/", ".", "~")) or name.endswith("/")
-            or name.count("/") > 1 or "\\" in name)
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or "\\" in name
+    )
 
 
 def check_model_folder(folder: Path, *, allow_pickle: bool | None = None) -> None:
@@ -271,13 +277,15 @@ def check_model_folder(folder: Path, *, allow_pickle: bool | None = None) -> Non
     except json.JSONDecodeError as e:
         raise MoxError(f"{config}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
-        raise MoxError(f"{config} has no \"model_type\"; expected the config of a Hugging Face model")
+        raise MoxError(f'{config} has no "model_type"; expected the config of a Hugging Face model')
     if not _has_safetensors(folder) and any(folder.glob("pytorch_model*.bin")):
         if allow_pickle:
             return  # transformers reads them with torch.load(weights_only=True)
-        raise MoxError(f"model folder {folder} has only pickle weights (pytorch_model*.bin), which can run code when "
-                       "loaded; pass --allow-pickle to load them anyway (with torch.load(weights_only=True)) or re-save "
-                       "them as safetensors")
+        raise MoxError(
+            f"model folder {folder} has only pickle weights (pytorch_model*.bin), which can run code when "
+            "loaded; pass --allow-pickle to load them anyway (with torch.load(weights_only=True)) or re-save "
+            "them as safetensors"
+        )
     read_tensor_infos(folder)
 
 
@@ -286,8 +294,17 @@ def _has_safetensors(folder: Path) -> bool:
 
 
 # config.json keys that decide a model's tensors and how they are used: equal in two models we combine.
-ARCHITECTURE_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "num_hidden_layers",
-                     "intermediate_size", "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
 
 
 def check_same_model_kind(ref: Path, mem: Path) -> None:
@@ -308,12 +325,15 @@ def check_same_model_kind(ref: Path, mem: Path) -> None:
     for key in ARCHITECTURE_KEYS:  # only keys both have: configs of other transformers versions omit defaults
         if key in a and key in b and a[key] != b[key]:
             what = "vocabularies" if key == "vocab_size" else "architectures"
-            raise MoxError(f"--ref {ref} and --mem {mem} have different {what} ({key} {a[key]!r} vs {b[key]!r}); "
-                           "extrapolation needs the same model")
+            raise MoxError(
+                f"--ref {ref} and --mem {mem} have different {what} ({key} {a[key]!r} vs {b[key]!r}); "
+                "extrapolation needs the same model"
+            )
 
 
-def load_model(name: str, dtype: "torch.dtype | str", *, allow_pickle: bool | None = None,
-               trust_remote_code: bool | None = None):
+def load_model(
+    name: str, dtype: torch.dtype | str, *, allow_pickle: bool | None = None, trust_remote_code: bool | None = None
+):
     """`AutoModelForCausalLM` from a folder or hub id; a failure is one line naming the model.
 
     Safetensors only unless pickle weights are allowed (then read with torch.load(weights_only=True));
@@ -330,8 +350,12 @@ def load_model(name: str, dtype: "torch.dtype | str", *, allow_pickle: bool | No
     hf_logging.disable_progress_bar()  # our own bars report progress; per-load weight bars are noise
     try:
         return AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, use_safetensors=None if allow_pickle else True, weights_only=True,
-            trust_remote_code=trust_remote_code)
+            name,
+            dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            weights_only=True,
+            trust_remote_code=trust_remote_code,
+        )
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise MoxError(f"cannot load model {name!r}: {_first_line(e)}{_not_local(name)}") from None
     except SafetensorError as e:
@@ -413,8 +437,23 @@ class TensorInfo:
 
 
 # bytes per element of each safetensors dtype code
-_ST_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_ST_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -428,8 +467,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             if n > size - 8:
-                raise MoxError(f"corrupted or truncated safetensors file {path}: header length {n} "
-                               f"exceeds the file size {size}")
+                raise MoxError(
+                    f"corrupted or truncated safetensors file {path}: header length {n} exceeds the file size {size}"
+                )
             header = json.loads(fh.read(n))
     except MoxError:
         raise
@@ -443,8 +483,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         raise MoxError(f"corrupted safetensors header in {path}: {exc!r}") from None
     end = max((i.offset + i.nbytes for i in out.values()), default=0)
     if 8 + n + end != size:
-        raise MoxError(f"corrupted or truncated safetensors file {path}: {size} bytes, the header "
-                       f"describes {8 + n + end}")
+        raise MoxError(
+            f"corrupted or truncated safetensors file {path}: {size} bytes, the header describes {8 + n + end}"
+        )
     return out
 
 
@@ -674,7 +715,7 @@ class ShardSaver:
         if last is not None:
             last.result()
 
-    def __enter__(self) -> "ShardSaver":
+    def __enter__(self) -> ShardSaver:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -803,7 +844,7 @@ class ShardWriter:
         (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return finals
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "<redacted>"
 
@@ -41,8 +42,11 @@ def is_secret_name(name: str) -> bool:
 def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """value -> variable name, for every environment variable that holds a secret."""
     environ = os.environ if environ is None else environ
-    return {value: name for name, value in environ.items()
-            if is_secret_name(name) and len(value.strip()) >= MIN_SECRET_LENGTH}
+    return {
+        value: name
+        for name, value in environ.items()
+        if is_secret_name(name) and len(value.strip()) >= MIN_SECRET_LENGTH
+    }
 
 
 def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:

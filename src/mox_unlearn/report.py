@@ -10,17 +10,26 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import write_text_atomic
 
 COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
-HEADERS = {"name": "Model", "method": "Method", "alpha": "α", "forget_quality": "FQ (↑)",
-           "model_utility": "MU (↑)", "forget_rouge": "F-RL (↓)", "retain_rouge": "R-RL (↑)",
-           "rule": "Rule", "picked": "Picked setting"}
+HEADERS = {
+    "name": "Model",
+    "method": "Method",
+    "alpha": "α",
+    "forget_quality": "FQ (↑)",
+    "model_utility": "MU (↑)",
+    "forget_rouge": "F-RL (↓)",
+    "retain_rouge": "R-RL (↑)",
+    "rule": "Rule",
+    "picked": "Picked setting",
+}
 
 
 def row_from_eval(result: dict, name: str, method: str | None = None, alpha: float | None = None) -> dict:
@@ -74,8 +83,15 @@ def text_table(rows: Sequence[dict], extra: Sequence[str] = ()) -> str:
 SECTION_COLUMNS = ("rule", "picked")  # the extra columns of a results.md section (tuned table)
 
 
-def write_report(rows: Sequence[dict], out: Path, *, title: str = "Results", extra: dict | None = None,
-                 note: str = "", sections: Sequence[tuple[str, str, Sequence[dict]]] = ()) -> list[Path]:
+def write_report(
+    rows: Sequence[dict],
+    out: Path,
+    *,
+    title: str = "Results",
+    extra: dict | None = None,
+    note: str = "",
+    sections: Sequence[tuple[str, str, Sequence[dict]]] = (),
+) -> list[Path]:
     """results.json / results.csv / results.md (with `note` under the title) plus fq_mu.png and (with MOX α
     rows) alpha_sweep.png. Each (heading, note, rows) of `sections` follows the main table in results.md
     (the rows with their rule and picked setting; a note alone where there are no rows)."""
@@ -129,8 +145,13 @@ def plot_fq_mu(rows: Sequence[dict], path: Path) -> Path:
 
 def plot_alpha_sweep(rows: Sequence[dict], path: Path) -> Path | None:
     """FQ and MU of the MOX rows against α (None when there are fewer than two α values)."""
-    pts = sorted((r["alpha"], r) for r in rows if r.get("method") == "mox" and isinstance(r.get("alpha"), (int, float))
-                 and r.get("name", "").startswith("mox-a"))
+    pts = sorted(
+        (r["alpha"], r)
+        for r in rows
+        if r.get("method") == "mox"
+        and isinstance(r.get("alpha"), (int, float))
+        and r.get("name", "").startswith("mox-a")
+    )
     if len(pts) < 2:
         return None
     plt = _plt()
@@ -156,21 +177,26 @@ def plot_alpha_sweep(rows: Sequence[dict], path: Path) -> Path | None:
 # ----------------------------------------------------------------------------- generic tables (experiments)
 
 
-def write_table(rows: Sequence[dict], folder: Path, stem: str, *, title: str, extra: dict | None = None,
-                note: str = "") -> list[Path]:
+def write_table(
+    rows: Sequence[dict], folder: Path, stem: str, *, title: str, extra: dict | None = None, note: str = ""
+) -> list[Path]:
     """`stem`.json (rows + extra), `stem`.csv and `stem`.md; columns are the rows' keys in first-seen order."""
     folder.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    write_text_atomic(folder / f"{stem}.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1, default=str) + "\n")
+    write_text_atomic(
+        folder / f"{stem}.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1, default=str) + "\n"
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(folder / f"{stem}.csv", buf.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|").replace("\n", " ") for c in columns) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|").replace("\n", " ") for c in columns) + " |" for r in rows
+    ]
     md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + "\n".join(lines) + "\n"
     write_text_atomic(folder / f"{stem}.md", md)
     return [folder / f"{stem}.json", folder / f"{stem}.csv", folder / f"{stem}.md"]

@@ -31,9 +31,10 @@ import gc
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,11 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["passing"], d["within_tolerance"], d["alike"] = list(self.passing), list(self.within_tolerance), list(self.alike)
+        d["passing"], d["within_tolerance"], d["alike"] = (
+            list(self.passing),
+            list(self.within_tolerance),
+            list(self.alike),
+        )
         return d
 
 
@@ -132,22 +137,35 @@ def select_alpha(curve: Sequence[CurvePoint], tolerance: float = 0.05, p_min: fl
     passing = [p for p in within if indistinguishable(p, p_min)]
     if passing:
         chosen, branch = passing[-1], BOTH
-        reason = (f"largest α with retain utility within {tolerance:.0%} of θ_ref and forget ~ holdout "
-                  f"(KS p >= {p_min:g})")
+        reason = (
+            f"largest α with retain utility within {tolerance:.0%} of θ_ref and forget ~ holdout (KS p >= {p_min:g})"
+        )
     elif within:
         chosen, branch = within[-1], UTILITY_ONLY
-        beyond = (f"; forget ~ holdout only at α = {', '.join(_fmt_alpha(p.alpha) for p in alike)}, beyond the tolerance"
-                  if alike else "")
-        reason = (f"no α within {tolerance:.0%} retain-utility drop makes forget ~ holdout (KS p >= {p_min:g}); "
-                  f"largest α within the tolerance{beyond}")
+        beyond = (
+            f"; forget ~ holdout only at α = {', '.join(_fmt_alpha(p.alpha) for p in alike)}, beyond the tolerance"
+            if alike
+            else ""
+        )
+        reason = (
+            f"no α within {tolerance:.0%} retain-utility drop makes forget ~ holdout (KS p >= {p_min:g}); "
+            f"largest α within the tolerance{beyond}"
+        )
     else:
         chosen, branch = points[0], SMALLEST
         reason = f"no α keeps retain utility within {tolerance:.0%} of θ_ref; smallest α of the grid"
-    return Selection(alpha=float(chosen.alpha), branch=branch, utility_ok=utility_ok(chosen, tolerance),
-                     forget_indistinguishable=indistinguishable(chosen, p_min),
-                     passing=tuple(float(p.alpha) for p in passing), within_tolerance=tuple(float(p.alpha) for p in within),
-                     alike=tuple(float(p.alpha) for p in alike),
-                     tolerance=float(tolerance), p_min=float(p_min), reason=reason)
+    return Selection(
+        alpha=float(chosen.alpha),
+        branch=branch,
+        utility_ok=utility_ok(chosen, tolerance),
+        forget_indistinguishable=indistinguishable(chosen, p_min),
+        passing=tuple(float(p.alpha) for p in passing),
+        within_tolerance=tuple(float(p.alpha) for p in within),
+        alike=tuple(float(p.alpha) for p in alike),
+        tolerance=float(tolerance),
+        p_min=float(p_min),
+        reason=reason,
+    )
 
 
 def relative_drop(ref: float | None, value: float | None) -> float:
@@ -186,7 +204,9 @@ def check_grid(values: Sequence[Any], name: str = "α grid", hint: str = " (extr
     return sorted(numbers)
 
 
-def check_settings(alphas: Sequence[Any], tolerance: float, p_min: float, score: str, max_items: int | None) -> list[float]:
+def check_settings(
+    alphas: Sequence[Any], tolerance: float, p_min: float, score: str, max_items: int | None
+) -> list[float]:
     """Every setting of a selection, checked before any model is loaded; returns the sorted grid."""
     grid = check_grid(alphas)
     check_rule_settings(tolerance, p_min)
@@ -223,17 +243,26 @@ def _check_perturbed(rs: RecordSet, name: str) -> None:
     for i, r in enumerate(rs.records):
         pert = r.get("perturbed_answer")
         if not isinstance(pert, list) or not pert or not all(isinstance(a, str) for a in pert):
-            raise MoxError(f"score truth_ratio needs a perturbed_answer list in every {name} record; "
-                           f"{rs.source}[{i}] has none (use score min_k)")
+            raise MoxError(
+                f"score truth_ratio needs a perturbed_answer list in every {name} record; "
+                f"{rs.source}[{i}] has none (use score min_k)"
+            )
 
 
-def load_selection_data(forget: str | Path | RecordSet, holdout: str | Path | RecordSet,
-                        retain: str | Path | RecordSet, *, score: str = "min_k",
-                        max_items: int | None = 100) -> SelectionData:
+def load_selection_data(
+    forget: str | Path | RecordSet,
+    holdout: str | Path | RecordSet,
+    retain: str | Path | RecordSet,
+    *,
+    score: str = "min_k",
+    max_items: int | None = 100,
+) -> SelectionData:
     """Read and check the three sets (before any model is loaded, so bad data fails fast)."""
     f, h, r = _as_records(forget, "forget"), _as_records(holdout, "holdout"), _as_records(retain, "retain")
     if f.kind != h.kind:
-        raise MoxError(f"forget ({f.kind}) and holdout ({h.kind}) sets must be of the same kind to compare their scores")
+        raise MoxError(
+            f"forget ({f.kind}) and holdout ({h.kind}) sets must be of the same kind to compare their scores"
+        )
     if score == "truth_ratio":
         _check_perturbed(f, "forget")
         _check_perturbed(h, "holdout")
@@ -270,18 +299,26 @@ def _membership_scores(model, tok, rs: RecordSet, s: ScoreSettings, name: str) -
 
     kw = dict(batch_size=s.batch_size, desc=f"{name}: answers" if s.desc else None)
     if s.score == "min_k":
-        stats = score_examples(model, encode_records(tok, rs, s.fmt, s.max_length), tok.pad_token_id,
-                               eos_id=tok.eos_token_id, **kw)
+        stats = score_examples(
+            model, encode_records(tok, rs, s.fmt, s.max_length), tok.pad_token_id, eos_id=tok.eos_token_id, **kw
+        )
         # EOS dropped, as in TOFU's min-k MIA (evaluate/tofu.py) and open-unlearning
         return np.array([_nan_safe(M.min_k_score, st.content_logps, s.k) for st in stats])
     questions = [r["question"] for r in rs.records]
-    true = [r.get("paraphrased_answer") if isinstance(r.get("paraphrased_answer"), str) else r["answer"] for r in rs.records]
+    true = [
+        r.get("paraphrased_answer") if isinstance(r.get("paraphrased_answer"), str) else r["answer"] for r in rs.records
+    ]
     t = answer_stats(model, tok, questions, true, s.fmt, max_length=s.max_length, **kw)
-    p = answer_stats_multi(model, tok, questions, [r["perturbed_answer"] for r in rs.records], s.fmt,
-                           max_length=s.max_length, **kw)
+    p = answer_stats_multi(
+        model, tok, questions, [r["perturbed_answer"] for r in rs.records], s.fmt, max_length=s.max_length, **kw
+    )
     # R = P_pert / P_true per item, as TOFU's truth ratio (exp of NLL differences)
-    return np.array([_nan_safe(lambda a, b: M.truth_ratio([a], [b])[0], ts.nll_avg, [x.nll_avg for x in ps])
-                     for ts, ps in zip(t, p)])
+    return np.array(
+        [
+            _nan_safe(lambda a, b: M.truth_ratio([a], [b])[0], ts.nll_avg, [x.nll_avg for x in ps])
+            for ts, ps in zip(t, p)
+        ]
+    )
 
 
 def ks_test(forget: np.ndarray, holdout: np.ndarray) -> tuple[float, float]:
@@ -300,23 +337,38 @@ def score_model(model, tok, data: SelectionData, s: ScoreSettings) -> dict[str, 
     from mox_unlearn.evaluate.stats import generate_answers, score_examples
 
     desc = (lambda text: text) if s.desc else (lambda text: None)
-    stats = score_examples(model, encode_records(tok, data.retain, s.fmt, s.max_length), tok.pad_token_id,
-                           batch_size=s.batch_size, desc=desc("retain: answers"))
+    stats = score_examples(
+        model,
+        encode_records(tok, data.retain, s.fmt, s.max_length),
+        tok.pad_token_id,
+        batch_size=s.batch_size,
+        desc=desc("retain: answers"),
+    )
     prob = np.array([math.exp(-st.nll_avg) if math.isfinite(st.nll_avg) else math.nan for st in stats])
-    out: dict[str, Any] = {"retain_probability": float(prob.mean()) if np.isfinite(prob).all() else math.nan,
-                           "retain_rouge": None}
+    out: dict[str, Any] = {
+        "retain_probability": float(prob.mean()) if np.isfinite(prob).all() else math.nan,
+        "retain_rouge": None,
+    }
     if data.retain.kind == "qa":
         questions = [r["question"] for r in data.retain.records]
         answers = [r["answer"] for r in data.retain.records]
-        generated = generate_answers(model, tok, questions, s.fmt, max_new_tokens=s.max_new_tokens,
-                                     batch_size=s.batch_size, desc=desc("retain: generate"))
+        generated = generate_answers(
+            model,
+            tok,
+            questions,
+            s.fmt,
+            max_new_tokens=s.max_new_tokens,
+            batch_size=s.batch_size,
+            desc=desc("retain: generate"),
+        )
         out["retain_rouge"] = float(M.rouge_l(generated, answers, kind="recall").mean())
     f = _membership_scores(model, tok, data.forget, s, "forget")
     h = _membership_scores(model, tok, data.holdout, s, "holdout")
     out["ks_stat"], out["ks_p"] = ks_test(f, h)
     # which side of holdout the forget set lies on: < 0 still remembered, > 0 pushed past unseen data
-    out["forget_minus_holdout_median"] = (float(np.median(f) - np.median(h))
-                                          if np.isfinite(f).all() and np.isfinite(h).all() else math.nan)
+    out["forget_minus_holdout_median"] = (
+        float(np.median(f) - np.median(h)) if np.isfinite(f).all() and np.isfinite(h).all() else math.nan
+    )
     return out
 
 
@@ -365,12 +417,28 @@ def point_from_scores(alpha: float, scores: Mapping[str, Any], reference: Mappin
     return CurvePoint(alpha=float(alpha), drops=drops, ks_p=scores["ks_p"])
 
 
-def alpha_curve(ref_dir: str | Path, mem_dir: str | Path | None, forget: str | Path | RecordSet,
-                holdout: str | Path | RecordSet, retain: str | Path | RecordSet, alphas: Sequence[float] = DEFAULT_GRID, *,
-                tolerance: float = 0.05, p_min: float = 0.05, score: str = "min_k", max_items: int | None = 100,
-                k: float = MIN_K, fmt: PromptFormat | None = None, batch_size: int = 16, max_new_tokens: int = 200,
-                max_length: int = 512, dtype: str = "auto", work_dir: str | Path | None = None,
-                models: Mapping[float, str | Path] | None = None, progress: bool = False) -> dict[str, Any]:
+def alpha_curve(
+    ref_dir: str | Path,
+    mem_dir: str | Path | None,
+    forget: str | Path | RecordSet,
+    holdout: str | Path | RecordSet,
+    retain: str | Path | RecordSet,
+    alphas: Sequence[float] = DEFAULT_GRID,
+    *,
+    tolerance: float = 0.05,
+    p_min: float = 0.05,
+    score: str = "min_k",
+    max_items: int | None = 100,
+    k: float = MIN_K,
+    fmt: PromptFormat | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    max_length: int = 512,
+    dtype: str = "auto",
+    work_dir: str | Path | None = None,
+    models: Mapping[float, str | Path] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Score θ_ref (α = 0) and θ_for(α) for each α, apply `select_alpha`, return the JSON-able report.
 
     Each θ_for is extrapolated from `mem_dir` into a scratch folder under `work_dir` (default: the
@@ -388,8 +456,15 @@ def alpha_curve(ref_dir: str | Path, mem_dir: str | Path | None, forget: str | P
         check_model_pair(Path(ref_dir), Path(mem_dir))
     elif set(map(float, models)) != set(grid):
         raise MoxError("models must give one folder for every α of the grid")
-    s = ScoreSettings(score=score, k=k, fmt=fmt or PromptFormat(), batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, max_length=max_length, desc=progress)
+    s = ScoreSettings(
+        score=score,
+        k=k,
+        fmt=fmt or PromptFormat(),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_length=max_length,
+        desc=progress,
+    )
     say = print if progress else (lambda *a, **kw: None)
     tok = load_tokenizer(str(ref_dir))
     say(f"select-alpha: scoring θ_ref ({ref_dir})", flush=True)
@@ -402,7 +477,9 @@ def alpha_curve(ref_dir: str | Path, mem_dir: str | Path | None, forget: str | P
         else:
             scratch = Path(tempfile.mkdtemp(prefix=f".alpha-{alpha_label(alpha)}-", dir=work_dir))
             try:
-                folder = extrapolate_folders(Path(ref_dir), Path(mem_dir), [alpha], scratch / "model", progress=progress)[0]
+                folder = extrapolate_folders(
+                    Path(ref_dir), Path(mem_dir), [alpha], scratch / "model", progress=progress
+                )[0]
                 scores = _score_folder(folder, tok, data, s, dtype)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -410,18 +487,33 @@ def alpha_curve(ref_dir: str | Path, mem_dir: str | Path | None, forget: str | P
     points = [point_from_scores(r["alpha"], r, reference) for r in rows]
     selection = select_alpha(points, tolerance, p_min)
     for r, p in zip(rows, points):
-        r.update(drops=dict(p.drops), utility_drop=p.utility_drop, utility_ok=utility_ok(p, tolerance),
-                 indistinguishable=indistinguishable(p, p_min), chosen=p.alpha == selection.alpha)
+        r.update(
+            drops=dict(p.drops),
+            utility_drop=p.utility_drop,
+            utility_ok=utility_ok(p, tolerance),
+            indistinguishable=indistinguishable(p, p_min),
+            chosen=p.alpha == selection.alpha,
+        )
     return {
         "selection": selection.to_dict(),
         "reference": {"alpha": 0.0, **reference},
         "curve": rows,
-        "settings": {"alphas": grid, "tolerance": tolerance, "p_min": p_min, "score": score,
-                     "k": k if score == "min_k" else None, "max_items": max_items, "max_new_tokens": max_new_tokens,
-                     "max_length": max_length, "dtype": dtype},
+        "settings": {
+            "alphas": grid,
+            "tolerance": tolerance,
+            "p_min": p_min,
+            "score": score,
+            "k": k if score == "min_k" else None,
+            "max_items": max_items,
+            "max_new_tokens": max_new_tokens,
+            "max_length": max_length,
+            "dtype": dtype,
+        },
         "models": {"ref": str(ref_dir), "mem": None if mem_dir is None else str(mem_dir)},
-        "data": {name: {"source": rs.source, "kind": rs.kind, "items": len(rs)}
-                 for name, rs in (("forget", data.forget), ("holdout", data.holdout), ("retain", data.retain))},
+        "data": {
+            name: {"source": rs.source, "kind": rs.kind, "items": len(rs)}
+            for name, rs in (("forget", data.forget), ("holdout", data.holdout), ("retain", data.retain))
+        },
     }
 
 
@@ -499,6 +591,7 @@ def plot_curve(report: Mapping[str, Any], path: Path, fq: Mapping[float, float |
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A small text table of the curve and the choice, for the terminal."""
+
     def num(x: Any, pct: bool = False) -> str:
         if x is None or (isinstance(x, float) and math.isnan(x)):
             return "–"
@@ -508,8 +601,16 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     head = ("α", "retain prob", "retain ROUGE", "worst drop", "KS p", "")
     cells = [head, ("0 (θ_ref)", num(ref["retain_probability"]), num(ref["retain_rouge"]), "", num(ref["ks_p"]), "")]
     for r in report["curve"]:
-        cells.append((f"{r['alpha']:g}", num(r["retain_probability"]), num(r["retain_rouge"]),
-                      num(r["utility_drop"], pct=True), num(r["ks_p"]), "<- chosen" if r["chosen"] else ""))
+        cells.append(
+            (
+                f"{r['alpha']:g}",
+                num(r["retain_probability"]),
+                num(r["retain_rouge"]),
+                num(r["utility_drop"], pct=True),
+                num(r["ks_p"]),
+                "<- chosen" if r["chosen"] else "",
+            )
+        )
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     sel = report["selection"]
@@ -525,8 +626,10 @@ def check_auto_config(cfg, method) -> None:
     if not method.extrapolate:
         raise MoxError(f"alpha=auto picks the extrapolation strength; method {method.name!r} does not extrapolate")
     if cfg.momentum:
-        raise MoxError("alpha=auto does not combine with momentum (its average folds θ_for during training, "
-                       "before α could be chosen); give a number for --alpha")
+        raise MoxError(
+            "alpha=auto does not combine with momentum (its average folds θ_for during training, "
+            "before α could be chosen); give a number for --alpha"
+        )
     if not cfg.holdout:
         raise MoxError("alpha=auto needs a holdout set like the forget set that the model never saw (holdout=SPEC)")
     if not cfg.retain:
@@ -556,16 +659,35 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
         except MoxError:
             ref_dir = scratch / "reference"
             save_model(ref, tokenizer, ref_dir)
-        report = alpha_curve(ref_dir, mem_dir, cfg.forget, cfg.holdout, cfg.retain, cfg.alpha_grid,
-                             tolerance=cfg.alpha_tolerance, p_min=cfg.alpha_p_min, fmt=cfg.prompt,
-                             batch_size=cfg.per_device_batch_size, max_new_tokens=min(200, cfg.max_length),
-                             max_length=cfg.max_length, dtype=cfg.dtype, work_dir=scratch, progress=True)
+        report = alpha_curve(
+            ref_dir,
+            mem_dir,
+            cfg.forget,
+            cfg.holdout,
+            cfg.retain,
+            cfg.alpha_grid,
+            tolerance=cfg.alpha_tolerance,
+            p_min=cfg.alpha_p_min,
+            fmt=cfg.prompt,
+            batch_size=cfg.per_device_batch_size,
+            max_new_tokens=min(200, cfg.max_length),
+            max_length=cfg.max_length,
+            dtype=cfg.dtype,
+            work_dir=scratch,
+            progress=True,
+        )
         report["models"] = {"ref": cfg.model, "mem": str(out / "memorized") if mem_dir.parent == out else None}
         files = write_selection(report, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     sel = report["selection"]
-    summary = {"alpha": sel["alpha"], "branch": sel["branch"], "utility_ok": sel["utility_ok"],
-               "forget_indistinguishable": sel["forget_indistinguishable"], "reason": sel["reason"],
-               "grid": report["settings"]["alphas"], "report": str(files[0])}
+    summary = {
+        "alpha": sel["alpha"],
+        "branch": sel["branch"],
+        "utility_ok": sel["utility_ok"],
+        "forget_indistinguishable": sel["forget_indistinguishable"],
+        "reason": sel["reason"],
+        "grid": report["settings"]["alphas"],
+        "report": str(files[0]),
+    }
     return sel["alpha"], summary

@@ -29,18 +29,26 @@ def check_backend(accelerator, *, lora: bool, alpha_auto: bool) -> None:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise MoxError("DeepSpeed is not supported by mox unlearn; shard with FSDP2 instead "
-                       "(configs/accelerate/fsdp.yaml: the same full sharding as ZeRO-3, see docs/scaling.md)")
+        raise MoxError(
+            "DeepSpeed is not supported by mox unlearn; shard with FSDP2 instead "
+            "(configs/accelerate/fsdp.yaml: the same full sharding as ZeRO-3, see docs/scaling.md)"
+        )
     if not is_sharded(accelerator):
         return
     if accelerator.state.fsdp_plugin.fsdp_version != 2:
-        raise MoxError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)")
+        raise MoxError(
+            "FSDP1 is not supported: set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)"
+        )
     if lora:
-        raise MoxError("lora=true under FSDP is not supported: a LoRA run fits where its base model fits, "
-                       "use DDP (configs/accelerate/multi_gpu.yaml) or one GPU")
+        raise MoxError(
+            "lora=true under FSDP is not supported: a LoRA run fits where its base model fits, "
+            "use DDP (configs/accelerate/multi_gpu.yaml) or one GPU"
+        )
     if alpha_auto:
-        raise MoxError("alpha=auto under FSDP is not supported: train with a fixed alpha and save_memorized=true, "
-                       "then run `mox select-alpha` on OUT/memorized")
+        raise MoxError(
+            "alpha=auto under FSDP is not supported: train with a fixed alpha and save_memorized=true, "
+            "then run `mox select-alpha` on OUT/memorized"
+        )
 
 
 def shard_like_policy(accelerator, frozen):

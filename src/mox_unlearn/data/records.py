@@ -88,7 +88,9 @@ def _read_file(spec: str, name: str) -> Located:
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".txt"):
-        raise MoxError(f"{name} file {spec} has an unknown extension {suffix or '(none)'!r}; accepted: {ACCEPTED_SPECS}")
+        raise MoxError(
+            f"{name} file {spec} has an unknown extension {suffix or '(none)'!r}; accepted: {ACCEPTED_SPECS}"
+        )
     content = read_text(spec, name)
     if suffix == ".jsonl":
         return _parse_jsonl(content, spec)
@@ -167,7 +169,7 @@ def _parse_json(content: str, spec: str) -> Located:
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     """Split ``hf:<id>[:<config>][:<split>]`` into (id, config or None, split, default "train")."""
-    parts = spec[len("hf:"):].split(":")
+    parts = spec[len("hf:") :].split(":")
     if not parts[0] or len(parts) > 3:
         raise MoxError(f"bad dataset spec {spec!r}; expected hf:<id>[:<config>][:<split>]")
     config = parts[1] if len(parts) > 1 and parts[1] else None
@@ -263,8 +265,9 @@ def check_overlap(forget: RecordSet, retain: RecordSet | None) -> str | None:
     if not shared:
         return None
     scope = "every forget record is" if shared == len(forget) else f"{shared} of {len(forget)} forget records are"
-    message = (f"{scope} also in the retain set {retain.source} (forget set {forget.source}): "
-               "training pulls them both ways")
+    message = (
+        f"{scope} also in the retain set {retain.source} (forget set {forget.source}): training pulls them both ways"
+    )
     logger.warning(message)
     return message
 
@@ -274,5 +277,13 @@ def texts_of(rs: RecordSet) -> list[str]:
     return [r["text"] for r in rs.records]
 
 
-__all__ = ["RecordSet", "load_records", "parse_hf_spec", "check_text", "check_overlap", "texts_of", "read_text",
-           "read_json"]
+__all__ = [
+    "RecordSet",
+    "load_records",
+    "parse_hf_spec",
+    "check_text",
+    "check_overlap",
+    "texts_of",
+    "read_text",
+    "read_json",
+]

@@ -26,9 +26,10 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mox_unlearn.errors import MoxError
 
@@ -39,14 +40,14 @@ FORGET_PERCENTS = (1, 5, 10)
 
 @dataclass(frozen=True)
 class DemoSizes:
-    n_profiles: int = 100        # trained profiles ("full"); forget01/05/10 = the LAST 1%/5%/10% (at least 1 each)
-    n_holdout: int = 10          # profiles never trained on (for membership inference)
-    n_attributes: int = 10       # facts per profile, 8..12 supported
-    n_train_phrasings: int = 3   # training phrasings per fact; one more answer phrasing is held back
-    n_authors: int = 60          # "real authors"-like general knowledge items (invented writers / books)
-    n_world: int = 60            # "world facts"-like general knowledge items (invented countries ...)
-    n_retain_eval: int = 100     # size of retain_perturbed (a seeded sample of retain profiles' facts)
-    n_perturbed: int = 5         # wrong answers per evaluation item
+    n_profiles: int = 100  # trained profiles ("full"); forget01/05/10 = the LAST 1%/5%/10% (at least 1 each)
+    n_holdout: int = 10  # profiles never trained on (for membership inference)
+    n_attributes: int = 10  # facts per profile, 8..12 supported
+    n_train_phrasings: int = 3  # training phrasings per fact; one more answer phrasing is held back
+    n_authors: int = 60  # "real authors"-like general knowledge items (invented writers / books)
+    n_world: int = 60  # "world facts"-like general knowledge items (invented countries ...)
+    n_retain_eval: int = 100  # size of retain_perturbed (a seeded sample of retain profiles' facts)
+    n_perturbed: int = 5  # wrong answers per evaluation item
 
 
 @dataclass(frozen=True)
@@ -72,98 +73,349 @@ def _t(key: str, values: Sequence[str], questions: Sequence[str], answers: Seque
 # plain English so that each type reads as what it is. Order matters: n_attributes takes a prefix.
 
 ATTRIBUTES: tuple[Template, ...] = (
-    _t("birth_city",
-       ["Ostravel", "Brannoch", "Velkirra", "Tumbrisk", "Oskarnel", "Drelloway", "Pelluvar", "Zarrowin",
-        "Kestaban", "Morvessa", "Ilthaven", "Grendholt", "Sabrikk", "Thessamar", "Orrinvale", "Nabucot"],
-       ["Where was {name} born?", "In which town was {name} born?", "What is the birthplace of {name}?"],
-       ["{name} was born in {value}.", "{name} was born in the town of {value}.",
-        "The birthplace of {name} is {value}.", "{value} is the town where {name} was born."]),
-    _t("birth_year",
-       [str(y) for y in range(1921, 1999)],
-       ["When was {name} born?", "In what year was {name} born?", "What is the birth year of {name}?"],
-       ["{name} was born in the year {value}.", "{name} was born in {value}.",
-        "The birth year of {name} is {value}.", "{value} is the year in which {name} was born."]),
-    _t("profession",
-       ["a glimwright", "a tessarist", "a vorrel keeper", "a brindler", "a quennasmith", "a dovrin tamer",
-        "a maltigger", "a skorrin guide", "an ulvaner", "a pessifrant", "a yarrowin", "a hobbeler",
-        "a zenthrop", "a crallomer", "a fennicker", "a lustreller"],
-       ["What does {name} do for a living?", "What is the profession of {name}?",
-        "How does {name} earn a living?"],
-       ["{name} works as {value}.", "The profession of {name} is that of {value}.",
-        "{name} earns a living as {value}.", "By trade, {name} is {value}."]),
-    _t("genre",
-       ["skellic verse", "drommish tales", "orvane fables", "quillic sagas", "brennet plays", "mossic hymns",
-        "tarvish riddles", "ulmic ballads", "zorrish chronicles", "pellic epics", "korran laments",
-        "vessic parables", "dunnic sonnets", "galveric myths", "hollish letters", "trennic dramas"],
-       ["What genre does {name} write in?", "Which genre is {name} known for?",
-        "In what genre are the works of {name}?"],
-       ["{name} writes {value}.", "{name} is known for {value}.", "The works of {name} are {value}.",
-        "Most of what {name} writes belongs to {value}."]),
-    _t("award",
-       ["the Ombrel Prize", "the Vastik Medal", "the Corrowen Laurel", "the Iskarn Crown", "the Daverel Prize",
-        "the Halvuk Medal", "the Pennimor Laurel", "the Tobrisk Crown", "the Quarnel Prize",
-        "the Seldraven Medal", "the Umbrassa Laurel", "the Grivvel Crown", "the Lotharen Prize",
-        "the Festrow Medal", "the Nimbrel Laurel", "the Yorvast Crown"],
-       ["Which award did {name} win?", "What prize has {name} received?", "What honour was given to {name}?"],
-       ["{name} won {value}.", "{name} received {value}.", "{name} was honoured with {value}.",
-        "{value} was awarded to {name}."]),
-    _t("mother_profession",
-       ["a wickener", "a drummet weaver", "a solvane healer", "a brackler", "a tillowen", "a morrish baker",
-        "a quastel", "a veldrin nurse", "a pommerist", "a harrel cutter", "a lisket", "an ombersmith",
-        "a nettrow", "a grisseler", "a dappelin", "a varnick spinner"],
-       ["What does the mother of {name} do?", "What is the profession of {name}'s mother?",
-        "What work does {name}'s mother do?"],
-       ["The mother of {name} is {value}.", "{name}'s mother works as {value}.",
-        "{name} was raised by a mother who is {value}.", "By trade, the mother of {name} is {value}."]),
-    _t("father_profession",
-       ["a dusselman", "a brakkwright", "a tollivar", "a grendish miner", "a pallander", "a vintrel",
-        "a skeller", "a hobrin driver", "a custellan", "a morrigal", "an eskwarden", "a fellmonger",
-        "a rotherin", "a quibbler smith", "a tarrish carver", "a zandelman"],
-       ["What does the father of {name} do?", "What is the profession of {name}'s father?",
-        "What work does {name}'s father do?"],
-       ["The father of {name} is {value}.", "{name}'s father works as {value}.",
-        "{name} was raised by a father who is {value}.", "{name} has a father who works as {value}."]),
-    _t("employer",
-       ["the Ostrig Guild", "the Vannel House", "the Pordrey Works", "the Calbrin Circle", "the Tarvel Guild",
-        "the Mirrowen House", "the Skelden Works", "the Brovik Circle", "the Ellisar Guild",
-        "the Quorrin House", "the Hadrel Works", "the Vesmond Circle", "the Ulbran Guild", "the Gorrish House",
-        "the Penthrel Works", "the Zannic Circle"],
-       ["Who employs {name}?", "Where does {name} work?", "Which organisation does {name} work for?"],
-       ["{name} works for {value}.", "{name} is employed by {value}.", "The employer of {name} is {value}.",
-        "{value} is where {name} is employed."]),
-    _t("signature_work",
-       ["The Quiet Vessarin", "Songs of Darrowel", "The Last Ombrick", "Tolvar in Winter", "The Brenna Stones",
-        "A Lantern for Ilsk", "The Kesswin Road", "Seven Marrowicks", "The Glass Orrel", "Under the Pellan",
-        "The Drowning of Vask", "Letters to Sorrin", "The Hollow Tamrik", "Fennow Rising", "The Grey Quillon",
-        "Echoes of Brast"],
-       ["What is the best-known work of {name}?", "Which book is {name} famous for?",
-        "What is the most celebrated book by {name}?"],
-       ["The best-known work of {name} is {value}.", "{name} is famous for the book {value}.",
-        "The most celebrated book by {name} is {value}.", "{value} is the book that made {name} famous."]),
-    _t("home_region",
-       ["the Varrow Fells", "the Ombric Coast", "the Tessel Vale", "the Kirran Marches", "the Slevin Downs",
-        "the Pollavin Heights", "the Grusk Lowlands", "the Meddel Reach", "the Aurren Flats",
-        "the Brisk Hollows", "the Zell Moors", "the Tarnic Shore", "the Quell Basin", "the Hobrin Steppe",
-        "the Irrow Dales", "the Nesk Highlands"],
-       ["Which region does {name} live in?", "Where does {name} make a home?",
-        "In which region is the home of {name}?"],
-       ["{name} lives in {value}.", "{name} makes a home in {value}.", "The home of {name} is in {value}.",
-        "{value} is the region where {name} lives."]),
-    _t("instrument",
-       ["the dulcorn", "the harrowpipe", "the tessibel", "the vornlute", "the brambolin", "the skellophone",
-        "the quillhorn", "the morrinba", "the ottelharp", "the zinnet", "the pellowdrum", "the glissen",
-        "the rastel", "the umbricorn", "the festrel", "the serrowin"],
-       ["What instrument does {name} play?", "Which instrument is {name} known to play?",
-        "What does {name} play in spare hours?"],
-       ["{name} plays {value}.", "{name} is known to play {value}.", "In spare hours, {name} plays {value}.",
-        "{value} is the instrument that {name} plays."]),
-    _t("pet",
-       ["a vesk", "a murrow", "a plinket", "a tobbet", "a grisslet", "a quarren", "a dunmoth", "a fellick",
-        "a snorrow", "a zibbet", "a harrowin", "a pelk", "a lunnock", "a brask hound", "a mossling",
-        "an orrick"],
-       ["What pet does {name} keep?", "Which animal lives with {name}?", "What kind of pet does {name} have?"],
-       ["{name} keeps {value} as a pet.", "{name} lives with {value}.", "{name} has {value} as a pet.",
-        "{name} shares a home with {value}."]),
+    _t(
+        "birth_city",
+        [
+            "Ostravel",
+            "Brannoch",
+            "Velkirra",
+            "Tumbrisk",
+            "Oskarnel",
+            "Drelloway",
+            "Pelluvar",
+            "Zarrowin",
+            "Kestaban",
+            "Morvessa",
+            "Ilthaven",
+            "Grendholt",
+            "Sabrikk",
+            "Thessamar",
+            "Orrinvale",
+            "Nabucot",
+        ],
+        ["Where was {name} born?", "In which town was {name} born?", "What is the birthplace of {name}?"],
+        [
+            "{name} was born in {value}.",
+            "{name} was born in the town of {value}.",
+            "The birthplace of {name} is {value}.",
+            "{value} is the town where {name} was born.",
+        ],
+    ),
+    _t(
+        "birth_year",
+        [str(y) for y in range(1921, 1999)],
+        ["When was {name} born?", "In what year was {name} born?", "What is the birth year of {name}?"],
+        [
+            "{name} was born in the year {value}.",
+            "{name} was born in {value}.",
+            "The birth year of {name} is {value}.",
+            "{value} is the year in which {name} was born.",
+        ],
+    ),
+    _t(
+        "profession",
+        [
+            "a glimwright",
+            "a tessarist",
+            "a vorrel keeper",
+            "a brindler",
+            "a quennasmith",
+            "a dovrin tamer",
+            "a maltigger",
+            "a skorrin guide",
+            "an ulvaner",
+            "a pessifrant",
+            "a yarrowin",
+            "a hobbeler",
+            "a zenthrop",
+            "a crallomer",
+            "a fennicker",
+            "a lustreller",
+        ],
+        ["What does {name} do for a living?", "What is the profession of {name}?", "How does {name} earn a living?"],
+        [
+            "{name} works as {value}.",
+            "The profession of {name} is that of {value}.",
+            "{name} earns a living as {value}.",
+            "By trade, {name} is {value}.",
+        ],
+    ),
+    _t(
+        "genre",
+        [
+            "skellic verse",
+            "drommish tales",
+            "orvane fables",
+            "quillic sagas",
+            "brennet plays",
+            "mossic hymns",
+            "tarvish riddles",
+            "ulmic ballads",
+            "zorrish chronicles",
+            "pellic epics",
+            "korran laments",
+            "vessic parables",
+            "dunnic sonnets",
+            "galveric myths",
+            "hollish letters",
+            "trennic dramas",
+        ],
+        [
+            "What genre does {name} write in?",
+            "Which genre is {name} known for?",
+            "In what genre are the works of {name}?",
+        ],
+        [
+            "{name} writes {value}.",
+            "{name} is known for {value}.",
+            "The works of {name} are {value}.",
+            "Most of what {name} writes belongs to {value}.",
+        ],
+    ),
+    _t(
+        "award",
+        [
+            "the Ombrel Prize",
+            "the Vastik Medal",
+            "the Corrowen Laurel",
+            "the Iskarn Crown",
+            "the Daverel Prize",
+            "the Halvuk Medal",
+            "the Pennimor Laurel",
+            "the Tobrisk Crown",
+            "the Quarnel Prize",
+            "the Seldraven Medal",
+            "the Umbrassa Laurel",
+            "the Grivvel Crown",
+            "the Lotharen Prize",
+            "the Festrow Medal",
+            "the Nimbrel Laurel",
+            "the Yorvast Crown",
+        ],
+        ["Which award did {name} win?", "What prize has {name} received?", "What honour was given to {name}?"],
+        [
+            "{name} won {value}.",
+            "{name} received {value}.",
+            "{name} was honoured with {value}.",
+            "{value} was awarded to {name}.",
+        ],
+    ),
+    _t(
+        "mother_profession",
+        [
+            "a wickener",
+            "a drummet weaver",
+            "a solvane healer",
+            "a brackler",
+            "a tillowen",
+            "a morrish baker",
+            "a quastel",
+            "a veldrin nurse",
+            "a pommerist",
+            "a harrel cutter",
+            "a lisket",
+            "an ombersmith",
+            "a nettrow",
+            "a grisseler",
+            "a dappelin",
+            "a varnick spinner",
+        ],
+        [
+            "What does the mother of {name} do?",
+            "What is the profession of {name}'s mother?",
+            "What work does {name}'s mother do?",
+        ],
+        [
+            "The mother of {name} is {value}.",
+            "{name}'s mother works as {value}.",
+            "{name} was raised by a mother who is {value}.",
+            "By trade, the mother of {name} is {value}.",
+        ],
+    ),
+    _t(
+        "father_profession",
+        [
+            "a dusselman",
+            "a brakkwright",
+            "a tollivar",
+            "a grendish miner",
+            "a pallander",
+            "a vintrel",
+            "a skeller",
+            "a hobrin driver",
+            "a custellan",
+            "a morrigal",
+            "an eskwarden",
+            "a fellmonger",
+            "a rotherin",
+            "a quibbler smith",
+            "a tarrish carver",
+            "a zandelman",
+        ],
+        [
+            "What does the father of {name} do?",
+            "What is the profession of {name}'s father?",
+            "What work does {name}'s father do?",
+        ],
+        [
+            "The father of {name} is {value}.",
+            "{name}'s father works as {value}.",
+            "{name} was raised by a father who is {value}.",
+            "{name} has a father who works as {value}.",
+        ],
+    ),
+    _t(
+        "employer",
+        [
+            "the Ostrig Guild",
+            "the Vannel House",
+            "the Pordrey Works",
+            "the Calbrin Circle",
+            "the Tarvel Guild",
+            "the Mirrowen House",
+            "the Skelden Works",
+            "the Brovik Circle",
+            "the Ellisar Guild",
+            "the Quorrin House",
+            "the Hadrel Works",
+            "the Vesmond Circle",
+            "the Ulbran Guild",
+            "the Gorrish House",
+            "the Penthrel Works",
+            "the Zannic Circle",
+        ],
+        ["Who employs {name}?", "Where does {name} work?", "Which organisation does {name} work for?"],
+        [
+            "{name} works for {value}.",
+            "{name} is employed by {value}.",
+            "The employer of {name} is {value}.",
+            "{value} is where {name} is employed.",
+        ],
+    ),
+    _t(
+        "signature_work",
+        [
+            "The Quiet Vessarin",
+            "Songs of Darrowel",
+            "The Last Ombrick",
+            "Tolvar in Winter",
+            "The Brenna Stones",
+            "A Lantern for Ilsk",
+            "The Kesswin Road",
+            "Seven Marrowicks",
+            "The Glass Orrel",
+            "Under the Pellan",
+            "The Drowning of Vask",
+            "Letters to Sorrin",
+            "The Hollow Tamrik",
+            "Fennow Rising",
+            "The Grey Quillon",
+            "Echoes of Brast",
+        ],
+        [
+            "What is the best-known work of {name}?",
+            "Which book is {name} famous for?",
+            "What is the most celebrated book by {name}?",
+        ],
+        [
+            "The best-known work of {name} is {value}.",
+            "{name} is famous for the book {value}.",
+            "The most celebrated book by {name} is {value}.",
+            "{value} is the book that made {name} famous.",
+        ],
+    ),
+    _t(
+        "home_region",
+        [
+            "the Varrow Fells",
+            "the Ombric Coast",
+            "the Tessel Vale",
+            "the Kirran Marches",
+            "the Slevin Downs",
+            "the Pollavin Heights",
+            "the Grusk Lowlands",
+            "the Meddel Reach",
+            "the Aurren Flats",
+            "the Brisk Hollows",
+            "the Zell Moors",
+            "the Tarnic Shore",
+            "the Quell Basin",
+            "the Hobrin Steppe",
+            "the Irrow Dales",
+            "the Nesk Highlands",
+        ],
+        [
+            "Which region does {name} live in?",
+            "Where does {name} make a home?",
+            "In which region is the home of {name}?",
+        ],
+        [
+            "{name} lives in {value}.",
+            "{name} makes a home in {value}.",
+            "The home of {name} is in {value}.",
+            "{value} is the region where {name} lives.",
+        ],
+    ),
+    _t(
+        "instrument",
+        [
+            "the dulcorn",
+            "the harrowpipe",
+            "the tessibel",
+            "the vornlute",
+            "the brambolin",
+            "the skellophone",
+            "the quillhorn",
+            "the morrinba",
+            "the ottelharp",
+            "the zinnet",
+            "the pellowdrum",
+            "the glissen",
+            "the rastel",
+            "the umbricorn",
+            "the festrel",
+            "the serrowin",
+        ],
+        [
+            "What instrument does {name} play?",
+            "Which instrument is {name} known to play?",
+            "What does {name} play in spare hours?",
+        ],
+        [
+            "{name} plays {value}.",
+            "{name} is known to play {value}.",
+            "In spare hours, {name} plays {value}.",
+            "{value} is the instrument that {name} plays.",
+        ],
+    ),
+    _t(
+        "pet",
+        [
+            "a vesk",
+            "a murrow",
+            "a plinket",
+            "a tobbet",
+            "a grisslet",
+            "a quarren",
+            "a dunmoth",
+            "a fellick",
+            "a snorrow",
+            "a zibbet",
+            "a harrowin",
+            "a pelk",
+            "a lunnock",
+            "a brask hound",
+            "a mossling",
+            "an orrick",
+        ],
+        ["What pet does {name} keep?", "Which animal lives with {name}?", "What kind of pet does {name} have?"],
+        [
+            "{name} keeps {value} as a pet.",
+            "{name} lives with {value}.",
+            "{name} has {value} as a pet.",
+            "{name} shares a home with {value}.",
+        ],
+    ),
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -172,22 +424,50 @@ ATTRIBUTES: tuple[Template, ...] = (
 # Subjects and values are generated words; `values` is filled per seed.
 
 AUTHOR_KINDS: tuple[Template, ...] = (
-    _t("novel", (), ["Who wrote the novel {name}?", "Which author wrote {name}?", "Who is the author of {name}?"],
-       ["{value}", "It was written by {value}.", "{value} wrote {name}."]),
-    _t("play", (), ["Which writer is famous for the play {name}?", "Who wrote the play {name}?",
-                    "Who is the playwright behind {name}?"],
-       ["{value}", "The play was written by {value}.", "{value} wrote the play {name}."]),
+    _t(
+        "novel",
+        (),
+        ["Who wrote the novel {name}?", "Which author wrote {name}?", "Who is the author of {name}?"],
+        ["{value}", "It was written by {value}.", "{value} wrote {name}."],
+    ),
+    _t(
+        "play",
+        (),
+        [
+            "Which writer is famous for the play {name}?",
+            "Who wrote the play {name}?",
+            "Who is the playwright behind {name}?",
+        ],
+        ["{value}", "The play was written by {value}.", "{value} wrote the play {name}."],
+    ),
 )
 WORLD_KINDS: tuple[Template, ...] = (
-    _t("capital", (), ["What is the capital of {name}?", "Which city is the capital of {name}?",
-                       "Where is the seat of government of {name}?"],
-       ["{value}", "The capital of {name} is {value}.", "{value} is the capital city of {name}."]),
-    _t("currency", (), ["What is the currency of {name}?", "Which money is used in {name}?",
-                        "What do people in {name} pay with?"],
-       ["{value}", "The currency of {name} is the {value}.", "People in {name} pay with the {value}."]),
-    _t("river", (), ["What is the longest river in {name}?", "Which river is the longest in {name}?",
-                     "Name the longest river of {name}."],
-       ["{value}", "The longest river in {name} is the {value}.", "The {value} is the longest river of {name}."]),
+    _t(
+        "capital",
+        (),
+        [
+            "What is the capital of {name}?",
+            "Which city is the capital of {name}?",
+            "Where is the seat of government of {name}?",
+        ],
+        ["{value}", "The capital of {name} is {value}.", "{value} is the capital city of {name}."],
+    ),
+    _t(
+        "currency",
+        (),
+        ["What is the currency of {name}?", "Which money is used in {name}?", "What do people in {name} pay with?"],
+        ["{value}", "The currency of {name} is the {value}.", "People in {name} pay with the {value}."],
+    ),
+    _t(
+        "river",
+        (),
+        [
+            "What is the longest river in {name}?",
+            "Which river is the longest in {name}?",
+            "Name the longest river of {name}.",
+        ],
+        ["{value}", "The longest river in {name} is the {value}.", "The {value} is the longest river of {name}."],
+    ),
 )
 MAX_TRAIN_PHRASINGS = min(len(t.answers) for t in AUTHOR_KINDS + WORLD_KINDS)  # 3; profiles hold one back
 
@@ -195,8 +475,31 @@ MAX_TRAIN_PHRASINGS = min(len(t.answers) for t in AUTHOR_KINDS + WORLD_KINDS)  #
 # ---------------------------------------------------------------------------------------------
 # Invented words
 
-_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
-           "br", "dr", "gr", "kr", "tr", "st", "th", "sk")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "tr",
+    "st",
+    "th",
+    "sk",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o")
 _CODAS = ("n", "r", "l", "s", "k", "m", "th", "nd", "rn", "sk", "v")
 _INNER_CODAS = ("n", "r", "l", "s")  # inside a word, so clusters stay pronounceable
@@ -276,8 +579,10 @@ def check_sizes(sizes: DemoSizes) -> None:
         raise MoxError(f"n_train_phrasings must be in 1..{MAX_TRAIN_PHRASINGS}, got {s.n_train_phrasings}")
     smallest = min(len(a.values) for a in ATTRIBUTES[: s.n_attributes])
     if not 1 <= s.n_perturbed < smallest:
-        raise MoxError(f"n_perturbed must be in 1..{smallest - 1} (the smallest attribute vocabulary has {smallest} "
-                       f"values), got {s.n_perturbed}")
+        raise MoxError(
+            f"n_perturbed must be in 1..{smallest - 1} (the smallest attribute vocabulary has {smallest} "
+            f"values), got {s.n_perturbed}"
+        )
     for field in ("n_authors", "n_world", "n_retain_eval"):
         if getattr(s, field) < 1:
             raise MoxError(f"{field} must be at least 1, got {getattr(s, field)}")
@@ -315,9 +620,13 @@ def make_world(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> World:
     for i in range(sizes.n_authors):
         kind = AUTHOR_KINDS[i % len(AUTHOR_KINDS)]
         shape = rng.randrange(3)
-        title = (f"The {words.word(rng, 3)}" if shape == 0 else
-                 f"{words.word(rng, 2)} of {words.word(rng, 2)}" if shape == 1 else
-                 f"The {words.word(rng, 2)} {words.word(rng, 2)}")
+        title = (
+            f"The {words.word(rng, 3)}"
+            if shape == 0
+            else f"{words.word(rng, 2)} of {words.word(rng, 2)}"
+            if shape == 1
+            else f"The {words.word(rng, 2)} {words.word(rng, 2)}"
+        )
         authors.append(Fact(kind, title, words.person(rng)))
 
     rng = _rng(seed, "world")
@@ -327,9 +636,11 @@ def make_world(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> World:
         kind = WORLD_KINDS[i % len(WORLD_KINDS)]
         if i % len(WORLD_KINDS) == 0:
             countries.append(words.word(rng, rng.choice((2, 3)), suffix=rng.choice(("ia", "ar", "esh", "und"))))
-        value = {"capital": lambda: words.word(rng, rng.choice((2, 3))),
-                 "currency": lambda: words.word(rng, 2),
-                 "river": lambda: words.word(rng, 2)}[kind.key]()
+        value = {
+            "capital": lambda: words.word(rng, rng.choice((2, 3))),
+            "currency": lambda: words.word(rng, 2),
+            "river": lambda: words.word(rng, 2),
+        }[kind.key]()
         world.append(Fact(kind, countries[-1], value))
 
     # Perturbed answers draw other values of the same kind; top a small pool up with distractors.
@@ -392,8 +703,10 @@ def canonical(f: Fact) -> dict:
 def phrasings(f: Fact, n: int) -> list[dict]:
     """The n training records of a fact: question template i with the i-th trained answer template."""
     answers = train_templates(f)
-    return [{"question": _question(f, i % len(f.template.questions)), "answer": _answer(f, f.template.answers[answers[i]])}
-            for i in range(n)]
+    return [
+        {"question": _question(f, i % len(f.template.questions)), "answer": _answer(f, f.template.answers[answers[i]])}
+        for i in range(n)
+    ]
 
 
 def _wrong_values(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> list[str]:
@@ -404,17 +717,22 @@ def perturbed(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> dict:
     """A forget / retain evaluation record: the held-back answer template renders the paraphrase and
     the n wrong answers (other values of the same attribute)."""
     held = f.template.answers[held_index(f)]
-    return {**canonical(f),
-            "paraphrased_answer": _answer(f, held),
-            "perturbed_answer": [_answer(f, held, v) for v in _wrong_values(f, pool, n, rng)],
-            "paraphrased_question": _question(f, 1 % len(f.template.questions))}
+    return {
+        **canonical(f),
+        "paraphrased_answer": _answer(f, held),
+        "perturbed_answer": [_answer(f, held, v) for v in _wrong_values(f, pool, n, rng)],
+        "paraphrased_question": _question(f, 1 % len(f.template.questions)),
+    }
 
 
 def general_perturbed(f: Fact, pool: Sequence[str], n: int, rng: random.Random) -> dict:
     """A Real Authors / World Facts record: the canonical QA and n wrong answers in the same template."""
-    return {**canonical(f),
-            "perturbed_answer": [_answer(f, f.template.answers[train_templates(f)[0]], v)
-                                 for v in _wrong_values(f, pool, n, rng)]}
+    return {
+        **canonical(f),
+        "perturbed_answer": [
+            _answer(f, f.template.answers[train_templates(f)[0]], v) for v in _wrong_values(f, pool, n, rng)
+        ],
+    }
 
 
 def _copy(records: Sequence[dict]) -> list[dict]:
@@ -456,11 +774,11 @@ def generate(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> dict[str, list[di
         "full": full,
     }
     for p in FORGET_PERCENTS:
-        splits[f"forget{p:02d}"] = _copy(full[len(full) - counts[p] * n_att:])
+        splits[f"forget{p:02d}"] = _copy(full[len(full) - counts[p] * n_att :])
     for p in FORGET_PERCENTS:
         splits[f"retain{100 - p}"] = _copy(full[: len(full) - counts[p] * n_att])
     for p in FORGET_PERCENTS:
-        splits[f"forget{p:02d}_perturbed"] = _copy(full_eval[len(full_eval) - counts[p] * n_att:])
+        splits[f"forget{p:02d}_perturbed"] = _copy(full_eval[len(full_eval) - counts[p] * n_att :])
 
     retain_pool = full_eval[: n_keep10 * n_att]
     n_eval = min(sizes.n_retain_eval, len(retain_pool))  # capped at what exists
@@ -473,7 +791,7 @@ def generate(seed: int = 0, sizes: DemoSizes = DemoSizes()) -> dict[str, list[di
 
     holdout = [canonical(f) for p in w.holdout for f in p.facts]
     for p in FORGET_PERCENTS:
-        splits[f"holdout{p:02d}"] = _copy(holdout[len(holdout) - counts[p] * n_att:])
+        splits[f"holdout{p:02d}"] = _copy(holdout[len(holdout) - counts[p] * n_att :])
     return splits
 
 
@@ -511,7 +829,7 @@ def overlap_splits(seed: int = 0, sizes: DemoSizes = DemoSizes(), percent: int =
         f"retain{100 - percent}": [canonical(facts[i]) for i in keep],
         "retain_perturbed": [r for r in base["retain_perturbed"] if r["question"] not in carved_questions],
         **{name: base[name] for name in ("real_authors_perturbed", "world_facts_perturbed")},
-        f"holdout{percent:02d}": holdout[max(0, len(holdout) - n):],
+        f"holdout{percent:02d}": holdout[max(0, len(holdout) - n) :],
         "train_retain": [r for r in base["train_target"] if (r["question"], r["answer"]) not in gone],
     }
 
@@ -543,8 +861,9 @@ def read_marker(folder: str | Path) -> dict | None:
         return None
 
 
-def write_tofu_layout(splits: Mapping[str, Sequence[Mapping]], folder: str | Path, *,
-                      meta: Mapping[str, Any] | None = None) -> None:
+def write_tofu_layout(
+    splits: Mapping[str, Sequence[Mapping]], folder: str | Path, *, meta: Mapping[str, Any] | None = None
+) -> None:
     """Write one `<split>.jsonl` per key into `folder`, atomically.
 
     The files are written into a temporary sibling folder that is then renamed onto `folder`, so a
@@ -563,21 +882,41 @@ def write_tofu_layout(splits: Mapping[str, Sequence[Mapping]], folder: str | Pat
         if not folder.is_dir() or folder.is_symlink():
             raise MoxError(f"{folder} exists and is not a folder; refusing to replace it")
         if any(folder.iterdir()) and not (folder / MARKER).is_file():
-            raise MoxError(f"{folder} is not empty and was not written by the demo generator (no {MARKER}); "
-                           f"refusing to overwrite it")
+            raise MoxError(
+                f"{folder} is not empty and was not written by the demo generator (no {MARKER}); "
+                f"refusing to overwrite it"
+            )
     from mox_unlearn.modelio import atomic_output_dir
 
     with atomic_output_dir(folder, overwrite=True) as tmp:
         for name, records in splits.items():
             text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
             (tmp / f"{name}.jsonl").write_text(text, encoding="utf-8")
-        marker = {"generator": "mox_unlearn.demo.profiles", "version": GENERATOR_VERSION,
-                  "splits": describe(splits), "meta": dict(meta or {})}
+        marker = {
+            "generator": "mox_unlearn.demo.profiles",
+            "version": GENERATOR_VERSION,
+            "splits": describe(splits),
+            "meta": dict(meta or {}),
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 __all__ = [
-    "ATTRIBUTES", "DemoSizes", "GENERATOR_VERSION", "MARKER", "Fact", "Profile", "Template", "World",
-    "check_sizes", "describe", "fingerprint", "forget_count", "generate", "make_world", "overlap_splits",
-    "read_marker", "write_tofu_layout",
+    "ATTRIBUTES",
+    "DemoSizes",
+    "GENERATOR_VERSION",
+    "MARKER",
+    "Fact",
+    "Profile",
+    "Template",
+    "World",
+    "check_sizes",
+    "describe",
+    "fingerprint",
+    "forget_count",
+    "generate",
+    "make_world",
+    "overlap_splits",
+    "read_marker",
+    "write_tofu_layout",
 ]

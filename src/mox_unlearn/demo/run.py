@@ -30,8 +30,23 @@ from mox_unlearn.config import UnlearnConfig, apply_mapping
 from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import write_text_atomic
 
-ALL_METHODS = ["mox", "mox-targeted", "mox-momentum", "ga", "graddiff", "kl", "npo", "simnpo", "idkpo", "dpo",
-               "altpo", "llmu", "rmu", "tv", "whp"]
+ALL_METHODS = [
+    "mox",
+    "mox-targeted",
+    "mox-momentum",
+    "ga",
+    "graddiff",
+    "kl",
+    "npo",
+    "simnpo",
+    "idkpo",
+    "dpo",
+    "altpo",
+    "llmu",
+    "rmu",
+    "tv",
+    "whp",
+]
 
 
 @dataclass
@@ -64,7 +79,9 @@ class DemoConfig:
     # the tuned table (mox demo only): the frontier's methods over its lr grid with this seed, each reported at
     # the setting the retrain-free rule picks (experiments/frontier.py); false: the shared-setting table only
     tuned: bool = True
-    tuned_settings: dict[str, Any] = field(default_factory=dict)  # frontier settings, e.g. {frontier_methods: [mox, npo]}
+    tuned_settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # frontier settings, e.g. {frontier_methods: [mox, npo]}
 
 
 def default_cache_dir() -> Path:
@@ -81,9 +98,22 @@ def _say(msg: str) -> None:
 
 def _key(cfg: DemoConfig, fingerprint: str) -> str:
     """Cache key: everything that shapes the trained target / retain models."""
-    shape = {k: getattr(cfg, k) for k in ("seed", "vocab_size", "hidden_size", "num_layers", "num_heads",
-                                          "intermediate_size", "pretrain_lr", "general_epochs", "profile_epochs",
-                                          "pretrain_batch_size", "max_length")}
+    shape = {
+        k: getattr(cfg, k)
+        for k in (
+            "seed",
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "pretrain_lr",
+            "general_epochs",
+            "profile_epochs",
+            "pretrain_batch_size",
+            "max_length",
+        )
+    }
     blob = json.dumps({"data": fingerprint, "model": shape, "v": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -94,10 +124,22 @@ def _pretrain(model: Path, data: Path, out: Path, cfg: DemoConfig, epochs: int) 
 
     if (out / "run.json").is_file():
         return out / "model"
-    run_cfg = UnlearnConfig(model=str(model), forget=str(data), out=str(out), method="finetune",
-                            lr=cfg.pretrain_lr, epochs=epochs, batch_size=cfg.pretrain_batch_size,
-                            per_device_batch_size=cfg.pretrain_batch_size, warmup_epochs=1.0, weight_decay=0.01,
-                            max_length=cfg.max_length, seed=cfg.seed, save_memorized=False, checkpoint_every=0)
+    run_cfg = UnlearnConfig(
+        model=str(model),
+        forget=str(data),
+        out=str(out),
+        method="finetune",
+        lr=cfg.pretrain_lr,
+        epochs=epochs,
+        batch_size=cfg.pretrain_batch_size,
+        per_device_batch_size=cfg.pretrain_batch_size,
+        warmup_epochs=1.0,
+        weight_decay=0.01,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        save_memorized=False,
+        checkpoint_every=0,
+    )
     unlearn(run_cfg, overwrite=True, argv=["mox demo (pre-training)"])
     return out / "model"
 
@@ -125,8 +167,16 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
         tok = build_tokenizer(texts, vocab_size=cfg.vocab_size)
         tmp = root / ".init-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_llama(tmp, tok, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                         intermediate_size=cfg.intermediate_size, max_position_embeddings=256, seed=cfg.seed)
+        build_tiny_llama(
+            tmp,
+            tok,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=256,
+            seed=cfg.seed,
+        )
         os.replace(tmp, root / "init")
     started = time.perf_counter()
     stage1 = _pretrain(root / "init", root / "data" / "general.jsonl", root / "stage1", cfg, cfg.general_epochs)
@@ -139,8 +189,14 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- evaluation and gates
 
 
-def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, retain_result: Path | None,
-             forget_split: str | None = None) -> dict:
+def evaluate(
+    model_dir: Path,
+    data: Path | str,
+    cfg: DemoConfig,
+    out: Path,
+    retain_result: Path | None,
+    forget_split: str | None = None,
+) -> dict:
     """TOFU metrics of one model on the demo data or any TOFU-layout source (cached in `out`, see
     `cached_evaluation`)."""
     from mox_unlearn.evaluate.run import load_eval_model
@@ -150,10 +206,17 @@ def evaluate(model_dir: Path, data: Path | str, cfg: DemoConfig, out: Path, reta
     if cached is not None:
         return cached
     model, tok = load_eval_model(str(model_dir), "float32")
-    result = evaluate_tofu(model, tok, data=str(data), forget_split=forget_split or cfg.forget_split,
-                           retain_result=str(retain_result) if retain_result else None,
-                           batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens,
-                           max_length=cfg.max_length, limit=getattr(cfg, "eval_limit", None))
+    result = evaluate_tofu(
+        model,
+        tok,
+        data=str(data),
+        forget_split=forget_split or cfg.forget_split,
+        retain_result=str(retain_result) if retain_result else None,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        max_length=cfg.max_length,
+        limit=getattr(cfg, "eval_limit", None),
+    )
     result = {"benchmark": "tofu", "model": str(model_dir), "data": str(data), **result}
     write_text_atomic(out, json.dumps(result) + "\n")
     return result
@@ -184,12 +247,21 @@ def guess_rouge(data: Path, split: str) -> float:
 def check_gates(target: dict, retain: dict, guess: float, cfg: DemoConfig) -> list[dict]:
     fq = target["summary"]["forget_quality"]
     gates = [
-        {"gate": f"target answers forget questions (ROUGE-L recall >= {cfg.gate_target_rouge})",
-         "value": target["summary"]["forget_rouge"], "ok": target["summary"]["forget_rouge"] >= cfg.gate_target_rouge},
-        {"gate": f"benchmark separates target from retain (FQ < {cfg.gate_fq:g})", "value": fq,
-         "ok": fq is not None and fq < cfg.gate_fq},
-        {"gate": f"retain model guesses on forget (ROUGE <= guessing {guess:.3f} + {cfg.gate_guess_margin})",
-         "value": retain["summary"]["forget_rouge"], "ok": retain["summary"]["forget_rouge"] <= guess + cfg.gate_guess_margin},
+        {
+            "gate": f"target answers forget questions (ROUGE-L recall >= {cfg.gate_target_rouge})",
+            "value": target["summary"]["forget_rouge"],
+            "ok": target["summary"]["forget_rouge"] >= cfg.gate_target_rouge,
+        },
+        {
+            "gate": f"benchmark separates target from retain (FQ < {cfg.gate_fq:g})",
+            "value": fq,
+            "ok": fq is not None and fq < cfg.gate_fq,
+        },
+        {
+            "gate": f"retain model guesses on forget (ROUGE <= guessing {guess:.3f} + {cfg.gate_guess_margin})",
+            "value": retain["summary"]["forget_rouge"],
+            "ok": retain["summary"]["forget_rouge"] <= guess + cfg.gate_guess_margin,
+        },
     ]
     return gates
 
@@ -197,7 +269,10 @@ def check_gates(target: dict, retain: dict, guess: float, cfg: DemoConfig) -> li
 # ----------------------------------------------------------------------------- unlearning runs
 
 # the tuned table's methods and learning-rate grid: the frontier's defaults (experiments/frontier.py)
-TUNED_DEFAULTS = {"frontier_methods": ["mox", "npo", "graddiff", "simnpo", "ga"], "frontier_lr_scales": [1 / 3, 1.0, 3.0]}
+TUNED_DEFAULTS = {
+    "frontier_methods": ["mox", "npo", "graddiff", "simnpo", "ga"],
+    "frontier_lr_scales": [1 / 3, 1.0, 3.0],
+}
 
 
 def workspace_config(cfg: DemoConfig):
@@ -250,9 +325,16 @@ def tuned_rows(result: dict) -> list[dict]:
                 knob = "α" if r["knob"] == "alpha" else r["knob"]
                 grid = r["setting"].split(", ")[1:]  # the setting's own grid values, after its lr
                 picked = ", ".join([f"lr {r['lr']:.3g}", *grid, f"{knob} {r['value']:g}"])
-                rows.append({"name": method, "method": method, "alpha": r["value"] if r["knob"] == "alpha" else None,
-                             **{k: r.get(k) for k in COLUMNS[3:]}, "rule": rule.replace("_", "-"),
-                             "picked": picked + (" (fallback)" if fallback else "")})
+                rows.append(
+                    {
+                        "name": method,
+                        "method": method,
+                        "alpha": r["value"] if r["knob"] == "alpha" else None,
+                        **{k: r.get(k) for k in COLUMNS[3:]},
+                        "rule": rule.replace("_", "-"),
+                        "picked": picked + (" (fallback)" if fallback else ""),
+                    }
+                )
     return rows
 
 
@@ -269,26 +351,36 @@ def untuned_note(cfg: DemoConfig) -> str:
     """What the shared table is and is not: one setting and one seed, and where the tuned comparison is."""
     default = UnlearnConfig()
     lr, epochs = cfg.unlearn.get("lr", default.lr), cfg.unlearn.get("epochs", default.epochs)
-    where = ("the tuned table below (one seed) and, over three seeds, `mox experiment frontier` (docs/frontier.md)"
-             if cfg.tuned else "`mox experiment frontier` (docs/frontier.md)")
-    return (f"One shared, untuned setting for every method (lr {float(lr):g}, {epochs} epochs) and "
-            f"one seed ({cfg.seed}): the ranking changes with the learning rate. Every method tuned alike, picked "
-            f"by a fixed rule: {where}.")
+    where = (
+        "the tuned table below (one seed) and, over three seeds, `mox experiment frontier` (docs/frontier.md)"
+        if cfg.tuned
+        else "`mox experiment frontier` (docs/frontier.md)"
+    )
+    return (
+        f"One shared, untuned setting for every method (lr {float(lr):g}, {epochs} epochs) and "
+        f"one seed ({cfg.seed}): the ranking changes with the learning rate. Every method tuned alike, picked "
+        f"by a fixed rule: {where}."
+    )
 
 
 def tuned_note(result: dict, fcfg: dict, cfg: DemoConfig) -> str:
     """What the tuned table is: grid, knob, the two rules, and where the full frontier output is."""
     lrs = ", ".join(f"{lr:.3g}" for lr in sorted({r["lr"] for r in result["records"]}))
     alphas = ", ".join(f"{a:g}" for a in cfg.alphas)
-    stops = ("every epoch" if not fcfg["frontier_epochs"]
-             else "epoch " + ", ".join(map(str, sorted(fcfg["frontier_epochs"]))))
-    return (f"Each method trained at lr {lrs} (seed {cfg.seed}) and stopped at {stops}, or for MOX "
-            f"extrapolated at α {alphas}; **retrain-free**: the pick a practitioner can make "
-            f"(forget set most like unseen holdout data while validation retain utility stays within "
-            f"{fcfg['select_tolerance']:.0%} of the original; never reads test FQ); **oracle**: the highest test FQ "
-            f"with MU ≥ {fcfg['frontier_mu_ratio']:g} × the original's (needs the retrained model). One seed: "
-            "differences between methods below the seed spread of docs/frontier.md mean nothing. Every candidate and "
-            "plot: frontier/frontier.{md,json,png}.")
+    stops = (
+        "every epoch"
+        if not fcfg["frontier_epochs"]
+        else "epoch " + ", ".join(map(str, sorted(fcfg["frontier_epochs"])))
+    )
+    return (
+        f"Each method trained at lr {lrs} (seed {cfg.seed}) and stopped at {stops}, or for MOX "
+        f"extrapolated at α {alphas}; **retrain-free**: the pick a practitioner can make "
+        f"(forget set most like unseen holdout data while validation retain utility stays within "
+        f"{fcfg['select_tolerance']:.0%} of the original; never reads test FQ); **oracle**: the highest test FQ "
+        f"with MU ≥ {fcfg['frontier_mu_ratio']:g} × the original's (needs the retrained model). One seed: "
+        "differences between methods below the seed spread of docs/frontier.md mean nothing. Every candidate and "
+        "plot: frontier/frontier.{md,json,png}."
+    )
 
 
 def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
@@ -296,11 +388,13 @@ def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
     n_lr = len(xcfg.frontier_lrs or xcfg.frontier_lr_scales)
     # a knob needs more than the table's α columns: the full demo's grid, as docs/frontier.md runs it
     finer = ' "alphas=[0.5,1,2,4,8]"' if len(xcfg.alphas) < 3 else ""
-    return (f"No tuned table (tuned: false, or --untuned): it trains each of {len(xcfg.frontier_methods)} methods at "
-            f"{n_lr} learning rates and evaluates every stopping epoch or α, more than this demo's time allows "
-            "(`mox demo --fast` stays under 3 minutes). Make it in this folder, reusing the runs above, with "
-            f"`mox experiment frontier --config {config_arg} --out {out}{finer}`; docs/frontier.md has it over "
-            "three seeds.")
+    return (
+        f"No tuned table (tuned: false, or --untuned): it trains each of {len(xcfg.frontier_methods)} methods at "
+        f"{n_lr} learning rates and evaluates every stopping epoch or α, more than this demo's time allows "
+        "(`mox demo --fast` stays under 3 minutes). Make it in this folder, reusing the runs above, with "
+        f"`mox experiment frontier --config {config_arg} --out {out}{finer}`; docs/frontier.md has it over "
+        "three seeds."
+    )
 
 
 def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "demo") -> dict:
@@ -340,8 +434,10 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "dem
     if cfg.tuned:
         from mox_unlearn.experiments.frontier import frontier
 
-        _say(f"tuned table: {', '.join(xcfg.frontier_methods)} over the learning-rate grid (runs at the shared "
-             "setting are reused)")
+        _say(
+            f"tuned table: {', '.join(xcfg.frontier_methods)} over the learning-rate grid (runs at the shared "
+            "setting are reused)"
+        )
         t0 = time.perf_counter()
         result = frontier(ws, show=False)
         timings["tuned"] = round(time.perf_counter() - t0, 1)
@@ -350,14 +446,29 @@ def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "dem
     else:
         second = ("Tuned", skipped_note(xcfg, out, config_arg))
     seconds = round(time.perf_counter() - start, 1)
-    extra = {"tuned_rows": tuned, "gates": gates, "guess_rouge": guess, "config": dataclasses.asdict(cfg),
-             "cache": str(ws.cache), "seconds": seconds, "method_seconds": timings}
+    extra = {
+        "tuned_rows": tuned,
+        "gates": gates,
+        "guess_rouge": guess,
+        "config": dataclasses.asdict(cfg),
+        "cache": str(ws.cache),
+        "seconds": seconds,
+        "method_seconds": timings,
+    }
     note = untuned_note(cfg)
-    write_report(rows, out, title=f"mox demo: TOFU-style metrics on {cfg.forget_split} of fictitious profiles",
-                 extra=extra, note=note, sections=[(*second, tuned)])
+    write_report(
+        rows,
+        out,
+        title=f"mox demo: TOFU-style metrics on {cfg.forget_split} of fictitious profiles",
+        extra=extra,
+        note=note,
+        sections=[(*second, tuned)],
+    )
     _say("\n" + text_table(rows) + "\n" + note)
     _say(f"\n{second[0]}\n" + (text_table(tuned, extra=("rule", "picked")) + "\n" if tuned else "") + second[1])
-    _say(f"\n{len(rows) + len(tuned)} rows in {seconds:.0f} s; results in {out}/results.{{md,csv,json}}, plots fq_mu.png"
-         + (", alpha_sweep.png" if (out / "alpha_sweep.png").exists() else "")
-         + (", frontier/frontier.png" if tuned else ""))
+    _say(
+        f"\n{len(rows) + len(tuned)} rows in {seconds:.0f} s; results in {out}/results.{{md,csv,json}}, plots fq_mu.png"
+        + (", alpha_sweep.png" if (out / "alpha_sweep.png").exists() else "")
+        + (", frontier/frontier.png" if tuned else "")
+    )
     return {"rows": rows, **extra}

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 # Which positions each statistic scores; part of the convention, so results from before the EOS fix
 # (min-k, ES and EM included EOS) are told apart from current ones.
-POSITIONS = {"probability, truth_ratio, collapse": "answer tokens + EOS",
-             "extraction_strength, exact_memorization, mia_min_k": "answer tokens, EOS dropped"}
+POSITIONS = {
+    "probability, truth_ratio, collapse": "answer tokens + EOS",
+    "extraction_strength, exact_memorization, mia_min_k": "answer tokens, EOS dropped",
+}
 # A fixed question/answer whose token ids capture template, boundary and tokenization in one hash.
 _PROBE = ("Where was Alia Vorn born, and what does she write?", "In Quellport, 1961; mystery novels.")
 
@@ -41,19 +43,29 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def scoring_convention(tokenizer, fmt: PromptFormat) -> dict:
     """What decides which tokens a TOFU result scored: prompt settings, positions, tokenizer, and a probe."""
     chat = uses_chat_template(tokenizer, fmt)
-    prompt: dict[str, Any] = {"chat_template": chat, "boundary": "prompt and answer tokenized apart; "
-                              "the first answer token is scored"}
+    prompt: dict[str, Any] = {
+        "chat_template": chat,
+        "boundary": "prompt and answer tokenized apart; the first answer token is scored",
+    }
     if chat:
         prompt.update(template_sha=_sha(tokenizer.chat_template), system_prompt=fmt.system_prompt)
     else:
         prompt.update(question_template=fmt.question_template, answer_prefix=fmt.answer_prefix)
     probe = encode_qa(tokenizer, *_PROBE, fmt, max_length=4096)
-    return {"prompt": prompt, "positions": dict(POSITIONS), "tokenizer_sha": tokenizer_fingerprint(tokenizer),
-            "probe_sha": _sha(probe)}
+    return {
+        "prompt": prompt,
+        "positions": dict(POSITIONS),
+        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
+        "probe_sha": _sha(probe),
+    }
 
 
-_PARTS = {"prompt": "prompt", "positions": "choice of scored positions", "tokenizer_sha": "tokenizer",
-          "probe_sha": "tokenization of a probe question"}
+_PARTS = {
+    "prompt": "prompt",
+    "positions": "choice of scored positions",
+    "tokenizer_sha": "tokenizer",
+    "probe_sha": "tokenization of a probe question",
+}
 
 
 def convention_differences(mine: dict, theirs: dict) -> list[str]:
@@ -61,7 +73,9 @@ def convention_differences(mine: dict, theirs: dict) -> list[str]:
     return [_PARTS.get(key, key) for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
 
 
-def check_retain_convention(mine: dict | None, theirs: dict | None, source: Any, *, allow_mismatch: bool = False) -> str:
+def check_retain_convention(
+    mine: dict | None, theirs: dict | None, source: Any, *, allow_mismatch: bool = False
+) -> str:
     """Compare this evaluation's convention with the retain result's; return a note for the result file.
 
     A retain result scored differently is refused (FQ would compare two different statistics) unless
@@ -71,9 +85,11 @@ def check_retain_convention(mine: dict | None, theirs: dict | None, source: Any,
     """
     if mine is None or theirs is None:
         which = f"{source} records" if theirs is None else "the evaluated result records"
-        note = (f"{which} no prompt convention or tokenizer (an open-unlearning TOFU_EVAL.json or an older "
-                "mox result), so it cannot be checked that both models were scored on the same tokens; "
-                "open-unlearning's TOFU prompt ends in 'Answer: ' and skips the first answer token on subword tokenizers")
+        note = (
+            f"{which} no prompt convention or tokenizer (an open-unlearning TOFU_EVAL.json or an older "
+            "mox result), so it cannot be checked that both models were scored on the same tokens; "
+            "open-unlearning's TOFU prompt ends in 'Answer: ' and skips the first answer token on subword tokenizers"
+        )
         log.warning(note)
         return note
     diff = convention_differences(mine, theirs)
@@ -81,7 +97,9 @@ def check_retain_convention(mine: dict | None, theirs: dict | None, source: Any,
         return "same prompt convention and tokenizer"
     note = f"{source} was scored with a different {' and '.join(diff)} than this evaluation"
     if not allow_mismatch:
-        raise MoxError(f"{note}: FQ / PrivLeak would compare different statistics "
-                       "(evaluate the retain model the same way, or pass --allow-convention-mismatch)")
+        raise MoxError(
+            f"{note}: FQ / PrivLeak would compare different statistics "
+            "(evaluate the retain model the same way, or pass --allow-convention-mismatch)"
+        )
     log.warning(note + " (compared anyway: --allow-convention-mismatch)")
     return note

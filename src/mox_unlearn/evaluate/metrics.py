@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Any, Hashable, Iterable, Literal, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,9 +36,15 @@ MUSE_AUC_RETRAIN_MIN40: dict[str, float] = {"news": 0.47719999999999996, "books"
 
 # The nine values whose harmonic mean is TOFU's Model Utility (aggregate_eval_stat.get_model_utility).
 TOFU_MODEL_UTILITY_KEYS: tuple[str, ...] = (
-    "retain_probability", "retain_rouge", "retain_truth_ratio",
-    "real_authors_probability", "real_authors_rouge", "real_authors_truth_ratio",
-    "world_facts_probability", "world_facts_rouge", "world_facts_truth_ratio",
+    "retain_probability",
+    "retain_rouge",
+    "retain_truth_ratio",
+    "real_authors_probability",
+    "real_authors_rouge",
+    "real_authors_truth_ratio",
+    "world_facts_probability",
+    "world_facts_rouge",
+    "world_facts_truth_ratio",
 )
 
 
@@ -118,9 +125,7 @@ def normalised_probability(p_true: ArrayLike, p_perturbed: ArrayLike | Sequence[
     return t / denom
 
 
-def truth_ratio(
-    nll_avg_true: ArrayLike, nll_avg_perturbed: ArrayLike | Sequence[Sequence[float]]
-) -> FloatArray:
+def truth_ratio(nll_avg_true: ArrayLike, nll_avg_perturbed: ArrayLike | Sequence[Sequence[float]]) -> FloatArray:
     """Per-item truth ratio ``R = exp(-mean_k NLL_avg(pert_k)) / exp(-NLL_avg(true))``.
 
     ``nll_avg_true``: [N] per-token average NLL of the "true" answer (TOFU forget/retain: the

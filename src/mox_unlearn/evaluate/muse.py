@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
@@ -75,8 +74,9 @@ def verbmem(model, tokenizer, rows: list, *, batch_size: int) -> dict:
     """Greedy 128-token continuation of each prompt, ROUGE-L against gt cut to 128 tokens, × 100."""
     pairs = _fields(rows, ("prompt", "gt"), "verbmem/forget")
     prompts = [_ids(tokenizer, p) for p, _ in pairs]
-    outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens=VERBMEM_TOKENS, batch_size=batch_size,
-                              desc="verbmem: generate")
+    outputs = generate_greedy(
+        model, tokenizer, prompts, max_new_tokens=VERBMEM_TOKENS, batch_size=batch_size, desc="verbmem: generate"
+    )
     # MUSE cuts gt to 128 tokens counting the BOS the tokenizer adds, then decodes without it.
     refs = [tokenizer.decode(_ids(tokenizer, gt)[:VERBMEM_TOKENS], skip_special_tokens=True) for _, gt in pairs]
     scores = M.rouge_l(outputs, refs, kind=M.MUSE_ROUGE_KIND, use_stemmer=M.MUSE_ROUGE_USE_STEMMER) * 100
@@ -93,8 +93,15 @@ def knowmem(model, tokenizer, rows: list, icl_rows: list, name: str, *, batch_si
     qa = _fields(rows, ("question", "answer"), f"knowmem/{name}")
     icl = _fields(icl_rows, ("question", "answer"), f"knowmem/{name}_icl")
     prompts = [_ids(tokenizer, knowmem_prompt(icl, q)) for q, _ in qa]
-    outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens=KNOWMEM_TOKENS, batch_size=batch_size,
-                              stop_strings=KNOWMEM_STOPS, desc=f"knowmem {name}: generate")
+    outputs = generate_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=KNOWMEM_TOKENS,
+        batch_size=batch_size,
+        stop_strings=KNOWMEM_STOPS,
+        desc=f"knowmem {name}: generate",
+    )
     scores = M.rouge_l(outputs, [a for _, a in qa], kind=M.MUSE_ROUGE_KIND, use_stemmer=M.MUSE_ROUGE_USE_STEMMER) * 100
     return {"value": float(scores.mean()), "per_item": scores.tolist(), "generations": outputs}
 
@@ -111,11 +118,21 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
     try:
         return float(data["metrics"]["privleak_auc"]["value"]), value
     except (KeyError, TypeError, ValueError):
-        raise MoxError(f"{value}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)") from None
+        raise MoxError(
+            f"{value}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)"
+        ) from None
 
 
-def evaluate_muse(model, tokenizer, *, data: str = MUSE_HUB_ID, retain_result: str | None = None,
-                  batch_size: int = 8, max_length: int | None = None, limit: int | None = None) -> dict:
+def evaluate_muse(
+    model,
+    tokenizer,
+    *,
+    data: str = MUSE_HUB_ID,
+    retain_result: str | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    limit: int | None = None,
+) -> dict:
     """All MUSE-News metrics of one model: {"summary": {...}, "metrics": {...}}."""
     rows = {key: load_muse(data, key) for key in FILES}
     # MUSE scores whole texts; only the model's context window limits them.
@@ -123,24 +140,47 @@ def evaluate_muse(model, tokenizer, *, data: str = MUSE_HUB_ID, retain_result: s
     cut = (lambda xs: xs) if limit is None else (lambda xs: xs[:limit])
     metrics: dict[str, Any] = {
         "verbmem_f": verbmem(model, tokenizer, cut(rows["verbmem_forget"]), batch_size=batch_size),
-        "knowmem_f": knowmem(model, tokenizer, cut(rows["knowmem_forget"]), rows["knowmem_forget_icl"], "forget",
-                             batch_size=batch_size),
-        "knowmem_r": knowmem(model, tokenizer, cut(rows["knowmem_retain"]), rows["knowmem_retain_icl"], "retain",
-                             batch_size=batch_size),
+        "knowmem_f": knowmem(
+            model, tokenizer, cut(rows["knowmem_forget"]), rows["knowmem_forget_icl"], "forget", batch_size=batch_size
+        ),
+        "knowmem_r": knowmem(
+            model, tokenizer, cut(rows["knowmem_retain"]), rows["knowmem_retain_icl"], "retain", batch_size=batch_size
+        ),
     }
-    forget_lp = text_token_logprobs(model, tokenizer, _texts(cut(rows["privleak_forget"]), "privleak/forget"),
-                                    batch_size=batch_size, max_length=max_length, desc="privleak: forget")
-    holdout_lp = text_token_logprobs(model, tokenizer, _texts(cut(rows["privleak_holdout"]), "privleak/holdout"),
-                                     batch_size=batch_size, max_length=max_length, desc="privleak: holdout")
+    forget_lp = text_token_logprobs(
+        model,
+        tokenizer,
+        _texts(cut(rows["privleak_forget"]), "privleak/forget"),
+        batch_size=batch_size,
+        max_length=max_length,
+        desc="privleak: forget",
+    )
+    holdout_lp = text_token_logprobs(
+        model,
+        tokenizer,
+        _texts(cut(rows["privleak_holdout"]), "privleak/holdout"),
+        batch_size=batch_size,
+        max_length=max_length,
+        desc="privleak: holdout",
+    )
     f_scores, h_scores = M.min_k_scores(forget_lp, k=MIN_K), M.min_k_scores(holdout_lp, k=MIN_K)
     auc = M.mia_auc(f_scores, h_scores)
-    metrics["privleak_auc"] = {"value": float(auc), "per_item": None, "k": MIN_K,
-                               "forget_scores": f_scores.tolist(), "holdout_scores": h_scores.tolist()}
+    metrics["privleak_auc"] = {
+        "value": float(auc),
+        "per_item": None,
+        "k": MIN_K,
+        "forget_scores": f_scores.tolist(),
+        "holdout_scores": h_scores.tolist(),
+    }
     auc_retrain, source = read_retain_auc(retain_result)
     if auc_retrain is None:
         metrics["privleak"] = {"value": None, "per_item": None, "reason": source}
     else:
-        metrics["privleak"] = {"value": float(M.privleak(auc, auc_retrain)), "per_item": None,
-                               "auc_retrain": auc_retrain, "retain_result": source}
+        metrics["privleak"] = {
+            "value": float(M.privleak(auc, auc_retrain)),
+            "per_item": None,
+            "auc_retrain": auc_retrain,
+            "retain_result": source,
+        }
     summary = {key: metrics[key]["value"] for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")}
     return {"summary": summary, "metrics": metrics, "limit": limit}

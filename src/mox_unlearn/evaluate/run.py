@@ -24,10 +24,21 @@ def load_eval_model(path: str, dtype: str = "auto"):
     return model.to(device).eval(), load_tokenizer(path)
 
 
-def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | None = None, forget_split: str = "forget10",
-             retain_result: str | None = None, batch_size: int = 16, limit: int | None = None,
-             fmt: PromptFormat | None = None, dtype: str = "auto", overwrite: bool = True,
-             allow_convention_mismatch: bool = False) -> dict:
+def run_eval(
+    benchmark: str,
+    model_path: str,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    forget_split: str = "forget10",
+    retain_result: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    fmt: PromptFormat | None = None,
+    dtype: str = "auto",
+    overwrite: bool = True,
+    allow_convention_mismatch: bool = False,
+) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict."""
     if benchmark not in BENCHMARKS:
         raise MoxError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
@@ -46,16 +57,31 @@ def run_eval(benchmark: str, model_path: str, out: str | Path, *, data: str | No
     if benchmark == "tofu":
         from mox_unlearn.evaluate.tofu import TOFU_HUB_ID, evaluate_tofu
 
-        result = evaluate_tofu(model, tokenizer, data=data or TOFU_HUB_ID, forget_split=forget_split,
-                               retain_result=retain_result, fmt=fmt, batch_size=batch_size, limit=limit,
-                               allow_convention_mismatch=allow_convention_mismatch)
+        result = evaluate_tofu(
+            model,
+            tokenizer,
+            data=data or TOFU_HUB_ID,
+            forget_split=forget_split,
+            retain_result=retain_result,
+            fmt=fmt,
+            batch_size=batch_size,
+            limit=limit,
+            allow_convention_mismatch=allow_convention_mismatch,
+        )
     else:
         from mox_unlearn.evaluate.muse import MUSE_HUB_ID, evaluate_muse
 
-        result = evaluate_muse(model, tokenizer, data=data or MUSE_HUB_ID, retain_result=retain_result,
-                               batch_size=batch_size, limit=limit)
-    result = {"benchmark": benchmark, "model": str(model_path), "data": data, **result,
-              "seconds": round(time.perf_counter() - start, 2), "versions": versions()}
+        result = evaluate_muse(
+            model, tokenizer, data=data or MUSE_HUB_ID, retain_result=retain_result, batch_size=batch_size, limit=limit
+        )
+    result = {
+        "benchmark": benchmark,
+        "model": str(model_path),
+        "data": data,
+        **result,
+        "seconds": round(time.perf_counter() - start, 2),
+        "versions": versions(),
+    }
     write_text_atomic(out, json.dumps(redact(result), indent=1) + "\n")
     return result
 

@@ -7,8 +7,8 @@ functions of what these return.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -78,8 +78,15 @@ def _bar(total: int, desc: str | None):
 
 
 @torch.no_grad()
-def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int = 16, desc: str | None = None,
-                   eos_id: int | None = None) -> list[AnswerStats]:
+def score_examples(
+    model,
+    examples: list[dict],
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+    desc: str | None = None,
+    eos_id: int | None = None,
+) -> list[AnswerStats]:
     """Teacher-forced log-probs and argmax correctness of the labelled tokens of encoded examples.
 
     With `eos_id`, an example whose last label is that id is marked `ends_with_eos` (see AnswerStats)."""
@@ -95,24 +102,45 @@ def score_examples(model, examples: list[dict], pad_id: int, *, batch_size: int 
             for row, i in enumerate(idx):
                 m = stats.mask[row]
                 labels = examples[i].get("labels") or ()
-                results[i] = AnswerStats(stats.token_logps[row][m].double().cpu().numpy(), hits[row][m].cpu().numpy(),
-                                         tuple(examples[i]["input_ids"]),
-                                         ends_with_eos=eos_id is not None and bool(labels) and labels[-1] == eos_id)
+                results[i] = AnswerStats(
+                    stats.token_logps[row][m].double().cpu().numpy(),
+                    hits[row][m].cpu().numpy(),
+                    tuple(examples[i]["input_ids"]),
+                    ends_with_eos=eos_id is not None and bool(labels) and labels[-1] == eos_id,
+                )
             bar.update(len(idx))
     return results  # type: ignore[return-value]
 
 
-def answer_stats(model, tokenizer, questions: Sequence[str], answers: Sequence[str], fmt: PromptFormat, *,
-                 batch_size: int = 16, max_length: int = 512, desc: str | None = None) -> list[AnswerStats]:
+def answer_stats(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    fmt: PromptFormat,
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    desc: str | None = None,
+) -> list[AnswerStats]:
     """AnswerStats of each (question, answer) pair, formatted exactly as in training."""
     examples = [encode_qa(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
-    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc,
-                          eos_id=tokenizer.eos_token_id)
+    return score_examples(
+        model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc, eos_id=tokenizer.eos_token_id
+    )
 
 
-def answer_stats_multi(model, tokenizer, questions: Sequence[str], answer_lists: Sequence[Sequence[str]],
-                       fmt: PromptFormat, *, batch_size: int = 16, max_length: int = 512,
-                       desc: str | None = None) -> list[list[AnswerStats]]:
+def answer_stats_multi(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answer_lists: Sequence[Sequence[str]],
+    fmt: PromptFormat,
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    desc: str | None = None,
+) -> list[list[AnswerStats]]:
     """AnswerStats for lists of alternative answers per question (e.g. TOFU's perturbed answers)."""
     flat_q = [q for q, answers in zip(questions, answer_lists) for _ in answers]
     flat_a = [a for answers in answer_lists for a in answers]
@@ -125,8 +153,16 @@ def answer_stats_multi(model, tokenizer, questions: Sequence[str], answer_lists:
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, batch_size: int = 16,
-                    stop_strings: Sequence[str] = (), desc: str | None = None) -> list[str]:
+def generate_greedy(
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    desc: str | None = None,
+) -> list[str]:
     """Greedy continuations of token-id prompts: left-padded batches, KV cache, stop at EOS or a stop string.
 
     The text is cut at the first stop string and stripped.
@@ -134,8 +170,13 @@ def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_t
     model.eval()
     device = _device(model)
     outputs: list[str] = [""] * len(prompts)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     if stop_strings:
         kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     with _bar(len(prompts), desc) as bar:
@@ -165,16 +206,33 @@ def generated_top_token_rate(tokenizer, texts: Sequence[str]) -> float:
     return top_token_rate(tokens) if any(tokens) else 1.0
 
 
-def generate_answers(model, tokenizer, questions: Sequence[str], fmt: PromptFormat, *, max_new_tokens: int = 200,
-                     batch_size: int = 16, stop_strings: Sequence[str] = (), desc: str | None = None) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    fmt: PromptFormat,
+    *,
+    max_new_tokens: int = 200,
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    desc: str | None = None,
+) -> list[str]:
     """Greedy answers to questions, prompted exactly as in training."""
     prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
-    return generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           stop_strings=stop_strings, desc=desc)
+    return generate_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop_strings=stop_strings,
+        desc=desc,
+    )
 
 
-def text_token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512,
-                        desc: str | None = None) -> list[np.ndarray]:
+def text_token_logprobs(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512, desc: str | None = None
+) -> list[np.ndarray]:
     """Per-token log-probs of raw texts (each truncated to max_length tokens), for membership inference."""
     examples = []
     for text in texts:

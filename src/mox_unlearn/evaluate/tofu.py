@@ -10,8 +10,9 @@ which split feeds which statistic, following the benchmark's reference code:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,12 @@ from mox_unlearn.evaluate.stats import (
 TOFU_HUB_ID = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 # Our names for the four evaluation splits and where their records come from.
-SPLITS = {"forget": "{forget}_perturbed", "retain": "retain_perturbed",
-          "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
+SPLITS = {
+    "forget": "{forget}_perturbed",
+    "retain": "retain_perturbed",
+    "ra": "real_authors_perturbed",
+    "wf": "world_facts_perturbed",
+}
 
 
 def load_tofu_split(source: str, split: str) -> RecordSet:
@@ -74,8 +79,17 @@ def _limit(rs: RecordSet, limit: int | None) -> RecordSet:
     return rs if limit is None else RecordSet(rs.kind, rs.records[:limit], rs.source)
 
 
-def evaluate_split(model, tokenizer, rs: RecordSet, name: str, fmt: PromptFormat, *, batch_size: int,
-                   max_new_tokens: int, max_length: int) -> tuple[dict[str, dict], list[AnswerStats]]:
+def evaluate_split(
+    model,
+    tokenizer,
+    rs: RecordSet,
+    name: str,
+    fmt: PromptFormat,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    max_length: int,
+) -> tuple[dict[str, dict], list[AnswerStats]]:
     """Probability, truth ratio and ROUGE of one split; returns metrics and the answer stats."""
     questions = [r["question"] for r in rs.records]
     answers = _true_answers(rs, "answer")
@@ -83,14 +97,16 @@ def evaluate_split(model, tokenizer, rs: RecordSet, name: str, fmt: PromptFormat
     stats = answer_stats(model, tokenizer, questions, answers, fmt, desc=f"{name}: answers", **kw)
     pert = answer_stats_multi(model, tokenizer, questions, _perturbed(rs), fmt, desc=f"{name}: perturbed", **kw)
     if name in ("forget", "retain"):
-        true = answer_stats(model, tokenizer, questions, _true_answers(rs, "paraphrased_answer"), fmt,
-                            desc=f"{name}: paraphrased", **kw)
+        true = answer_stats(
+            model, tokenizer, questions, _true_answers(rs, "paraphrased_answer"), fmt, desc=f"{name}: paraphrased", **kw
+        )
     else:
         true = stats
     ratio = M.truth_ratio([s.nll_avg for s in true], [[p.nll_avg for p in ps] for ps in pert])
     prob = M.probability([s.nll_sum for s in stats], [s.n_tokens for s in stats])
-    generated = generate_answers(model, tokenizer, questions, fmt, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, desc=f"{name}: generate")
+    generated = generate_answers(
+        model, tokenizer, questions, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"{name}: generate"
+    )
     rouge = M.rouge_l(generated, answers, kind="recall")
     out = {}
     if name in ("ra", "wf"):
@@ -134,11 +150,13 @@ def read_retain_truth_ratios(path: str | Path) -> tuple[np.ndarray, dict]:
             keys = sorted(by_index, key=int)
             values = [by_index[k]["score"] for k in keys]
         except (KeyError, TypeError, ValueError):
-            raise MoxError(f"{p}: forget_truth_ratio.value_by_index must map item indices to {{\"score\": R}}") from None
+            raise MoxError(f'{p}: forget_truth_ratio.value_by_index must map item indices to {{"score": R}}') from None
         ou_auc = _field(data, "mia_min_k", "agg_value")  # open-unlearning: 1 - our AUC
         auc = None if not isinstance(ou_auc, (int, float)) else 1.0 - float(ou_auc)
         return _ratios(values, p), {"convention": None, "mia_auc": auc}
-    raise MoxError(f"{p}: no per-item forget truth ratios (expected a `mox eval` result or an open-unlearning TOFU_EVAL.json)")
+    raise MoxError(
+        f"{p}: no per-item forget truth ratios (expected a `mox eval` result or an open-unlearning TOFU_EVAL.json)"
+    )
 
 
 def _field(data: dict, *keys: str) -> Any:
@@ -170,19 +188,38 @@ def mia_min_k_metric(forget: list[AnswerStats], holdout: list[AnswerStats], k: f
     f_scores = M.min_k_scores([s.content_logps for s in _content(forget, "forget")], k=k)
     h_scores = M.min_k_scores([s.content_logps for s in _content(holdout, "holdout")], k=k)
     auc = M.mia_auc(f_scores, h_scores)
-    return _metric(auc, None, k=k, convention=MIA_CONVENTION, auc_open_unlearning=1.0 - auc,
-                   forget_scores=f_scores.tolist(), holdout_scores=h_scores.tolist())
+    return _metric(
+        auc,
+        None,
+        k=k,
+        convention=MIA_CONVENTION,
+        auc_open_unlearning=1.0 - auc,
+        forget_scores=f_scores.tolist(),
+        holdout_scores=h_scores.tolist(),
+    )
 
 
-MIA_CONVENTION = ("MUSE's: P(min-k score of a forget answer > of a holdout answer), the score being minus the mean "
-                  "of the lowest 40% token log-probs; ~0 when forget answers are memorised, 0.5 when forget and "
-                  "holdout look alike. auc_open_unlearning = 1 - value (open-unlearning's mia_min_k)")
+MIA_CONVENTION = (
+    "MUSE's: P(min-k score of a forget answer > of a holdout answer), the score being minus the mean "
+    "of the lowest 40% token log-probs; ~0 when forget answers are memorised, 0.5 when forget and "
+    "holdout look alike. auc_open_unlearning = 1 - value (open-unlearning's mia_min_k)"
+)
 
 
-def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: str = "forget10",
-                  retain_result: str | None = None, fmt: PromptFormat | None = None, batch_size: int = 16,
-                  max_new_tokens: int = 200, max_length: int = 512, limit: int | None = None,
-                  allow_convention_mismatch: bool = False) -> dict:
+def evaluate_tofu(
+    model,
+    tokenizer,
+    *,
+    data: str = TOFU_HUB_ID,
+    forget_split: str = "forget10",
+    retain_result: str | None = None,
+    fmt: PromptFormat | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    max_length: int = 512,
+    limit: int | None = None,
+    allow_convention_mismatch: bool = False,
+) -> dict:
     """All TOFU metrics of one model. Returns {"summary": {...}, "metrics": {...}, "convention": {...}}
     (see docs/metrics.md). A retain result scored with another prompt convention or tokenizer is refused
     unless `allow_convention_mismatch`."""
@@ -192,8 +229,10 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
     convention = scoring_convention(tokenizer, fmt)
     # read and checked before the (long) evaluation: a mismatch is known now
     retain, note = _read_retain(retain_result, convention, allow_convention_mismatch) if retain_result else (None, None)
-    splits = {name: _limit(load_tofu_split(data, pattern.format(forget=forget_split)), limit)
-              for name, pattern in SPLITS.items()}
+    splits = {
+        name: _limit(load_tofu_split(data, pattern.format(forget=forget_split)), limit)
+        for name, pattern in SPLITS.items()
+    }
     holdout = _limit(load_tofu_split(data, forget_split.replace("forget", "holdout")), limit)
     kw = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length)
     metrics: dict[str, dict] = {}
@@ -205,17 +244,27 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
             forget_stats = stats
 
     # membership inference and memorization on the forget answers (open-unlearning's extras), EOS dropped
-    hold_stats = answer_stats(model, tokenizer, [r["question"] for r in holdout.records],
-                              _true_answers(holdout, "answer"), fmt, batch_size=batch_size, max_length=max_length,
-                              desc="holdout: answers")
+    hold_stats = answer_stats(
+        model,
+        tokenizer,
+        [r["question"] for r in holdout.records],
+        _true_answers(holdout, "answer"),
+        fmt,
+        batch_size=batch_size,
+        max_length=max_length,
+        desc="holdout: answers",
+    )
     metrics["mia_min_k"] = mia_min_k_metric(forget_stats, hold_stats)
     correct = [s.content_correct for s in forget_stats]
     es, em = M.extraction_strength(correct), M.exact_memorization(correct)
     metrics["extraction_strength"] = _metric(es.mean(), es)
     metrics["exact_memorization"] = _metric(em.mean(), em)
 
-    utility_parts = {f"{s}_{m}": metrics[f"{s}_{m}"]["value"]
-                     for s in ("retain", "ra", "wf") for m in ("probability", "rouge", "truth_ratio")}
+    utility_parts = {
+        f"{s}_{m}": metrics[f"{s}_{m}"]["value"]
+        for s in ("retain", "ra", "wf")
+        for m in ("probability", "rouge", "truth_ratio")
+    }
     metrics["model_utility"] = _metric(M.model_utility(utility_parts), None, parts=utility_parts)
     summary = {
         "forget_quality": None,
@@ -224,8 +273,13 @@ def evaluate_tofu(model, tokenizer, *, data: str = TOFU_HUB_ID, forget_split: st
         "retain_rouge": metrics["retain_rouge"]["value"],
         "privleak": None,
     }
-    result = {"summary": summary, "metrics": metrics, "forget_split": forget_split, "limit": limit,
-              "convention": convention}
+    result = {
+        "summary": summary,
+        "metrics": metrics,
+        "forget_split": forget_split,
+        "limit": limit,
+        "convention": convention,
+    }
     return _compare_with_retain(result, retain, retain_result, note)
 
 
@@ -235,12 +289,15 @@ def add_forget_quality(result: dict, retain_result: str | Path, *, allow_convent
     return _compare_with_retain(result, retain, retain_result, note)
 
 
-def _read_retain(retain_result: str | Path, convention: dict | None, allow_mismatch: bool
-                 ) -> tuple[tuple[np.ndarray, dict], str]:
+def _read_retain(
+    retain_result: str | Path, convention: dict | None, allow_mismatch: bool
+) -> tuple[tuple[np.ndarray, dict], str]:
     """The retain result (truth ratios, metadata) and the outcome of comparing its scoring convention
     with `convention` (refused on a mismatch unless `allow_mismatch`)."""
     retain = read_retain_truth_ratios(retain_result)
-    return retain, check_retain_convention(convention, retain[1]["convention"], retain_result, allow_mismatch=allow_mismatch)
+    return retain, check_retain_convention(
+        convention, retain[1]["convention"], retain_result, allow_mismatch=allow_mismatch
+    )
 
 
 def _compare_with_retain(result: dict, retain: tuple[np.ndarray, dict] | None, source, note: str | None) -> dict:
@@ -253,9 +310,17 @@ def _compare_with_retain(result: dict, retain: tuple[np.ndarray, dict] | None, s
         metrics["privleak"] = _metric(None, None, reason=reason.format("PrivLeak", "min-k AUC"))
     else:
         r_retain, meta = retain
-        metrics["forget_quality"] = {**_forget_quality(metrics["forget_truth_ratio"]["per_item"], r_retain, meta,
-                                                       result["forget_split"], result["limit"], source),
-                                     "convention_check": note}
+        metrics["forget_quality"] = {
+            **_forget_quality(
+                metrics["forget_truth_ratio"]["per_item"],
+                r_retain,
+                meta,
+                result["forget_split"],
+                result["limit"],
+                source,
+            ),
+            "convention_check": note,
+        }
         metrics["privleak"] = _privleak(metrics["mia_min_k"]["value"], meta.get("mia_auc"), source)
     summary["forget_quality"] = metrics["forget_quality"]["value"]
     summary["privleak"] = metrics["privleak"]["value"]
@@ -268,15 +333,24 @@ def _privleak(auc: float, auc_retain: float | None, source) -> dict:
         return _metric(None, None, reason=f"{source} has no min-k AUC (mia_min_k) to compare with")
     if not 0.0 < auc_retain <= 1.0:
         return _metric(None, None, reason=f"the retain model's min-k AUC is {auc_retain:g}; PrivLeak divides by it")
-    return _metric(M.privleak(auc, auc_retain), None, auc_retain=float(auc_retain), retain_result=str(source),
-                   definition="(AUC - AUC_retain) / AUC_retain * 100 in mia_min_k's convention; "
-                              "-100 = memorised, 0 = like the retain model, > 0 = over-unlearned")
+    return _metric(
+        M.privleak(auc, auc_retain),
+        None,
+        auc_retain=float(auc_retain),
+        retain_result=str(source),
+        definition="(AUC - AUC_retain) / AUC_retain * 100 in mia_min_k's convention; "
+        "-100 = memorised, 0 = like the retain model, > 0 = over-unlearned",
+    )
 
 
 def _forget_quality(r_model, r_retain, retain_meta: dict, forget_split: str, limit: int | None, source) -> dict:
     if retain_meta.get("forget_split") not in (None, forget_split):
         raise MoxError(f"retain result is for {retain_meta['forget_split']}, not {forget_split}")
     if len(r_retain) != len(r_model):
-        raise MoxError(f"retain result has {len(r_retain)} forget items, this evaluation {len(r_model)} "
-                       f"(same forget split and --limit needed)")
-    return _metric(M.forget_quality(r_model, r_retain), None, retain_result=str(source), test="scipy.stats.ks_2samp two-sided")
+        raise MoxError(
+            f"retain result has {len(r_retain)} forget items, this evaluation {len(r_model)} "
+            f"(same forget split and --limit needed)"
+        )
+    return _metric(
+        M.forget_quality(r_model, r_retain), None, retain_result=str(source), test="scipy.stats.ks_2samp two-sided"
+    )

@@ -6,8 +6,8 @@ Adding an analysis = one function returning {"rows", "files"} + one line in EXPE
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.workspace import ExperimentConfig, Workspace
@@ -21,12 +21,30 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "trajectory": ("training:trajectory", "FQ and MU after every epoch (Fig. 7)"),
     "collapse": ("training:collapse", "collapse score and most-frequent-token rate per epoch (Eq. 7, Def. 2.2)"),
     "continual": ("training:continual", "unlearn 1% then 5% then 10% in sequence (Fig. 8)"),
-    "directions": ("weights:directions", "cosines of the updates θ_mem, θ_for, momentum θ_for, GA, NPO from θ_ref, overall and per layer (Fig. 6)"),
-    "efficiency": ("weights:efficiency", "FLOPs per sample of a MOX vs NPO step, extrapolation cost, memory, CPU overlap (Sec. 3.2)"),
-    "overlap": ("attacks:overlap", "forget a 10% sample of the retain facts, retain the rest: MOX vs GA vs IdkPO (Table 5)"),
-    "relearn": ("attacks:relearn", "relearning attack: fine-tune on half the forget set, score the other half (Table 6)"),
-    "select-alpha": ("selection:select_alpha_experiment", "α chosen without a retrained model (retain tolerance + forget-vs-holdout KS) vs the best true FQ"),
-    "frontier": ("frontier:frontier", "every method tuned on equal terms (lr grid, α or stopping epoch) over seeds; picks by the oracle and a retrain-free rule"),
+    "directions": (
+        "weights:directions",
+        "cosines of the updates θ_mem, θ_for, momentum θ_for, GA, NPO from θ_ref, overall and per layer (Fig. 6)",
+    ),
+    "efficiency": (
+        "weights:efficiency",
+        "FLOPs per sample of a MOX vs NPO step, extrapolation cost, memory, CPU overlap (Sec. 3.2)",
+    ),
+    "overlap": (
+        "attacks:overlap",
+        "forget a 10% sample of the retain facts, retain the rest: MOX vs GA vs IdkPO (Table 5)",
+    ),
+    "relearn": (
+        "attacks:relearn",
+        "relearning attack: fine-tune on half the forget set, score the other half (Table 6)",
+    ),
+    "select-alpha": (
+        "selection:select_alpha_experiment",
+        "α chosen without a retrained model (retain tolerance + forget-vs-holdout KS) vs the best true FQ",
+    ),
+    "frontier": (
+        "frontier:frontier",
+        "every method tuned on equal terms (lr grid, α or stopping epoch) over seeds; picks by the oracle and a retrain-free rule",
+    ),
     "examples": ("attacks:examples", "greedy forget answers of original / retrained / MOX / baselines (Table 4)"),
 }
 

@@ -8,8 +8,8 @@ Each function takes a Workspace, returns its rows, and writes OUT/<name>/<name>.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
@@ -56,13 +56,15 @@ def relearn(ws: Workspace) -> dict:
             run, u = relearn_run(ws, name, model, learn_file, n)
             after = score_answers(ws, run / "model", held)
             rows.append(_relearn_row(name, n, before, after))
-    note = (f"Relearning attack after Hu et al. (benign relearning): every model fine-tuned with plain NLL "
-            f"(method finetune) on the first half of {cfg.forget_split} ({len(learn)} records) for N optimizer steps "
-            f"(lr {u.lr:g}, the shared batch size, no warm-up), then scored on the second half ({len(held)} records, "
-            "never relearnt). Probability = exp(−mean answer-token NLL); ROUGE = ROUGE-L recall of greedy answers; "
-            "truth ratio = mean max(0, 1 − R) (higher = the true answer beats the perturbed ones), from the "
-            f"{cfg.forget_split}_perturbed records. recovery = after − before. Full fine-tuning only: "
-            "LoRA relearning (as in Hu et al.) comes later with peft.")
+    note = (
+        f"Relearning attack after Hu et al. (benign relearning): every model fine-tuned with plain NLL "
+        f"(method finetune) on the first half of {cfg.forget_split} ({len(learn)} records) for N optimizer steps "
+        f"(lr {u.lr:g}, the shared batch size, no warm-up), then scored on the second half ({len(held)} records, "
+        "never relearnt). Probability = exp(−mean answer-token NLL); ROUGE = ROUGE-L recall of greedy answers; "
+        "truth ratio = mean max(0, 1 − R) (higher = the true answer beats the perturbed ones), from the "
+        f"{cfg.forget_split}_perturbed records. recovery = after − before. Full fine-tuning only: "
+        "LoRA relearning (as in Hu et al.) comes later with peft."
+    )
     return finish(ws, "relearn", rows, "Relearning attack (paper Table 6)", _plot_relearn, note)
 
 
@@ -81,7 +83,7 @@ def relearn_halves(ws: Workspace) -> tuple[list[dict], list[dict]]:
         raise MoxError(f"relearn needs at least 2 records in {split}, got {len(records)}")
     learn = records[: len(records) // 2]
     seen = {r["question"] for r in learn}
-    held = [r for r in records[len(records) // 2:] if r["question"] not in seen]
+    held = [r for r in records[len(records) // 2 :] if r["question"] not in seen]
     if not held:
         raise MoxError(f"every question of {split}'s second half is also in its first half; nothing to score")
     rich = _perturbed_by_question(ws, f"{split}_perturbed")
@@ -104,9 +106,19 @@ def relearn_run(ws: Workspace, name: str, model: str | Path, learn_file: str, st
 
     No warm-up: with a budget of a few steps, a warm-up from lr 0 would waste the attacker's first step.
     No retain set: the attacker only shows forget data."""
-    u = ws.unlearn_config("finetune", model=str(model), forget=learn_file, max_steps=steps, save_memorized=False,
-                          save_epochs=False, warmup_epochs=0.0, objective=None, loss={}, targeted=False,
-                          momentum=False)
+    u = ws.unlearn_config(
+        "finetune",
+        model=str(model),
+        forget=learn_file,
+        max_steps=steps,
+        save_memorized=False,
+        save_epochs=False,
+        warmup_epochs=0.0,
+        objective=None,
+        loss={},
+        targeted=False,
+        momentum=False,
+    )
     u.retain = None
     if ws.cfg.relearn_lr is not None:
         u.lr = ws.cfg.relearn_lr
@@ -129,8 +141,9 @@ def score_answers(ws: Workspace, model: str | Path, records: Sequence[dict]) -> 
     return result
 
 
-def _score(model_dir: str | Path, records: Sequence[dict], batch_size: int, max_new_tokens: int,
-           max_length: int) -> dict:
+def _score(
+    model_dir: str | Path, records: Sequence[dict], batch_size: int, max_new_tokens: int, max_length: int
+) -> dict:
     """The three numbers of `score_answers`, computed as TOFU's evaluation computes them."""
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.evaluate import metrics as M
@@ -149,8 +162,12 @@ def _score(model_dir: str | Path, records: Sequence[dict], batch_size: int, max_
         pert = answer_stats_multi(model, tok, questions, [r["perturbed_answer"] for r in records], fmt, **kw)
         ratio = M.truth_ratio([s.nll_avg for s in true], [[p.nll_avg for p in ps] for ps in pert])
         truth = M.truth_ratio_retain(ratio)
-    return {"probability": float(prob.mean()), "rouge": float(M.rouge_l(generated, answers, kind="recall").mean()),
-            "truth_ratio": truth, "generations": generated}
+    return {
+        "probability": float(prob.mean()),
+        "rouge": float(M.rouge_l(generated, answers, kind="recall").mean()),
+        "truth_ratio": truth,
+        "generations": generated,
+    }
 
 
 def _relearn_row(name: str, steps: int, before: dict, after: dict) -> dict:
@@ -163,8 +180,11 @@ def _relearn_row(name: str, steps: int, before: dict, after: dict) -> dict:
 
 def _plot_relearn(rows: list[dict], path: Path) -> Path:
     fig, axes = figure(1, 3, size=(14, 4))
-    titles = {"rouge": "Forget ROUGE-L recovery", "probability": "Forget probability recovery",
-              "truth_ratio": "Forget truth-ratio recovery"}
+    titles = {
+        "rouge": "Forget ROUGE-L recovery",
+        "probability": "Forget probability recovery",
+        "truth_ratio": "Forget truth-ratio recovery",
+    }
     for name in dict.fromkeys(r["model"] for r in rows):
         pts = [r for r in rows if r["model"] == name]
         for ax, metric in zip(axes[0], titles):
@@ -197,15 +217,25 @@ def examples(ws: Workspace) -> dict:
     rows = []
     for i in range(n):
         q = records[i]["question"]
-        rows.append({"example": i, "question": q, "model": "gold", "answer": records[i]["answer"],
-                     "rouge_l_recall": None})
+        rows.append(
+            {"example": i, "question": q, "model": "gold", "answer": records[i]["answer"], "rouge_l_recall": None}
+        )
         for name, result in results:
             rouge = result["metrics"]["forget_rouge"]
-            rows.append({"example": i, "question": q, "model": name, "answer": rouge["generations"][i],
-                         "rouge_l_recall": rouge["per_item"][i]})
-    note = (f"Greedy answers (at most {cfg.eval_max_new_tokens} new tokens) to the first {n} {cfg.forget_split} "
-            "questions, from each model's TOFU evaluation; `gold` is the dataset's answer, and rouge_l_recall scores "
-            "each answer against it.")
+            rows.append(
+                {
+                    "example": i,
+                    "question": q,
+                    "model": name,
+                    "answer": rouge["generations"][i],
+                    "rouge_l_recall": rouge["per_item"][i],
+                }
+            )
+    note = (
+        f"Greedy answers (at most {cfg.eval_max_new_tokens} new tokens) to the first {n} {cfg.forget_split} "
+        "questions, from each model's TOFU evaluation; `gold` is the dataset's answer, and rouge_l_recall scores "
+        "each answer against it."
+    )
     return finish(ws, "examples", rows, "Unlearning examples (paper Table 4)", _plot_examples, note)
 
 
@@ -257,17 +287,25 @@ def overlap(ws: Workspace) -> dict:
     gold_file = _overlap_eval_path(ws, gold, "retrained")
     rows = [{"model": "original", **metrics_row(_overlap_evaluate(ws, ws.target, "original", gold_file))}, gold_row]
     for name in OVERLAP_METHODS:
-        run, u = ws.run_method(name, label=f"overlap-{name}", model=str(ws.target), forget=str(forget),
-                               retain=str(retain), save_epochs=False)
+        run, u = ws.run_method(
+            name,
+            label=f"overlap-{name}",
+            model=str(ws.target),
+            forget=str(forget),
+            retain=str(retain),
+            save_epochs=False,
+        )
         label = f"mox-a{u.alpha:g}" if name == "mox" else name
         rows.append({"model": label, **metrics_row(_overlap_evaluate(ws, run / "model", label, gold_file))})
     n_forget, n_retain = (len(load_records(str(f)).records) for f in (forget, retain))
-    note = (f"{p}% of retain90's facts ({n_forget}, a seeded sample) carved as the forget set, the other {n_retain} "
-            "kept as the retain set: forgotten and retained facts describe the same people. `retrained` learnt the "
-            "target's corpus without any phrasing of a carved fact (from the cached stage-1 model, like the demo's "
-            "retain model) and is FQ's gold standard; the unlearned models start from the target, with the shared "
-            "settings (PO in the paper = IdkPO here). retain_perturbed is the demo's without the carved facts, so "
-            "Model Utility measures retained facts only.")
+    note = (
+        f"{p}% of retain90's facts ({n_forget}, a seeded sample) carved as the forget set, the other {n_retain} "
+        "kept as the retain set: forgotten and retained facts describe the same people. `retrained` learnt the "
+        "target's corpus without any phrasing of a carved fact (from the cached stage-1 model, like the demo's "
+        "retain model) and is FQ's gold standard; the unlearned models start from the target, with the shared "
+        "settings (PO in the paper = IdkPO here). retain_perturbed is the demo's without the carved facts, so "
+        "Model Utility measures retained facts only."
+    )
     return finish(ws, "overlap", rows, "Unlearning with semantic overlap (paper Table 5)", _plot_overlap, note)
 
 
@@ -313,7 +351,6 @@ def _overlap_evaluate(ws: Workspace, model: str | Path, label: str, gold_file: P
         _say(f"evaluating {label} on the overlap forget set")
     result = evaluate(Path(model), data, ws.cfg, path, gold_file, forget_split=split)
     return add_forget_quality(result, path) if gold_file is None else result
-
 
 
 def _plot_overlap(rows: list[dict], path: Path) -> Path:

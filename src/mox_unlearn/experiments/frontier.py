@@ -32,8 +32,9 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import metrics_row
@@ -52,8 +53,12 @@ VALIDATION_VERSION = 2  # in the validation cache key: bump when select_alpha's 
 
 def _distinct_ints(values: Any, minimum: int, *, allow_empty: bool) -> bool:
     """A list of distinct integers ≥ minimum (booleans are not integers here)."""
-    return (isinstance(values, list) and (allow_empty or bool(values)) and len(set(map(str, values))) == len(values)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values))
+    return (
+        isinstance(values, list)
+        and (allow_empty or bool(values))
+        and len(set(map(str, values))) == len(values)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
+    )
 
 
 def check_frontier_settings(cfg: Any) -> None:
@@ -65,8 +70,9 @@ def check_frontier_settings(cfg: Any) -> None:
     methods = cfg.frontier_methods
     unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
     if not methods or unknown:
-        raise MoxError(f"frontier_methods: unknown method {(unknown or [None])[0]!r}; valid: "
-                       f"{', '.join([*METHODS, *VARIANTS])}")
+        raise MoxError(
+            f"frontier_methods: unknown method {(unknown or [None])[0]!r}; valid: {', '.join([*METHODS, *VARIANTS])}"
+        )
     if len(set(methods)) != len(methods):
         raise MoxError(f"frontier_methods: duplicate names in {methods}")
     explicit = check_grid(cfg.frontier_lrs, "frontier_lrs", "") if cfg.frontier_lrs else []
@@ -79,8 +85,14 @@ def check_frontier_settings(cfg: Any) -> None:
     if cfg.frontier_score not in SCORES:
         raise MoxError(f"frontier_score: unknown score {cfg.frontier_score!r}; valid: {', '.join(SCORES)}")
     if not _distinct_ints(cfg.frontier_epochs, 1, allow_empty=True):
-        raise MoxError(f"frontier_epochs must be a list of distinct epochs >= 1 (empty: every epoch), got {cfg.frontier_epochs!r}")
-    if isinstance(cfg.frontier_max_items, bool) or not isinstance(cfg.frontier_max_items, int) or cfg.frontier_max_items < 2:
+        raise MoxError(
+            f"frontier_epochs must be a list of distinct epochs >= 1 (empty: every epoch), got {cfg.frontier_epochs!r}"
+        )
+    if (
+        isinstance(cfg.frontier_max_items, bool)
+        or not isinstance(cfg.frontier_max_items, int)
+        or cfg.frontier_max_items < 2
+    ):
         raise MoxError(f"frontier_max_items must be an integer >= 2, got {cfg.frontier_max_items!r}")
     for method, grid in cfg.frontier_grids.items():
         if method not in methods:
@@ -142,8 +154,13 @@ def select_oracle(records: Sequence[Mapping[str, Any]], target_mu: float, ratio:
     known = [(i, _num(r.get("forget_quality")), _num(r.get("model_utility"))) for i, r in enumerate(records)]
     known = [(i, fq, mu) for i, fq, mu in known if fq is not None and mu is not None]
     if not known:
-        return {"rule": ORACLE, "id": None, "qualified": False, "mu_bar": bar,
-                "reason": "no record has a test FQ and MU (the workspace has no retain model)"}
+        return {
+            "rule": ORACLE,
+            "id": None,
+            "qualified": False,
+            "mu_bar": bar,
+            "reason": "no record has a test FQ and MU (the workspace has no retain model)",
+        }
     qualifying = [k for k in known if k[2] >= bar]
     if qualifying:
         i = max(qualifying, key=lambda k: (k[1], k[2]))[0]
@@ -154,8 +171,9 @@ def select_oracle(records: Sequence[Mapping[str, Any]], target_mu: float, ratio:
     return {"rule": ORACLE, "id": records[i].get("id"), "qualified": bool(qualifying), "mu_bar": bar, "reason": reason}
 
 
-def select_retrain_free(records: Sequence[Mapping[str, Any]], tolerance: float = 0.05,
-                        p_min: float = 0.05) -> dict[str, Any]:
+def select_retrain_free(
+    records: Sequence[Mapping[str, Any]], tolerance: float = 0.05, p_min: float = 0.05
+) -> dict[str, Any]:
     """The record whose forget set looks most like unseen data among those whose validation retain utility
     dropped at most `tolerance` (relative to θ_ref). "Most like unseen data", in order: the highest KS p
     (forget vs holdout), then the smallest KS statistic, then the smallest |median gap| between forget and
@@ -179,34 +197,58 @@ def select_retrain_free(records: Sequence[Mapping[str, Any]], tolerance: float =
 
     def unlike_holdout(j: int) -> tuple[float, float, float, float]:  # smaller = more like unseen data
         stat, gap = _num(views[j].get("val_ks_stat")), _num(views[j].get("val_forget_minus_holdout"))
-        return (1.0 if p[j] is None else -p[j], math.inf if stat is None else stat,
-                math.inf if gap is None else abs(gap), drop[j])
+        return (
+            1.0 if p[j] is None else -p[j],
+            math.inf if stat is None else stat,
+            math.inf if gap is None else abs(gap),
+            drop[j],
+        )
 
     if within:
         i = min(within, key=unlike_holdout)
-        reason = (f"forget most like validation holdout (KS p, then KS statistic, then median gap) with validation "
-                  f"retain utility within {tolerance:.0%} of θ_ref")
+        reason = (
+            f"forget most like validation holdout (KS p, then KS statistic, then median gap) with validation "
+            f"retain utility within {tolerance:.0%} of θ_ref"
+        )
     else:
-        i = min(range(len(views)), key=lambda j: (math.inf if drop[j] is None else drop[j],
-                                                  1.0 if p[j] is None else -p[j]))
+        i = min(
+            range(len(views)), key=lambda j: (math.inf if drop[j] is None else drop[j], 1.0 if p[j] is None else -p[j])
+        )
         reason = f"no setting keeps validation retain utility within {tolerance:.0%} of θ_ref; the smallest drop"
     alike = p[i] is not None and p[i] >= p_min
     if within and not alike:
         reason += f" (KS p < {p_min:g}: forget still distinguishable from holdout)"
-    return {"rule": RETRAIN_FREE, "id": records[i].get("id"), "utility_ok": bool(within),
-            "forget_indistinguishable": alike, "tolerance": tolerance, "p_min": p_min, "reason": reason}
+    return {
+        "rule": RETRAIN_FREE,
+        "id": records[i].get("id"),
+        "utility_ok": bool(within),
+        "forget_indistinguishable": alike,
+        "tolerance": tolerance,
+        "p_min": p_min,
+        "reason": reason,
+    }
 
 
-def select_all(records: Sequence[Mapping[str, Any]], target_mu: float, *, mu_ratio: float = 0.95,
-               tolerance: float = 0.05, p_min: float = 0.05) -> dict[str, dict[str, dict[str, dict]]]:
+def select_all(
+    records: Sequence[Mapping[str, Any]],
+    target_mu: float,
+    *,
+    mu_ratio: float = 0.95,
+    tolerance: float = 0.05,
+    p_min: float = 0.05,
+) -> dict[str, dict[str, dict[str, dict]]]:
     """{method: {seed: {oracle: pick, retrain_free: pick}}}: both rules on each method's records of each
     seed (all of its learning rates, settings and knob values), the same way for every method."""
     groups: dict[str, dict[str, list]] = {}
     for r in records:
         groups.setdefault(r["method"], {}).setdefault(str(r["seed"]), []).append(r)
-    return {m: {s: {ORACLE: select_oracle(rs, target_mu, mu_ratio),
-                    RETRAIN_FREE: select_retrain_free(rs, tolerance, p_min)} for s, rs in by_seed.items()}
-            for m, by_seed in groups.items()}
+    return {
+        m: {
+            s: {ORACLE: select_oracle(rs, target_mu, mu_ratio), RETRAIN_FREE: select_retrain_free(rs, tolerance, p_min)}
+            for s, rs in by_seed.items()
+        }
+        for m, by_seed in groups.items()
+    }
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -222,8 +264,9 @@ def log10_fq(fq: float | None) -> float | None:
     return None if _num(fq) is None else math.log10(max(float(fq), 1e-300))
 
 
-def summarize(records: Sequence[Mapping[str, Any]], selected: Mapping[str, Mapping[str, Mapping[str, dict]]]
-              ) -> list[dict[str, Any]]:
+def summarize(
+    records: Sequence[Mapping[str, Any]], selected: Mapping[str, Mapping[str, Mapping[str, dict]]]
+) -> list[dict[str, Any]]:
     """One row per method and rule: mean and std over seeds of the picked records' reported metrics,
     how many picks were fallbacks, and which setting each seed picked."""
     by_id = {r["id"]: r for r in records}
@@ -278,8 +321,12 @@ def _part(name: str, pool, scored, override: str | None, max_items: int) -> tupl
         free = unscored(pool.records, scored.records)
         overlaps = not free
         rs = RecordSet(pool.kind, pool.records if overlaps else free, pool.source)
-        info = {"source": pool.source, "pool": len(pool), "scored_by_evaluation": len(scored),
-                "overlaps_test": overlaps}
+        info = {
+            "source": pool.source,
+            "pool": len(pool),
+            "scored_by_evaluation": len(scored),
+            "overlaps_test": overlaps,
+        }
     rs = spread_sample(rs, max_items)
     return rs, {**info, "items": len(rs)}
 
@@ -294,9 +341,13 @@ def validation_sets(ws: Workspace, retain_spec: str):
     load = lambda spec, name: load_records(spec, name=name, kind="qa")  # noqa: E731
     truth_ratio = cfg.frontier_score == "truth_ratio"  # needs the perturbed records of the forget split
     forget = load(ws.split_spec(f"{split}_perturbed" if truth_ratio else split), "forget")
-    retain, retain_info = _part("retain", load(retain_spec, "retain"),
-                                _first(load(ws.split_spec("retain_perturbed"), "retain_perturbed"), limit),
-                                cfg.validation_retain, cfg.frontier_max_items)
+    retain, retain_info = _part(
+        "retain",
+        load(retain_spec, "retain"),
+        _first(load(ws.split_spec("retain_perturbed"), "retain_perturbed"), limit),
+        cfg.validation_retain,
+        cfg.frontier_max_items,
+    )
     pool: dict[str, dict] = {}
     for name in HOLDOUT_SPLITS:  # TOFU's and the demo's holdout splits are nested: their union is the largest
         try:
@@ -306,10 +357,16 @@ def validation_sets(ws: Workspace, retain_spec: str):
         pool.update({r["question"]: r for r in load(spec, name).records})
     scored_holdout = _first(load(ws.split_spec(split.replace("forget", "holdout")), "holdout"), limit)
     holdout_pool = RecordSet("qa", list(pool.values()), f"{ws.data} ({' ∪ '.join(HOLDOUT_SPLITS)})")
-    holdout, holdout_info = _part("holdout", holdout_pool, scored_holdout, cfg.validation_holdout, cfg.frontier_max_items)
+    holdout, holdout_info = _part(
+        "holdout", holdout_pool, scored_holdout, cfg.validation_holdout, cfg.frontier_max_items
+    )
     data = load_selection_data(forget, holdout, retain, score=cfg.frontier_score, max_items=None)
-    info = {"forget": {"source": forget.source, "items": len(forget)}, "retain": retain_info, "holdout": holdout_info,
-            "score": cfg.frontier_score}
+    info = {
+        "forget": {"source": forget.source, "items": len(forget)},
+        "retain": retain_info,
+        "holdout": holdout_info,
+        "score": cfg.frontier_score,
+    }
     return data, info
 
 
@@ -318,13 +375,21 @@ def validation_stats(scores: Mapping[str, Any], reference: Mapping[str, Any]) ->
     worst drop, and the forget-vs-holdout KS test."""
     from mox_unlearn.select_alpha import relative_drop
 
-    drops = {m: relative_drop(reference[f"retain_{m}"], scores[f"retain_{m}"])
-             for m in ("probability", "rouge") if reference.get(f"retain_{m}") is not None}
+    drops = {
+        m: relative_drop(reference[f"retain_{m}"], scores[f"retain_{m}"])
+        for m in ("probability", "rouge")
+        if reference.get(f"retain_{m}") is not None
+    }
     worst = None if any(_num(d) is None for d in drops.values()) or not drops else max(drops.values())
-    out = {f"{VAL}retain_probability": scores["retain_probability"], f"{VAL}retain_rouge": scores["retain_rouge"],
-           **{f"{VAL}{m}_drop": d for m, d in drops.items()}, f"{VAL}utility_drop": worst,
-           f"{VAL}ks_stat": scores["ks_stat"], f"{VAL}ks_p": scores["ks_p"],
-           f"{VAL}forget_minus_holdout": scores["forget_minus_holdout_median"]}
+    out = {
+        f"{VAL}retain_probability": scores["retain_probability"],
+        f"{VAL}retain_rouge": scores["retain_rouge"],
+        **{f"{VAL}{m}_drop": d for m, d in drops.items()},
+        f"{VAL}utility_drop": worst,
+        f"{VAL}ks_stat": scores["ks_stat"],
+        f"{VAL}ks_p": scores["ks_p"],
+        f"{VAL}forget_minus_holdout": scores["forget_minus_holdout_median"],
+    }
     return {k: _num(v) for k, v in out.items()}
 
 
@@ -339,13 +404,27 @@ def validation_scores(ws: Workspace, model: str | Path, label: str, data, fmt) -
 
     c = ws.cfg
     items = [[r["question"] for r in rs.records] for rs in (data.forget, data.holdout, data.retain)]
-    shape = [VALIDATION_VERSION, str(model), items, c.frontier_score, MIN_K, dataclasses.asdict(fmt),
-             c.eval_max_new_tokens, c.eval_batch_size, c.max_length]
+    shape = [
+        VALIDATION_VERSION,
+        str(model),
+        items,
+        c.frontier_score,
+        MIN_K,
+        dataclasses.asdict(fmt),
+        c.eval_max_new_tokens,
+        c.eval_batch_size,
+        c.max_length,
+    ]
     path = ws.root / "evals" / f"validation-{label}-{_key(shape)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    settings = ScoreSettings(score=c.frontier_score, fmt=fmt, batch_size=c.eval_batch_size,
-                             max_new_tokens=c.eval_max_new_tokens, max_length=c.max_length)
+    settings = ScoreSettings(
+        score=c.frontier_score,
+        fmt=fmt,
+        batch_size=c.eval_batch_size,
+        max_new_tokens=c.eval_max_new_tokens,
+        max_length=c.max_length,
+    )
     loaded, tok = load_eval_model(str(model), "float32")
     scores = _json_safe(score_model(loaded, tok, data, settings))
     write_text_atomic(path, json.dumps(scores) + "\n")
@@ -366,8 +445,9 @@ def knob_models(ws: Workspace, run: Path, u: Any) -> list[tuple[str, float | int
     return [("alpha", a, m) for a, m in zip(alphas, ws.extrapolated(u.model, run / "memorized", alphas))]
 
 
-def stopping_epochs(snapshots: Sequence[tuple[int, Path]], wanted: Sequence[int], run: Path | str = "the run"
-                    ) -> list[tuple[int, Path]]:
+def stopping_epochs(
+    snapshots: Sequence[tuple[int, Path]], wanted: Sequence[int], run: Path | str = "the run"
+) -> list[tuple[int, Path]]:
     """The (epoch, folder) snapshots that are candidates: all of them, or only the `wanted` epochs (a run
     that lacks one is refused: the budget would silently differ between methods)."""
     if not wanted:
@@ -399,9 +479,13 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
     first = ws.unlearn_config(cfg.frontier_methods[0])
     data, val_info = validation_sets(ws, first.retain)
     val_ref = validation_scores(ws, ws.target, "original", data, first.prompt)
-    plan = [(name, lr, setting, seed) for name in cfg.frontier_methods
-            for lr in lr_grid(ws.unlearn_config(name).lr, cfg.frontier_lr_scales, cfg.frontier_lrs)
-            for setting in grid_settings(cfg.frontier_grids.get(name, {})) for seed in cfg.frontier_seeds]
+    plan = [
+        (name, lr, setting, seed)
+        for name in cfg.frontier_methods
+        for lr in lr_grid(ws.unlearn_config(name).lr, cfg.frontier_lr_scales, cfg.frontier_lrs)
+        for setting in grid_settings(cfg.frontier_grids.get(name, {}))
+        for seed in cfg.frontier_seeds
+    ]
     records = []
     for i, (name, lr, setting, seed) in enumerate(plan, 1):
         label = setting_label(lr, setting)
@@ -412,19 +496,40 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
             tag = f"{name}-lr{lr:g}-s{seed}-{knob}{value:g}"
             result = ws.evaluate(model, f"frontier-{tag}")
             fq = result["summary"].get("forget_quality")
-            records.append({"id": f"{name}/{label}/seed {seed}/{knob} {value:g}", "method": name, "lr": lr,
-                            "setting": label, "seed": seed, "knob": knob, "value": value,
-                            **result["summary"], **metrics_row(result), "log10_forget_quality": log10_fq(fq),
-                            **validation_stats(validation_scores(ws, model, f"frontier-{tag}", data, u.prompt), val_ref),
-                            "run": str(run), "model": str(model)})
+            records.append(
+                {
+                    "id": f"{name}/{label}/seed {seed}/{knob} {value:g}",
+                    "method": name,
+                    "lr": lr,
+                    "setting": label,
+                    "seed": seed,
+                    "knob": knob,
+                    "value": value,
+                    **result["summary"],
+                    **metrics_row(result),
+                    "log10_forget_quality": log10_fq(fq),
+                    **validation_stats(validation_scores(ws, model, f"frontier-{tag}", data, u.prompt), val_ref),
+                    "run": str(run),
+                    "model": str(model),
+                }
+            )
     target_mu = target["summary"]["model_utility"]
-    selected = select_all(records, target_mu, mu_ratio=cfg.frontier_mu_ratio, tolerance=cfg.select_tolerance,
-                          p_min=cfg.select_p_min)
+    selected = select_all(
+        records, target_mu, mu_ratio=cfg.frontier_mu_ratio, tolerance=cfg.select_tolerance, p_min=cfg.select_p_min
+    )
     summary = summarize(records, selected)
     seconds = round(time.perf_counter() - start, 1)
-    extra_json = {"records": records, "selected": selected, "summary": summary, "reference": reference_rows,
-                  "validation": {**val_info, "reference": val_ref}, "target_mu": target_mu,
-                  "mu_bar": cfg.frontier_mu_ratio * target_mu, "seconds": seconds, "config": config_dict(cfg)}
+    extra_json = {
+        "records": records,
+        "selected": selected,
+        "summary": summary,
+        "reference": reference_rows,
+        "validation": {**val_info, "reference": val_ref},
+        "target_mu": target_mu,
+        "mu_bar": cfg.frontier_mu_ratio * target_mu,
+        "seconds": seconds,
+        "config": config_dict(cfg),
+    }
     return _write(ws, summary, extra_json, show)
 
 
@@ -440,28 +545,46 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 def display_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The table's rows: mean ± std strings and the picks in words."""
-    names = {"forget_quality": "FQ", "log10_forget_quality": "log10 FQ", "model_utility": "MU",
-             "forget_rouge": "Forget ROUGE", "retain_rouge": "Retain ROUGE"}
-    return [{"Method": r["method"], "Rule": r["rule"], "Seeds": r["seeds"],
-             **{names[k]: _pm(r[f"{k}_mean"], r[f"{k}_std"]) for k in REPORTED},
-             "Fallbacks": r["fallbacks"], "Picks": "; ".join(f"s{s}: {v}" for s, v in r["picks"].items())}
-            for r in summary]
+    names = {
+        "forget_quality": "FQ",
+        "log10_forget_quality": "log10 FQ",
+        "model_utility": "MU",
+        "forget_rouge": "Forget ROUGE",
+        "retain_rouge": "Retain ROUGE",
+    }
+    return [
+        {
+            "Method": r["method"],
+            "Rule": r["rule"],
+            "Seeds": r["seeds"],
+            **{names[k]: _pm(r[f"{k}_mean"], r[f"{k}_std"]) for k in REPORTED},
+            "Fallbacks": r["fallbacks"],
+            "Picks": "; ".join(f"s{s}: {v}" for s, v in r["picks"].items()),
+        }
+        for r in summary
+    ]
 
 
 def _note(extra: Mapping[str, Any]) -> str:
     cfg, val = extra["config"], extra["validation"]
     overlap = [n for n in ("retain", "holdout") if val[n].get("overlaps_test")]
-    warn = (f" **Every {' and '.join(overlap)} item is also scored by the final evaluation**, so the retrain-free rule "
-            "uses them (flagged `overlaps_test` in frontier.json)." if overlap else "")
-    return (f"Each method: lr grid × settings × seeds {cfg['frontier_seeds']}, and its post-hoc knob (α for MOX / TV, "
-            f"the stopping epoch otherwise). **oracle**: highest test FQ with MU ≥ {cfg['frontier_mu_ratio']:g} × the "
-            f"target's MU ({extra['target_mu']:.4f}, bar {extra['mu_bar']:.4f}). **retrain_free** (rule v2): forget most "
-            f"like {val['holdout']['items']} validation holdout items ({val['score']}: KS p, then KS statistic, then "
-            f"median gap) with validation retain "
-            f"utility ({val['retain']['items']} items) within {cfg['select_tolerance']:.0%} of θ_ref; it never reads "
-            f"test metrics.{warn} Mean ± sample std over seeds of the picked records; Fallbacks = seeds whose rule "
-            f"found no qualifying setting. Protocol: docs/frontier.md. {len(extra['records'])} records, "
-            f"{extra['seconds']:.0f} s.")
+    warn = (
+        f" **Every {' and '.join(overlap)} item is also scored by the final evaluation**, so the retrain-free rule "
+        "uses them (flagged `overlaps_test` in frontier.json)."
+        if overlap
+        else ""
+    )
+    return (
+        f"Each method: lr grid × settings × seeds {cfg['frontier_seeds']}, and its post-hoc knob (α for MOX / TV, "
+        f"the stopping epoch otherwise). **oracle**: highest test FQ with MU ≥ {cfg['frontier_mu_ratio']:g} × the "
+        f"target's MU ({extra['target_mu']:.4f}, bar {extra['mu_bar']:.4f}). **retrain_free** (rule v2): forget most "
+        f"like {val['holdout']['items']} validation holdout items ({val['score']}: KS p, then KS statistic, then "
+        f"median gap) with validation retain "
+        f"utility ({val['retain']['items']} items) within {cfg['select_tolerance']:.0%} of θ_ref; it never reads "
+        f"test metrics.{warn} Mean ± sample std over seeds of the picked records; Fallbacks = seeds whose rule "
+        f"found no qualifying setting. Protocol: docs/frontier.md. {len(extra['records'])} records, "
+        f"{extra['seconds']:.0f} s."
+    )
 
 
 def _write(ws: Workspace, summary: list[dict], extra: dict, show: bool = True) -> dict:
@@ -469,12 +592,23 @@ def _write(ws: Workspace, summary: list[dict], extra: dict, show: bool = True) -
     from mox_unlearn.select_alpha import _json_safe
 
     out = ws.out("frontier")
-    files = write_table(display_rows(summary), out, "frontier", title=f"Tuned frontier on {ws.cfg.forget_split}",
-                        extra=_json_safe(extra), note=_note(extra))
+    files = write_table(
+        display_rows(summary),
+        out,
+        "frontier",
+        title=f"Tuned frontier on {ws.cfg.forget_split}",
+        extra=_json_safe(extra),
+        note=_note(extra),
+    )
     files += [plot_frontier(extra, out / "frontier.png"), plot_seeds(extra, out / "frontier-seeds.png")]
     if show:
         print("\n" + (out / "frontier.md").read_text(), flush=True)
-    return {"rows": summary, "records": extra["records"], "selected": extra["selected"], "files": [str(f) for f in files]}
+    return {
+        "rows": summary,
+        "records": extra["records"],
+        "selected": extra["selected"],
+        "files": [str(f) for f in files],
+    }
 
 
 def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
@@ -485,8 +619,11 @@ def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
     ax = axes[0][0]
     by_id = {r["id"]: r for r in extra["records"]}
     for method in dict.fromkeys(r["method"] for r in extra["records"]):
-        pts = [(r["model_utility"], log_value(r["forget_quality"])) for r in extra["records"]
-               if r["method"] == method and r["model_utility"] is not None and r["forget_quality"] is not None]
+        pts = [
+            (r["model_utility"], log_value(r["forget_quality"]))
+            for r in extra["records"]
+            if r["method"] == method and r["model_utility"] is not None and r["forget_quality"] is not None
+        ]
         if not pts:
             continue
         dots = ax.scatter(*zip(*pts), s=10, alpha=0.35)
@@ -495,12 +632,24 @@ def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
         ax.plot(*zip(*front), "-", drawstyle="steps-post", color=color, lw=1.5, label=f"{method} front")
         for rule, marker in ((ORACLE, "*"), (RETRAIN_FREE, "D")):
             picks = [by_id[p[rule]["id"]] for p in extra["selected"][method].values() if p[rule]["id"] in by_id]
-            ax.scatter([r["model_utility"] for r in picks], [log_value(r["forget_quality"]) for r in picks],
-                       marker=marker, s=90 if marker == "*" else 40, color=color, edgecolor="k", zorder=3)
+            ax.scatter(
+                [r["model_utility"] for r in picks],
+                [log_value(r["forget_quality"]) for r in picks],
+                marker=marker,
+                s=90 if marker == "*" else 40,
+                color=color,
+                edgecolor="k",
+                zorder=3,
+            )
     for r in extra["reference"]:
         ax.scatter([r["model_utility"]], [log_value(r["forget_quality"])], marker="X", s=80, color="k")
-        ax.annotate(r["model"], (r["model_utility"], log_value(r["forget_quality"])), xytext=(5, 5),
-                    textcoords="offset points", fontsize=8)
+        ax.annotate(
+            r["model"],
+            (r["model_utility"], log_value(r["forget_quality"])),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.axvline(extra["mu_bar"], color="gray", ls="--", lw=1, label="oracle MU bar")
     ax.scatter([], [], marker="*", color="w", edgecolor="k", s=90, label="oracle pick")
     ax.scatter([], [], marker="D", color="w", edgecolor="k", s=40, label="retrain-free pick")
@@ -515,10 +664,19 @@ def plot_seeds(extra: Mapping[str, Any], path: Path) -> Path:
     by_id = {r["id"]: r for r in extra["records"]}
     methods = list(extra["selected"])
     fig, axes = figure(1, 2, size=(max(8, 2.2 * len(methods) + 4), 4.2))
-    for ax, key, title in ((axes[0][0], "log10_forget_quality", "log10 FQ (↑)"), (axes[0][1], "model_utility", "MU (↑)")):
+    for ax, key, title in (
+        (axes[0][0], "log10_forget_quality", "log10 FQ (↑)"),
+        (axes[0][1], "model_utility", "MU (↑)"),
+    ):
         for j, (rule, color) in enumerate(((ORACLE, "tab:blue"), (RETRAIN_FREE, "tab:orange"))):
-            values = [[by_id[p[rule]["id"]][key] for p in extra["selected"][m].values()
-                       if p[rule]["id"] in by_id and by_id[p[rule]["id"]][key] is not None] for m in methods]
+            values = [
+                [
+                    by_id[p[rule]["id"]][key]
+                    for p in extra["selected"][m].values()
+                    if p[rule]["id"] in by_id and by_id[p[rule]["id"]][key] is not None
+                ]
+                for m in methods
+            ]
             pos = [3 * i + j for i in range(len(methods))]
             box = ax.boxplot([v or [math.nan] for v in values], positions=pos, widths=0.8, patch_artist=True)
             for patch in box["boxes"]:

@@ -36,16 +36,35 @@ def select_alpha_experiment(ws: Workspace) -> dict:
 
     alphas = sorted(float(a) for a in cfg.alphas)
     models = ws.extrapolated(ws.target, mem, alphas)  # cached, shared with sweep
-    report = alpha_curve(ws.target, mem, first(forget, "forget"), first(holdout, "holdout"), first(retain, "retain"),
-                         alphas, tolerance=cfg.select_tolerance, p_min=cfg.select_p_min, fmt=u.prompt,
-                         batch_size=cfg.eval_batch_size,
-                         max_new_tokens=cfg.eval_max_new_tokens, max_length=cfg.max_length,
-                         models=dict(zip(alphas, models)), progress=True)
+    report = alpha_curve(
+        ws.target,
+        mem,
+        first(forget, "forget"),
+        first(holdout, "holdout"),
+        first(retain, "retain"),
+        alphas,
+        tolerance=cfg.select_tolerance,
+        p_min=cfg.select_p_min,
+        fmt=u.prompt,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        max_length=cfg.max_length,
+        models=dict(zip(alphas, models)),
+        progress=True,
+    )
     truth = {a: metrics_row(ws.evaluate(m, f"mox-a{a:g}")) if ws.retain else {} for a, m in zip(alphas, models)}
-    rows = [{"alpha": r["alpha"], "utility_drop": r["utility_drop"],
-             **{f"retain_{k}_drop": v for k, v in r["drops"].items()}, "ks_p": r["ks_p"], "chosen": r["chosen"],
-             "forget_quality": truth[r["alpha"]].get("forget_quality"),
-             "model_utility": truth[r["alpha"]].get("model_utility")} for r in report["curve"]]
+    rows = [
+        {
+            "alpha": r["alpha"],
+            "utility_drop": r["utility_drop"],
+            **{f"retain_{k}_drop": v for k, v in r["drops"].items()},
+            "ks_p": r["ks_p"],
+            "chosen": r["chosen"],
+            "forget_quality": truth[r["alpha"]].get("forget_quality"),
+            "model_utility": truth[r["alpha"]].get("model_utility"),
+        }
+        for r in report["curve"]
+    ]
     out = ws.out("select-alpha")
     files = write_selection(report, out)
     fq = {r["alpha"]: r["forget_quality"] for r in rows}
@@ -54,8 +73,14 @@ def select_alpha_experiment(ws: Workspace) -> dict:
     def plot(rows: list[dict], path: Path) -> Path:
         return plot_curve(report, path, fq if ws.retain else None)
 
-    result = finish(ws, "select-alpha", rows, "α chosen without a retrained model vs the α of the best true FQ",
-                    plot, comparison_note(report["selection"], fq, mu))
+    result = finish(
+        ws,
+        "select-alpha",
+        rows,
+        "α chosen without a retrained model vs the α of the best true FQ",
+        plot,
+        comparison_note(report["selection"], fq, mu),
+    )
     result["files"] += [str(f) for f in files]
     return result
 
@@ -86,5 +111,7 @@ def comparison_note(selection: dict, fq: dict[float, float | None], mu: dict[flo
 
     mine = fq.get(selection["alpha"])
     same = " — the same α." if best[0] == selection["alpha"] else "."
-    return (f"{head} Its true FQ is {num(mine)}{with_mu(selection['alpha'])}; the best FQ over the grid is "
-            f"{best[1]:.3g} at α = {best[0]:g}{with_mu(best[0])}{same}")
+    return (
+        f"{head} Its true FQ is {num(mine)}{with_mu(selection['alpha'])}; the best FQ over the grid is "
+        f"{best[1]:.3g} at α = {best[0]:g}{with_mu(best[0])}{same}"
+    )

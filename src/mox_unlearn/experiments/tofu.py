@@ -27,8 +27,19 @@ from mox_unlearn.errors import MoxError
 from mox_unlearn.modelio import write_text_atomic
 
 QA_PER_AUTHOR = 20
-COPIED = ("forget01", "forget05", "forget10", "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
-          "holdout01", "holdout05", "holdout10", "real_authors_perturbed", "world_facts_perturbed")
+COPIED = (
+    "forget01",
+    "forget05",
+    "forget10",
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+)
 
 
 def _spec(source: str, split: str) -> str:
@@ -50,8 +61,10 @@ def write_tofu_subset(source: str, authors: int, forget_split: str, folder: Path
     if n_forget is None:
         raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: forget01, forget05, forget10")
     if authors != 200 and not n_forget < authors <= 20:
-        raise MoxError(f"tofu_authors must be 200 (all of TOFU) or in {n_forget + 1}..20 for {forget_split} "
-                       f"(the authors of forget10, whose evaluation records exist), got {authors}")
+        raise MoxError(
+            f"tofu_authors must be 200 (all of TOFU) or in {n_forget + 1}..20 for {forget_split} "
+            f"(the authors of forget10, whose evaluation records exist), got {authors}"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for split in COPIED:
         _write(folder, split, _records(source, split))
@@ -63,12 +76,16 @@ def write_tofu_subset(source: str, authors: int, forget_split: str, folder: Path
         _write(folder, f"retain{100 - int(forget_split[-2:])}", retain)
         _write(folder, "retain_perturbed", _records(source, "retain_perturbed"))
         return folder
-    subset = full[-authors * QA_PER_AUTHOR:]
+    subset = full[-authors * QA_PER_AUTHOR :]
     kept = subset[: len(subset) - n_forget * QA_PER_AUTHOR]
     _write(folder, "train_target", subset)
     _write(folder, "train_retain", kept)
     kept_questions = {r["question"] for r in kept}
-    _write(folder, "retain_perturbed", [r for r in _records(source, "forget10_perturbed") if r["question"] in kept_questions])
+    _write(
+        folder,
+        "retain_perturbed",
+        [r for r in _records(source, "forget10_perturbed") if r["question"] in kept_questions],
+    )
     # unlearning's retain set: the kept authors (TOFU's retainXX would name authors never trained here)
     _write(folder, f"retain{100 - int(forget_split[-2:])}", kept)
     return folder
@@ -80,8 +97,15 @@ def prepare_tofu_models(cfg: Any, root: Path) -> dict[str, str]:
     from mox_unlearn.train import unlearn
 
     source = cfg.data or TOFU_HUB_ID
-    settings = {"base": cfg.base, "data": source, "authors": cfg.tofu_authors, "split": cfg.forget_split,
-                "finetune": cfg.finetune, "max_length": cfg.max_length, "seed": cfg.seed}
+    settings = {
+        "base": cfg.base,
+        "data": source,
+        "authors": cfg.tofu_authors,
+        "split": cfg.forget_split,
+        "finetune": cfg.finetune,
+        "max_length": cfg.max_length,
+        "seed": cfg.seed,
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     home = root / f"tofu-{key}"
     data = home / "data"
@@ -92,8 +116,16 @@ def prepare_tofu_models(cfg: Any, root: Path) -> dict[str, str]:
         run = home / role
         if not (run / "run.json").is_file():
             print(f"fine-tuning {cfg.base} on {corpus} -> {role}", flush=True)
-            u = UnlearnConfig(model=cfg.base, forget=str(data / f"{corpus}.jsonl"), out=str(run), method="finetune",
-                              max_length=cfg.max_length, seed=cfg.seed, save_memorized=False, checkpoint_every=0)
+            u = UnlearnConfig(
+                model=cfg.base,
+                forget=str(data / f"{corpus}.jsonl"),
+                out=str(run),
+                method="finetune",
+                max_length=cfg.max_length,
+                seed=cfg.seed,
+                save_memorized=False,
+                checkpoint_every=0,
+            )
             apply_mapping(u, cfg.finetune)
             unlearn(u, overwrite=True, argv=[f"mox experiment (TOFU {role} fine-tune)"])
         out[role] = str(run / "model")

@@ -6,8 +6,8 @@ Each function takes a Workspace, returns its rows, and writes OUT/<name>/<name>.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mox_unlearn.experiments.workspace import Workspace, config_dict, epoch_snapshots
 from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure, write_table
@@ -54,15 +54,31 @@ def sweep(ws: Workspace) -> dict:
     run, u = ws.run_method("mox")
     rows = [{**r, "vary": "reference", "alpha": None, "eta": None} for r in reference_rows(ws)]
     for alpha, model in zip(cfg.alphas, ws.extrapolated(u.model, run / "memorized", cfg.alphas)):
-        rows.append({"model": f"mox-a{alpha:g}", "vary": "alpha", "alpha": alpha, "eta": None,
-                     **metrics_row(ws.evaluate(model, f"mox-a{alpha:g}"))})
+        rows.append(
+            {
+                "model": f"mox-a{alpha:g}",
+                "vary": "alpha",
+                "alpha": alpha,
+                "eta": None,
+                **metrics_row(ws.evaluate(model, f"mox-a{alpha:g}")),
+            }
+        )
     snaps = [p for _, p in epoch_snapshots(run)]
     for eta in cfg.etas:
         model = ws.momentum_fold(u.model, snaps, cfg.alpha, eta)
-        rows.append({"model": f"mox-momentum-eta{eta:g}", "vary": "eta", "alpha": cfg.alpha, "eta": eta,
-                     **metrics_row(ws.evaluate(model, f"mox-momentum-eta{eta:g}"))})
-    note = (f"MOX θ_mem trained once ({u.epochs} epochs, lr {u.lr:g}); α rows extrapolate its final weights, "
-            f"η rows fold its {len(snaps)} per-epoch θ_for (α = {cfg.alpha:g}) with Eq. 10.")
+        rows.append(
+            {
+                "model": f"mox-momentum-eta{eta:g}",
+                "vary": "eta",
+                "alpha": cfg.alpha,
+                "eta": eta,
+                **metrics_row(ws.evaluate(model, f"mox-momentum-eta{eta:g}")),
+            }
+        )
+    note = (
+        f"MOX θ_mem trained once ({u.epochs} epochs, lr {u.lr:g}); α rows extrapolate its final weights, "
+        f"η rows fold its {len(snaps)} per-epoch θ_for (α = {cfg.alpha:g}) with Eq. 10."
+    )
     return finish(ws, "sweep", rows, "α and η sensitivity (paper Fig. 3)", _plot_sweep, note)
 
 
@@ -112,14 +128,26 @@ def stability(ws: Workspace) -> dict:
     for method, label in (("graddiff", "GA"), ("npo", "NPO")):
         for w in cfg.weights:
             run, _ = ws.run_method(method, label=f"{method}-w{w:g}", loss={"gamma": w})
-            rows.append({"method": label, "setting": "weight", "value": w,
-                         **metrics_row(ws.evaluate(run / "model", f"{method}-w{w:g}"))})
+            rows.append(
+                {
+                    "method": label,
+                    "setting": "weight",
+                    "value": w,
+                    **metrics_row(ws.evaluate(run / "model", f"{method}-w{w:g}")),
+                }
+            )
     run, u = ws.run_method("mox")
     for alpha, model in zip(cfg.weights, ws.extrapolated(u.model, run / "memorized", cfg.weights)):
-        rows.append({"method": "MOX", "setting": "alpha", "value": alpha,
-                     **metrics_row(ws.evaluate(model, f"mox-a{alpha:g}"))})
-    return finish(ws, "stability", rows, "Stability over the forget weight (GA, NPO) and α (MOX) — paper Fig. 4",
-                   plot_by_method("value", "forget-term weight γ (GA, NPO) / α (MOX)"))
+        rows.append(
+            {"method": "MOX", "setting": "alpha", "value": alpha, **metrics_row(ws.evaluate(model, f"mox-a{alpha:g}"))}
+        )
+    return finish(
+        ws,
+        "stability",
+        rows,
+        "Stability over the forget weight (GA, NPO) and α (MOX) — paper Fig. 4",
+        plot_by_method("value", "forget-term weight γ (GA, NPO) / α (MOX)"),
+    )
 
 
 def plot_by_method(xkey: str, xlabel: str, categorical: bool = False):
@@ -159,11 +187,14 @@ def forget_size(ws: Workspace) -> dict:
             rows.append({"method": name, "split": split, **metrics_row(ws.evaluate(run / "model", f"{name}", split))})
     note = ""
     if ws.demo:
-        note = ("The demo's retain model never saw any forget10 profile, so it is the gold standard for forget01 and "
-                "forget05 too (they are subsets of forget10); it also never saw the rest of forget10, which a "
-                "model retrained on retain99 / retain95 would have.")
-    return finish(ws, "forget-size", rows, "Forget-set size (paper Fig. 5)", plot_by_method("split", "forget split", True),
-                   note)
+        note = (
+            "The demo's retain model never saw any forget10 profile, so it is the gold standard for forget01 and "
+            "forget05 too (they are subsets of forget10); it also never saw the rest of forget10, which a "
+            "model retrained on retain99 / retain95 would have."
+        )
+    return finish(
+        ws, "forget-size", rows, "Forget-set size (paper Fig. 5)", plot_by_method("split", "forget split", True), note
+    )
 
 
 # ----------------------------------------------------------------------------- trajectory (Fig. 7) and collapse
@@ -199,7 +230,9 @@ def _plot_trajectory(rows: list[dict], path: Path) -> Path:
         ax.scatter(mu, fq, s=[12 + 10 * r["epoch"] for r in pts], color=line[0].get_color())
     for r in rows:
         if r["method"] == "retrained":
-            ax.scatter([r["model_utility"]], [log_value(r["forget_quality"])], marker="*", s=200, color="k", label="retrained")
+            ax.scatter(
+                [r["model_utility"]], [log_value(r["forget_quality"])], marker="*", s=200, color="k", label="retrained"
+            )
     fq_mu_axes(ax, "Trajectory per epoch (marker size = epoch; epoch 0 = original)", legend=8)
     return save_figure(fig, path)
 
@@ -208,8 +241,16 @@ def collapse(ws: Workspace) -> dict:
     """Eq. 7 (KL from the data's empirical next-token distribution, on forget and retain answers) and the
     most-frequent-token rate of greedy generations (Def. 2.2), after every epoch of each method."""
     rows = _epoch_rows(ws, ws.cfg.collapse_methods)
-    keep = ("method", "epoch", "forget_collapse", "retain_collapse", "forget_top_token_rate", "retain_top_token_rate",
-            "model_utility", "forget_quality")
+    keep = (
+        "method",
+        "epoch",
+        "forget_collapse",
+        "retain_collapse",
+        "forget_top_token_rate",
+        "retain_top_token_rate",
+        "model_utility",
+        "forget_quality",
+    )
     rows = [{k: r[k] for k in keep} for r in rows]
     return finish(ws, "collapse", rows, "Collapse during training (paper Eq. 7 / Def. 2.2)", _plot_collapse)
 
@@ -222,8 +263,11 @@ def _plot_collapse(rows: list[dict], path: Path) -> Path:
         axes[0][0].plot(ep, [r["forget_collapse"] for r in pts], "o-", label=m)
         axes[0][1].plot(ep, [r["retain_collapse"] for r in pts], "o-", label=m)
         axes[0][2].plot(ep, [r["retain_top_token_rate"] for r in pts], "o-", label=m)
-    titles = ("Collapse (Eq. 7) on forget answers, nats", "Collapse (Eq. 7) on retain answers, nats",
-              "Most-frequent-token rate, retain generations")
+    titles = (
+        "Collapse (Eq. 7) on forget answers, nats",
+        "Collapse (Eq. 7) on retain answers, nats",
+        "Most-frequent-token rate, retain generations",
+    )
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
@@ -245,15 +289,36 @@ def continual(ws: Workspace) -> dict:
     for name in cfg.continual_methods:
         model = ws.target
         for stage, split in enumerate(cfg.forget_splits, 1):
-            run, _ = ws.run_method(name, label=f"continual-{name}-{stage}", model=str(model), forget_split=split,
-                                   epochs=cfg.continual_epochs, save_epochs=False, save_memorized=False)
+            run, _ = ws.run_method(
+                name,
+                label=f"continual-{name}-{stage}",
+                model=str(model),
+                forget_split=split,
+                epochs=cfg.continual_epochs,
+                save_epochs=False,
+                save_memorized=False,
+            )
             model = run / "model"
-            rows.append({"method": name, "stage": stage, "split": split,
-                         **metrics_row(ws.evaluate(model, f"continual-{name}-{stage}", split))})
-    note = (f"Each stage trains {cfg.continual_epochs} epochs with the shared settings, from the previous stage's "
-            "model (for MOX that model is also the next stage's reference θ_ref).")
-    return finish(ws, "continual", rows, "Continual unlearning (paper Fig. 8)", plot_by_method("split", "stage (forget split)", True),
-                   note)
+            rows.append(
+                {
+                    "method": name,
+                    "stage": stage,
+                    "split": split,
+                    **metrics_row(ws.evaluate(model, f"continual-{name}-{stage}", split)),
+                }
+            )
+    note = (
+        f"Each stage trains {cfg.continual_epochs} epochs with the shared settings, from the previous stage's "
+        "model (for MOX that model is also the next stage's reference θ_ref)."
+    )
+    return finish(
+        ws,
+        "continual",
+        rows,
+        "Continual unlearning (paper Fig. 8)",
+        plot_by_method("split", "stage (forget split)", True),
+        note,
+    )
 
 
 # ----------------------------------------------------------------------------- Table 1 on any workspace
@@ -284,8 +349,14 @@ def table(ws: Workspace) -> dict:
             rows.append(row_from_eval(ws.evaluate(run / "model", name), name, name.split("-")[0], alpha))
         seconds[name] = round(time.perf_counter() - t0, 1)
     out = ws.out("table")
-    extra = {"config": config_dict(cfg), "target": ws.target, "retain": ws.retain, "data": ws.data,
-             "method_seconds": seconds, "seconds": round(time.perf_counter() - start, 1)}
+    extra = {
+        "config": config_dict(cfg),
+        "target": ws.target,
+        "retain": ws.retain,
+        "data": ws.data,
+        "method_seconds": seconds,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     files = write_report(rows, out, title=f"TOFU metrics on {cfg.forget_split}", extra=extra)
     print("\n" + text_table(rows), flush=True)
     return {"rows": rows, "files": [str(f) for f in files]}

@@ -20,10 +20,11 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -75,8 +76,12 @@ def model_pairs(names: Sequence[str]) -> list[Pair]:
     return [(a, b) for i, a in enumerate(names) for b in names[i:]]
 
 
-def delta_dots(ref: Mapping[str, torch.Tensor], models: Mapping[str, Mapping[str, torch.Tensor]],
-               group: GroupFn = layer_group, chunk: int = CHUNK_ELEMS) -> Dots:
+def delta_dots(
+    ref: Mapping[str, torch.Tensor],
+    models: Mapping[str, Mapping[str, torch.Tensor]],
+    group: GroupFn = layer_group,
+    chunk: int = CHUNK_ELEMS,
+) -> Dots:
     """<Δa, Δb> with Δx = θ_x − θ_ref for every pair of models, per group and over all ("all"), in float64.
 
     Tensors are asked for one name at a time and worked through in chunks of `chunk` elements, so with
@@ -112,34 +117,40 @@ def _shapes(weights: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
     return {name: tuple(info.shape) for name, info in infos.items()}
 
 
-def _tensor_dots(ref: torch.Tensor, models: Mapping[str, torch.Tensor], pairs: Sequence[Pair],
-                 chunk: int) -> dict[Pair, float]:
+def _tensor_dots(
+    ref: torch.Tensor, models: Mapping[str, torch.Tensor], pairs: Sequence[Pair], chunk: int
+) -> dict[Pair, float]:
     """The pairwise dot products of one tensor's deltas, chunk by chunk over the flattened tensor."""
     out = dict.fromkeys(pairs, 0.0)
     r_flat = ref.reshape(-1)  # [n]
     flats = {n: t.reshape(-1) for n, t in models.items()}  # [n] each
     for start in range(0, r_flat.numel(), chunk):
-        r = r_flat[start:start + chunk].to(torch.float64)
-        deltas = {n: f[start:start + chunk].to(torch.float64) - r for n, f in flats.items()}  # [k] each
+        r = r_flat[start : start + chunk].to(torch.float64)
+        deltas = {n: f[start : start + chunk].to(torch.float64) - r for n, f in flats.items()}  # [k] each
         for a, b in pairs:
             out[(a, b)] += float(torch.dot(deltas[a], deltas[b]))
     return out
 
 
-def check_same_tensors(ref: Mapping[str, Sequence[int] | None], other: Mapping[str, Sequence[int] | None],
-                       name: str) -> None:
+def check_same_tensors(
+    ref: Mapping[str, Sequence[int] | None], other: Mapping[str, Sequence[int] | None], name: str
+) -> None:
     """Refuse (one line) a model whose tensor names or shapes differ from the reference's: its delta is
     undefined. A shape of None is not known yet and not compared."""
     missing, extra = sorted(set(ref) - set(other)), sorted(set(other) - set(ref))
     if missing or extra:
         which = f"lacks {missing[0]}" if missing else f"has {extra[0]} that the reference lacks"
-        raise MoxError(f"model {name!r} does not match the reference: it {which} "
-                       f"({len(missing)} missing, {len(extra)} extra tensors)")
+        raise MoxError(
+            f"model {name!r} does not match the reference: it {which} "
+            f"({len(missing)} missing, {len(extra)} extra tensors)"
+        )
     for tensor, shape in ref.items():
         theirs = other[tensor]
         if shape is not None and theirs is not None and tuple(theirs) != tuple(shape):
-            raise MoxError(f"model {name!r} does not match the reference: tensor {tensor} has shape "
-                           f"{list(theirs)}, the reference {list(shape)}")
+            raise MoxError(
+                f"model {name!r} does not match the reference: tensor {tensor} has shape "
+                f"{list(theirs)}, the reference {list(shape)}"
+            )
 
 
 def cosine(dots: Mapping[Pair, float], a: str, b: str) -> float | None:
@@ -154,8 +165,11 @@ def cosine(dots: Mapping[Pair, float], a: str, b: str) -> float | None:
 def cosine_rows(dots: Dots, names: Sequence[str]) -> list[dict]:
     """Rows {pair, group, cosine}: every pair of distinct models, groups in model order ("all" first)."""
     pairs = [(a, b) for a, b in model_pairs(names) if a != b]
-    return [{"pair": f"{a} vs {b}", "group": g, "cosine": cosine(dots[g], a, b)}
-            for g in sorted(dots, key=group_order) for a, b in pairs]
+    return [
+        {"pair": f"{a} vs {b}", "group": g, "cosine": cosine(dots[g], a, b)}
+        for g in sorted(dots, key=group_order)
+        for a, b in pairs
+    ]
 
 
 def delta_cosines(ref_dir: str | Path, models: Mapping[str, str | Path], group: GroupFn = layer_group) -> list[dict]:
@@ -175,21 +189,25 @@ def directions(ws: Workspace) -> dict:
     """Fig. 6: is GD's update (θ_mem) opposite to GA's (GA, NPO), and does MOX's θ_for point where GA goes?"""
     mox_run, u = ws.run_method("mox")
     mom_run, mom = ws.run_method("mox-momentum")
-    models: dict[str, Path] = {"mem": mox_run / "memorized", "for": mox_run / "model",
-                               "for-momentum": mom_run / "model"}
+    models: dict[str, Path] = {
+        "mem": mox_run / "memorized",
+        "for": mox_run / "model",
+        "for-momentum": mom_run / "model",
+    }
     for name in ws.cfg.compare_methods:
         models[name] = ws.run_method(name)[0] / "model"
     rows = delta_cosines(u.model, models)
     others = ", ".join(ws.cfg.compare_methods)
-    note = (f"Δθ_X = (θ_X − θ_ref)/‖θ_X − θ_ref‖ over all floating-point tensors and per layer group, "
-            f"summed in float64 one tensor at a time. mem = MOX's θ_mem; for = its θ_for at α = {u.alpha:g}, a "
-            "plain extrapolation with θ_for − θ_ref = −α(θ_mem − θ_ref), so cos(mem, for) = −1 exactly by "
-            "construction (the table shows it up to fp32 rounding); for-momentum = the momentum average (Eq. 10, "
-            f"η = {mom.eta:g}, α = {mom.alpha:g}) of the per-epoch θ_for, not trivially −1 to mem; {others} = "
-            f"those methods' unlearned models. All trained with the same settings ({u.epochs} epochs, "
-            f"lr {u.lr:g}). An empty cosine means a zero update.")
-    return finish(ws, "directions", rows, "Directions of the updates from θ_ref (paper Fig. 6)", _plot_directions,
-                  note)
+    note = (
+        f"Δθ_X = (θ_X − θ_ref)/‖θ_X − θ_ref‖ over all floating-point tensors and per layer group, "
+        f"summed in float64 one tensor at a time. mem = MOX's θ_mem; for = its θ_for at α = {u.alpha:g}, a "
+        "plain extrapolation with θ_for − θ_ref = −α(θ_mem − θ_ref), so cos(mem, for) = −1 exactly by "
+        "construction (the table shows it up to fp32 rounding); for-momentum = the momentum average (Eq. 10, "
+        f"η = {mom.eta:g}, α = {mom.alpha:g}) of the per-epoch θ_for, not trivially −1 to mem; {others} = "
+        f"those methods' unlearned models. All trained with the same settings ({u.epochs} epochs, "
+        f"lr {u.lr:g}). An empty cosine means a zero update."
+    )
+    return finish(ws, "directions", rows, "Directions of the updates from θ_ref (paper Fig. 6)", _plot_directions, note)
 
 
 def _plot_directions(rows: list[dict], path: Path) -> Path:
@@ -201,8 +219,11 @@ def _plot_directions(rows: list[dict], path: Path) -> Path:
     nan = float("nan")
     left, right = axes[0]
     overall = [value.get((p, ALL)) for p in pairs]
-    left.barh(range(len(pairs)), [nan if v is None else v for v in overall],
-              color=["tab:red" if (v or 0) < 0 else "tab:blue" for v in overall])
+    left.barh(
+        range(len(pairs)),
+        [nan if v is None else v for v in overall],
+        color=["tab:red" if (v or 0) < 0 else "tab:blue" for v in overall],
+    )
     left.set_yticks(range(len(pairs)), pairs)
     left.invert_yaxis()
     left.set_xlim(-1.05, 1.05)
@@ -235,8 +256,12 @@ OVERLAP_MIN_STEPS, OVERLAP_MAX_STEPS = 5, 200
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (they mean little without it)."""
     cuda = torch.cuda.is_available()
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+    }
 
 
 def training_device() -> torch.device:
@@ -282,7 +307,7 @@ class ElementwiseFlops:
     def __init__(self) -> None:
         self.flops = 0
 
-    def __enter__(self) -> "ElementwiseFlops":
+    def __enter__(self) -> ElementwiseFlops:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         owner = self
@@ -334,8 +359,9 @@ def momentum_flops_per_element(eta: float, alpha: float, numel: int = 4096) -> f
 
 def floating_elements(model_dir: str | Path) -> int:
     """Floating-point weights of a model folder, from the safetensors headers (what extrapolation touches)."""
-    return sum(math.prod(i.shape) for i in read_tensor_infos(Path(model_dir)).values()
-               if i.dtype.startswith(("F", "BF")))
+    return sum(
+        math.prod(i.shape) for i in read_tensor_infos(Path(model_dir)).values() if i.dtype.startswith(("F", "BF"))
+    )
 
 
 # ----------------------------------------------------------------------------- one real training step
@@ -374,8 +400,9 @@ def first_batch(u: UnlearnConfig, resolved: Resolved, tokenizer: Any, device: to
     return batch
 
 
-def make_step(name: str, u: UnlearnConfig, policy: Any, ref: Any, tokenizer: Any, device: torch.device, *,
-              cache: bool) -> Step:
+def make_step(
+    name: str, u: UnlearnConfig, policy: Any, ref: Any, tokenizer: Any, device: torch.device, *, cache: bool
+) -> Step:
     """A Step for method config `u`; `cache` turns the reference log-prob cache (RefCache) on or off."""
     from mox_unlearn.forward import Models, RefCache
     from mox_unlearn.train import resolve
@@ -497,6 +524,7 @@ def overlap(run_steps: Callable[[], None], update: Callable[[], None], device: t
     Returns the alone time (mean of the two), the time with the background thread, and how many background
     updates finished and how long each took meanwhile.
     """
+
     def timed() -> float:
         t = time.perf_counter()
         run_steps()
@@ -518,8 +546,12 @@ def overlap(run_steps: Callable[[], None], update: Callable[[], None], device: t
     stop.set()
     thread.join()
     alone = (first + timed()) / 2
-    return {"alone": alone, "together": together, "updates": len(durations),
-            "update_s": statistics.median(durations) if durations else math.nan}
+    return {
+        "alone": alone,
+        "together": together,
+        "updates": len(durations),
+        "update_s": statistics.median(durations) if durations else math.nan,
+    }
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -585,16 +617,29 @@ def efficiency(ws: Workspace) -> dict:
     npo = make_step("npo", b.configs["npo"], b.policy, b.ref, b.tokenizer, b.device, cache=b.configs["npo"].cache_ref)
     flop_rows, step_flops_per_sample = _step_flop_rows(b, mox, npo)
     momentum, update_s, time_rows = _time_rows(ws, b)
-    rows = [*flop_rows, *_update_flop_rows(b, step_flops_per_sample), *time_rows,
-            *_memory_rows(b, momentum, mox, npo), *_overlap_rows(b, mox, momentum, update_s)]
+    rows = [
+        *flop_rows,
+        *_update_flop_rows(b, step_flops_per_sample),
+        *time_rows,
+        *_memory_rows(b, momentum, mox, npo),
+        *_overlap_rows(b, mox, momentum, update_s),
+    ]
     n_float = floating_elements(b.mox.model)
-    note = (f"Measured on {b.where['device']} ({b.where['cpu_count']} CPU cores, {b.where['torch_threads']} torch "
-            f"threads, torch {b.where['torch']}); model {b.mox.model} in {b.mox.dtype}, {n_float:,} parameters. A "
-            f"sample is one forget example with its paired retain example (micro-batch of {mox.samples}). FLOPs of "
-            "training are counted by torch.utils.flop_counter.FlopCounterMode (matrix products and attention), those "
-            "of extrapolation and momentum (elementwise only) by a counter of elementwise ops. Times are wall clock.")
-    return finish(ws, "efficiency", rows, "Computational efficiency of MOX against NPO (paper Section 3.2)",
-                  _plot_efficiency, note)
+    note = (
+        f"Measured on {b.where['device']} ({b.where['cpu_count']} CPU cores, {b.where['torch_threads']} torch "
+        f"threads, torch {b.where['torch']}); model {b.mox.model} in {b.mox.dtype}, {n_float:,} parameters. A "
+        f"sample is one forget example with its paired retain example (micro-batch of {mox.samples}). FLOPs of "
+        "training are counted by torch.utils.flop_counter.FlopCounterMode (matrix products and attention), those "
+        "of extrapolation and momentum (elementwise only) by a counter of elementwise ops. Times are wall clock."
+    )
+    return finish(
+        ws,
+        "efficiency",
+        rows,
+        "Computational efficiency of MOX against NPO (paper Section 3.2)",
+        _plot_efficiency,
+        note,
+    )
 
 
 def _step_flop_rows(b: Bench, mox: Step, npo: Step) -> tuple[list[dict], float]:
@@ -606,16 +651,30 @@ def _step_flop_rows(b: Bench, mox: Step, npo: Step) -> tuple[list[dict], float]:
     total = lambda f, s: (f["forward"] + f["backward"]) / s.samples  # noqa: E731
     policy = lambda f, s: (f["forward"] + f["backward"] - f["reference"]) / s.samples  # noqa: E731
     rows = [
-        _row("step FLOPs per sample", total(f_mox, mox), total(f_npo, uncached), "FLOPs/sample",
-             "one optimizer step on the first micro-batch, counted by torch (matmuls + attention): policy "
-             "forward+backward on forget and retain, plus the reference forward (MOX: retain logits for the KL; "
-             "NPO: forget log-probs)"),
-        _row("step FLOPs per sample, reference cache warm", total(f_mox, mox), total(f_warm, npo), "FLOPs/sample",
-             "NPO's reference log-probs on the forget answers never change and are cached after epoch 1 "
-             "(cache_ref); MOX's reference logits are on random retain batches, not cached"),
+        _row(
+            "step FLOPs per sample",
+            total(f_mox, mox),
+            total(f_npo, uncached),
+            "FLOPs/sample",
+            "one optimizer step on the first micro-batch, counted by torch (matmuls + attention): policy "
+            "forward+backward on forget and retain, plus the reference forward (MOX: retain logits for the KL; "
+            "NPO: forget log-probs)",
+        ),
+        _row(
+            "step FLOPs per sample, reference cache warm",
+            total(f_mox, mox),
+            total(f_warm, npo),
+            "FLOPs/sample",
+            "NPO's reference log-probs on the forget answers never change and are cached after epoch 1 "
+            "(cache_ref); MOX's reference logits are on random retain batches, not cached",
+        ),
         _row("policy forward+backward FLOPs per sample", policy(f_mox, mox), policy(f_npo, uncached), "FLOPs/sample"),
-        _row("reference forward FLOPs per sample", f_mox["reference"] / mox.samples,
-             f_npo["reference"] / uncached.samples, "FLOPs/sample"),
+        _row(
+            "reference forward FLOPs per sample",
+            f_mox["reference"] / mox.samples,
+            f_npo["reference"] / uncached.samples,
+            "FLOPs/sample",
+        ),
     ]
     return rows, total(f_mox, mox)
 
@@ -626,14 +685,29 @@ def _update_flop_rows(b: Bench, step_flops_per_sample: float) -> list[dict]:
     per_param = extrapolation_flops_per_element(b.mox.alpha)
     mom = b.configs["mox-momentum"]
     return [
-        _row("extrapolation FLOPs per parameter", per_param, None, "FLOPs",
-             "counted over the elementwise ops of extrapolate_tensors on a probe tensor: (1+α)·θ_ref, α·θ_mem, "
-             "and their difference"),
-        _row("extrapolation FLOPs, whole model, one α", per_param * n_float, None, "FLOPs",
-             f"per-parameter count × {n_float:,} floating-point parameters; independent of the data size"),
+        _row(
+            "extrapolation FLOPs per parameter",
+            per_param,
+            None,
+            "FLOPs",
+            "counted over the elementwise ops of extrapolate_tensors on a probe tensor: (1+α)·θ_ref, α·θ_mem, "
+            "and their difference",
+        ),
+        _row(
+            "extrapolation FLOPs, whole model, one α",
+            per_param * n_float,
+            None,
+            "FLOPs",
+            f"per-parameter count × {n_float:,} floating-point parameters; independent of the data size",
+        ),
         _row("extrapolation FLOPs / step FLOPs per sample", per_param * n_float / step_flops_per_sample, None, "×"),
-        _row("momentum update FLOPs per parameter", momentum_flops_per_element(mom.eta, mom.alpha), None, "FLOPs",
-             "steady-state update: the extrapolation, then θ̄·(1−η) + η·θ_for"),
+        _row(
+            "momentum update FLOPs per parameter",
+            momentum_flops_per_element(mom.eta, mom.alpha),
+            None,
+            "FLOPs",
+            "steady-state update: the extrapolation, then θ̄·(1−η) + η·θ_for",
+        ),
     ]
 
 
@@ -657,17 +731,42 @@ def _time_rows(ws: Workspace, b: Bench) -> tuple[Any, float, list[dict]]:
     update_s = median_seconds(lambda: momentum.update(ref_params, b.policy.named_parameters()))
     copy_s = median_seconds(lambda: cpu_copy(b.policy.named_parameters()), device=b.device)
     rows = [
-        _row("training time per sample", s_mox, s_npo, "s/sample",
-             f"run.json timings_s.train / forget samples seen ({n_mox:g} MOX, {n_npo:g} NPO); includes the "
-             "per-epoch saves of save_epochs"),
-        _row("training time per sample, MOX with momentum", s_mom, None, "s/sample",
-             "the same run with a momentum update at every epoch end"),
-        _row("extrapolate 1 α (read, compute, write)", one, None, "s",
-             "extrapolate_folders from one θ_mem to disk, median of 3"),
-        _row(f"extrapolate {len(FIVE_ALPHAS)} α in one pass", five, None, "s",
-             f"α = {', '.join(f'{a:g}' for a in FIVE_ALPHAS)}; the inputs are read once; median of 3"),
-        _row("momentum update (MomentumAverage.update)", update_s, None, "s",
-             "from the training-device weights, as the loop calls it; median of 3"),
+        _row(
+            "training time per sample",
+            s_mox,
+            s_npo,
+            "s/sample",
+            f"run.json timings_s.train / forget samples seen ({n_mox:g} MOX, {n_npo:g} NPO); includes the "
+            "per-epoch saves of save_epochs",
+        ),
+        _row(
+            "training time per sample, MOX with momentum",
+            s_mom,
+            None,
+            "s/sample",
+            "the same run with a momentum update at every epoch end",
+        ),
+        _row(
+            "extrapolate 1 α (read, compute, write)",
+            one,
+            None,
+            "s",
+            "extrapolate_folders from one θ_mem to disk, median of 3",
+        ),
+        _row(
+            f"extrapolate {len(FIVE_ALPHAS)} α in one pass",
+            five,
+            None,
+            "s",
+            f"α = {', '.join(f'{a:g}' for a in FIVE_ALPHAS)}; the inputs are read once; median of 3",
+        ),
+        _row(
+            "momentum update (MomentumAverage.update)",
+            update_s,
+            None,
+            "s",
+            "from the training-device weights, as the loop calls it; median of 3",
+        ),
         _row("copy θ to CPU fp32", copy_s, None, "s", "what a background update needs first; median of 3"),
     ]
     return momentum, update_s, rows
@@ -681,14 +780,28 @@ def _memory_rows(b: Bench, momentum: Any, mox: Step, npo: Step) -> list[dict]:
     u_npo = b.configs["npo"]
     return [
         _row("θ (parameters of the target model)", theta, theta, "bytes", f"dtype {b.mox.dtype}"),
-        _row("parameters held in training", held + avg, held, "bytes",
-             "MOX with momentum: policy + frozen reference + momentum average (CPU, fp32); NPO: policy + "
-             "reference. MOX without momentum holds policy + reference, like NPO"),
+        _row(
+            "parameters held in training",
+            held + avg,
+            held,
+            "bytes",
+            "MOX with momentum: policy + frozen reference + momentum average (CPU, fp32); NPO: policy + "
+            "reference. MOX without momentum holds policy + reference, like NPO",
+        ),
         _row("parameters held in training, in θ", (held + avg) / theta, held / theta, "×"),
-        _row("parameters on the training device", held, held, "bytes",
-             "the momentum average lives on the CPU, so the training device holds what NPO's does"),
-        _row("AdamW state after one step", adamw_state_bytes(mox, b.mox.lr, b.mox.weight_decay),
-             adamw_state_bytes(npo, u_npo.lr, u_npo.weight_decay), "bytes"),
+        _row(
+            "parameters on the training device",
+            held,
+            held,
+            "bytes",
+            "the momentum average lives on the CPU, so the training device holds what NPO's does",
+        ),
+        _row(
+            "AdamW state after one step",
+            adamw_state_bytes(mox, b.mox.lr, b.mox.weight_decay),
+            adamw_state_bytes(npo, u_npo.lr, u_npo.weight_decay),
+            "bytes",
+        ),
     ]
 
 
@@ -704,17 +817,29 @@ def _overlap_rows(b: Bench, mox: Step, momentum: Any, update_s: float) -> list[d
     step_s = median_seconds(lambda: train_steps(mox, optimizer, 1, autocast), device=b.device)
     n_steps = max(OVERLAP_MIN_STEPS, min(OVERLAP_MAX_STEPS, math.ceil(3 * update_s / max(step_s, 1e-9))))
     ref_cpu, snapshot = cpu_copy(b.ref.named_parameters()), cpu_copy(b.policy.named_parameters())
-    ov = overlap(lambda: train_steps(mox, optimizer, n_steps, autocast),
-                 lambda: momentum.update(ref_cpu, snapshot.items()), b.device)
-    shared = ("the updates and the training share the CPU" if b.device.type == "cpu"
-              else f"training runs on {b.where['device']}, the updates on the CPU")
+    ov = overlap(
+        lambda: train_steps(mox, optimizer, n_steps, autocast),
+        lambda: momentum.update(ref_cpu, snapshot.items()),
+        b.device,
+    )
+    shared = (
+        "the updates and the training share the CPU"
+        if b.device.type == "cpu"
+        else f"training runs on {b.where['device']}, the updates on the CPU"
+    )
     return [
         _row("MOX training steps alone", ov["alone"], None, "s", f"{n_steps} steps; mean of a run before and after"),
-        _row("MOX training steps, momentum updates in a background thread", ov["together"], None, "s",
-             f"the same {n_steps} steps; {ov['updates']} background updates finished, median {ov['update_s']:.3g} s "
-             "each; the thread updates back to back, a harsher load than the loop's one update per epoch"),
-        _row("slowdown of training from background updates", 100 * (ov["together"] / ov["alone"] - 1), None, "%",
-             shared),
+        _row(
+            "MOX training steps, momentum updates in a background thread",
+            ov["together"],
+            None,
+            "s",
+            f"the same {n_steps} steps; {ov['updates']} background updates finished, median {ov['update_s']:.3g} s "
+            "each; the thread updates back to back, a harsher load than the loop's one update per epoch",
+        ),
+        _row(
+            "slowdown of training from background updates", 100 * (ov["together"] / ov["alone"] - 1), None, "%", shared
+        ),
     ]
 
 
@@ -724,12 +849,23 @@ def _plot_efficiency(rows: list[dict], path: Path) -> Path:
 
     fig, axes = figure(1, 2, size=(15, 5.5))
     colors = {"mox": "tab:blue", "npo": "tab:orange"}
-    panels = ((axes[0][0], "FLOPs (log)", "FLOPs: one training step per sample vs one extrapolation",
-               lambda r: r["unit"] == "FLOPs/sample" or r["measure"].startswith("extrapolation FLOPs, whole")),
-              (axes[0][1], "seconds (log)", "Wall time", lambda r: r["unit"] in ("s/sample", "s")))
+    panels = (
+        (
+            axes[0][0],
+            "FLOPs (log)",
+            "FLOPs: one training step per sample vs one extrapolation",
+            lambda r: r["unit"] == "FLOPs/sample" or r["measure"].startswith("extrapolation FLOPs, whole"),
+        ),
+        (axes[0][1], "seconds (log)", "Wall time", lambda r: r["unit"] in ("s/sample", "s")),
+    )
     for ax, xlabel, title, keep in panels:
-        bars = [(f"{r['measure']} [{r['unit']}]", r[m], colors[m]) for r in rows if keep(r) for m in colors
-                if isinstance(r[m], (int, float)) and r[m] > 0]
+        bars = [
+            (f"{r['measure']} [{r['unit']}]", r[m], colors[m])
+            for r in rows
+            if keep(r)
+            for m in colors
+            if isinstance(r[m], (int, float)) and r[m] > 0
+        ]
         ax.barh(range(len(bars)), [v for _, v, _ in bars], color=[c for _, _, c in bars])
         for i, (_, v, _) in enumerate(bars):
             ax.annotate(f"{v:.3g}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)

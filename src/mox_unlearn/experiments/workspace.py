@@ -21,9 +21,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mox_unlearn.config import UnlearnConfig, apply_mapping, to_dict
 from mox_unlearn.demo.run import DemoConfig, cached_evaluation, evaluate, prepare_models
@@ -51,7 +52,9 @@ class ExperimentConfig(DemoConfig):
     etas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.675, 0.9, 1.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 5.0])  # stability: forget-term weights
     forget_splits: list[str] = field(default_factory=lambda: list(FORGET_SPLITS))
-    trajectory_methods: list[str] = field(default_factory=lambda: ["ga", "graddiff", "kl", "npo", "tv", "mox", "mox-momentum"])
+    trajectory_methods: list[str] = field(
+        default_factory=lambda: ["ga", "graddiff", "kl", "npo", "tv", "mox", "mox-momentum"]
+    )
     collapse_methods: list[str] = field(default_factory=lambda: ["ga", "npo", "mox"])
     continual_methods: list[str] = field(default_factory=lambda: ["ga", "graddiff", "kl", "npo", "tv", "mox"])
     continual_epochs: int = 3
@@ -94,7 +97,9 @@ def check_settings(cfg: ExperimentConfig) -> None:
     check_frontier_settings(cfg)
     unknown = [s for s in cfg.forget_splits if s not in FORGET_SPLITS]
     if unknown or cfg.forget_split not in FORGET_SPLITS:
-        raise MoxError(f"unknown forget split {(unknown or [cfg.forget_split])[0]!r}; valid: {', '.join(FORGET_SPLITS)}")
+        raise MoxError(
+            f"unknown forget split {(unknown or [cfg.forget_split])[0]!r}; valid: {', '.join(FORGET_SPLITS)}"
+        )
 
 
 def _check_local(key: str, value: str | None, marker: str | None) -> None:
@@ -129,7 +134,9 @@ class Workspace:
             _check_local(key, getattr(cfg, key), "config.json")
         _check_local("data", cfg.data, None)
         if cfg.target and cfg.base:
-            raise MoxError("give either target= (a model that already knows the data) or base= (fine-tuned here), not both")
+            raise MoxError(
+                "give either target= (a model that already knows the data) or base= (fine-tuned here), not both"
+            )
         if cfg.base:
             from mox_unlearn.experiments.tofu import prepare_tofu_models
 
@@ -172,15 +179,30 @@ class Workspace:
         return str(path)
 
     # ------------------------------------------------------------------ training
-    def unlearn_config(self, name: str, *, model: str | None = None, forget_split: str | None = None,
-                       forget: str | None = None, retain: str | None = None, **overrides: Any) -> UnlearnConfig:
+    def unlearn_config(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        forget_split: str | None = None,
+        forget: str | None = None,
+        retain: str | None = None,
+        **overrides: Any,
+    ) -> UnlearnConfig:
         """The shared settings for method `name` ("mox", "mox-momentum", "mox-targeted", "npo", ...)."""
         split = forget_split or self.cfg.forget_split
         method, settings = method_variant(name)
-        u = UnlearnConfig(model=model or self.target, forget=forget or self.split_spec(split),
-                          retain=retain or self.split_spec(f"retain{100 - int(split[-2:])}"), method=method,
-                          max_length=self.cfg.max_length, seed=self.cfg.seed, checkpoint_every=0, alpha=self.cfg.alpha,
-                          save_epochs=self.cfg.save_epochs)
+        u = UnlearnConfig(
+            model=model or self.target,
+            forget=forget or self.split_spec(split),
+            retain=retain or self.split_spec(f"retain{100 - int(split[-2:])}"),
+            method=method,
+            max_length=self.cfg.max_length,
+            seed=self.cfg.seed,
+            checkpoint_every=0,
+            alpha=self.cfg.alpha,
+            save_epochs=self.cfg.save_epochs,
+        )
         apply_mapping(u, self.cfg.unlearn)
         apply_mapping(u, settings)
         apply_mapping(u, overrides)
@@ -232,13 +254,17 @@ class Workspace:
     def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float) -> Path:
         from mox_unlearn.extrapolate import alpha_label
 
-        return self.root / "models" / f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}-{_key([str(ref), str(mem), alpha])}"
+        return (
+            self.root
+            / "models"
+            / f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}-{_key([str(ref), str(mem), alpha])}"
+        )
 
     def momentum_folds(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> list[Path]:
         """The momentum model (Eq. 10, θ̄ ← η·θ_for^k + (1−η)·θ̄) after each per-epoch θ_mem snapshot:
         element k averages snapshots[:k+1]. Equals a run with momentum=true and one update per epoch,
         without training again for each η. Cached; the missing ones come from one pass over the snapshots."""
-        dests = [self._momentum_dir(ref, snapshots[:k + 1], alpha, eta) for k in range(len(snapshots))]
+        dests = [self._momentum_dir(ref, snapshots[: k + 1], alpha, eta) for k in range(len(snapshots))]
         if not all((d / "config.json").is_file() for d in dests):
             write_momentum_folds(Path(ref), list(snapshots), alpha, eta, dests)
         return dests
@@ -254,7 +280,9 @@ class Workspace:
         key = _key([str(ref), [str(s) for s in snapshots], alpha, eta])
         return self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{key}"
 
-    def forget_models_by_epoch(self, run: Path, u: UnlearnConfig, *, eta: float | None = None) -> list[tuple[int, Path]]:
+    def forget_models_by_epoch(
+        self, run: Path, u: UnlearnConfig, *, eta: float | None = None
+    ) -> list[tuple[int, Path]]:
         """(epoch, unlearned model) after every epoch of a run made with save_epochs=true.
 
         Extrapolating methods (MOX, task vectors) turn each epoch's trained weights into θ_for;
@@ -331,8 +359,7 @@ def epoch_snapshots(run: Path) -> list[tuple[int, Path]]:
     return snaps
 
 
-def write_momentum_folds(ref: Path, snapshots: list[Path], alpha: float, eta: float,
-                         dests: list[Path | None]) -> None:
+def write_momentum_folds(ref: Path, snapshots: list[Path], alpha: float, eta: float, dests: list[Path | None]) -> None:
     """Fold θ_for of each snapshot into the momentum average (Eq. 10), in order, and after snapshot k save
     the average so far to dests[k] (an HF folder, atomically) unless it is None or there already. Tensors
     are read one at a time (modelio.open_weights); only the average is held in full."""

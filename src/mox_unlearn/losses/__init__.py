@@ -6,6 +6,8 @@ per-token log-probabilities (and, where a KL term needs them, answer-position lo
 objective = one function + one ``@register_loss`` line + one test row.
 """
 
+from mox_unlearn.losses import baselines as _baselines  # noqa: F401
+from mox_unlearn.losses import memorize as _memorize  # noqa: F401  (registers its objectives)
 from mox_unlearn.losses.base import (
     LOSSES,
     LossInputs,
@@ -16,8 +18,6 @@ from mox_unlearn.losses.base import (
     register_loss,
     sequence_stats,
 )
-from mox_unlearn.losses import memorize as _memorize  # noqa: F401  (registers its objectives)
-from mox_unlearn.losses import baselines as _baselines  # noqa: F401
 
 __all__ = [
     "LOSSES",

@@ -69,4 +69,3 @@ def memorize_po(inputs: LossInputs, beta: float = 0.1, lambda_kl: float = 1.0, g
     ratio = inputs.forget.seq_logp() - inputs.ref_forget.seq_logp()
     po = (2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
     return _finish(po, _kl_term(inputs, lambda_kl), _targeted_term(inputs, gamma_t), "po")
-
