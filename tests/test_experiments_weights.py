@@ -14,16 +14,18 @@ from safetensors.torch import save_file
 from mox_unlearn.config import apply_mapping
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments import ExperimentConfig, Workspace
-from mox_unlearn.experiments.weights import (
+from mox_unlearn.experiments.directions import (
     cosine,
     cosine_rows,
     delta_cosines,
     delta_dots,
     directions,
-    efficiency,
-    extrapolation_flops_per_element,
     group_order,
     layer_group,
+)
+from mox_unlearn.experiments.efficiency import (
+    efficiency,
+    extrapolation_flops_per_element,
     momentum_flops_per_element,
 )
 

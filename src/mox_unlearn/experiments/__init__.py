@@ -22,11 +22,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "collapse": ("training:collapse", "collapse score and most-frequent-token rate per epoch (Eq. 7, Def. 2.2)"),
     "continual": ("training:continual", "unlearn 1% then 5% then 10% in sequence (Fig. 8)"),
     "directions": (
-        "weights:directions",
+        "directions:directions",
         "cosines of the updates θ_mem, θ_for, momentum θ_for, GA, NPO from θ_ref, overall and per layer (Fig. 6)",
     ),
     "efficiency": (
-        "weights:efficiency",
+        "efficiency:efficiency",
         "FLOPs per sample of a MOX vs NPO step, extrapolation cost, memory, CPU overlap (Sec. 3.2)",
     ),
     "overlap": (
