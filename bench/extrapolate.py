@@ -139,7 +139,8 @@ def copy_inputs(ref: Path, mem: Path, out: Path, copies: int, shard_size: str) -
     Output i copies ref for even i and mem for odd i, so copies=2 reads and writes both inputs once."""
     from safetensors import safe_open
 
-    from mox_unlearn.modelio import ShardWriter, list_weight_files
+    from mox_unlearn.io.reading import list_weight_files
+    from mox_unlearn.io.shards import ShardWriter
 
     for i in range(copies):
         files = list_weight_files(ref if i % 2 == 0 else mem)
@@ -326,7 +327,7 @@ def checks(rows: dict, baseline: int, shard: int, largest: int) -> list[dict]:
 def parent_main(args: argparse.Namespace) -> int:
     import torch
 
-    from mox_unlearn.modelio import parse_size
+    from mox_unlearn.io.shards import parse_size
 
     shard = parse_size(args.shard_size)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]

@@ -101,7 +101,8 @@ def floor_copy(ref: Path, mem: Path, out: Path, shard_size: str, copies: int = 1
     import torch
     from safetensors import safe_open
 
-    from mox_unlearn.modelio import ShardWriter, list_weight_files
+    from mox_unlearn.io.reading import list_weight_files
+    from mox_unlearn.io.shards import ShardWriter
 
     ref_files, mem_files = list_weight_files(ref), list_weight_files(mem)
     with ExitStack() as stack:
@@ -131,7 +132,7 @@ def compare(mox_out: Path, mk_out: Path) -> dict:
     import torch
     from safetensors import safe_open
 
-    from mox_unlearn.modelio import list_weight_files
+    from mox_unlearn.io.reading import list_weight_files
 
     a, b = list_weight_files(mox_out), list_weight_files(mk_out)
     result = {
@@ -198,7 +199,7 @@ def run_all(args: argparse.Namespace, work: Path) -> int:
 
     import torch
 
-    from mox_unlearn.modelio import parse_size
+    from mox_unlearn.io.shards import parse_size
 
     shapes = model_shapes(int(args.size_gb * 1e9), 2)
     ref, mem, out = work / "ref", work / "mem", work / "out"

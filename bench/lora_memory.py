@@ -93,7 +93,7 @@ def main() -> None:
             spec = Path(tmp) / "corpus.jsonl"
             spec.write_text("".join(json.dumps(r) + "\n" for r in QA))
             model = str(make_tiny_model(Path(tmp) / "tiny", [str(spec)], vocab_size=512))
-        from mox_unlearn.modelio import read_tensor_infos
+        from mox_unlearn.io.reading import read_tensor_infos
 
         n_params = sum(math.prod(i.shape) for i in read_tensor_infos(Path(model)).values())
         rows = []

@@ -284,7 +284,7 @@ def measure(model: str, steps: int) -> list[dict]:
 def measured_table(model: str, rows: list[dict]) -> list[str]:
     import math
 
-    from mox_unlearn.modelio import read_tensor_infos
+    from mox_unlearn.io.reading import read_tensor_infos
 
     p = sum(math.prod(i.shape) for i in read_tensor_infos(Path(model)).values())
     base = next(r for r in rows if r["method"] == "baseline")["peak_rss_bytes"]

@@ -39,8 +39,8 @@ import torch
 from mox_unlearn.data import collate, encode_records, load_records
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.forward import Models, RefCache, StepBatch, answer_tokens, build_inputs
+from mox_unlearn.io.loading import load_model, load_tokenizer
 from mox_unlearn.losses import get_loss
-from mox_unlearn.modelio import load_model, load_tokenizer
 from mox_unlearn.tiny import build_tiny_llama, build_tokenizer
 
 PARTS = ("collate", "policy forward", "reference forward", "objective", "backward", "clip", "optimizer")

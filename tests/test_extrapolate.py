@@ -20,13 +20,9 @@ from mox_unlearn.extrapolate import (
     extrapolate_tensor,
     extrapolate_tensors,
 )
-from mox_unlearn.modelio import (
-    ShardWriter,
-    atomic_output_dir,
-    list_weight_files,
-    parse_size,
-    read_safetensors_header,
-)
+from mox_unlearn.io.atomic import atomic_output_dir
+from mox_unlearn.io.reading import list_weight_files, read_safetensors_header
+from mox_unlearn.io.shards import ShardWriter, parse_size
 from mox_unlearn.tiny import build_tiny_llama
 
 THREE_SHARDS = "64KB"  # the tiny fp32 Llama is ~159 KB: 64 KB shards give exactly 3 files
@@ -341,7 +337,7 @@ def test_refuses_out_overlapping_an_input(where, models, tmp_path, tokenizer):
 
 
 def test_failure_in_background_shard_write_leaves_nothing(models, tmp_path, monkeypatch):
-    import mox_unlearn.modelio as mio
+    import mox_unlearn.io.shards as mio
 
     real, calls = mio._save_shard, []
 
@@ -382,7 +378,7 @@ def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and leftovers(tmp_path) == []
 
 
-# ----------------------------------------------------------------------------- modelio helpers
+# ----------------------------------------------------------------------------- io helpers (mox_unlearn.io)
 
 
 @pytest.mark.parametrize(
@@ -441,7 +437,7 @@ def test_shard_writer_single_and_many(tmp_path):
 
 
 def test_shard_writer_arenas_are_recycled_and_guarded(tmp_path):
-    from mox_unlearn.modelio import ArenaPool, ShardSaver
+    from mox_unlearn.io.shards import ArenaPool, ShardSaver
 
     pool = ArenaPool(2, 2048)
     with ShardSaver() as saver:

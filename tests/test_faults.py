@@ -16,9 +16,9 @@ import pytest
 import torch
 from fault_cases import FAULTS, Fault, build_inputs, fill, is_root, left_behind, run_case
 
-from mox_unlearn import modelio
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
+from mox_unlearn.io import folders, loading
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +198,14 @@ def test_failed_start_of_a_run_leaves_an_existing_folder_alone(fault_root, capsy
 def test_pickle_weights_need_allow_pickle_and_load_weights_only(fault_root, tmp_path):
     _, paths = fault_root
     with pytest.raises(MoxError, match="--allow-pickle"):
-        modelio.load_model(str(paths["m_bin"]), torch.float32)
-    model = modelio.load_model(str(paths["m_bin"]), torch.float32, allow_pickle=True)
-    ref = modelio.load_model(str(paths["model"]), torch.float32)
+        loading.load_model(str(paths["m_bin"]), torch.float32)
+    model = loading.load_model(str(paths["m_bin"]), torch.float32, allow_pickle=True)
+    ref = loading.load_model(str(paths["model"]), torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
-    with modelio.load_policy(allow_pickle=True):  # what --allow-pickle sets for the whole command
-        assert modelio.load_model(str(paths["m_bin"]), torch.float32) is not None
+    with loading.load_policy(allow_pickle=True):  # what --allow-pickle sets for the whole command
+        assert loading.load_model(str(paths["m_bin"]), torch.float32) is not None
     with pytest.raises(MoxError):
-        modelio.load_model(str(paths["m_bin"]), torch.float32)  # back to safe after the command
+        loading.load_model(str(paths["m_bin"]), torch.float32)  # back to safe after the command
 
 
 class _Payload:
@@ -225,7 +225,7 @@ def test_allow_pickle_still_refuses_code_in_a_pickle(fault_root, tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"model.embed_tokens.weight": _Payload(marker)}, evil / "pytorch_model.bin")
     with pytest.raises(MoxError, match="cannot load model"):
-        modelio.load_model(str(evil), torch.float32, allow_pickle=True)
+        loading.load_model(str(evil), torch.float32, allow_pickle=True)
     assert not marker.exists()
 
 
@@ -262,9 +262,9 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, fault_root):
         return real(name, **kw)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    modelio.load_model(str(paths["model"]), torch.float32)
-    with modelio.load_policy(trust_remote_code=True):
-        modelio.load_model(str(paths["model"]), torch.float32)
+    loading.load_model(str(paths["model"]), torch.float32)
+    with loading.load_policy(trust_remote_code=True):
+        loading.load_model(str(paths["model"]), torch.float32)
     assert seen == [(False, True, True), (True, True, True)]
 
 
@@ -274,7 +274,7 @@ def test_cli_flags_set_the_load_policy(monkeypatch, tmp_path):
     seen = {}
 
     def record(args, argv):
-        seen.update(vars(modelio._POLICY))
+        seen.update(vars(loading._POLICY))
         return 0
 
     monkeypatch.setattr(cli, "cmd_unlearn", record)
@@ -291,12 +291,12 @@ def test_copy_aux_files_refuses_links_out_of_the_folder(tmp_path):
     (src / "config.json").write_text("{}")
     os.symlink(tmp_path / "secret", src / "tokenizer.json")
     with pytest.raises(MoxError, match="outside the model folder"):
-        modelio.copy_aux_files(src, dst)
+        folders.copy_aux_files(src, dst)
     assert not (dst / "tokenizer.json").exists()
     (src / "tokenizer.json").unlink()
     (src / "vocab.txt").write_text("v")
     os.symlink("config.json", src / "tokenizer_config.json")  # inside the folder: fine
-    modelio.copy_aux_files(src, dst)
+    folders.copy_aux_files(src, dst)
     assert (dst / "tokenizer_config.json").read_text() == "{}"
 
 
@@ -308,7 +308,7 @@ def test_copy_aux_files_accepts_the_hub_cache_layout(tmp_path):
     snap = repo / "snapshots" / "rev1"
     snap.mkdir(parents=True)
     os.symlink("../../blobs/abc", snap / "config.json")
-    modelio.copy_aux_files(snap, tmp_path / "dst")
+    folders.copy_aux_files(snap, tmp_path / "dst")
     assert (tmp_path / "dst" / "config.json").read_text() == '{"model_type": "llama"}'
 
 

@@ -70,8 +70,8 @@ def test_merged_lora_mox_equals_streaming_extrapolation_of_merged_memorized(lora
 def test_adapters_rebuild_the_merged_models(lora_run, tiny_model_dir):
     from peft import PeftModel
 
+    from mox_unlearn.io.loading import load_model
     from mox_unlearn.lora import load_forget_model
-    from mox_unlearn.modelio import load_model
 
     forget = PeftModel.from_pretrained(load_model(str(tiny_model_dir), torch.float32), str(lora_run / "forget-adapter"))
     _assert_same(

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from mox_unlearn import extrapolate as ex
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
-from mox_unlearn.modelio import ShardWriter, open_weights
+from mox_unlearn.io.reading import open_weights
+from mox_unlearn.io.shards import ShardWriter
 
 # modest budgets: the whole file runs in seconds on 2 cores; no example database written into the repo
 FAST = settings(
@@ -274,7 +275,7 @@ def shard_bytes(tmp_path_factory) -> bytes:
 def test_a_truncated_or_header_damaged_shard_is_a_one_line_error(tmp_path, shard_bytes, cut, flips, truncate):
     """Cut anywhere, or bytes of the length field / JSON header overwritten: a MoxError naming the file or,
     when the header happens to stay valid and consistent, a readable shard; never another exception."""
-    from mox_unlearn.modelio import read_safetensors_header
+    from mox_unlearn.io.reading import read_safetensors_header
 
     n = int.from_bytes(shard_bytes[:8], "little")
     data = bytearray(shard_bytes)

@@ -95,8 +95,8 @@ def test_no_file_of_a_run_folder_holds_a_secret(tiny_model_dir, qa_files, tmp_pa
 
 
 def test_model_cards_and_eval_results_are_redacted(tiny_model_dir, tmp_path, monkeypatch):
-    """Every model card (modelio.write_model_card) and `mox eval`'s result file go through redact()."""
-    from mox_unlearn.modelio import write_model_card
+    """Every model card (io.cards.write_model_card) and `mox eval`'s result file go through redact()."""
+    from mox_unlearn.io.cards import write_model_card
 
     secret = "hf_" + "c" * 30
     monkeypatch.setenv("HF_TOKEN", secret)

@@ -348,7 +348,8 @@ def _alpha_arg(text: str) -> float | str:
 
 def cmd_select_alpha(args: argparse.Namespace) -> int:
     from mox_unlearn.data.formatting import PromptFormat
-    from mox_unlearn.modelio import atomic_output_dir, torch_dtype
+    from mox_unlearn.io.atomic import atomic_output_dir
+    from mox_unlearn.io.loading import torch_dtype
     from mox_unlearn.select_alpha import (
         DEFAULT_GRID,
         alpha_curve,
@@ -593,7 +594,8 @@ def _print_summary(run: dict) -> None:
 
 def cmd_extrapolate(args: argparse.Namespace) -> int:
     from mox_unlearn.extrapolate import extrapolate_folders
-    from mox_unlearn.modelio import check_aux_files, check_same_model_kind
+    from mox_unlearn.io.folders import check_aux_files
+    from mox_unlearn.io.loading import check_same_model_kind
 
     check_same_model_kind(Path(args.ref), Path(args.mem))
     check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
@@ -682,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging()
-    from mox_unlearn.modelio import load_policy
+    from mox_unlearn.io.loading import load_policy
 
     try:
         with load_policy(

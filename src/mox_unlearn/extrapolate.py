@@ -16,18 +16,11 @@ from pathlib import Path
 import torch
 
 from mox_unlearn.errors import MoxError
-from mox_unlearn.modelio import (
-    ArenaPool,
-    ShardSaver,
-    ShardWriter,
-    TensorInfo,
-    atomic_output_dir,
-    check_output_dir,
-    copy_aux_files,
-    parse_size,
-    read_tensor_infos,
-    write_model_card,
-)
+from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
+from mox_unlearn.io.cards import write_model_card
+from mox_unlearn.io.folders import copy_aux_files
+from mox_unlearn.io.reading import TensorInfo, read_tensor_infos
+from mox_unlearn.io.shards import ArenaPool, ShardSaver, ShardWriter, parse_size
 
 METHOD = "MOX extrapolation (Eq. 8)"
 FORMULA = "theta_for = (1 + alpha) * theta_ref - alpha * theta_mem"

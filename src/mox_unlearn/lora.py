@@ -166,7 +166,7 @@ def save_adapter(peft_model, factors: Factors, dest: Path, base: str) -> None:
 def load_forget_model(base: str, memorized_adapter: str, alpha: float, *, merge: bool = True):
     """θ_ref + (−α)·ΔW from a saved memorization adapter: choose α at load time, no extrapolation pass."""
     peft = require_peft()
-    from mox_unlearn.modelio import load_model
+    from mox_unlearn.io.loading import load_model
 
     model = peft.PeftModel.from_pretrained(load_model(base, torch.float32), memorized_adapter)
     with torch.no_grad():

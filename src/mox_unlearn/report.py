@@ -16,7 +16,7 @@ from typing import Any
 
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
-from mox_unlearn.modelio import write_text_atomic
+from mox_unlearn.io.atomic import write_text_atomic
 
 COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
 HEADERS = {

@@ -397,7 +397,8 @@ def _empty_device_cache() -> None:
 def check_model_pair(ref: Path, mem: Path) -> None:
     """Both HF safetensors folders with the same tensors: checked before any scoring."""
     from mox_unlearn.extrapolate import _check_compatible, _check_model_dir
-    from mox_unlearn.modelio import check_same_model_kind, read_tensor_infos
+    from mox_unlearn.io.loading import check_same_model_kind
+    from mox_unlearn.io.reading import read_tensor_infos
 
     _check_model_dir(Path(ref), "--ref")
     _check_model_dir(Path(mem), "--mem")
@@ -446,7 +447,7 @@ def alpha_curve(
     `models` (α -> folder) scores existing extrapolations instead (then `mem_dir` is only recorded).
     """
     from mox_unlearn.extrapolate import alpha_label, extrapolate_folders
-    from mox_unlearn.modelio import load_tokenizer
+    from mox_unlearn.io.loading import load_tokenizer
 
     grid = check_settings(list(alphas), tolerance, p_min, score, max_items)
     data = load_selection_data(forget, holdout, retain, score=score, max_items=max_items)
@@ -535,7 +536,7 @@ def write_selection(report: Mapping[str, Any], folder: str | Path, stem: str = "
     """`stem`.json (the report) and `stem`.png (the curve) in `folder`."""
     import json
 
-    from mox_unlearn.modelio import write_text_atomic
+    from mox_unlearn.io.atomic import write_text_atomic
     from mox_unlearn.redact import redact
 
     folder = Path(folder)

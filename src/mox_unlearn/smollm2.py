@@ -36,7 +36,8 @@ def import_smollm2(out: str | Path, *, overwrite: bool = False) -> Path:
     """Convert the packaged GGUF into an fp32 HF folder at `out` (written atomically) and return it."""
     import torch
 
-    from mox_unlearn.modelio import atomic_output_dir, check_output_dir, write_model_card
+    from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
+    from mox_unlearn.io.cards import write_model_card
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)  # before the conversion, which takes a while

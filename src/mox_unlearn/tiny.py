@@ -96,7 +96,7 @@ def make_tiny_model(
     The smallest model `mox unlearn` accepts: good for trying the pipeline with no download.
     """
     from mox_unlearn.data import load_records
-    from mox_unlearn.modelio import atomic_output_dir
+    from mox_unlearn.io.atomic import atomic_output_dir
 
     texts: list[str] = []
     for spec in data_specs:

@@ -62,18 +62,11 @@ from mox_unlearn.data.records import check_overlap
 from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import extrapolate_tensor
 from mox_unlearn.forward import Models, RefCache, StepBatch, answer_tokens, build_inputs
+from mox_unlearn.io.atomic import atomic_output_dir, write_text_atomic
+from mox_unlearn.io.cards import write_model_card
+from mox_unlearn.io.loading import check_model_folder, load_model, load_tokenizer, looks_like_path, torch_dtype
 from mox_unlearn.losses import LossSpec, get_loss
 from mox_unlearn.methods import Method, get_method
-from mox_unlearn.modelio import (
-    atomic_output_dir,
-    check_model_folder,
-    load_model,
-    load_tokenizer,
-    looks_like_path,
-    torch_dtype,
-    write_model_card,
-    write_text_atomic,
-)
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact, redact_text
 

@@ -886,7 +886,7 @@ def write_tofu_layout(
                 f"{folder} is not empty and was not written by the demo generator (no {MARKER}); "
                 f"refusing to overwrite it"
             )
-    from mox_unlearn.modelio import atomic_output_dir
+    from mox_unlearn.io.atomic import atomic_output_dir
 
     with atomic_output_dir(folder, overwrite=True) as tmp:
         for name, records in splits.items():

@@ -28,7 +28,7 @@ from typing import Any
 
 from mox_unlearn.config import UnlearnConfig, apply_mapping
 from mox_unlearn.errors import MoxError
-from mox_unlearn.modelio import write_text_atomic
+from mox_unlearn.io.atomic import write_text_atomic
 
 ALL_METHODS = [
     "mox",

@@ -9,7 +9,8 @@ from pathlib import Path
 from mox_unlearn import versions
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
-from mox_unlearn.modelio import load_model, load_tokenizer, torch_dtype, write_text_atomic
+from mox_unlearn.io.atomic import write_text_atomic
+from mox_unlearn.io.loading import load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
 
 BENCHMARKS = ("tofu", "muse")

@@ -135,7 +135,7 @@ def score_answers(ws: Workspace, model: str | Path, records: Sequence[dict]) -> 
         return json.loads(path.read_text())
     _say(f"scoring {model} on {len(records)} held-out forget records")
     result = _score(model, records, c.eval_batch_size, c.eval_max_new_tokens, c.max_length)
-    from mox_unlearn.modelio import write_text_atomic
+    from mox_unlearn.io.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(result) + "\n")
     return result

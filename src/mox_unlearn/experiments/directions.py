@@ -16,7 +16,7 @@ import torch
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish
 from mox_unlearn.experiments.workspace import Workspace
-from mox_unlearn.modelio import open_weights
+from mox_unlearn.io.reading import open_weights
 from mox_unlearn.report import figure, save_figure
 
 if TYPE_CHECKING:

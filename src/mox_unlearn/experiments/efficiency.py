@@ -25,7 +25,7 @@ import torch
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish
 from mox_unlearn.experiments.workspace import Workspace
-from mox_unlearn.modelio import read_tensor_infos
+from mox_unlearn.io.reading import read_tensor_infos
 from mox_unlearn.report import figure, save_figure
 
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ class Bench:
 
 def load_bench(ws: Workspace) -> Bench:
     """Train (or reuse) MOX, MOX with momentum and NPO; load policy and reference as training does."""
-    from mox_unlearn.modelio import load_model, load_tokenizer, torch_dtype
+    from mox_unlearn.io.loading import load_model, load_tokenizer, torch_dtype
 
     runs, configs = {}, {}
     for name in ("mox", "mox-momentum", "npo"):

@@ -399,7 +399,7 @@ def validation_stats(scores: Mapping[str, Any], reference: Mapping[str, Any]) ->
 def validation_scores(ws: Workspace, model: str | Path, label: str, data, fmt) -> dict[str, Any]:
     """select_alpha.score_model of one model on the validation sets; cached in OUT/evals/."""
     from mox_unlearn.evaluate.run import load_eval_model
-    from mox_unlearn.modelio import write_text_atomic
+    from mox_unlearn.io.atomic import write_text_atomic
     from mox_unlearn.select_alpha import MIN_K, ScoreSettings, _json_safe, score_model
 
     c = ws.cfg

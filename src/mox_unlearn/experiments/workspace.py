@@ -172,7 +172,7 @@ class Workspace:
 
     def write_split(self, name: str, records: Sequence[dict]) -> str:
         """Write derived training data (relearn slices, carved sets) under OUT/data/ and return its path."""
-        from mox_unlearn.modelio import write_text_atomic
+        from mox_unlearn.io.atomic import write_text_atomic
 
         path = self.root / "data" / f"{name}.jsonl"
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
@@ -362,8 +362,10 @@ def epoch_snapshots(run: Path) -> list[tuple[int, Path]]:
 def write_momentum_folds(ref: Path, snapshots: list[Path], alpha: float, eta: float, dests: list[Path | None]) -> None:
     """Fold θ_for of each snapshot into the momentum average (Eq. 10), in order, and after snapshot k save
     the average so far to dests[k] (an HF folder, atomically) unless it is None or there already. Tensors
-    are read one at a time (modelio.open_weights); only the average is held in full."""
-    from mox_unlearn.modelio import atomic_output_dir, load_model, load_tokenizer, open_weights
+    are read one at a time (io.reading.open_weights); only the average is held in full."""
+    from mox_unlearn.io.atomic import atomic_output_dir
+    from mox_unlearn.io.loading import load_model, load_tokenizer
+    from mox_unlearn.io.reading import open_weights
     from mox_unlearn.momentum import MomentumAverage
 
     avg = MomentumAverage(eta, alpha)

@@ -1,0 +1,203 @@
+"""Loading models and tokenizers: dtype names, the pickle / remote-code policy of one command, model-folder
+checks with one-line errors, and whether two folders hold the same kind of model.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mox_unlearn.errors import MoxError
+from mox_unlearn.io.folders import INDEX_NAME, SINGLE_NAME
+from mox_unlearn.io.reading import read_tensor_infos
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str, *, auto: bool = False) -> torch.dtype | str:
+    """A dtype by name; "auto" (the checkpoint's own dtype) only where `auto` allows it."""
+    valid = ["auto", *DTYPES] if auto else list(DTYPES)
+    if name not in valid:
+        raise MoxError(f"unknown dtype {name!r}; valid: {', '.join(valid)}")
+    return "auto" if name == "auto" else DTYPES[name]
+
+
+@dataclass
+class LoadPolicy:
+    """What model loading may do with files it did not write: set once per command from its flags.
+
+    Pickle checkpoints (pytorch_model*.bin) can run code when unpickled and a model's own Python code
+    (`trust_remote_code`) always does, so both stay off unless the user passes --allow-pickle or
+    --trust-remote-code. A process-wide setting, so that every load in the command (the training loop,
+    the evaluation) obeys the command line without each caller passing the flags along.
+    """
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+_POLICY = LoadPolicy()
+
+
+@contextmanager
+def load_policy(*, allow_pickle: bool = False, trust_remote_code: bool = False) -> Iterator[LoadPolicy]:
+    """Set the `LoadPolicy` for the duration of a command; the safe defaults come back afterwards."""
+    global _POLICY
+    before = _POLICY
+    _POLICY = LoadPolicy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    try:
+        yield _POLICY
+    finally:
+        _POLICY = before
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` can only be a local path (not a hub id such as "org/model")."""
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def check_model_folder(folder: Path, *, allow_pickle: bool | None = None) -> None:
+    """Refuse a model folder `from_pretrained` would fail on, or fail on late, before any work starts.
+
+    Checks: it is a folder; config.json is a JSON object with a model_type; the weights are complete
+    safetensors (every header readable and the file as long as the header says, so a truncated copy is
+    caught here rather than by a deserialisation error mid-run), or pickle weights only when allowed.
+    """
+    folder = Path(folder)
+    allow_pickle = _POLICY.allow_pickle if allow_pickle is None else allow_pickle
+    if not folder.exists():
+        raise MoxError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        raise MoxError(f"model path {folder} is not a folder; expected a Hugging Face model folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise MoxError(f"model folder {folder} has no config.json; expected a Hugging Face model folder")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise MoxError(f"cannot read {config}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise MoxError(f"{config}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise MoxError(f'{config} has no "model_type"; expected the config of a Hugging Face model')
+    if not _has_safetensors(folder) and any(folder.glob("pytorch_model*.bin")):
+        if allow_pickle:
+            return  # transformers reads them with torch.load(weights_only=True)
+        raise MoxError(
+            f"model folder {folder} has only pickle weights (pytorch_model*.bin), which can run code when "
+            "loaded; pass --allow-pickle to load them anyway (with torch.load(weights_only=True)) or re-save "
+            "them as safetensors"
+        )
+    read_tensor_infos(folder)
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return (folder / SINGLE_NAME).is_file() or (folder / INDEX_NAME).is_file()
+
+
+# config.json keys that decide a model's tensors and how they are used: equal in two models we combine.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
+
+
+def check_same_model_kind(ref: Path, mem: Path) -> None:
+    """Refuse two folders whose configs name different architectures, sizes or vocabularies.
+
+    Tensor names and shapes are compared elsewhere; this catches what they cannot (two architectures
+    with the same tensor layout, e.g. Llama and Mistral) and says which setting differs, naming both folders.
+    """
+    configs = {}
+    for role, folder in (("--ref", ref), ("--mem", mem)):
+        try:
+            configs[role] = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return  # a missing or unreadable config is reported by the folder checks
+    a, b = configs["--ref"], configs["--mem"]
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return
+    for key in ARCHITECTURE_KEYS:  # only keys both have: configs of other transformers versions omit defaults
+        if key in a and key in b and a[key] != b[key]:
+            what = "vocabularies" if key == "vocab_size" else "architectures"
+            raise MoxError(
+                f"--ref {ref} and --mem {mem} have different {what} ({key} {a[key]!r} vs {b[key]!r}); "
+                "extrapolation needs the same model"
+            )
+
+
+def load_model(
+    name: str, dtype: torch.dtype | str, *, allow_pickle: bool | None = None, trust_remote_code: bool | None = None
+):
+    """`AutoModelForCausalLM` from a folder or hub id; a failure is one line naming the model.
+
+    Safetensors only unless pickle weights are allowed (then read with torch.load(weights_only=True));
+    the model's own code only with trust_remote_code. Both default to the command's `LoadPolicy`.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    allow_pickle = _POLICY.allow_pickle if allow_pickle is None else allow_pickle
+    trust_remote_code = _POLICY.trust_remote_code if trust_remote_code is None else trust_remote_code
+    if looks_like_path(str(name)):
+        check_model_folder(Path(name).expanduser(), allow_pickle=allow_pickle)
+    hf_logging.disable_progress_bar()  # our own bars report progress; per-load weight bars are noise
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name,
+            dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            weights_only=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        raise MoxError(f"cannot load model {name!r}: {_first_line(e)}{_not_local(name)}") from None
+    except SafetensorError as e:
+        raise MoxError(f"cannot load model {name!r}: corrupted safetensors weights: {_first_line(e)}") from None
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
+    """The model's tokenizer, given a pad token if it has none (see `ensure_pad_token`)."""
+    from transformers import AutoTokenizer
+
+    from mox_unlearn.data.formatting import ensure_pad_token
+
+    trust_remote_code = _POLICY.trust_remote_code if trust_remote_code is None else trust_remote_code
+    if looks_like_path(str(name)) and not Path(name).expanduser().is_dir():
+        raise MoxError(f"model folder not found: {name}")
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MoxError(f"cannot load tokenizer of {name!r}: {_first_line(e)}{_not_local(name)}") from None
+    ensure_pad_token(tok)
+    return tok
+
+
+def _not_local(name: str) -> str:
+    """A hint for a name that was taken for a hub id: often a local folder that does not exist (a typo)."""
+    return "" if Path(name).expanduser().exists() else " (and there is no local folder of that name)"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
