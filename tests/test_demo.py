@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -173,6 +174,26 @@ def test_report_renders_demo_and_eval_files(demo, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert main(["report", str(bad), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def test_a_demo_interrupted_before_its_first_run_continues(demo, capsys):
+    """Ctrl-C right after the demo claimed its folder (demo-config.json, an evaluation half done): the same
+    command continues there, and --overwrite starts it again."""
+    out = demo / "interrupted"
+    assert main(["demo", "--untuned", "--out", str(out), "--cache-dir", str(demo / "cache"), *MINI]) == 0
+    for path in sorted(out.iterdir()):  # keep only what exists before the first run
+        if path.name not in ("demo-config.json", "evals"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (out / "evals" / ".tmp-partial.json").write_text("{")
+    assert main(["demo", "--untuned", "--out", str(out), "--cache-dir", str(demo / "cache"), *MINI]) == 0
+    assert (out / "results.json").is_file()
+    assert main(["demo", "--untuned", "--overwrite", "--out", str(out), "--cache-dir", str(demo / "cache"), *MINI]) == 0
+    assert not (out / "evals" / ".tmp-partial.json").exists()
+    other = demo / "not-a-demo"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(other), "--cache-dir", str(demo / "cache"), *MINI]) == 2
+    assert "not a demo folder" in capsys.readouterr().err and (other / "notes.txt").read_text() == "mine"
 
 
 def test_an_output_folder_of_other_settings_is_refused(demo, capsys):

@@ -447,7 +447,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         preset_path(name), args.overrides, {"seed": args.seed, "tuned": False if args.untuned else None}, cls=DemoConfig
     )
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not (out / "results.json").exists() and not (out / "runs").exists():
+    # demo-config.json is written first, so a demo interrupted at any point is recognised and continues
+    made_by_demo = any((out / name).exists() for name in ("demo-config.json", "results.json", "runs"))
+    if out.exists() and any(out.iterdir()) and not made_by_demo:
         raise MoxError(f"--out {out} exists and is not a demo folder")
     if args.overwrite and out.exists():
         import shutil
