@@ -46,3 +46,41 @@ def test_override_values_are_read_as_yaml():
     assert parse_override("lr=1e-5") == ("lr", 1e-5)
     assert parse_override("max_steps=null") == ("max_steps", None)
     assert parse_override("out=runs/a=b") == ("out", "runs/a=b")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"lr": -1.0}, "config lr: must be > 0, got -1.0"),
+        ({"epochs": 0}, "config epochs: must be >= 1, got 0"),
+        ({"eta": 1.5}, r"config eta: must be in \(0, 1\], got 1.5"),
+        ({"lr": float("nan")}, "config lr: expected a finite number"),
+        ({"batch_size": "eight"}, "config batch_size: expected an integer"),
+        ({"dtype": "float8"}, "config dtype: must be one of float32, bfloat16, float16"),
+        ({"alpha": "sometimes"}, "config alpha: expected a number or 'auto'"),
+    ],
+)
+def test_a_config_built_in_code_is_checked_like_yaml(settings, message):
+    """check_config applies the same rules as YAML / key=value input to a config made in code."""
+    from mox_unlearn.config import UnlearnConfig, check_config
+
+    with pytest.raises(MoxError, match=message):
+        check_config(UnlearnConfig(**settings))
+
+
+def test_check_config_normalises_like_yaml_and_keeps_good_values():
+    from mox_unlearn.config import UnlearnConfig, check_config, to_dict
+
+    cfg = check_config(UnlearnConfig(lr=1, alpha=2, loss={"beta": 0.1}))
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.alpha == 2.0 and isinstance(cfg.alpha, float)
+    assert to_dict(check_config(UnlearnConfig())) == to_dict(UnlearnConfig())
+
+
+def test_unlearn_refuses_a_code_built_config_before_writing_anything(tmp_path):
+    from mox_unlearn.config import UnlearnConfig
+    from mox_unlearn.train import unlearn
+
+    cfg = UnlearnConfig(model=str(tmp_path / "m"), forget="x.jsonl", out=str(tmp_path / "out"), lr=0.0)
+    with pytest.raises(MoxError, match="config lr: must be > 0, got 0.0"):
+        unlearn(cfg)
+    assert not (tmp_path / "out").exists()

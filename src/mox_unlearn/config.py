@@ -291,5 +291,19 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> None:
         _set(cfg, *parse_override(text))
 
 
+def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
+    """Every setting checked as `_set` checks it (type, finiteness, allowed range), whatever built the
+    config: YAML, key=value, or code (`UnlearnConfig(lr=-1)` passed to `unlearn`). Values are normalised
+    as YAML input would be (an integer lr becomes a float). Returns `cfg`; a bad setting is a one-line
+    error naming its key."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):  # nested settings (the prompt format) check themselves
+            continue
+        setattr(cfg, f.name, _check_limit(cfg, f.name, _coerce(value, hints[f.name], f.name)))
+    return cfg
+
+
 def to_dict(cfg: UnlearnConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

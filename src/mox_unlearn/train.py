@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from mox_unlearn import guards, lora, sharding, versions
-from mox_unlearn.config import UnlearnConfig, to_dict
+from mox_unlearn.config import UnlearnConfig, check_config, to_dict
 from mox_unlearn.data import (
     RecordSet,
     collate,
@@ -446,6 +446,7 @@ def unlearn(
 ) -> Path:
     """Run an unlearning method end to end and return the run folder (see the module docstring)."""
     t_start = time.perf_counter()
+    check_config(cfg)  # however it was built; before anything is loaded or written
     r = resolve(cfg)
     method, objective, spec, hp, needs = r.method, r.objective, r.spec, r.hp, r.needs
     forget_rs, retain_rs, refusals = load_data(cfg, r)
