@@ -321,3 +321,27 @@ def test_partial_overlap_is_counted(tmp_path):
     forget, retain = load_records(str(tmp_path / "f.jsonl")), load_records(str(tmp_path / "r.json"))
     assert check_overlap(forget, retain).startswith("1 of 2 forget records are also in the retain set")
     assert check_overlap(retain, None) is None
+
+
+def test_a_typo_in_a_relative_model_path_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    """`runs/tiny-modle` next to an existing runs/ is a local path with a typo, not a hub id: one line, no
+    network lookup (the hub would be tried, and retried, for a name read as `org/model`)."""
+    import time
+
+    from mox_unlearn.cli import main
+    from mox_unlearn.io.loading import looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "forget.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    (tmp_path / "retain.jsonl").write_text('{"question": "r", "answer": "b"}\n')
+    assert looks_like_path("runs/tiny-modle") and not looks_like_path("locuslab/tofu_ft_llama2-7b")
+    started = time.perf_counter()
+    args = ["--forget", "forget.jsonl", "--retain", "retain.jsonl", "--out", "out"]
+    code = main(["unlearn", "--model", "runs/tiny-modle", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.perf_counter() - started < 5
+    assert err == [
+        "mox: error: model folder not found: runs/tiny-modle (read as a local path because runs/ exists here)"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -103,12 +103,15 @@ def check_settings(cfg: ExperimentConfig) -> None:
 
 
 def _check_local(key: str, value: str | None, marker: str | None) -> None:
-    """A value that names a local path (absolute, ./, ~ or existing) must exist (with `marker` inside);
-    anything else is taken for a hub id, which cannot be checked offline."""
+    """A value that names a local path (io.loading.looks_like_path: absolute, ./, ~, existing, or inside an
+    existing folder) must exist (with `marker` inside); anything else is taken for a hub id, which cannot
+    be checked offline."""
+    from mox_unlearn.io.loading import looks_like_path
+
     if not value:
         return
     path = Path(value).expanduser()
-    if not (path.is_absolute() or value.startswith((".", "~")) or path.exists()):
+    if not looks_like_path(value):
         return
     if not path.is_dir():
         raise MoxError(f"{key}={value}: no such folder")

@@ -58,13 +58,17 @@ def load_policy(*, allow_pickle: bool = False, trust_remote_code: bool = False) 
 
 
 def looks_like_path(name: str) -> bool:
-    """True when `name` can only be a local path (not a hub id such as "org/model")."""
+    """True when `name` is to be read as a local path rather than a hub id such as "org/model": it exists,
+    starts with / . ~, ends with /, has more than one /, a backslash, or its parent folder exists here
+    (`runs/tiny-modle` with a local runs/: a typo is refused at once instead of becoming a hub lookup)."""
+    path = Path(name).expanduser()
     return (
-        Path(name).expanduser().exists()
+        path.exists()
         or name.startswith(("/", ".", "~"))
         or name.endswith("/")
         or name.count("/") > 1
         or "\\" in name
+        or (name.count("/") == 1 and path.parent.is_dir())
     )
 
 
@@ -78,7 +82,8 @@ def check_model_folder(folder: Path, *, allow_pickle: bool | None = None) -> Non
     folder = Path(folder)
     allow_pickle = _POLICY.allow_pickle if allow_pickle is None else allow_pickle
     if not folder.exists():
-        raise MoxError(f"model folder not found: {folder}")
+        hint = f" (read as a local path because {folder.parent}/ exists here)" if folder.parent.is_dir() else ""
+        raise MoxError(f"model folder not found: {folder}{hint}")
     if not folder.is_dir():
         raise MoxError(f"model path {folder} is not a folder; expected a Hugging Face model folder")
     config = folder / "config.json"
