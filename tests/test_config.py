@@ -84,3 +84,16 @@ def test_unlearn_refuses_a_code_built_config_before_writing_anything(tmp_path):
     with pytest.raises(MoxError, match="config lr: must be > 0, got 0.0"):
         unlearn(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_config_names_a_packaged_preset(tmp_path):
+    from mox_unlearn.cli import preset_path
+    from mox_unlearn.errors import MoxError
+
+    assert preset_path("demo-fast").endswith("resources/demo-fast.yaml")
+    assert preset_path("demo.yaml").endswith("resources/demo.yaml")
+    mine = tmp_path / "demo"
+    mine.write_text("seed: 1\n")
+    assert preset_path(str(mine)) == str(mine)  # a file of that name wins
+    with pytest.raises(MoxError, match="config file not found: configs/demo-fast.yaml"):
+        preset_path("configs/demo-fast.yaml")

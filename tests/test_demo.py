@@ -141,19 +141,6 @@ def test_a_bad_tuned_setting_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_config_names_a_packaged_preset(tmp_path):
-    from mox_unlearn.cli import preset_path
-    from mox_unlearn.errors import MoxError
-
-    assert preset_path("demo-fast").endswith("resources/demo-fast.yaml")
-    assert preset_path("demo.yaml").endswith("resources/demo.yaml")
-    mine = tmp_path / "demo"
-    mine.write_text("seed: 1\n")
-    assert preset_path(str(mine)) == str(mine)  # a file of that name wins
-    with pytest.raises(MoxError, match="config file not found: configs/demo-fast.yaml"):
-        preset_path("configs/demo-fast.yaml")
-
-
 def test_second_demo_reuses_the_trained_models(demo, capsys):
     cache_runs = sorted(p for p in (demo / "cache").glob("*/*/run.json"))
     stamps = [p.stat().st_mtime for p in cache_runs]

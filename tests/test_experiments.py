@@ -15,8 +15,6 @@ from mox_unlearn.config import apply_mapping
 from mox_unlearn.experiments import ExperimentConfig, Workspace
 from mox_unlearn.experiments.workspace import epoch_snapshots
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
-
 MINI = mini_settings(
     etas=[0.5, 1.0],
     weights=[1.0, 2.0],
@@ -47,6 +45,7 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_sweep_rows_and_momentum_fold_at_eta_1_is_the_last_extrapolation(root):
     rows = _run(root, "sweep")
     assert [r["model"] for r in rows] == [
@@ -63,6 +62,7 @@ def test_sweep_rows_and_momentum_fold_at_eta_1_is_the_last_extrapolation(root):
     assert by["mox-momentum-eta1"]["forget_truth_ratio"] == pytest.approx(by["mox-a4"]["forget_truth_ratio"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_momentum_fold_equals_a_momentum_training_run(root):
     cfg = ExperimentConfig()
     apply_mapping(cfg, MINI)
@@ -84,6 +84,7 @@ def test_momentum_fold_equals_a_momentum_training_run(root):
         torch.testing.assert_close(v, b[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_stability_forget_size_and_continual(root):
     rows = _run(root, "stability")
     assert [(r["method"], r["value"]) for r in rows] == [
@@ -111,6 +112,7 @@ def test_stability_forget_size_and_continual(root):
     )
 
 
+@pytest.mark.slow
 def test_trajectory_and_collapse_share_their_runs(root):
     rows = _run(root, "trajectory")
     epochs = [(r["method"], r["epoch"]) for r in rows]
@@ -122,6 +124,7 @@ def test_trajectory_and_collapse_share_their_runs(root):
     assert all(r["forget_collapse"] is not None and 0 <= r["retain_top_token_rate"] <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
     assert main(["experiment", "nope", "--out", str(root / "bad")]) == 2
     assert "valid: table, sweep" in capsys.readouterr().err
@@ -132,6 +135,7 @@ def test_unknown_experiment_and_bad_setting_fail_in_one_line(root, capsys):
     assert "trajectory" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tmp_path):
     """target= / retain_model= / data= replace the demo benchmark (here the shared TOFU copy, 4 items a split)."""
     args = [
@@ -153,6 +157,7 @@ def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tm
     assert cfg["forget"].endswith("tofu/forget01.jsonl") and cfg["retain"].endswith("tofu/retain99.jsonl")
 
 
+@pytest.mark.slow
 def test_tofu_subset_keeps_every_metric_fed(data_dir, tmp_path):
     from mox_unlearn.data import load_records
     from mox_unlearn.errors import MoxError
@@ -169,6 +174,7 @@ def test_tofu_subset_keeps_every_metric_fed(data_dir, tmp_path):
         write_tofu_subset(str(data_dir / "tofu"), 30, "forget01", tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_base_model_is_fine_tuned_into_target_and_retain(data_dir, tiny_model_dir, tmp_path):
     args = [
         f"base={tiny_model_dir}",

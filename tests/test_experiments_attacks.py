@@ -16,8 +16,6 @@ from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments import ExperimentConfig, Workspace
 from mox_unlearn.experiments.attacks import examples, overlap, relearn, relearn_halves
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
-
 MINI = mini_settings(compare_methods=["ga"], relearn_steps=[2], examples=3)
 SIZES = DemoSizes(**MINI["sizes"])
 MODELS = ["original", "retrained", "mox-a4", "ga"]
@@ -95,6 +93,7 @@ def test_overlap_carving_refuses_bad_percents(percent):
 # ----------------------------------------------------------------------------- the analyses
 
 
+@pytest.mark.slow
 def test_relearn_scores_every_model_at_every_budget_on_the_unseen_half(ws):
     learn, held = relearn_halves(ws)
     forget = load_records(ws.split_spec("forget10")).records
@@ -112,6 +111,7 @@ def test_relearn_scores_every_model_at_every_budget_on_the_unseen_half(ws):
     assert "LoRA" in (ws.root / "relearn" / "relearn.md").read_text()
 
 
+@pytest.mark.slow
 def test_examples_show_the_stored_generations(ws):
     rows = _table(examples(ws), "examples")
     assert len(rows) == 3 * (1 + len(MODELS))
@@ -135,6 +135,7 @@ def _runs(ws, names):
     return [ws.run_method(n)[0] for n in names]  # cached: returns the existing run folders
 
 
+@pytest.mark.slow
 def test_overlap_unlearns_carved_facts_against_a_gold_model_without_them(ws):
     rows = _table(overlap(ws), "overlap")
     assert [r["model"] for r in rows] == ["original", "retrained", "mox-a4", "ga", "idkpo"]
@@ -152,6 +153,7 @@ def test_overlap_unlearns_carved_facts_against_a_gold_model_without_them(ws):
     assert not {(r["question"], r["answer"]) for f in carved for r in phrasings(f, SIZES.n_train_phrasings)} & corpus
 
 
+@pytest.mark.slow
 def test_bad_settings_are_one_line_errors(ws, tmp_path):
     cache = ws.root.parent / "cache"
     cases = [

@@ -29,8 +29,6 @@ from mox_unlearn.experiments.efficiency import (
     momentum_flops_per_element,
 )
 
-pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
-
 MINI = mini_settings()
 
 A, B = "model.layers.0.mlp.w", "model.layers.1.mlp.w"
@@ -139,6 +137,7 @@ def test_delta_cosines_streams_folders_and_refuses_mismatched_models(tmp_path):
         delta_dots(ref, {"m1": {**ref, B: torch.zeros(2, 1)}})
 
 
+@pytest.mark.slow
 def test_elementwise_flop_counts_of_extrapolation_and_momentum():
     # Eq. 8: (1+α)·r, α·m, and their difference; momentum adds θ̄·(1−η) and + η·θ_for (a multiply-add)
     assert extrapolation_flops_per_element(4.0) == 3
@@ -163,6 +162,7 @@ def _table(ws, name):
     return json.loads((out / f"{name}.json").read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_directions_end_to_end(ws):
     result = directions(ws)
     rows = _table(ws, "directions")
@@ -177,6 +177,7 @@ def test_directions_end_to_end(ws):
         assert by[("mem vs for", g)] == pytest.approx(-1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_efficiency_end_to_end(ws):
     efficiency(ws)
     rows = {r["measure"]: r for r in _table(ws, "efficiency")}

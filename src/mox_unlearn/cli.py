@@ -155,7 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--config", help="YAML config file")
     u.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     u.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    u.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=2e-5 loss.beta=0.2")
+    u.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. lr=2e-5 loss.lambda_kl=0.5 (loss keys: the objective's, see docs/methods.md)",
+    )
     _add_common(u, loads_models=True, pickle=True)
 
     e = sub.add_parser(
