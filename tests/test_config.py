@@ -97,3 +97,21 @@ def test_config_names_a_packaged_preset(tmp_path):
     assert preset_path(str(mine)) == str(mine)  # a file of that name wins
     with pytest.raises(MoxError, match="config file not found: configs/demo-fast.yaml"):
         preset_path("configs/demo-fast.yaml")
+
+
+def test_selection_defaults_live_in_one_place(capsys):
+    """select-alpha's CLI, alpha: auto and the experiments start from config's selection defaults; the
+    help text (which cannot import them without torch) states the same numbers."""
+    from mox_unlearn.cli import main
+    from mox_unlearn.config import ALPHA_GRID, SELECT_P_MIN, SELECT_TOLERANCE, UnlearnConfig
+    from mox_unlearn.experiments.workspace import ExperimentConfig
+    from mox_unlearn.select_alpha import DEFAULT_GRID
+
+    u, x = UnlearnConfig(), ExperimentConfig()
+    assert (u.alpha_tolerance, u.alpha_p_min, tuple(u.alpha_grid)) == (SELECT_TOLERANCE, SELECT_P_MIN, ALPHA_GRID)
+    assert (x.select_tolerance, x.select_p_min, DEFAULT_GRID) == (SELECT_TOLERANCE, SELECT_P_MIN, ALPHA_GRID)
+    with pytest.raises(SystemExit):
+        main(["select-alpha", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"drop (default {SELECT_TOLERANCE:g})" in text and f"alike (default {SELECT_P_MIN:g})" in text
+    assert "(default " + " ".join(f"{a:g}" for a in ALPHA_GRID) + ")" in text

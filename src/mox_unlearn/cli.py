@@ -189,11 +189,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", required=True, help="holdout set spec: like the forget set, never trained on")
     s.add_argument("--retain", required=True, help="retain set spec (utility; at most --max-items are scored)")
     s.add_argument("--alpha", type=float, action="append", help="α to try; repeat (default 0.5 1 2 4 8)")
-    s.add_argument("--tolerance", type=float, default=0.05, help="largest relative retain-utility drop (default 0.05)")
+    # defaults: config.SELECT_TOLERANCE / SELECT_P_MIN, filled in by cmd_select_alpha (config imports torch)
+    s.add_argument("--tolerance", type=float, help="largest relative retain-utility drop (default 0.05)")
     s.add_argument(
         "--p-min",
         type=float,
-        default=0.05,
         dest="p_min",
         help="KS p-value from which forget and holdout count as alike (default 0.05)",
     )
@@ -352,6 +352,7 @@ def _alpha_arg(text: str) -> float | str:
 
 
 def cmd_select_alpha(args: argparse.Namespace) -> int:
+    from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.io.atomic import atomic_output_dir
     from mox_unlearn.io.loading import torch_dtype
@@ -365,6 +366,8 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
         write_selection,
     )
 
+    args.tolerance = SELECT_TOLERANCE if args.tolerance is None else args.tolerance
+    args.p_min = SELECT_P_MIN if args.p_min is None else args.p_min
     # every check before any model is loaded: nothing is written when one fails
     grid = check_settings(args.alpha or list(DEFAULT_GRID), args.tolerance, args.p_min, args.score, args.max_items)
     for name in ("batch_size", "max_new_tokens", "max_length"):

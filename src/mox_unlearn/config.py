@@ -20,6 +20,12 @@ import yaml
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 
+# The retrain-free selection rule's defaults, in one place: `mox select-alpha`, `alpha: auto` and the
+# experiments (select-alpha, frontier) all start from these (select_alpha.py, docs/select-alpha.md).
+ALPHA_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)  # the paper's five extrapolation strengths
+SELECT_TOLERANCE = 0.05  # largest relative drop of retain probability / ROUGE against θ_ref
+SELECT_P_MIN = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
+
 
 @dataclass
 class UnlearnConfig:
@@ -42,9 +48,9 @@ class UnlearnConfig:
     eta: float = 0.675
     # alpha: auto (select_alpha.py): the largest α of the grid that keeps retain utility and makes forget ~ holdout
     holdout: str | None = None  # data spec like the forget set, never trained on; required with alpha: auto
-    alpha_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
-    alpha_tolerance: float = 0.05  # largest relative drop of retain probability / ROUGE against θ_ref
-    alpha_p_min: float = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
+    alpha_grid: list[float] = field(default_factory=lambda: list(ALPHA_GRID))
+    alpha_tolerance: float = SELECT_TOLERANCE  # largest relative drop of retain probability / ROUGE against θ_ref
+    alpha_p_min: float = SELECT_P_MIN  # KS p-value (forget vs holdout min-k scores) from which they count as alike
     # optimisation (paper defaults)
     lr: float = 1e-5
     weight_decay: float = 0.01

@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from mox_unlearn.config import ALPHA_GRID, SELECT_P_MIN, SELECT_TOLERANCE
 from mox_unlearn.data import PromptFormat, RecordSet, encode_records, load_records
 from mox_unlearn.errors import MoxError
 
 SCORES = ("min_k", "truth_ratio")
-DEFAULT_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_GRID = ALPHA_GRID
 MIN_K = 0.4  # MUSE's reported PrivLeak uses Min-40 %
 
 BOTH = "both"  # α passes utility and forget tests
@@ -117,7 +118,9 @@ def _fmt_alpha(a: float) -> str:
     return f"{a:g}"
 
 
-def select_alpha(curve: Sequence[CurvePoint], tolerance: float = 0.05, p_min: float = 0.05) -> Selection:
+def select_alpha(
+    curve: Sequence[CurvePoint], tolerance: float = SELECT_TOLERANCE, p_min: float = SELECT_P_MIN
+) -> Selection:
     """Apply the selection rule (see the module docstring) to a curve of points with distinct α > 0."""
     check_rule_settings(tolerance, p_min)
     if not curve:
@@ -426,8 +429,8 @@ def alpha_curve(
     retain: str | Path | RecordSet,
     alphas: Sequence[float] = DEFAULT_GRID,
     *,
-    tolerance: float = 0.05,
-    p_min: float = 0.05,
+    tolerance: float = SELECT_TOLERANCE,
+    p_min: float = SELECT_P_MIN,
     score: str = "min_k",
     max_items: int | None = 100,
     k: float = MIN_K,

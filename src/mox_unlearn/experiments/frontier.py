@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import metrics_row
 from mox_unlearn.experiments.workspace import Workspace, _key, config_dict, epoch_snapshots
@@ -172,7 +173,7 @@ def select_oracle(records: Sequence[Mapping[str, Any]], target_mu: float, ratio:
 
 
 def select_retrain_free(
-    records: Sequence[Mapping[str, Any]], tolerance: float = 0.05, p_min: float = 0.05
+    records: Sequence[Mapping[str, Any]], tolerance: float = SELECT_TOLERANCE, p_min: float = SELECT_P_MIN
 ) -> dict[str, Any]:
     """The record whose forget set looks most like unseen data among those whose validation retain utility
     dropped at most `tolerance` (relative to θ_ref). "Most like unseen data", in order: the highest KS p
@@ -234,8 +235,8 @@ def select_all(
     target_mu: float,
     *,
     mu_ratio: float = 0.95,
-    tolerance: float = 0.05,
-    p_min: float = 0.05,
+    tolerance: float = SELECT_TOLERANCE,
+    p_min: float = SELECT_P_MIN,
 ) -> dict[str, dict[str, dict[str, dict]]]:
     """{method: {seed: {oracle: pick, retrain_free: pick}}}: both rules on each method's records of each
     seed (all of its learning rates, settings and knob values), the same way for every method."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mox_unlearn.config import UnlearnConfig, apply_mapping, to_dict
+from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE, UnlearnConfig, apply_mapping, to_dict
 from mox_unlearn.demo.run import DemoConfig, cached_evaluation, evaluate, prepare_models
 from mox_unlearn.errors import MoxError
 from mox_unlearn.methods import method_variant
@@ -63,8 +63,8 @@ class ExperimentConfig(DemoConfig):
     relearn_lr: float | None = None  # None = the shared unlearning lr
     examples: int = 6  # forget prompts shown by `examples`
     overlap_percent: int = 10
-    select_tolerance: float = 0.05  # select-alpha: largest relative drop of retain utility
-    select_p_min: float = 0.05  # select-alpha: KS p-value above which forget ~ holdout
+    select_tolerance: float = SELECT_TOLERANCE  # select-alpha / frontier: largest relative drop of retain utility
+    select_p_min: float = SELECT_P_MIN  # select-alpha / frontier: KS p-value from which forget ~ holdout
     # frontier (experiments/frontier.py, docs/frontier.md): every method tuned with the same budget, two rules
     frontier_methods: list[str] = field(default_factory=lambda: ["mox", "npo", "graddiff", "simnpo", "ga"])
     frontier_lr_scales: list[float] = field(default_factory=lambda: [1 / 3, 1.0, 3.0])  # × each method's lr
