@@ -181,7 +181,7 @@ def test_tofu_refusals(tiny_model_dir, data_dir, tofu_result, tmp_path, capsys):
     assert main([*base, "--data", str(data_dir / "tofu"), "--forget-split", "forget02"]) == 2
     assert "valid: forget01, forget05, forget10" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path), "--limit", "2"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "local folder without forget10_perturbed.jsonl" in capsys.readouterr().err
     assert (
         main(
             [
@@ -471,3 +471,35 @@ def test_convention_tells_prompt_and_tokenizer_apart(tokenizer):
         build_tokenizer(["a few other words entirely", "and more of them"], vocab_size=80), FMT
     )
     assert "tokenizer" in convention_differences(base, other_tok)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--forget-split", "forget07"], "unknown TOFU forget split 'forget07'"),
+        (["--data", "./no/such/tofu"], "--data ./no/such/tofu: no such local folder; expected a folder in the TOFU"),
+        (["--data", "FILE"], "is a file; expected a folder in the TOFU layout (e.g. forget10_perturbed.jsonl)"),
+        (["--data", "EMPTY"], ": local folder without forget10_perturbed.jsonl (5 of 5 files missing)"),
+        (["--benchmark", "muse", "--data", "EMPTY"], ": local folder without verbmem/forget.json (7 of 7"),
+    ],
+)
+def test_eval_checks_split_and_data_before_loading_the_model(tmp_path, monkeypatch, capsys, args, message):
+    """A wrong split name or a wrong local --data (missing, a file, another layout) is refused in one line
+    before the model is loaded, and never reported as a hub error."""
+    import mox_unlearn.evaluate.run as run
+    from mox_unlearn.cli import main
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(run, "load_eval_model", never)
+    (tmp_path / "data.csv").write_text("question,answer\n")
+    (tmp_path / "empty").mkdir()
+    args = [{"FILE": str(tmp_path / "data.csv"), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
+    base = {"--benchmark": "tofu", "--model": str(tmp_path / "model"), "--out": str(tmp_path / "r.json")}
+    given = dict(zip(args[::2], args[1::2]))
+    argv = ["eval", *[x for k, v in {**base, **given}.items() for x in (k, v)]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "hub" not in err[0].replace("or a hub id", "")
+    assert not (tmp_path / "r.json").exists()

@@ -25,6 +25,38 @@ def load_eval_model(path: str, dtype: str = "auto"):
     return model.to(device).eval(), load_tokenizer(path)
 
 
+def check_eval_inputs(benchmark: str, data: str | None, forget_split: str) -> None:
+    """What `mox eval` can know before loading the model, refused in one line: the split name, and a local
+    `--data` (io.loading.looks_like_path) that is missing, a file, or lacks a file the benchmark reads.
+    A hub id is left to the loader."""
+    from mox_unlearn.io.loading import looks_like_path
+
+    if benchmark == "tofu":
+        from mox_unlearn.evaluate.tofu import FORGET_SPLITS, SPLITS
+
+        if forget_split not in FORGET_SPLITS:
+            raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
+        needed = [s.format(forget=forget_split) for s in SPLITS.values()] + [forget_split.replace("forget", "holdout")]
+        needed = [f"{name}.jsonl" for name in needed]
+    else:
+        from mox_unlearn.evaluate.muse import FILES
+
+        needed = [f"{subset}/{stem}.json" for subset, stem, _ in FILES.values()]
+    if not data or not looks_like_path(data):
+        return
+    folder = Path(data).expanduser()
+    layout = f"a folder in the {benchmark.upper()} layout (e.g. {needed[0]}) or a hub id"
+    if not folder.exists():
+        raise MoxError(f"--data {data}: no such local folder; expected {layout}")
+    if not folder.is_dir():
+        raise MoxError(f"--data {data} is a file; expected {layout}")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise MoxError(
+            f"--data {data}: local folder without {missing[0]} ({len(missing)} of {len(needed)} files missing)"
+        )
+
+
 def run_eval(
     benchmark: str,
     model_path: str,
@@ -53,6 +85,7 @@ def run_eval(
     model_dir = Path(model_path).expanduser()
     if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
         raise MoxError(f"--out {out} is inside the model folder {model_path}; write the result elsewhere")
+    check_eval_inputs(benchmark, data, forget_split)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)
     if benchmark == "tofu":
