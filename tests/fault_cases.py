@@ -421,12 +421,18 @@ def build_inputs(root: Path, model: Path, forget: Path, retain: Path) -> dict[st
         json.dumps({**config, "model_type": "mistral", "architectures": ["MistralForCausalLM"]})
     )
 
-    p["tofu"] = d / "tofu"  # only what the eval cases need: they fail on the model before any data
+    # every file `mox eval` checks for before loading the model (evaluate/run.py), one good record each: the
+    # eval cases fail on the model, the retain result or the one broken file, not on a missing split
+    splits = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed", "holdout10")
+    p["tofu"] = d / "tofu"
     p["tofu"].mkdir()
     p["tofu_empty"] = d / "tofu-empty"
     p["tofu_empty"].mkdir()
     p["tofu_bad"] = d / "tofu-bad"
     p["tofu_bad"].mkdir()
+    for name in splits:
+        (p["tofu"] / f"{name}.jsonl").write_text(good[0] + "\n")
+        (p["tofu_bad"] / f"{name}.jsonl").write_text(good[0] + "\n")
     (p["tofu_bad"] / "forget10_perturbed.jsonl").write_text(good[0] + "\n{not json\n")
     return p
 

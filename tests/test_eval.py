@@ -483,7 +483,9 @@ def test_convention_tells_prompt_and_tokenizer_apart(tokenizer):
         (["--benchmark", "muse", "--data", "EMPTY"], ": local folder without verbmem/forget.json (7 of 7"),
     ],
 )
-def test_eval_checks_split_and_data_before_loading_the_model(tmp_path, monkeypatch, capsys, args, message):
+def test_eval_checks_split_and_data_before_loading_the_model(
+    tiny_model_dir, tmp_path, monkeypatch, capsys, args, message
+):
     """A wrong split name or a wrong local --data (missing, a file, another layout) is refused in one line
     before the model is loaded, and never reported as a hub error."""
     import mox_unlearn.evaluate.run as run
@@ -496,7 +498,7 @@ def test_eval_checks_split_and_data_before_loading_the_model(tmp_path, monkeypat
     (tmp_path / "data.csv").write_text("question,answer\n")
     (tmp_path / "empty").mkdir()
     args = [{"FILE": str(tmp_path / "data.csv"), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
-    base = {"--benchmark": "tofu", "--model": str(tmp_path / "model"), "--out": str(tmp_path / "r.json")}
+    base = {"--benchmark": "tofu", "--model": str(tiny_model_dir), "--out": str(tmp_path / "r.json")}
     given = dict(zip(args[::2], args[1::2]))
     argv = ["eval", *[x for k, v in {**base, **given}.items() for x in (k, v)]]
     assert main(argv) == 2

@@ -230,7 +230,8 @@ def test_allow_pickle_still_refuses_code_in_a_pickle(fault_root, tmp_path):
 
 
 def test_allow_pickle_flag_reaches_the_loader(fault_root, capsys):
-    """`mox eval --allow-pickle` gets past the refusal (and then fails on the empty data folder)."""
+    """`mox eval --allow-pickle` gets past the refusal (and then fails on the empty data folder, still before
+    loading the model)."""
     root, paths = fault_root
     argv = [
         "eval",
@@ -247,7 +248,7 @@ def test_allow_pickle_flag_reaches_the_loader(fault_root, capsys):
     assert "--allow-pickle" in capsys.readouterr().err
     assert main([*argv, "--allow-pickle"]) == 2
     err = capsys.readouterr().err
-    assert "TOFU split" in err and "pickle" not in err
+    assert "local folder without forget10_perturbed.jsonl" in err and "pickle" not in err
 
 
 def test_trust_remote_code_is_off_unless_asked(monkeypatch, fault_root):

@@ -25,11 +25,15 @@ def load_eval_model(path: str, dtype: str = "auto"):
     return model.to(device).eval(), load_tokenizer(path)
 
 
-def check_eval_inputs(benchmark: str, data: str | None, forget_split: str) -> None:
-    """What `mox eval` can know before loading the model, refused in one line: the split name, and a local
-    `--data` (io.loading.looks_like_path) that is missing, a file, or lacks a file the benchmark reads.
-    A hub id is left to the loader."""
-    from mox_unlearn.io.loading import looks_like_path
+def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_split: str) -> None:
+    """What `mox eval` can know before loading the model, refused in one line: a local model folder that
+    is not one (io.loading.check_model_folder), the split name, and a local `--data`
+    (io.loading.looks_like_path) that is missing, a file, or lacks a file the benchmark reads. Hub ids are
+    left to the loaders."""
+    from mox_unlearn.io.loading import check_model_folder, looks_like_path
+
+    if looks_like_path(model_path):
+        check_model_folder(Path(model_path).expanduser())
 
     if benchmark == "tofu":
         from mox_unlearn.evaluate.tofu import FORGET_SPLITS, SPLITS
@@ -85,7 +89,7 @@ def run_eval(
     model_dir = Path(model_path).expanduser()
     if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
         raise MoxError(f"--out {out} is inside the model folder {model_path}; write the result elsewhere")
-    check_eval_inputs(benchmark, data, forget_split)
+    check_eval_inputs(benchmark, model_path, data, forget_split)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)
     if benchmark == "tofu":
