@@ -268,23 +268,16 @@ def check_gates(target: dict, retain: dict, guess: float, cfg: DemoConfig) -> li
 
 # ----------------------------------------------------------------------------- unlearning runs
 
-# the tuned table's methods and learning-rate grid: the frontier's defaults (experiments/frontier.py)
-TUNED_DEFAULTS = {
-    "frontier_methods": ["mox", "npo", "graddiff", "simnpo", "ga"],
-    "frontier_lr_scales": [1 / 3, 1.0, 3.0],
-}
-
 
 def workspace_config(cfg: DemoConfig):
     """The experiments workspace's config for this demo: the same models and shared settings; the tuned
-    table's frontier over `tuned_settings` and the demo's one seed. Per-epoch weights are kept (as every
+    table's frontier (ExperimentConfig's defaults: methods and lr grid) over `tuned_settings` and the demo's
+    one seed. Per-epoch weights are kept (as every
     experiment keeps them) for the tuned methods only, whose shared-setting run is then the same run as the
     frontier's at that lr, here and in `mox experiment frontier --out` this folder (see `run_method`)."""
     from mox_unlearn.experiments.workspace import ExperimentConfig, check_settings
 
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    x = ExperimentConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields})
-    apply_mapping(x, {**TUNED_DEFAULTS, "frontier_seeds": [cfg.seed]})
+    x = ExperimentConfig(**dataclasses.asdict(cfg), frontier_seeds=[cfg.seed])
     try:
         apply_mapping(x, cfg.tuned_settings)
     except MoxError as e:
@@ -310,7 +303,7 @@ def run_method(name: str, cfg: DemoConfig, ws) -> list[tuple[str, Path, float | 
 def tuned_rows(result: dict) -> list[dict]:
     """The tuned table: each method's pick by the retrain-free rule, then by the oracle, with the setting
     picked (one seed: the demo's)."""
-    from mox_unlearn.experiments.frontier import ORACLE, RETRAIN_FREE
+    from mox_unlearn.experiments.frontier import ORACLE, RETRAIN_FREE, is_fallback
     from mox_unlearn.report import COLUMNS
 
     by_id = {r["id"]: r for r in result["records"]}
@@ -321,7 +314,6 @@ def tuned_rows(result: dict) -> list[dict]:
                 r = by_id.get(pick["id"])
                 if r is None:
                     continue
-                fallback = not (pick.get("qualified", True) and pick.get("utility_ok", True))
                 knob = "α" if r["knob"] == "alpha" else r["knob"]
                 grid = r["setting"].split(", ")[1:]  # the setting's own grid values, after its lr
                 picked = ", ".join([f"lr {r['lr']:.3g}", *grid, f"{knob} {r['value']:g}"])
@@ -332,7 +324,7 @@ def tuned_rows(result: dict) -> list[dict]:
                         "alpha": r["value"] if r["knob"] == "alpha" else None,
                         **{k: r.get(k) for k in COLUMNS[3:]},
                         "rule": rule.replace("_", "-"),
-                        "picked": picked + (" (fallback)" if fallback else ""),
+                        "picked": picked + (" (fallback)" if is_fallback(pick) else ""),
                     }
                 )
     return rows
@@ -386,8 +378,10 @@ def tuned_note(result: dict, fcfg: dict, cfg: DemoConfig) -> str:
 def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
     """Why there is no tuned table, and the one command that adds it to the same folder."""
     n_lr = len(xcfg.frontier_lrs or xcfg.frontier_lr_scales)
-    # a knob needs more than the table's α columns: the full demo's grid, as docs/frontier.md runs it
-    finer = ' "alphas=[0.5,1,2,4,8]"' if len(xcfg.alphas) < 3 else ""
+    from mox_unlearn.config import ALPHA_GRID
+
+    # a knob needs more than the table's α columns: the paper's five, as docs/frontier.md runs it
+    finer = f' "alphas=[{",".join(f"{a:g}" for a in ALPHA_GRID)}]"' if len(xcfg.alphas) < 3 else ""
     return (
         f"No tuned table (tuned: false, or --untuned): it trains each of {len(xcfg.frontier_methods)} methods at "
         f"{n_lr} learning rates and evaluates every stopping epoch or α, more than this demo's time allows "

@@ -36,10 +36,9 @@ def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_
         check_model_folder(Path(model_path).expanduser())
 
     if benchmark == "tofu":
-        from mox_unlearn.evaluate.tofu import FORGET_SPLITS, SPLITS
+        from mox_unlearn.evaluate.tofu import SPLITS, check_forget_split
 
-        if forget_split not in FORGET_SPLITS:
-            raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
+        check_forget_split(forget_split)
         needed = [s.format(forget=forget_split) for s in SPLITS.values()] + [forget_split.replace("forget", "holdout")]
         needed = [f"{name}.jsonl" for name in needed]
     else:

@@ -40,6 +40,12 @@ SPLITS = {
 }
 
 
+def check_forget_split(forget_split: str) -> None:
+    """A TOFU forget split name, or a one-line error listing the valid ones."""
+    if forget_split not in FORGET_SPLITS:
+        raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
+
+
 def load_tofu_split(source: str, split: str) -> RecordSet:
     """A TOFU split from a local folder (`<source>/<split>.jsonl`, the layout of shared/data/tofu)
     or from the hub (`locuslab/TOFU`, config = split)."""
@@ -223,8 +229,7 @@ def evaluate_tofu(
     """All TOFU metrics of one model. Returns {"summary": {...}, "metrics": {...}, "convention": {...}}
     (see docs/metrics.md). A retain result scored with another prompt convention or tokenizer is refused
     unless `allow_convention_mismatch`."""
-    if forget_split not in FORGET_SPLITS:
-        raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: {', '.join(FORGET_SPLITS)}")
+    check_forget_split(forget_split)
     fmt = fmt or PromptFormat()
     convention = scoring_convention(tokenizer, fmt)
     # read and checked before the (long) evaluation: a mismatch is known now

@@ -265,6 +265,12 @@ def log10_fq(fq: float | None) -> float | None:
     return None if _num(fq) is None else math.log10(max(float(fq), 1e-300))
 
 
+def is_fallback(pick: Mapping[str, Any]) -> bool:
+    """A pick made because nothing qualified: the oracle's without a setting above the MU bar, or the
+    retrain-free rule's without one within the utility tolerance."""
+    return not (pick.get("qualified", True) and pick.get("utility_ok", True))
+
+
 def summarize(
     records: Sequence[Mapping[str, Any]], selected: Mapping[str, Mapping[str, Mapping[str, dict]]]
 ) -> list[dict[str, Any]]:
@@ -279,7 +285,7 @@ def summarize(
             row: dict[str, Any] = {"method": method, "rule": rule, "seeds": len(chosen)}
             for key in REPORTED:
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std(r.get(key) for _, r in chosen)
-            row["fallbacks"] = sum(not (p.get("qualified", True) and p.get("utility_ok", True)) for _, p in picks)
+            row["fallbacks"] = sum(is_fallback(p) for _, p in picks)
             row["picks"] = {seed: f"{r['setting']}, {r['knob']} {r['value']:g}" for seed, r in chosen}
             rows.append(row)
     return rows
