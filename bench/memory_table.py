@@ -5,7 +5,7 @@
 
 Computed: parameter counts from the architecture numbers (hidden size, MLP size, layers, attention /
 key-value heads, vocabulary, tied embeddings), then bytes per parameter for each piece of state the
-training loop (src/mox_unlearn/train.py) holds: the trained weights, the frozen reference θ_ref (a
+training loop (src/mox_unlearn/train/) holds: the trained weights, the frozen reference θ_ref (a
 second full copy; under FSDP2 sharded like the trained weights, src/mox_unlearn/sharding.py),
 gradients, AdamW's m and v in fp32, and, with --momentum, the CPU fp32 running average (under FSDP2
 each process keeps the average of its own shards only). Activations, the CUDA context,
@@ -204,17 +204,16 @@ def child(model: str, method: str | None, steps: int, work: Path) -> dict:
     """Runs in a fresh process: `mox unlearn` (or, with method None, only the imports); its own peak RSS."""
     import transformers  # noqa: F401
 
-    import mox_unlearn.train  # noqa: F401
-    import mox_unlearn.train as train
     from mox_unlearn.cli import main  # noqa: F401  (the baseline pays for the same imports)
+    from mox_unlearn.train import Callback
 
     run, peak_training = {}, {}
 
-    def record(step: int) -> None:  # after each optimizer step: the peak so far covers loading and training
-        peak_training["bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak_training["current"] = _current_rss()
+    class Record(Callback):
+        def on_step_end(self, run) -> None:  # after each step: the peak so far covers loading and training
+            peak_training["bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak_training["current"] = _current_rss()
 
-    train._on_step_end = record
     if method is not None:
         forget, retain = work / "forget.jsonl", work / "retain.jsonl"
         forget.write_text("".join(json.dumps(r) + "\n" for r in QA[:8]))
@@ -239,7 +238,8 @@ def child(model: str, method: str | None, steps: int, work: Path) -> dict:
                 "per_device_batch_size=2",
                 "max_length=64",
                 "save_memorized=false",
-            ]
+            ],
+            callbacks=[Record()],
         )
         if rc != 0:
             raise SystemExit(rc)

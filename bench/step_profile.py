@@ -2,7 +2,7 @@
 
     python bench/step_profile.py [--model DIR] [--steps 10] [--rounds 3] [--batch 8] [--json FILE]
 
-The step is the training loop's own (src/mox_unlearn/train.py): `collate` → `build_inputs` (the
+The step is the training loop's own (src/mox_unlearn/train/): `collate` → `build_inputs` (the
 objective's forward passes, policy and reference) → the objective → backward → gradient clipping →
 AdamW step. Each part is timed separately (perf_counter; CPU, so no device synchronisation is needed;
 on a GPU set CUDA_LAUNCH_BLOCKING=1 or read the parts as launch times). The reference model is

@@ -47,16 +47,18 @@ def as_fsdp(self, *args, **kwargs):
 
 state.AcceleratorState.__init__ = as_fsdp
 
-import mox_unlearn.train as train
-stop = int(os.environ.get("MOX_STOP_AFTER", "0"))
-if stop:
-    def die(step):
-        if step == stop:
-            os._exit(9)  # like a SIGKILL: no cleanup, no checkpoint beyond the last one
-    train._on_step_end = die
-
 from mox_unlearn.cli import main
-sys.exit(main(sys.argv[1:]))
+from mox_unlearn.train import Callback
+
+class DieAfter(Callback):
+    def __init__(self, step):
+        self.step = step
+    def on_step_end(self, run):
+        if run.progress.step == self.step:
+            os._exit(9)  # like a SIGKILL: no cleanup, no checkpoint beyond the last one
+
+stop = int(os.environ.get("MOX_STOP_AFTER", "0"))
+sys.exit(main(sys.argv[1:], callbacks=[DieAfter(stop)] if stop else []))
 """
 
 

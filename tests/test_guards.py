@@ -5,7 +5,6 @@ deletes an input; a resume survives a cut log line and a half-written checkpoint
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import math
@@ -14,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_unlearn import run, weights
+from test_unlearn import StopAt, run, weights
 
 from mox_unlearn import train
 from mox_unlearn.cli import main
+from mox_unlearn.train import spaces
 
 MOMENTUM = ("--momentum", "momentum_every=1")
 
@@ -32,28 +32,27 @@ def _same_weights(a: Path, b: Path) -> None:
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
-def _poison(monkeypatch, steps: set[int], how: str = "loss") -> None:
+class Poison(train.Callback):
     """Make the objective's value (how="loss") or only its gradient (how="grad") non-finite at the given
     optimizer steps (one micro-batch a step in these runs); the forward values stay those of a real run."""
-    calls = {"n": 0}
-    real_get_loss = train.get_loss
 
-    def get_loss(name):
-        spec = real_get_loss(name)
+    def __init__(self, steps: set[int], how: str = "loss"):
+        self.steps, self.how, self.calls = steps, how, 0
+
+    def on_train_begin(self, run) -> None:
+        real = run.loss_fn
 
         def fn(inputs, **hp):
-            loss, logs = spec.fn(inputs, **hp)
-            calls["n"] += 1
-            if calls["n"] in steps:
-                if how == "loss":
+            loss, logs = real(inputs, **hp)
+            self.calls += 1
+            if self.calls in self.steps:
+                if self.how == "loss":
                     loss = loss * math.nan
                 else:  # d sqrt(x)/dx at x = 0 is inf: the value stays finite, the gradient does not
                     loss = loss + torch.sqrt(loss - loss.detach())
             return loss, logs
 
-        return dataclasses.replace(spec, fn=fn)
-
-    monkeypatch.setattr(train, "get_loss", get_loss)
+        run.loss_fn = fn
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,10 @@ def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(
     tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps, how, problem
 ):
     out = tmp_path / "bad"
-    _poison(monkeypatch, {3}, how)
-    assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=0") == 2
+    poison = [Poison({3}, how)]
+    assert (
+        run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=0", callbacks=poison) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("mox: error: step 3: " + problem) and "checkpoint of step 2 (the weights before it)" in err
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-2"]
@@ -80,10 +81,10 @@ def test_nonfinite_step_stops_with_a_checkpoint_of_the_step_before(
 
     # the checkpoint holds the weights after step 2, as a run interrupted right after step 2 saved them
     cut = tmp_path / "cut"
-    monkeypatch.setattr(
-        train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None
+    assert (
+        run(tiny_model_dir, qa_files, cut, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1", callbacks=[StopAt(2)])
+        == 130
     )
-    assert run(tiny_model_dir, qa_files, cut, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1") == 130
     a, b = (
         load_file(out / "checkpoints/step-2/model.safetensors"),
         load_file(cut / "checkpoints/step-2/model.safetensors"),
@@ -101,11 +102,8 @@ def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(
     tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys, five_steps
 ):
     out = tmp_path / "skip"
-    _poison(monkeypatch, {3})
-    assert (
-        run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "on_nonfinite=skip", "max_skipped_steps=1")
-        == 0
-    )
+    skip = ("on_nonfinite=skip", "max_skipped_steps=1")
+    assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, *skip, callbacks=[Poison({3})]) == 0
     assert "mox: warning: step 3: loss is nan; step skipped (1 of max_skipped_steps=1)" in capsys.readouterr().err
     log = _log(out)
     assert log[2]["skipped"] == "loss is nan" and [r["step"] for r in log] == [1, 2, 3, 4, 5]
@@ -113,14 +111,7 @@ def test_skip_drops_the_step_up_to_max_skipped_steps_then_stops(
     assert json.loads((out / "run.json").read_text())["skipped_steps"] == 1
     assert not torch.equal(weights(out / "model")["lm_head.weight"], weights(five_steps / "model")["lm_head.weight"])
 
-    monkeypatch.undo()
-    _poison(monkeypatch, {2, 4})
-    assert (
-        run(
-            tiny_model_dir, qa_files, tmp_path / "twice", "--max-steps", "5", "on_nonfinite=skip", "max_skipped_steps=1"
-        )
-        == 2
-    )
+    assert run(tiny_model_dir, qa_files, tmp_path / "twice", "--max-steps", "5", *skip, callbacks=[Poison({2, 4})]) == 2
     err = capsys.readouterr().err
     assert "step 4: loss is nan (1 steps skipped already); stopped with a checkpoint of step 3" in err
     assert (tmp_path / "twice" / "checkpoints" / "step-3").is_dir()
@@ -199,7 +190,7 @@ def test_collapse_guard_warns_and_goes_on(tiny_model_dir, qa_files, tmp_path, ca
 
 def _full_disk_when(monkeypatch, target: str, what: str) -> None:
     """Raise ENOSPC from the model card writer (the last file of a folder) of the `target` folder."""
-    real = train.write_model_card
+    real = spaces.write_model_card
 
     def write_model_card(tmp, **kw):
         if Path(tmp).name.startswith(f".{target}.tmp-"):
@@ -207,7 +198,7 @@ def _full_disk_when(monkeypatch, target: str, what: str) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
         return real(tmp, **kw)
 
-    monkeypatch.setattr(train, what, write_model_card)
+    monkeypatch.setattr(spaces, what, write_model_card)
 
 
 def test_full_disk_while_writing_the_model_keeps_the_checkpoint(
@@ -255,11 +246,10 @@ def test_resume_survives_a_cut_log_line_and_a_half_written_checkpoint(
 ):
     """What a kill can leave: the last log line cut short, a checkpoint temp folder never renamed."""
     out = tmp_path / "cut"
-    monkeypatch.setattr(
-        train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None
+    assert (
+        run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1", callbacks=[StopAt(2)])
+        == 130
     )
-    assert run(tiny_model_dir, qa_files, out, "--max-steps", "5", *MOMENTUM, "checkpoint_every=1") == 130
-    monkeypatch.undo()
     with open(out / "log.jsonl", "a") as f:
         f.write('{"step": 3, "epoch": 1.5, "lo')
     (out / "checkpoints" / ".tmp-step-3").mkdir()

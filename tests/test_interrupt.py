@@ -26,11 +26,14 @@ pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pi
 # in the pause as well as inside a step or a checkpoint write.
 LAUNCHER = """
 import os, sys, time
-import mox_unlearn.train as train
-pause = float(os.environ.get("MOX_TEST_STEP_PAUSE", "0"))
-train._on_step_end = lambda step: time.sleep(pause)
 from mox_unlearn.cli import main
-sys.exit(main(sys.argv[1:]))
+from mox_unlearn.train import Callback
+
+class Pause(Callback):
+    def on_step_end(self, run):
+        time.sleep(float(os.environ.get("MOX_TEST_STEP_PAUSE", "0")))
+
+sys.exit(main(sys.argv[1:], callbacks=[Pause()]))
 """
 
 STEPS = 10
@@ -145,23 +148,31 @@ def test_ctrl_c_checkpoints_the_last_step_and_says_how_to_resume(
 # ----------------------------------------------------------------------------- DDP: every process stops together
 
 DDP_LAUNCHER = """
-import dataclasses, math, os, signal, sys
-import mox_unlearn.train as train
+import math, os, signal, sys
+from mox_unlearn.cli import main
+from mox_unlearn.train import Callback
 rank = int(os.environ["RANK"])
-if os.environ.get("MOX_TEST_NAN") == str(rank):  # a NaN loss at step 2 on this process only
-    real, calls = train.get_loss, [0]
-    def get_loss(name):
-        spec = real(name)
+
+class NanAtStep2(Callback):  # a NaN loss at step 2 on this process only
+    def on_train_begin(self, run):
+        real, calls = run.loss_fn, [0]
         def fn(inputs, **hp):
-            loss, logs = spec.fn(inputs, **hp)
+            loss, logs = real(inputs, **hp)
             calls[0] += 1
             return (loss * math.nan if calls[0] == 2 else loss), logs
-        return dataclasses.replace(spec, fn=fn)
-    train.get_loss = get_loss
-if os.environ.get("MOX_TEST_SIGINT") == str(rank):  # Ctrl-C reaches this process only, after step 2
-    train._on_step_end = lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 2 else None
-from mox_unlearn.cli import main
-sys.exit(main(sys.argv[1:]))
+        run.loss_fn = fn
+
+class SigintAfterStep2(Callback):  # Ctrl-C reaches this process only, after step 2
+    def on_step_end(self, run):
+        if run.progress.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+callbacks = []
+if os.environ.get("MOX_TEST_NAN") == str(rank):
+    callbacks.append(NanAtStep2())
+if os.environ.get("MOX_TEST_SIGINT") == str(rank):
+    callbacks.append(SigintAfterStep2())
+sys.exit(main(sys.argv[1:], callbacks=callbacks))
 """
 
 

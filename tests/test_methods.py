@@ -14,8 +14,9 @@ from mox_unlearn.config import UnlearnConfig
 from mox_unlearn.data import collate, encode_records, load_records
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
 from mox_unlearn.losses import LOSSES
-from mox_unlearn.methods import METHODS
-from mox_unlearn.train import resolve
+from mox_unlearn.methods import METHODS, Method, register_method
+from mox_unlearn.methods.targets import TargetSource
+from mox_unlearn.train import Callback, resolve
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64", "--max-steps", "3"]
 EXTRA = {
@@ -129,3 +130,57 @@ def test_every_preset_config_loads_and_resolves():
         cfg = load_config(path, ["model=some-model"])
         r = resolve(cfg)
         assert r.method.name == cfg.method and set(cfg.loss) <= set(r.spec.defaults), path
+
+
+# ----------------------------------------------------------------------------- methods as plug-ins
+
+
+class EchoQuestions(TargetSource):
+    """A made-up target source: each forget question is its own target answer."""
+
+    name = "echo"
+
+    def pool(self, run) -> list[str]:
+        return [r["question"] for r in run.forget.records]
+
+    def choices(self, n_items: int, n_pool: int, seed: int, epoch: int) -> list[int]:
+        return list(range(n_items))
+
+
+class SeenTargets(Callback):
+    def __init__(self):
+        self.targets: list[str] = []
+
+    def on_micro_batch(self, run, batch, mine) -> None:
+        choices = run.targets.choices(0)
+        self.targets += [run.targets.pool[choices[i]] for i in mine[0]]
+
+
+def test_a_made_up_method_with_its_own_target_source_trains_in_the_unchanged_loop(tiny_model_dir, qa_files, tmp_path):
+    """Issue 15: a method that brings its own targets is one registry entry + its plug-in, no loop edit."""
+    forget, retain = qa_files
+    register_method(Method("echo", ("idkpo",), "fine-tune forget prompts to their own question", targets=EchoQuestions))
+    seen = SeenTargets()
+    try:
+        assert resolve(UnlearnConfig(model="m", forget="f", method="echo")).target == "echo"
+        args = ["unlearn", "--method", "echo", "--model", str(tiny_model_dir), "--forget", str(forget)]
+        args += ["--retain", str(retain), "--out", str(tmp_path / "echo"), *FAST]
+        assert main(args, callbacks=[seen]) == 0
+    finally:
+        METHODS.pop("echo")
+    run = json.loads((tmp_path / "echo" / "run.json").read_text())
+    assert run["final_logs"]["target"] > 0 and (tmp_path / "echo" / "model" / "config.json").is_file()
+    questions = {r["question"] for r in load_records(str(forget), name="forget").records}
+    assert len(seen.targets) == 6 and set(seen.targets) <= questions  # 3 steps × 2 items, all echoes
+
+
+def test_a_loss_takes_its_defaults_from_its_signature_and_checks_its_switches():
+    from mox_unlearn.losses import register_loss
+
+    assert LOSSES["npo"].defaults == {"beta": 0.1, "gamma": 1.0, "alpha_r": 1.0}
+    assert LOSSES["memorize"].switches == {"lambda_kl": frozenset({"retain_logits", "ref_retain_logits"})}
+    with pytest.raises(ValueError, match="need defaults"):
+        register_loss("bad", needs=("forget",))(lambda inputs, beta: None)
+    with pytest.raises(ValueError, match="not its hyper-parameters"):
+        register_loss("bad", needs=("forget",), switches={"lambda_kl": ("retain",)})(lambda inputs, beta=1.0: None)
+    assert "bad" not in LOSSES

@@ -1,7 +1,7 @@
 """Data parallelism: 2 CPU processes (DDP over gloo, launched by torchrun) against 1 process.
 
 The loop builds one global plan per epoch (`epoch_plan` with the *global* micro-batch size
-per_device_batch_size × processes) and each process takes its share with `_slice_for_process`. So
+per_device_batch_size × processes) and each process takes its share with `slice_for_process`. So
 2 processes × per_device 2 and 1 process × per_device 4, at the same batch_size / seed / data, see
 the same examples in every optimizer step. Token means (CE, KL) are divided by the step's answer
 tokens over all processes and micro-batches (train.step_token_norms), so DDP's average of the ranks'
@@ -29,28 +29,26 @@ from safetensors.torch import load_file
 
 from mox_unlearn.data import encode_qa, epoch_plan
 from mox_unlearn.data.formatting import PromptFormat
-from mox_unlearn.train import _slice_for_process
+from mox_unlearn.train import slice_for_process
 
 pytestmark = pytest.mark.slow  # trains, spawns processes or runs a miniature pipeline
 
-# Runs `mox` (cli.main) after wrapping train._slice_for_process so that each rank records which
-# forget / retain indices it took (the loop logs only rank 0's losses, nothing about sampling).
+# Runs `mox` (cli.main) with a callback through which each rank records which forget / retain indices
+# of each global micro-batch it took (the loop logs only rank 0's losses, nothing about sampling).
 RECORDING_LAUNCHER = """
 import json, os, sys
-import mox_unlearn.train as train
 from mox_unlearn.cli import main
+from mox_unlearn.train import Callback
 
 calls = []
-original = train._slice_for_process
 
-def recording(indices, rank, world):
-    mine = original(indices, rank, world)
-    calls.append({"indices": list(indices), "mine": list(mine)})
-    return mine
+class Recording(Callback):
+    def on_micro_batch(self, run, batch, mine):
+        for indices, taken in zip(batch, mine):
+            calls.append({"indices": list(indices), "mine": list(taken)})
 
-train._slice_for_process = recording
 try:
-    code = main(sys.argv[1:])
+    code = main(sys.argv[1:], callbacks=[Recording()])
 finally:
     path = os.path.join(os.environ["MOX_SLICE_LOG"], "rank-%s.json" % os.environ.get("RANK", "0"))
     with open(path, "w") as f:
@@ -172,13 +170,13 @@ def test_two_processes_match_one_process(tiny_model_dir, tokenizer, tmp_path):
         max_abs, rel = _difference(tmp_path / "two" / sub, tmp_path / "one" / sub, tiny_model_dir)
         assert max_abs <= max_abs_bound and rel <= MAX_RELATIVE, f"{sub}: max |Δ| {max_abs:.3g}, relative {rel:.3g}"
 
-    # Retain sampling in the run itself: what each rank handed to _slice_for_process, in call order
+    # Retain sampling in the run itself: what each rank handed to slice_for_process, in call order
     # (forget then retain, per micro-batch), against the global plans of epochs 0 and 1.
     recorded = {rank: json.loads((slices / f"rank-{rank}.json").read_text()) for rank in (0, 1)}
     expected_args = [idx for epoch in (0, 1) for pair in epoch_plan(10, 10, 4, 0, epoch) for idx in pair]
     for rank in (0, 1):
         assert [c["indices"] for c in recorded[rank]] == expected_args, "the loop no longer slices epoch_plan's lists"
-        assert [c["mine"] for c in recorded[rank]] == [_slice_for_process(i, rank, 2) for i in expected_args]
+        assert [c["mine"] for c in recorded[rank]] == [slice_for_process(i, rank, 2) for i in expected_args]
     retain_calls = range(1, len(expected_args), 2)
     for k in retain_calls:
         r0, r1 = recorded[0][k]["mine"], recorded[1][k]["mine"]
@@ -252,12 +250,12 @@ def test_retain_sampling_differs_across_ranks(n_forget, n_retain, per_device, wo
     chance), and there the shares must still together be the global draw."""
     for epoch in range(2):
         for _, retain_idx in epoch_plan(n_forget, n_retain, per_device * world, seed=0, epoch=epoch):
-            mine = [_slice_for_process(retain_idx, rank, world) for rank in range(world)]
+            mine = [slice_for_process(retain_idx, rank, world) for rank in range(world)]
             assert sorted(sum(mine, [])) == sorted(retain_idx)
             if n_retain >= len(retain_idx):
                 assert sum(len(set(m)) for m in mine) == len(retain_idx), f"ranks share retain items: {mine}"
     # rank 0 against rank 1 over the first epoch of the two-process run above
     plan = epoch_plan(10, 10, 4, seed=0, epoch=0)
-    rank0 = [_slice_for_process(r, 0, 2) for _, r in plan]
-    rank1 = [_slice_for_process(r, 1, 2) for _, r in plan]
+    rank0 = [slice_for_process(r, 0, 2) for _, r in plan]
+    rank1 = [slice_for_process(r, 1, 2) for _, r in plan]
     assert rank0 != rank1 and all(not set(a) & set(b) for a, b in zip(rank0, rank1))

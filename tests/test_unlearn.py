@@ -23,7 +23,18 @@ def weights(folder) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run(tiny_model_dir, qa_files, out, *extra: str) -> int:
+class StopAt(train.Callback):
+    """Ctrl-C right after optimizer step `step` (after its checkpoint): an interrupted run."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, run) -> None:
+        if run.progress.step == self.step:
+            raise KeyboardInterrupt
+
+
+def run(tiny_model_dir, qa_files, out, *extra: str, callbacks=()) -> int:
     forget, retain = qa_files
     return main(
         [
@@ -38,7 +49,8 @@ def run(tiny_model_dir, qa_files, out, *extra: str) -> int:
             str(out),
             *FAST,
             *extra,
-        ]
+        ],
+        callbacks=callbacks,
     )
 
 
@@ -124,13 +136,7 @@ def test_momentum_average_hand_values():
 def test_resume_after_interruption_reaches_the_same_weights(tiny_model_dir, qa_files, tmp_path, monkeypatch):
     common = ("--max-steps", "4", "checkpoint_every=1", "--momentum", "momentum_every=2")
     assert run(tiny_model_dir, qa_files, tmp_path / "full", *common) == 0
-
-    def crash(step):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_on_step_end", crash)
-    assert run(tiny_model_dir, qa_files, tmp_path / "cut", *common) == 130
+    assert run(tiny_model_dir, qa_files, tmp_path / "cut", *common, callbacks=[StopAt(2)]) == 130
     assert not (tmp_path / "cut" / "model").exists() and not (tmp_path / "cut" / "run.json").exists()
     monkeypatch.undo()
     assert main(["unlearn", "--resume", "--out", str(tmp_path / "cut")]) == 0
@@ -142,9 +148,10 @@ def test_resume_after_interruption_reaches_the_same_weights(tiny_model_dir, qa_f
 
 
 def test_resume_refuses_a_changed_config(tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "_on_step_end", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1") == 130
-    monkeypatch.undo()
+    assert (
+        run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1", callbacks=[StopAt(1)])
+        == 130
+    )
     assert (
         run(tiny_model_dir, qa_files, tmp_path / "r", "--max-steps", "3", "checkpoint_every=1", "lr=0.5", "--resume")
         == 2

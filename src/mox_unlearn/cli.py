@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -519,7 +518,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
     from mox_unlearn.config import load_config
-    from mox_unlearn.train import saved_config, unlearn
+    from mox_unlearn.train import RunFolder, saved_config, unlearn
 
     flags = {
         k: getattr(args, k)
@@ -552,37 +551,14 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides, flags)
     out_existed = bool(cfg.out) and Path(cfg.out).exists()
     try:
-        out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv])
+        out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv], callbacks=args.callbacks)
     except Exception:
         if not args.resume and not out_existed:
-            _remove_failed_start(Path(cfg.out))
+            RunFolder(Path(cfg.out)).remove_failed_start()
         raise
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     _print_summary(run)
     return 0
-
-
-# What a run writes before it has done any work (train.py: config.yaml and command.txt first).
-_START_FILES = {"config.yaml", "command.txt", "log.jsonl"}
-
-
-def _remove_failed_start(out: Path) -> None:
-    """Remove a run folder this command created when it failed before any step was logged or checkpointed.
-
-    Only a folder that did not exist before, holds nothing but the start files and an empty log: a
-    folder with a checkpoint, a logged step or anything else is left for --resume or for inspection.
-    """
-    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
-        return
-    entries = list(out.iterdir())
-    if any(e.name not in _START_FILES or not e.is_file() for e in entries):
-        return
-    log = out / "log.jsonl"
-    if log.is_file() and log.stat().st_size:
-        return
-    for e in entries:
-        e.unlink()
-    out.rmdir()
 
 
 def _print_summary(run: dict) -> None:
@@ -679,11 +655,13 @@ def _setup_logging() -> None:
         log.addHandler(_StderrHandler(level=logging.WARNING))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
+    """`mox ARGS...`; returns the exit code. `callbacks` (train.Callback) hook into `mox unlearn`'s run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     # key=value overrides may come between options, which argparse's positionals don't allow.
     args, rest = parser.parse_known_args(argv)
+    args.callbacks = list(callbacks)
     extra = [r for r in rest if "=" in r and not r.startswith("-")]
     unknown = [r for r in rest if r not in extra]
     if unknown or (extra and args.command not in ("unlearn", "demo", "experiment")):
@@ -702,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=getattr(args, "trust_remote_code", False),
         ):
             return _dispatch(args, argv)
-    except KeyboardInterrupt as e:  # train.py's RunInterrupted says which checkpoint and the resume command
+    except KeyboardInterrupt as e:  # the training run's RunInterrupted says which checkpoint and the resume command
         print(f"mox: {e}" if str(e) else "mox: interrupted (resume a training run with --resume)", file=sys.stderr)
         return 130
     except Exception as e:  # every failure: one line, the traceback only with --debug

@@ -1,5 +1,5 @@
 """What stops a training run safely: a stop request (Ctrl-C / SIGTERM), a non-finite loss or gradient,
-a model that collapses (paper Def. 2.2). train.py asks these at step boundaries and checkpoints the
+a model that collapses (paper Def. 2.2). the training run (train/run.py) asks these at step boundaries and checkpoints the
 last good state before it stops, so `mox unlearn --resume` continues from there.
 
 Every decision here is taken the same way on every process (one tiny all-reduce), because under DDP a
@@ -149,7 +149,7 @@ def collapse_rate(
     Each process generates for its share of the prompts on the unwrapped model (no collective inside,
     so processes may stop generating at different lengths); the texts are then gathered, so every
     process computes the same rate and takes the same decision. Not for FSDP, whose forward passes
-    are collectives (refused in train.py). Leaves the model in eval mode; the caller switches back."""
+    are collectives (refused in train/run.py). Leaves the model in eval mode; the caller switches back."""
     from mox_unlearn.evaluate.stats import generate_greedy, generated_top_token_rate
 
     mine = prompts[rank::world]

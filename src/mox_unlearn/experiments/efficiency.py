@@ -178,7 +178,7 @@ def first_batch(u: UnlearnConfig, resolved: Resolved, tokenizer: Any, device: to
     from mox_unlearn.forward import StepBatch
     from mox_unlearn.train import load_data
 
-    forget_rs, retain_rs, _ = load_data(u, resolved)
+    forget_rs, retain_rs = load_data(u, resolved)
     forget = encode_records(tokenizer, forget_rs, u.prompt, u.max_length)
     retain = encode_records(tokenizer, retain_rs, u.prompt, u.max_length) if retain_rs else []
     f_idx, r_idx = epoch_plan(len(forget), len(retain), u.per_device_batch_size, u.seed, 0)[0]
@@ -361,9 +361,9 @@ def _count(value: Any, unit: str) -> Any:
 
 def _autocast(u: UnlearnConfig, device: torch.device) -> Any:
     """The training loop's mixed precision (accelerate's autocast) as a plain torch autocast."""
-    from mox_unlearn.train import _mixed_precision
+    from mox_unlearn.train import mixed_precision
 
-    mode = _mixed_precision(u.mixed_precision)
+    mode = mixed_precision(u.mixed_precision)
     if mode == "no":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,25 +85,47 @@ class LossInputs:
 NEEDS = frozenset(LossInputs.__dataclass_fields__)
 
 
+# The forward passes of the usual retain terms, for `switches`: a weight of 0 skips them.
+RETAIN_NLL = ("retain",)
+RETAIN_KL = ("retain_logits", "ref_retain_logits")
+
+
 @dataclass(frozen=True)
 class LossSpec:
     name: str
     fn: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     needs: frozenset[str]
-    defaults: dict[str, float]
+    defaults: dict[str, float]  # from the function's signature: the one place a default is written
+    switches: dict[str, frozenset[str]] = field(default_factory=dict)  # weight -> needs it switches on
+
+    def active_needs(self, hp: dict[str, float]) -> frozenset[str]:
+        """The needs left when a weight that switches a term on is 0 (no KL pass when λ_kl = 0)."""
+        off = set().union(*(names for weight, names in self.switches.items() if hp.get(weight) == 0))
+        return self.needs - off
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, needs: tuple[str, ...], **defaults: float):
-    """Decorator adding an objective to LOSSES, with the inputs it reads and its default hyper-parameters."""
+def register_loss(name: str, needs: tuple[str, ...], switches: dict[str, tuple[str, ...]] | None = None):
+    """Decorator adding an objective to LOSSES: the inputs it reads (`needs`), and which of them each
+    weight switches on (`switches`, e.g. {"lambda_kl": RETAIN_KL}). Its hyper-parameters and their
+    defaults are the function's keyword arguments."""
     unknown = set(needs) - NEEDS
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)} for loss {name}")
 
     def wrap(fn):
-        LOSSES[name] = LossSpec(name, fn, frozenset(needs), dict(defaults))
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after `inputs`
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty]
+        if missing:
+            raise ValueError(f"loss {name}: hyper-parameters {missing} need defaults")
+        defaults = {p.name: p.default for p in params}
+        stray = set(switches or {}) - set(defaults)
+        if stray:
+            raise ValueError(f"loss {name}: switches name {sorted(stray)}, which are not its hyper-parameters")
+        sw = {weight: frozenset(names) & frozenset(needs) for weight, names in (switches or {}).items()}
+        LOSSES[name] = LossSpec(name, fn, frozenset(needs), defaults, sw)
         return fn
 
     return wrap

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mox_unlearn.errors import MoxError
-from mox_unlearn.losses.base import LossInputs, SeqStats, kl_ref_to_policy, register_loss
+from mox_unlearn.losses.base import RETAIN_KL, RETAIN_NLL, LossInputs, SeqStats, kl_ref_to_policy, register_loss
 
 
 def _device(inputs: LossInputs) -> torch.device:
@@ -90,7 +90,7 @@ def nll(inputs: LossInputs):
     return _finish(forget=inputs.forget.nll())
 
 
-@register_loss("ga", needs=("forget",), gamma=1.0)
+@register_loss("ga", needs=("forget",))
 def ga(inputs: LossInputs, gamma: float = 1.0):
     """Gradient ascent: −γ · NLL(forget).
 
@@ -102,7 +102,7 @@ def ga(inputs: LossInputs, gamma: float = 1.0):
     return _finish(forget=-gamma * inputs.forget.nll())
 
 
-@register_loss("graddiff", needs=("forget", "retain"), gamma=1.0, alpha_r=1.0)
+@register_loss("graddiff", needs=("forget", "retain"), switches={"alpha_r": RETAIN_NLL})
 def graddiff(inputs: LossInputs, gamma: float = 1.0, alpha_r: float = 1.0):
     """Gradient difference (the MOX paper's GAD): −γ · NLL(forget) + α_r · NLL(retain).
 
@@ -114,7 +114,7 @@ def graddiff(inputs: LossInputs, gamma: float = 1.0, alpha_r: float = 1.0):
     return _finish(forget=-gamma * inputs.forget.nll(), retain=_retain_nll(inputs, alpha_r))
 
 
-@register_loss("kl", needs=("forget", "retain_logits", "ref_retain_logits"), gamma=1.0, lambda_kl=1.0)
+@register_loss("kl", needs=("forget", "retain_logits", "ref_retain_logits"), switches={"lambda_kl": RETAIN_KL})
 def kl(inputs: LossInputs, gamma: float = 1.0, lambda_kl: float = 1.0):
     """KL minimisation: −γ · NLL(forget) + λ_kl · KL(p_ref || p_θ) on retain answer tokens.
 
@@ -126,7 +126,7 @@ def kl(inputs: LossInputs, gamma: float = 1.0, lambda_kl: float = 1.0):
     return _finish(forget=-gamma * inputs.forget.nll(), kl=_retain_kl(inputs, lambda_kl))
 
 
-@register_loss("npo", needs=("forget", "ref_forget", "retain"), beta=0.1, gamma=1.0, alpha_r=1.0)
+@register_loss("npo", needs=("forget", "ref_forget", "retain"), switches={"alpha_r": RETAIN_NLL})
 def npo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: float = 1.0):
     """NPO (+ retain NLL): −γ·(2/β)·mean_i log σ(−β(logp_θ − logp_ref)(y_i|x_i)) + α_r·NLL(retain).
 
@@ -141,7 +141,7 @@ def npo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: floa
     return _finish(npo=term, retain=_retain_nll(inputs, alpha_r))
 
 
-@register_loss("simnpo", needs=("forget", "retain"), beta=2.5, delta=0.0, gamma=0.1375, alpha_r=1.0)
+@register_loss("simnpo", needs=("forget", "retain"), switches={"alpha_r": RETAIN_NLL})
 def simnpo(inputs: LossInputs, beta: float = 2.5, delta: float = 0.0, gamma: float = 0.1375, alpha_r: float = 1.0):
     """SimNPO: −γ·(2/β)·mean_i log σ(−β·logp_θ(y_i|x_i)/|y_i| − δ) + α_r·NLL(retain).
 
@@ -168,7 +168,7 @@ def simnpo(inputs: LossInputs, beta: float = 2.5, delta: float = 0.0, gamma: flo
     return _finish(simnpo=term, retain=_retain_nll(inputs, alpha_r))
 
 
-@register_loss("idkpo", needs=("target", "retain"), alpha_r=1.0)
+@register_loss("idkpo", needs=("target", "retain"), switches={"alpha_r": RETAIN_NLL})
 def idkpo(inputs: LossInputs, alpha_r: float = 1.0):
     """TOFU's "Preference Optimization" (PO / IdkPO): NLL(target) + α_r · NLL(retain).
 
@@ -183,11 +183,7 @@ def idkpo(inputs: LossInputs, alpha_r: float = 1.0):
 
 
 @register_loss(
-    "dpo",
-    needs=("forget", "ref_forget", "target", "ref_target", "retain"),
-    beta=0.1,
-    gamma=1.0,
-    alpha_r=1.0,
+    "dpo", needs=("forget", "ref_forget", "target", "ref_target", "retain"), switches={"alpha_r": RETAIN_NLL}
 )
 def dpo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: float = 1.0):
     """DPO with a refusal as the preferred answer and the forget answer as the dispreferred one:
@@ -206,11 +202,7 @@ def dpo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: floa
 
 
 @register_loss(
-    "altpo",
-    needs=("forget", "ref_forget", "target", "ref_target", "retain"),
-    beta=0.1,
-    gamma=1.0,
-    alpha_r=1.0,
+    "altpo", needs=("forget", "ref_forget", "target", "ref_target", "retain"), switches={"alpha_r": RETAIN_NLL}
 )
 def altpo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: float = 1.0):
     """AltPO: DPO preferring an *alternate* answer over the forget answer, plus retain NLL:
@@ -236,11 +228,7 @@ def altpo(inputs: LossInputs, beta: float = 0.1, gamma: float = 1.0, alpha_r: fl
 
 
 @register_loss(
-    "llmu",
-    needs=("forget", "target", "retain_logits", "ref_retain_logits"),
-    forget_weight=0.5,
-    random_weight=1.0,
-    lambda_kl=1.0,
+    "llmu", needs=("forget", "target", "retain_logits", "ref_retain_logits"), switches={"lambda_kl": RETAIN_KL}
 )
 def llmu(inputs: LossInputs, forget_weight: float = 0.5, random_weight: float = 1.0, lambda_kl: float = 1.0):
     """LLMU: −w_f·NLL(forget) + w_r·NLL(target) + λ_kl·KL(p_ref || p_θ) on retain answer tokens.
@@ -277,8 +265,7 @@ def _mse(a: torch.Tensor, b: torch.Tensor, norm: float | None = None) -> torch.T
 @register_loss(
     "rmu",
     needs=("forget_hidden", "retain_hidden", "ref_retain_hidden", "control"),
-    steering_coeff=6.5,
-    alpha_r=1200.0,
+    switches={"alpha_r": ("retain_hidden", "ref_retain_hidden")},
 )
 def rmu(inputs: LossInputs, steering_coeff: float = 6.5, alpha_r: float = 1200.0):
     """RMU: MSE(h_ℓ(forget), c·u) + α_r · MSE(h_ℓ(retain), h_ℓ^ref(retain)).
@@ -311,7 +298,7 @@ def rmu(inputs: LossInputs, steering_coeff: float = 6.5, alpha_r: float = 1200.0
     return _finish(forget=forget, retain=retain)
 
 
-@register_loss("whp", needs=("forget_logits", "ref_forget_logits", "reinforced_forget_logits"), alpha_w=1.0)
+@register_loss("whp", needs=("forget_logits", "ref_forget_logits", "reinforced_forget_logits"))
 def whp(inputs: LossInputs, alpha_w: float = 1.0):
     """Who's Harry Potter: cross-entropy of the policy against soft "generic" targets.
 

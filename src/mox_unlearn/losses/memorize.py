@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mox_unlearn.losses.base import LossInputs, kl_ref_to_policy, register_loss
+from mox_unlearn.losses.base import RETAIN_KL, LossInputs, kl_ref_to_policy, register_loss
 
 
 def _kl_term(inputs: LossInputs, lambda_kl: float) -> torch.Tensor:
@@ -41,7 +41,9 @@ def _finish(mem: torch.Tensor, kl: torch.Tensor, tgt: torch.Tensor, mem_name: st
     return loss, logs
 
 
-@register_loss("memorize", needs=("forget", "retain_logits", "ref_retain_logits", "target"), lambda_kl=1.0, gamma_t=1.0)
+@register_loss(
+    "memorize", needs=("forget", "retain_logits", "ref_retain_logits", "target"), switches={"lambda_kl": RETAIN_KL}
+)
 def memorize(inputs: LossInputs, lambda_kl: float = 1.0, gamma_t: float = 1.0):
     """Eq. 4: mean token CE on forget answers + λ_kl · KL(p_ref || p_θ) on retain answer tokens.
 
@@ -55,9 +57,7 @@ def memorize(inputs: LossInputs, lambda_kl: float = 1.0, gamma_t: float = 1.0):
 @register_loss(
     "memorize_po",
     needs=("forget", "ref_forget", "retain_logits", "ref_retain_logits", "target"),
-    beta=0.1,
-    lambda_kl=1.0,
-    gamma_t=1.0,
+    switches={"lambda_kl": RETAIN_KL},
 )
 def memorize_po(inputs: LossInputs, beta: float = 0.1, lambda_kl: float = 1.0, gamma_t: float = 1.0):
     """Eq. 5: (2/β) · mean_i log σ(−β (log p_θ(y_i|x_i) − log p_ref(y_i|x_i))) + λ_kl · KL term.

@@ -1,0 +1,222 @@
+"""The run folder (OUT) of `mox unlearn`: claimed before any model is loaded, written whole file by file
+(temp file or folder, then a rename; secrets redacted), and resumable from its latest checkpoint.
+
+  config.yaml, command.txt   the resolved config and the command line, written at the start
+  log.jsonl                  one line per logged optimizer step (and per collapse probe or skipped step)
+  checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume; removed after run.json
+  epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
+  memorized/, model/, ...    the outputs (train/spaces.py writes them)
+  run.json                   config, versions, timings, final losses; written last
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mox_unlearn.config import UnlearnConfig, to_dict
+from mox_unlearn.errors import MoxError
+from mox_unlearn.io.atomic import write_text_atomic
+from mox_unlearn.redact import redact, redact_text
+
+# Keys that may differ between an interrupted run and its --resume without changing the result (the
+# guards change it only where they fire: a run stopped by one can be resumed with another setting).
+RESUME_FREE_KEYS = {
+    "out",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "on_nonfinite",
+    "max_skipped_steps",
+    "collapse_probe_every",
+    "collapse_threshold",
+    "collapse_action",
+    "collapse_probe_prompts",
+    "collapse_probe_tokens",
+}
+
+# What a run writes before it has done any work.
+START_FILES = {"config.yaml", "command.txt", "log.jsonl"}
+
+
+def _local_inputs(cfg: UnlearnConfig) -> list[Path]:
+    """The files and folders a run reads that exist on this machine (hub ids and hf: specs are skipped)."""
+    specs = [cfg.forget, cfg.retain, cfg.holdout, cfg.refusals]
+    return [Path(s).resolve() for s in specs if s and not s.startswith("hf:") and Path(s).exists()]
+
+
+class RunFolder:
+    """OUT of one training run (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.log_path = path / "log.jsonl"
+
+    # ------------------------------------------------------------------ claiming and starting
+
+    @classmethod
+    def claim(cls, cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: bool = True) -> RunFolder:
+        """Check OUT before any model is loaded; never delete anything that is not a mox run folder, and
+        never write into or delete an input (the model folder, or data that --overwrite would remove).
+
+        Every process checks; only the main process clears or creates the folder.
+        """
+        if not cfg.out:
+            raise MoxError("no output folder given (--out)")
+        out = Path(cfg.out).resolve()
+        folder = cls(out)
+        model_path = Path(cfg.model).resolve() if Path(cfg.model).exists() else None
+        if model_path is not None and (out == model_path or model_path in out.parents or out in model_path.parents):
+            raise MoxError(f"--out {out} overlaps the input model folder {model_path}")
+        if resume:
+            if folder.latest_checkpoint() is None:
+                raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
+            saved = yaml.safe_load((out / "config.yaml").read_text())
+            now, defaults = redact(to_dict(cfg)), to_dict(UnlearnConfig())  # config.yaml was written redacted
+            # a key the interrupted run's version did not have yet counts as its default
+            changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
+            if changed:
+                raise MoxError(f"--resume with a different config than the interrupted run: {', '.join(changed)}")
+            return folder
+        occupied = out.exists() and any(out.iterdir())
+        if occupied and not overwrite:
+            raise MoxError(f"output folder {out} exists and is not empty (use --overwrite or --resume)")
+        if occupied and not folder.is_run_folder():
+            raise MoxError(f"refusing to overwrite {out}: it is not a mox run folder")
+        inside = [str(p) for p in _local_inputs(cfg) if out == p or out in p.parents]
+        if occupied and inside:
+            raise MoxError(f"refusing to overwrite {out}: it holds input {inside[0]}, which --overwrite would delete")
+        if main:
+            if occupied:
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def is_run_folder(self) -> bool:
+        return any((self.path / name).exists() for name in ("config.yaml", "run.json", "checkpoints"))
+
+    def write_start(self, cfg: UnlearnConfig, argv: list[str]) -> None:
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False))
+        write_text_atomic(self.path / "command.txt", redact_text(shlex.join(argv)) + "\n")
+
+    def remove_failed_start(self) -> None:
+        """Remove this folder when the command that created it failed before any step was logged or
+        checkpointed: only a folder holding nothing but the start files and an empty log. A folder with a
+        checkpoint, a logged step or anything else is left for --resume or for inspection."""
+        if int(os.environ.get("RANK", "0")) != 0 or not self.path.is_dir():
+            return
+        entries = list(self.path.iterdir())
+        if any(e.name not in START_FILES or not e.is_file() for e in entries):
+            return
+        if self.log_path.is_file() and self.log_path.stat().st_size:
+            return
+        for e in entries:
+            e.unlink()
+        self.path.rmdir()
+
+    def resume_command(self) -> str:
+        return f"mox unlearn --resume --out {shlex.quote(str(self.path))}"
+
+    # ------------------------------------------------------------------ the log
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (those steps run again), and any line
+        cut short; rewritten atomically, so a second interruption here loses nothing."""
+        if self.log_path.is_file():
+            lines = self.log_path.read_text().splitlines()
+            keep = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
+            write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = sorted((self.path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return ckpts[-1] if ckpts else None
+
+    def remove_partial_checkpoints(self) -> None:
+        """Temp folders of checkpoints a kill interrupted mid-write (never renamed, so never resumed from)."""
+        for tmp in (self.path / "checkpoints").glob(".tmp-step-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_checkpoint(self, accelerator, step: int, own_state: dict[str, Any] | None = None) -> None:
+        """save_state into a temp folder, rename, then drop older checkpoints (only the latest is kept).
+        `own_state`: file name -> state each rank saves for itself (FSDP: its shards of the momentum).
+
+        A write that fails (full disk) removes its temp folder and leaves the previous checkpoint as it was."""
+        ckdir = self.path / "checkpoints"
+        tmp = ckdir / f".tmp-step-{step}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(tmp))
+            for name, state in (own_state or {}).items():
+                torch.save(state, tmp / name)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = self.latest_checkpoint()
+            kept = f"the checkpoint {previous.name} is kept" if previous else "no earlier checkpoint"
+            raise MoxError(f"writing checkpoint step-{step} failed ({e.strerror or e}); {kept}") from e
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            final = ckdir / f"step-{step}"
+            shutil.rmtree(final, ignore_errors=True)  # a stale one of the same step (same state)
+            os.replace(tmp, final)
+            for old in ckdir.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ outputs
+
+    @contextlib.contextmanager
+    def writing_outputs(self):
+        """A failed write of the outputs (full disk, quota) becomes one line saying what is kept: every
+        folder is written to a temp folder and renamed whole (nothing half-written), and the checkpoints
+        are removed only after run.json, so --resume continues from the latest one."""
+        try:
+            yield
+        except OSError as e:
+            ckpt = self.latest_checkpoint()
+            kept = (
+                f"checkpoint {ckpt.name} kept: free space and run `{self.resume_command()}`"
+                if ckpt
+                else "no checkpoint to resume from (checkpoint_every=0): run again"
+            )
+            where = f" ({e.filename})" if e.filename else ""
+            raise MoxError(f"writing the outputs failed: {e.strerror or e}{where}; {kept}") from e
+
+    def finish(self, info: dict[str, Any], *, keep_checkpoints: bool) -> None:
+        """run.json last; only then the checkpoints go (until it is written, --resume may need them)."""
+        write_text_atomic(self.path / "run.json", json.dumps(redact(info), indent=2, default=str) + "\n")
+        if not keep_checkpoints:
+            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a log line; None for a line cut short (a kill or a full disk mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: bool = True) -> Path:
+    """RunFolder.claim, returning the path."""
+    return RunFolder.claim(cfg, resume=resume, overwrite=overwrite, main=main).path
+
+
+def saved_config(out: str | Path) -> dict[str, Any]:
+    """The resolved config of an earlier run (for `mox unlearn --resume --out DIR`)."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise MoxError(f"nothing to resume: {path} not found")
+    return yaml.safe_load(path.read_text())

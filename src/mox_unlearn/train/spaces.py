@@ -1,0 +1,279 @@
+"""Weight spaces: where the trained weights live, and everything that depends on it.
+
+The loop never asks "LoRA or FSDP?": it asks its space. Each space owns the reference model θ_ref, the
+choice of trainable weights, the momentum average (Eq. 10), extrapolation (Eq. 8) and the outputs.
+
+  FullSpace     every weight in one process or replicated by DDP; θ_ref is a second, frozen copy
+  ShardedSpace  FSDP2: the same, with every model sharded alike; each rank works on its own shards
+                and rank 0 writes the gathered result
+  LoraSpace     adapters on a frozen base: θ_ref is the same model with the adapter off (no copy),
+                θ_mem = θ_ref + BA, and extrapolation and momentum are exact on the factors (lora.py)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mox_unlearn import lora, sharding
+from mox_unlearn.extrapolate import extrapolate_tensor
+from mox_unlearn.forward import RefCache
+from mox_unlearn.io.atomic import atomic_output_dir
+from mox_unlearn.io.cards import write_model_card
+from mox_unlearn.momentum import MomentumAverage
+from mox_unlearn.redact import redact
+from mox_unlearn.train.setup import select_trainable
+
+if TYPE_CHECKING:
+    from mox_unlearn.train.run import TrainingRun
+
+
+def save_model(
+    model,
+    tokenizer,
+    dest: Path,
+    *,
+    shard_size: str,
+    card: dict[str, Any],
+    title: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end)."""
+    with atomic_output_dir(dest, overwrite=True) as tmp:
+        model.save_pretrained(tmp, max_shard_size=shard_size, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, title=title, fields=redact(card))
+
+
+@torch.no_grad()
+def extrapolate_in_place(model, ref, alpha: float) -> None:
+    """θ ← (1+α)θ_ref − αθ for every parameter (tied weights are visited once), computed in fp32; under
+    FSDP on each rank's shards, which line up with the reference's (sharding.py)."""
+    ref_params = sharding.local_parameters(ref)
+    for name, param in sharding.local_parameters(model).items():
+        param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
+
+
+@torch.no_grad()
+def load_average_in_place(model, momentum: MomentumAverage) -> None:
+    for name, param in sharding.local_parameters(model).items():
+        param.copy_(momentum.avg[name].to(param.device, param.dtype))
+
+
+def frozen(model, device):
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def space_for(cfg, accelerator) -> FullSpace:
+    if cfg.lora:
+        return LoraSpace(cfg, accelerator)
+    return ShardedSpace(cfg, accelerator) if sharding.is_sharded(accelerator) else FullSpace(cfg, accelerator)
+
+
+class FullSpace:
+    """Every weight trainable (one process, or replicated by DDP); θ_ref is a second, frozen copy."""
+
+    def __init__(self, cfg, accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+
+    # ------------------------------------------------------------------ building
+
+    def prepare_model(self, model):
+        if self.cfg.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return model
+
+    def reference(self, model, load):
+        """θ_ref; `load()` reads another copy of the model."""
+        return frozen(load(), self.accelerator.device)
+
+    def generator(self, model, ref):
+        """The model that generates as θ_ref does (AltPO's alternates)."""
+        return ref
+
+    def trainable(self, model, pattern: str | None, hidden_layer: int | None) -> int:
+        return select_trainable(model, pattern, hidden_layer)
+
+    def after_prepare(self, run: TrainingRun) -> None:
+        """Once accelerate has prepared the policy (FSDP: shard the frozen models alike)."""
+
+    # ------------------------------------------------------------------ momentum
+
+    def new_momentum(self):
+        return MomentumAverage(self.cfg.eta, self.cfg.alpha)
+
+    def register_momentum(self, momentum) -> None:
+        self.accelerator.register_for_checkpointing(momentum)
+
+    def own_checkpoint_state(self, momentum) -> dict[str, Any]:
+        """State each rank saves in a checkpoint for itself (file name -> state); none here."""
+        return {}
+
+    def load_own_checkpoint_state(self, checkpoint: Path, momentum) -> None:
+        pass
+
+    def update_momentum(self, momentum, model, ref) -> None:
+        unwrapped = self.accelerator.unwrap_model(model)
+        momentum.update(sharding.local_parameters(ref), sharding.local_parameters(unwrapped).items())
+
+    # ------------------------------------------------------------------ outputs
+
+    def writes(self, main: bool) -> bool:
+        """Whether this process takes part in writing the outputs."""
+        return main
+
+    def snapshot(self, run: TrainingRun, dest: Path, title: str, card: dict[str, Any]) -> None:
+        """The weights being trained as a plain HF folder (every rank gathers under FSDP; the main one writes)."""
+        state = sharding.full_state_dict(self.accelerator, run.model)
+        if run.main:
+            self._save(run, self.accelerator.unwrap_model(run.model), dest, title, card, state)
+
+    def _save(self, run, model, dest, title, card, state) -> None:
+        save_model(model, run.tokenizer, dest, shard_size=self.cfg.shard_size, title=title, card=card, state_dict=state)
+
+    def write_outputs(self, run: TrainingRun, card: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        """OUT/memorized (extrapolating methods) and OUT/model; returns (outputs, extra run.json fields)."""
+        cfg, method, out, main = self.cfg, run.method, run.folder.path, run.main
+        outputs: dict[str, str] = {}
+        extra: dict[str, Any] = {}
+        if not self.writes(main):
+            return outputs, extra
+        unwrapped = self.accelerator.unwrap_model(run.model)
+        if method.extrapolate and cfg.save_memorized:
+            title = "Memorization model θ_mem" if method.name == "mox" else "Fine-tuned model θ_ft"
+            role = "θ_mem (trained by gradient descent; extrapolate away from it)"
+            self.snapshot(run, out / "memorized", title, {**card, "role": role})
+            outputs["memorized"] = str(out / "memorized")
+        if method.extrapolate:
+            if run.momentum is not None:
+                load_average_in_place(unwrapped, run.momentum)
+                card["alpha"] = cfg.alpha
+                card["momentum"] = f"eta={cfg.eta}, every {run.momentum_every} steps, {run.momentum.updates} updates"
+            else:
+                alpha = cfg.alpha
+                if alpha == "auto":
+                    alpha, selection = choose_alpha(run, unwrapped)
+                    outputs["alpha_selection"] = selection["report"]
+                    card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
+                    extra["alpha_selection"] = selection
+                extrapolate_in_place(unwrapped, run.reference, alpha)
+                card["alpha"] = alpha
+        self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
+        outputs["model"] = str(out / "model")
+        return outputs, extra
+
+
+class ShardedSpace(FullSpace):
+    """FSDP2: the frozen models are sharded like the policy, and each rank keeps the momentum of its own
+    shards (saved by that rank into every checkpoint); every rank gathers, rank 0 writes."""
+
+    def after_prepare(self, run: TrainingRun) -> None:
+        # no reference cache: ranks would differ in the forwards they run, and FSDP forwards are collective
+        models = run.models
+        models.ref = run.reference = sharding.shard_like_policy(self.accelerator, run.reference)
+        models.reinforced = sharding.shard_like_policy(self.accelerator, models.reinforced)
+        models.cache = RefCache(run.reference, enabled=False) if run.reference is not None else None
+
+    def register_momentum(self, momentum) -> None:
+        pass
+
+    def own_checkpoint_state(self, momentum) -> dict[str, Any]:
+        if momentum is None:
+            return {}
+        return {f"momentum-rank{self.accelerator.process_index}.pt": momentum.state_dict()}
+
+    def load_own_checkpoint_state(self, checkpoint: Path, momentum) -> None:
+        if momentum is not None:
+            path = checkpoint / f"momentum-rank{self.accelerator.process_index}.pt"
+            momentum.load_state_dict(torch.load(path, weights_only=True))
+
+    def writes(self, main: bool) -> bool:
+        return True
+
+
+class LoraSpace(FullSpace):
+    """Adapters on a frozen base (lora.py): θ_ref is the model with its adapter off, θ_mem = θ_ref + BA."""
+
+    def prepare_model(self, model):
+        model = super().prepare_model(model)
+        if self.cfg.gradient_checkpointing:  # frozen embeddings: checkpointed blocks still need inputs with grad
+            model.enable_input_require_grads()
+        cfg = self.cfg
+        return lora.wrap(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+
+    def reference(self, model, load):
+        return lora.AdapterOff(model)  # no second copy of the weights
+
+    def generator(self, model, ref):
+        return model.to(self.accelerator.device)  # B = 0 before training: still exactly θ_ref
+
+    def trainable(self, model, pattern: str | None, hidden_layer: int | None) -> int:
+        return lora.trainable_count(model.parameters())
+
+    def new_momentum(self):
+        return lora.LowRankMomentum(self.cfg.eta, self.cfg.alpha)
+
+    def update_momentum(self, momentum, model, ref) -> None:
+        momentum.update(self.accelerator.unwrap_model(model))
+
+    def snapshot(self, run: TrainingRun, dest: Path, title: str, card: dict[str, Any]) -> None:
+        if run.main:  # θ_ref + the adapter, merged
+            model = self.accelerator.unwrap_model(run.model)
+            state = lora.merged_state_dict(model, lora.memorized_factors(model))
+            self._save(run, model.get_base_model(), dest, title, card, state)
+
+    def write_outputs(self, run: TrainingRun, card: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        """The adapters, and merged plain folders for θ_mem and the unlearned model."""
+        outputs: dict[str, str] = {}
+        if not run.main:
+            return outputs, {}
+        cfg, method, out = self.cfg, run.method, run.folder.path
+        model = self.accelerator.unwrap_model(run.model)
+        card = {**card, "lora": f"r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}, targets={cfg.lora_targets}"}
+        with atomic_output_dir(out / "memorized-adapter", overwrite=True) as tmp:
+            model.save_pretrained(str(tmp))
+        outputs["memorized_adapter"] = str(out / "memorized-adapter")
+        mem = lora.memorized_factors(model)
+        forget = mem  # a method that is not extrapolated: the unlearned model is θ_ref + the adapter
+        if method.extrapolate:
+            if cfg.save_memorized:
+                title, role = "Memorization model θ_mem (LoRA, merged)", "θ_mem = θ_ref + adapter"
+                state = lora.merged_state_dict(model, mem)
+                self._save(run, model.get_base_model(), out / "memorized", title, {**card, "role": role}, state)
+                outputs["memorized"] = str(out / "memorized")
+            if run.momentum is not None:
+                forget = run.momentum.forget_factors()
+                card["momentum"] = (
+                    f"eta={cfg.eta}, {run.momentum.updates} updates, exact over B·A "
+                    f"(rank {cfg.lora_r}×{run.momentum.updates})"
+                )
+            else:
+                forget = lora.scaled(mem, -cfg.alpha)
+            card["alpha"] = cfg.alpha
+            with atomic_output_dir(out / "forget-adapter", overwrite=True) as tmp:
+                lora.save_adapter(model, forget, tmp, cfg.model)
+            outputs["forget_adapter"] = str(out / "forget-adapter")
+        title = f"Unlearned model ({method.name}, LoRA, merged)"
+        self._save(run, model.get_base_model(), out / "model", title, card, lora.merged_state_dict(model, forget))
+        outputs["model"] = str(out / "model")
+        return outputs, {}
+
+
+def choose_alpha(run: TrainingRun, model) -> tuple[float, dict[str, Any]]:
+    """`alpha: auto`: pick α from the trained θ_mem (select_alpha.py); writes OUT/alpha-selection.{json,png}."""
+    from mox_unlearn.select_alpha import select_for_run
+
+    cfg = run.cfg
+
+    def save(m, tok, dest: Path) -> None:
+        card = {"role": "scratch copy for alpha selection"}
+        save_model(m, tok, dest, shard_size=cfg.shard_size, card=card, title="scratch")
+
+    return select_for_run(cfg, run.folder.path, model, run.reference, run.tokenizer, save)
