@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from mox_unlearn.experiments.frontier import select_oracle, select_retrain_free
+from mox_unlearn.experiments.frontier_rules import select_oracle, select_retrain_free
 from mox_unlearn.select_alpha import CurvePoint, select_alpha
 
 

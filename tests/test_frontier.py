@@ -13,7 +13,8 @@ from miniature import mini_settings
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
-from mox_unlearn.experiments.frontier import (
+from mox_unlearn.experiments.frontier import stopping_epochs, unscored
+from mox_unlearn.experiments.frontier_rules import (
     ORACLE,
     RETRAIN_FREE,
     flat_grid,
@@ -24,9 +25,7 @@ from mox_unlearn.experiments.frontier import (
     select_all,
     select_oracle,
     select_retrain_free,
-    stopping_epochs,
     summarize,
-    unscored,
 )
 
 

@@ -303,7 +303,7 @@ def run_method(name: str, cfg: DemoConfig, ws) -> list[tuple[str, Path, float | 
 def tuned_rows(result: dict) -> list[dict]:
     """The tuned table: each method's pick by the retrain-free rule, then by the oracle, with the setting
     picked (one seed: the demo's)."""
-    from mox_unlearn.experiments.frontier import ORACLE, RETRAIN_FREE, is_fallback
+    from mox_unlearn.experiments.frontier_rules import ORACLE, RETRAIN_FREE, is_fallback
     from mox_unlearn.report import COLUMNS
 
     by_id = {r["id"]: r for r in result["records"]}

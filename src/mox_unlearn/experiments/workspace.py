@@ -92,7 +92,7 @@ def check_settings(cfg: ExperimentConfig) -> None:
     bad_eta = [e for e in cfg.etas if not 0 < e <= 1]  # NaN fails the comparison too
     if not cfg.etas or bad_eta:
         raise MoxError(f"etas must be a non-empty list of momentum coefficients in (0, 1], got {cfg.etas}")
-    from mox_unlearn.experiments.frontier import check_frontier_settings
+    from mox_unlearn.experiments.frontier_rules import check_frontier_settings
 
     check_frontier_settings(cfg)
     unknown = [s for s in cfg.forget_splits if s not in FORGET_SPLITS]

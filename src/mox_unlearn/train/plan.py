@@ -53,14 +53,10 @@ def make_plan(cfg: UnlearnConfig, n_forget: int, num_processes: int) -> Plan:
     accumulation = cfg.batch_size // global_micro
     micro_per_epoch = math.ceil(n_forget / global_micro)
     steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
-    if cfg.max_steps is not None:
-        if cfg.max_steps < 1:
-            raise MoxError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    if cfg.max_steps is not None:  # limits (>= 1) were checked with the config (config.check_config)
         total = cfg.max_steps
         epochs = math.ceil(total / steps_per_epoch)
     else:
-        if cfg.epochs < 1:
-            raise MoxError(f"epochs must be >= 1, got {cfg.epochs}")
         total, epochs = cfg.epochs * steps_per_epoch, cfg.epochs
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     return Plan(cfg.per_device_batch_size, accumulation, micro_per_epoch, steps_per_epoch, total, epochs, warmup)

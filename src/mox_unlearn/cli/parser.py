@@ -1,22 +1,10 @@
-"""The `mox` command. Thin: parse arguments, build a config, call the library, print a summary.
-
-Every failure becomes one line on stderr (`mox: error: ...`) and exit status 2: a MoxError as it is,
-a usage error or an expected library error (missing file, bad JSON, corrupted weights) with what it
-names, anything else with its type and a hint to rerun with --debug, which prints the traceback.
-Warnings of the library (logging) are one `mox: warning: ...` line each. Ctrl-C exits with 130.
-"""
+"""The `mox` command line: its parser, one builder per subcommand, with each subcommand's example."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
-import traceback
-from pathlib import Path
 
 from mox_unlearn import __version__
-from mox_unlearn.errors import MoxError
 
 UNLEARN_EXAMPLE = """example:
   mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox \\
@@ -110,18 +98,7 @@ def _add_common(p: argparse.ArgumentParser, *, loads_models: bool = False, pickl
         )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="mox",
-        description="Machine unlearning for causal LMs: memorize with gradient descent, then extrapolate away (MOX).",
-        epilog="example:\n  mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox\n"
-        "  mox SUBCOMMAND --help   shows each subcommand's options and an example",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"mox-unlearn {__version__}")
-    p.add_argument("--debug", action="store_true", help="on failure, print the full traceback as well")
-    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
-
+def _add_unlearn(sub) -> None:
     u = sub.add_parser(
         "unlearn",
         help="unlearn a forget set from a model",
@@ -162,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_common(u, loads_models=True, pickle=True)
 
+
+def _add_extrapolate(sub) -> None:
     e = sub.add_parser(
         "extrapolate",
         help="θ_for = (1+α)θ_ref − αθ_mem, streamed shard by shard (Eq. 8)",
@@ -176,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
     _add_common(e)
+
+
+def _add_select_alpha(sub) -> None:
     s = sub.add_parser(
         "select-alpha",
         help="choose α from one θ_mem without a retrained model",
@@ -218,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (alpha-selection.json / .png)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_common(s, loads_models=True)
+
+
+def _add_eval(sub) -> None:
     v = sub.add_parser(
         "eval",
         help="evaluate a model on TOFU or MUSE",
@@ -250,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="result file (.json)")
     _add_common(v, loads_models=True, pickle=True)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="the paper's Table 1 in miniature: CPU, minutes, no download",
@@ -273,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="key=value", help="demo config overrides, e.g. unlearn.lr=1e-3")
     _add_common(d)
 
+
+def _add_experiment(sub) -> None:
     x = sub.add_parser(
         "experiment",
         help="the paper's analyses (sweep, stability, trajectory, frontier, ...): table + plot",
@@ -294,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. alphas=[1,4] target=./my-model")
     _add_common(x)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser(
         "report",
         help="tables and plots from demo or `mox eval` result files",
@@ -304,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     _add_common(r)
 
+
+def _add_models(sub) -> None:
     m = sub.add_parser(
         "models",
         help="make or import models",
@@ -337,6 +330,28 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output model folder")
     g.add_argument("--overwrite", action="store_true")
     _add_common(g)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mox",
+        description="Machine unlearning for causal LMs: memorize with gradient descent, then extrapolate away (MOX).",
+        epilog="example:\n  mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox\n"
+        "  mox SUBCOMMAND --help   shows each subcommand's options and an example",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"mox-unlearn {__version__}")
+    p.add_argument("--debug", action="store_true", help="on failure, print the full traceback as well")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    _add_unlearn(sub)
+    _add_extrapolate(sub)
+    _add_select_alpha(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    _add_experiment(sub)
+    _add_report(sub)
+    _add_models(sub)
     return p
 
 
@@ -348,347 +363,3 @@ def _alpha_arg(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
-
-
-def cmd_select_alpha(args: argparse.Namespace) -> int:
-    from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
-    from mox_unlearn.data.formatting import PromptFormat
-    from mox_unlearn.io.atomic import atomic_output_dir
-    from mox_unlearn.io.loading import torch_dtype
-    from mox_unlearn.select_alpha import (
-        DEFAULT_GRID,
-        alpha_curve,
-        check_model_pair,
-        check_settings,
-        load_selection_data,
-        summary_lines,
-        write_selection,
-    )
-
-    args.tolerance = SELECT_TOLERANCE if args.tolerance is None else args.tolerance
-    args.p_min = SELECT_P_MIN if args.p_min is None else args.p_min
-    # every check before any model is loaded: nothing is written when one fails
-    grid = check_settings(args.alpha or list(DEFAULT_GRID), args.tolerance, args.p_min, args.score, args.max_items)
-    for name in ("batch_size", "max_new_tokens", "max_length"):
-        if getattr(args, name) < 1:
-            raise MoxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    torch_dtype(args.dtype, auto=True)
-    ref, mem, out = Path(args.ref), Path(args.mem), Path(args.out)
-    check_model_pair(ref, mem)
-    data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
-    with atomic_output_dir(out, overwrite=args.overwrite, inputs=[ref, mem]) as tmp:
-        report = alpha_curve(
-            ref,
-            mem,
-            data.forget,
-            data.holdout,
-            data.retain,
-            grid,
-            tolerance=args.tolerance,
-            p_min=args.p_min,
-            score=args.score,
-            max_items=args.max_items,
-            fmt=PromptFormat(chat_template=args.chat_template),
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            max_length=args.max_length,
-            dtype=args.dtype,
-            work_dir=tmp,
-            progress=True,
-        )
-        files = write_selection(report, tmp)
-    print("\n".join(summary_lines(report)))
-    print("written: " + ", ".join(str(out / f.name) for f in files))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from mox_unlearn.data.formatting import PromptFormat
-    from mox_unlearn.evaluate.run import run_eval, summary_table
-
-    if args.batch_size < 1:
-        raise MoxError(f"--batch-size must be >= 1, got {args.batch_size}")
-    result = run_eval(
-        args.benchmark,
-        args.model,
-        args.out,
-        data=args.data,
-        forget_split=args.forget_split,
-        retain_result=args.retain_result,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        fmt=PromptFormat(chat_template=args.chat_template),
-        dtype=args.dtype,
-        allow_convention_mismatch=args.allow_convention_mismatch,
-    )
-    print(summary_table(result))
-    for name, metric in result["metrics"].items():
-        if metric.get("value") is None and metric.get("reason"):
-            print(f"{name} missing: {metric['reason']}")
-    print(f"written to {args.out}")
-    return 0
-
-
-PRESETS = ("demo", "demo-fast")  # packaged configs (mox_unlearn/resources/<name>.yaml), named in --config
-
-
-def preset_path(config: str) -> str:
-    """--config as given where such a file exists, else the packaged preset of that name (`demo`, `demo-fast`,
-    also with .yaml); anything else is a missing file, refused in one line."""
-    from importlib import resources
-
-    if Path(config).is_file():
-        return config
-    name = config[:-5] if config.endswith(".yaml") else config
-    if Path(name).name == name and name in PRESETS:
-        return str(resources.files("mox_unlearn").joinpath("resources", f"{name}.yaml"))
-    raise MoxError(f"config file not found: {config} (or a packaged preset: {', '.join(PRESETS)})")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from mox_unlearn.config import load_config
-    from mox_unlearn.demo.run import DemoConfig, default_cache_dir, run_demo
-
-    name = args.config or ("demo-fast" if args.fast else "demo")
-    cfg = load_config(
-        preset_path(name), args.overrides, {"seed": args.seed, "tuned": False if args.untuned else None}, cls=DemoConfig
-    )
-    out = Path(args.out)
-    # demo-config.json is written first, so a demo interrupted at any point is recognised and continues
-    made_by_demo = any((out / name).exists() for name in ("demo-config.json", "results.json", "runs"))
-    if out.exists() and any(out.iterdir()) and not made_by_demo:
-        raise MoxError(f"--out {out} exists and is not a demo folder")
-    if args.overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    run_demo(cfg, out, Path(args.cache_dir) if args.cache_dir else default_cache_dir(), config_arg=name)
-    return 0
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from mox_unlearn.config import load_config
-    from mox_unlearn.demo.run import default_cache_dir
-    from mox_unlearn.experiments import EXPERIMENTS, ExperimentConfig, get_experiment, run_experiment
-
-    if args.name == "list":
-        width = max(map(len, EXPERIMENTS))
-        print("\n".join(f"{name:<{width}}  {desc}" for name, (_, desc) in EXPERIMENTS.items()))
-        return 0
-    get_experiment(args.name)  # an unknown name fails before any work
-    cfg = load_config(preset_path(args.config or "demo"), args.overrides, {"seed": args.seed}, cls=ExperimentConfig)
-    result = run_experiment(
-        args.name, cfg, Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    )
-    print("written: " + ", ".join(result["files"]))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from mox_unlearn.report import load_rows, text_table, write_report
-
-    rows = load_rows(args.files)
-    written = write_report(rows, Path(args.out), title="mox report")
-    print(text_table(rows))
-    print("written: " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    if args.models_command == "import-smollm2":
-        from mox_unlearn.smollm2 import import_smollm2
-
-        print(f"SmolLM2-135M-Instruct written to {import_smollm2(args.out, overwrite=args.overwrite)}")
-        return 0
-    from mox_unlearn.tiny import make_tiny_model
-
-    out = make_tiny_model(
-        args.out,
-        args.data,
-        vocab_size=args.vocab_size,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        hidden_size=args.hidden_size,
-        num_layers=args.layers,
-        intermediate_size=4 * args.hidden_size,
-    )
-    print(f"tiny model written to {out}")
-    return 0
-
-
-def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
-    from mox_unlearn.config import load_config
-    from mox_unlearn.train import RunFolder, saved_config, unlearn
-
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "model",
-            "forget",
-            "retain",
-            "out",
-            "method",
-            "objective",
-            "alpha",
-            "targeted",
-            "refusals",
-            "momentum",
-            "seed",
-            "max_steps",
-            "save_memorized",
-        )
-    }
-    if args.resume and args.out and not (args.model or args.forget or args.config):
-        # `mox unlearn --resume --out DIR [key=value ...]`: everything else comes from the interrupted run;
-        # overrides apply on top (the run refuses any that would change the result, e.g. lr)
-        from mox_unlearn.config import UnlearnConfig, apply_mapping, apply_overrides
-
-        cfg = UnlearnConfig()
-        apply_mapping(cfg, saved_config(args.out))
-        apply_mapping(cfg, {"out": args.out})
-        apply_overrides(cfg, args.overrides)
-    else:
-        cfg = load_config(args.config, args.overrides, flags)
-    out_existed = bool(cfg.out) and Path(cfg.out).exists()
-    try:
-        out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv], callbacks=args.callbacks)
-    except Exception:
-        if not args.resume and not out_existed:
-            RunFolder(Path(cfg.out)).remove_failed_start()
-        raise
-    run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    _print_summary(run)
-    return 0
-
-
-def _print_summary(run: dict) -> None:
-    if not run:
-        return
-    rows = [
-        ("steps", run["plan"]["total_steps"]),
-        ("forget / retain records", f"{run['data']['forget']} / {run['data']['retain']}"),
-    ]
-    rows += [(f"final {k}", f"{v:.4f}") for k, v in run.get("final_logs", {}).items()]
-    if "alpha_selection" in run:
-        sel = run["alpha_selection"]
-        rows.append(("alpha (auto)", f"{sel['alpha']:g}: {sel['reason']}"))
-    rows += [(f"time {k} (s)", v) for k, v in run["timings_s"].items()]
-    rows += [(f"output {k}", v) for k, v in run["outputs"].items()]
-    width = max(len(r[0]) for r in rows)
-    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-
-
-def cmd_extrapolate(args: argparse.Namespace) -> int:
-    from mox_unlearn.extrapolate import extrapolate_folders
-    from mox_unlearn.io.folders import check_aux_files
-    from mox_unlearn.io.loading import check_same_model_kind
-
-    check_same_model_kind(Path(args.ref), Path(args.mem))
-    check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
-    paths = extrapolate_folders(
-        Path(args.ref),
-        Path(args.mem),
-        args.alpha,
-        Path(args.out),
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
-        allow_negative=args.allow_negative,
-    )
-    for alpha, path in zip(args.alpha, paths):
-        print(f"alpha={alpha:g}  {path}")
-    return 0
-
-
-def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    commands = {
-        "demo": cmd_demo,
-        "experiment": cmd_experiment,
-        "report": cmd_report,
-        "eval": cmd_eval,
-        "models": cmd_models,
-        "select-alpha": cmd_select_alpha,
-        "extrapolate": cmd_extrapolate,
-    }
-    if args.command == "unlearn":
-        return cmd_unlearn(args, argv)
-    return commands[args.command](args)
-
-
-def describe_failure(e: BaseException) -> str:
-    """One line for any failure: a MoxError's own message, else what failed and on which input, where known.
-
-    Anything but a MoxError is a failure the library did not turn into a message itself (a bug, or a
-    case nobody thought of): the line then keeps the exception type so a bug report can quote it.
-    """
-    if isinstance(e, MoxError):
-        return " ".join(str(e).split())
-    if isinstance(e, OSError) and e.strerror:
-        name = f": {e.filename}" if e.filename else ""
-        other = f" -> {e.filename2}" if e.filename2 else ""
-        return f"{e.strerror}{name}{other}"
-    if isinstance(e, json.JSONDecodeError):
-        return f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-    if type(e).__name__ == "SafetensorError":
-        return f"corrupted or truncated safetensors file: {' '.join(str(e).split())}"
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    text = " ".join(str(e).split())
-    return f"unexpected {type(e).__name__}{': ' + text if text else ''} (run with --debug for the traceback)"
-
-
-class _StderrHandler(logging.Handler):
-    """Log records as `mox: warning: ...` lines on the *current* sys.stderr (so captured output sees them)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            print(f"mox: {record.levelname.lower()}: {' '.join(record.getMessage().split())}", file=sys.stderr)
-        except Exception:
-            self.handleError(record)
-
-
-def _setup_logging() -> None:
-    """Route the library's warnings to stderr as one line each (once per process). Records still propagate,
-    so whoever configured logging (pytest's caplog, an application) sees them too; with no root handler,
-    Python's own last-resort printing stays off because this handler exists."""
-    log = logging.getLogger("mox_unlearn")
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        log.addHandler(_StderrHandler(level=logging.WARNING))
-
-
-def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
-    """`mox ARGS...`; returns the exit code. `callbacks` (train.Callback) hook into `mox unlearn`'s run."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    # key=value overrides may come between options, which argparse's positionals don't allow.
-    args, rest = parser.parse_known_args(argv)
-    args.callbacks = list(callbacks)
-    extra = [r for r in rest if "=" in r and not r.startswith("-")]
-    unknown = [r for r in rest if r not in extra]
-    if unknown or (extra and args.command not in ("unlearn", "demo", "experiment")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if args.command in ("unlearn", "demo", "experiment"):
-        args.overrides = [*args.overrides, *extra]
-    if args.command is None:
-        parser.print_help()
-        return 2
-    _setup_logging()
-    from mox_unlearn.io.loading import load_policy
-
-    try:
-        with load_policy(
-            allow_pickle=getattr(args, "allow_pickle", False),
-            trust_remote_code=getattr(args, "trust_remote_code", False),
-        ):
-            return _dispatch(args, argv)
-    except KeyboardInterrupt as e:  # the training run's RunInterrupted says which checkpoint and the resume command
-        print(f"mox: {e}" if str(e) else "mox: interrupted (resume a training run with --resume)", file=sys.stderr)
-        return 130
-    except Exception as e:  # every failure: one line, the traceback only with --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"mox: error: {describe_failure(e)}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

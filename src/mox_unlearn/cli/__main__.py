@@ -1,0 +1,7 @@
+"""`python -m mox_unlearn.cli` = `mox`."""
+
+import sys
+
+from mox_unlearn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""The α curve: θ_ref as α = 0, then each α extrapolated into a scratch folder, scored and deleted;
+and `mox unlearn --alpha auto`, which runs it on a finished θ_mem."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
+from mox_unlearn.data import PromptFormat, RecordSet
+from mox_unlearn.errors import MoxError
+from mox_unlearn.select_alpha.report import write_selection
+from mox_unlearn.select_alpha.rule import (
+    DEFAULT_GRID,
+    MIN_K,
+    CurvePoint,
+    indistinguishable,
+    relative_drop,
+    select_alpha,
+    utility_ok,
+)
+from mox_unlearn.select_alpha.scoring import ScoreSettings, check_settings, load_selection_data, score_folder
+
+# ----------------------------------------------------------------------------- the curve
+
+
+def check_model_pair(ref: Path, mem: Path) -> None:
+    """Both HF safetensors folders with the same tensors: checked before any scoring."""
+    from mox_unlearn.extrapolate import _check_compatible, _check_model_dir
+    from mox_unlearn.io.loading import check_same_model_kind
+    from mox_unlearn.io.reading import read_tensor_infos
+
+    _check_model_dir(Path(ref), "--ref")
+    _check_model_dir(Path(mem), "--mem")
+    check_same_model_kind(Path(ref), Path(mem))
+    _check_compatible(read_tensor_infos(Path(ref)), read_tensor_infos(Path(mem)))
+
+
+def _utility_measures(row: Mapping[str, Any]) -> dict[str, float | None]:
+    return {"probability": row["retain_probability"], "rouge": row["retain_rouge"]}
+
+
+def point_from_scores(alpha: float, scores: Mapping[str, Any], reference: Mapping[str, Any]) -> CurvePoint:
+    """A curve point: drops of the measures θ_ref has (ROUGE is absent for raw-text retain sets)."""
+    ref = _utility_measures(reference)
+    now = _utility_measures(scores)
+    drops = {k: relative_drop(ref[k], now[k]) for k in ref if ref[k] is not None}
+    return CurvePoint(alpha=float(alpha), drops=drops, ks_p=scores["ks_p"])
+
+
+def _score_extrapolated(ref_dir, mem_dir, alpha: float, work_dir, score, progress: bool) -> dict[str, Any]:
+    """θ_for(α) extrapolated into a scratch folder under `work_dir`, scored with `score(folder)`, deleted."""
+    from mox_unlearn.extrapolate import alpha_label, extrapolate_folders
+
+    scratch = Path(tempfile.mkdtemp(prefix=f".alpha-{alpha_label(alpha)}-", dir=work_dir))
+    try:
+        folder = extrapolate_folders(Path(ref_dir), Path(mem_dir), [alpha], scratch / "model", progress=progress)[0]
+        return score(folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def alpha_curve(
+    ref_dir: str | Path,
+    mem_dir: str | Path | None,
+    forget: str | Path | RecordSet,
+    holdout: str | Path | RecordSet,
+    retain: str | Path | RecordSet,
+    alphas: Sequence[float] = DEFAULT_GRID,
+    *,
+    tolerance: float = SELECT_TOLERANCE,
+    p_min: float = SELECT_P_MIN,
+    score: str = "min_k",
+    max_items: int | None = 100,
+    k: float = MIN_K,
+    fmt: PromptFormat | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    max_length: int = 512,
+    dtype: str = "auto",
+    work_dir: str | Path | None = None,
+    models: Mapping[float, str | Path] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score θ_ref (α = 0) and θ_for(α) for each α, apply `select_alpha`, return the JSON-able report.
+
+    Each θ_for is extrapolated from `mem_dir` into a scratch folder under `work_dir` (default: the
+    system temp folder), scored and deleted before the next, so disk holds one extra model at a time.
+    `models` (α -> folder) scores existing extrapolations instead (then `mem_dir` is only recorded).
+    """
+    from mox_unlearn.io.loading import load_tokenizer
+
+    grid = check_settings(list(alphas), tolerance, p_min, score, max_items)
+    data = load_selection_data(forget, holdout, retain, score=score, max_items=max_items)
+    if models is None:
+        if mem_dir is None:
+            raise MoxError("alpha_curve needs mem_dir (θ_mem) or ready models")
+        check_model_pair(Path(ref_dir), Path(mem_dir))
+    elif set(map(float, models)) != set(grid):
+        raise MoxError("models must give one folder for every α of the grid")
+    s = ScoreSettings(
+        score=score,
+        k=k,
+        fmt=fmt or PromptFormat(),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_length=max_length,
+        desc=progress,
+    )
+    say = print if progress else (lambda *a, **kw: None)
+    tok = load_tokenizer(str(ref_dir))
+    say(f"select-alpha: scoring θ_ref ({ref_dir})", flush=True)
+    reference = score_folder(ref_dir, tok, data, s, dtype)
+    ready = None if models is None else {float(a): p for a, p in models.items()}
+    rows = []
+    for i, alpha in enumerate(grid, 1):
+        say(f"select-alpha: α = {alpha:g} ({i}/{len(grid)})", flush=True)
+        if ready is not None:
+            scores = score_folder(ready[alpha], tok, data, s, dtype)
+        else:
+            scores = _score_extrapolated(
+                ref_dir, mem_dir, alpha, work_dir, lambda f: score_folder(f, tok, data, s, dtype), progress
+            )
+        rows.append({"alpha": alpha, **scores})
+    points = [point_from_scores(r["alpha"], r, reference) for r in rows]
+    selection = select_alpha(points, tolerance, p_min)
+    for r, p in zip(rows, points):
+        r.update(
+            drops=dict(p.drops),
+            utility_drop=p.utility_drop,
+            utility_ok=utility_ok(p, tolerance),
+            indistinguishable=indistinguishable(p, p_min),
+            chosen=p.alpha == selection.alpha,
+        )
+    return _report(selection, reference, rows, grid, data, ref_dir, mem_dir, s, tolerance, p_min, max_items, dtype)
+
+
+def _report(selection, reference, rows, grid, data, ref_dir, mem_dir, s, tolerance, p_min, max_items, dtype) -> dict:
+    """alpha_curve's JSON-able report."""
+    return {
+        "selection": selection.to_dict(),
+        "reference": {"alpha": 0.0, **reference},
+        "curve": rows,
+        "settings": {
+            "alphas": grid,
+            "tolerance": tolerance,
+            "p_min": p_min,
+            "score": s.score,
+            "k": s.k if s.score == "min_k" else None,
+            "max_items": max_items,
+            "max_new_tokens": s.max_new_tokens,
+            "max_length": s.max_length,
+            "dtype": dtype,
+        },
+        "models": {"ref": str(ref_dir), "mem": None if mem_dir is None else str(mem_dir)},
+        "data": {
+            name: {"source": rs.source, "kind": rs.kind, "items": len(rs)}
+            for name, rs in (("forget", data.forget), ("holdout", data.holdout), ("retain", data.retain))
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- `mox unlearn --alpha auto`
+
+
+def check_auto_config(cfg, method) -> None:
+    """`alpha: auto` refusals, before anything is loaded or trained."""
+    if not method.extrapolate:
+        raise MoxError(f"alpha=auto picks the extrapolation strength; method {method.name!r} does not extrapolate")
+    if cfg.momentum:
+        raise MoxError(
+            "alpha=auto does not combine with momentum (its average folds θ_for during training, "
+            "before α could be chosen); give a number for --alpha"
+        )
+    if not cfg.holdout:
+        raise MoxError("alpha=auto needs a holdout set like the forget set that the model never saw (holdout=SPEC)")
+    if not cfg.retain:
+        raise MoxError("alpha=auto needs a retain set (--retain) to measure utility")
+    check_settings(cfg.alpha_grid, cfg.alpha_tolerance, cfg.alpha_p_min, "min_k", 100)
+
+
+def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[float, dict[str, Any]]:
+    """Choose α for a finished training run: write OUT/alpha-selection.{json,png}, return (α, summary).
+
+    Uses OUT/memorized as θ_mem when it was written, and cfg.model as θ_ref when it is a local folder of
+    the same tensors; otherwise saves the in-memory model into a scratch folder (removed afterwards).
+    `save_model(model, tokenizer, dest)` writes an HF folder.
+    """
+    out = Path(out)
+    scratch = out / ".alpha-selection-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        mem_dir = out / "memorized"
+        if not (mem_dir / "config.json").is_file():
+            mem_dir = scratch / "memorized"
+            save_model(model, tokenizer, mem_dir)
+        ref_dir = Path(cfg.model)
+        try:
+            check_model_pair(ref_dir, mem_dir)  # a hub id, .bin weights or another dtype cannot be extrapolated
+        except MoxError:
+            ref_dir = scratch / "reference"
+            save_model(ref, tokenizer, ref_dir)
+        report = alpha_curve(
+            ref_dir,
+            mem_dir,
+            cfg.forget,
+            cfg.holdout,
+            cfg.retain,
+            cfg.alpha_grid,
+            tolerance=cfg.alpha_tolerance,
+            p_min=cfg.alpha_p_min,
+            fmt=cfg.prompt,
+            batch_size=cfg.per_device_batch_size,
+            max_new_tokens=min(200, cfg.max_length),
+            max_length=cfg.max_length,
+            dtype=cfg.dtype,
+            work_dir=scratch,
+            progress=True,
+        )
+        report["models"] = {"ref": cfg.model, "mem": str(out / "memorized") if mem_dir.parent == out else None}
+        files = write_selection(report, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    sel = report["selection"]
+    summary = {
+        "alpha": sel["alpha"],
+        "branch": sel["branch"],
+        "utility_ok": sel["utility_ok"],
+        "forget_indistinguishable": sel["forget_indistinguishable"],
+        "reason": sel["reason"],
+        "grid": report["settings"]["alphas"],
+        "report": str(files[0]),
+    }
+    return sel["alpha"], summary
