@@ -296,7 +296,7 @@ REFUSALS = {
     "alpha nan": (lambda m, t: (m["ref"], m["mem"], [float("nan")], {}), "finite"),
     "no alpha": (lambda m, t: (m["ref"], m["mem"], [], {}), "alpha"),
     "duplicate alpha": (lambda m, t: (m["ref"], m["mem"], [4.0, 2.0, 4], {}), "duplicate"),
-    "missing folder": (lambda m, t: (t / "nope", m["mem"], [4.0], {}), "does not exist"),
+    "missing folder": (lambda m, t: (t / "nope", m["mem"], [4.0], {}), "--ref folder not found"),
     "missing config": (lambda m, t: (m["ref"], t / "noconfig", [4.0], {}), "config.json"),
     "bin only": (lambda m, t: (_no_bin_model(t), m["mem"], [4.0], {}), "safetensors"),
     "bad shard size": (lambda m, t: (m["ref"], m["mem"], [4.0], {"shard_size": "2 parsecs"}), "size"),

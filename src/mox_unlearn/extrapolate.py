@@ -19,7 +19,8 @@ from mox_unlearn.errors import MoxError
 from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
 from mox_unlearn.io.cards import write_model_card
 from mox_unlearn.io.folders import copy_aux_files
-from mox_unlearn.io.reading import TensorInfo, read_tensor_infos
+from mox_unlearn.io.loading import check_model_folder
+from mox_unlearn.io.reading import TensorInfo, check_same_tensors, read_tensor_infos
 from mox_unlearn.io.shards import ArenaPool, ShardSaver, ShardWriter, parse_size
 
 METHOD = "MOX extrapolation (Eq. 8)"
@@ -106,30 +107,11 @@ def extrapolate_tensors(
     return outs
 
 
-def _check_same_keys(ref_keys: Sequence[str], mem_keys: Sequence[str], where: str) -> None:
-    """Refuse different key sets, naming a few keys, since a partial extrapolation is meaningless."""
-    missing = sorted(set(ref_keys) - set(mem_keys))
-    extra = sorted(set(mem_keys) - set(ref_keys))
-    if not missing and not extra:
-        return
-
-    def few(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} in ref but not mem ({few(missing)})")
-    if extra:
-        parts.append(f"{len(extra)} in mem but not ref ({few(extra)})")
-    hint = " (tie_word_embeddings differs?)" if "lm_head.weight" in missing + extra else ""
-    raise MoxError(f"{where}: different tensor names: {'; '.join(parts)}{hint}")
-
-
 def extrapolate_state_dict(
     ref_sd: Mapping[str, torch.Tensor], mem_sd: Mapping[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
     """Eq. 8 over in-memory state dicts (used by the training loop, e.g. for the momentum average)."""
-    _check_compatible(ref_sd, mem_sd, "state dicts")
+    check_same_tensors(ref_sd, mem_sd, where="state dicts")
     return {name: extrapolate_tensor(r, mem_sd[name], alpha) for name, r in ref_sd.items()}
 
 
@@ -163,29 +145,6 @@ def _check_alphas(alphas: Sequence[float], allow_negative: bool) -> list[float]:
     return values
 
 
-def _check_model_dir(path: Path, role: str) -> None:
-    """Refuse a missing folder or one without config.json: the output would not be loadable."""
-    if not path.is_dir():
-        raise MoxError(f"{role} folder {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise MoxError(f"{role} folder {path} has no config.json; expected a Hugging Face model folder")
-
-
-def _check_compatible(
-    ref: Mapping[str, TensorInfo | torch.Tensor],
-    mem: Mapping[str, TensorInfo | torch.Tensor],
-    where: str = "ref and mem",
-) -> None:
-    """Same names, shapes and dtypes in both (headers or tensors), else a one-line refusal naming a tensor."""
-    _check_same_keys(list(ref), list(mem), where)
-    for name, r in ref.items():
-        m = mem[name]
-        if r.shape != m.shape:
-            raise MoxError(f"tensor {name}: shape {list(r.shape)} in ref but {list(m.shape)} in mem")
-        if r.dtype != m.dtype:
-            raise MoxError(f"tensor {name}: dtype {r.dtype} in ref but {m.dtype} in mem")
-
-
 # ----------------------------------------------------------------------------- folders
 
 
@@ -212,11 +171,11 @@ def extrapolate_folders(
     ref, mem, out = Path(ref), Path(mem), Path(out)
     values = _check_alphas(alphas, allow_negative)
     cap = parse_size(shard_size)
-    _check_model_dir(ref, "--ref")
-    _check_model_dir(mem, "--mem")
+    check_model_folder(ref, role="--ref", contents=False, hub=False)
+    check_model_folder(mem, role="--mem", contents=False, hub=False)
     check_output_dir(out, overwrite=overwrite, inputs=[ref, mem])
     ref_infos, mem_infos = read_tensor_infos(ref), read_tensor_infos(mem)
-    _check_compatible(ref_infos, mem_infos)
+    check_same_tensors(ref_infos, mem_infos)
 
     subdirs = [Path(".")] if len(values) == 1 else [Path(f"alpha-{alpha_label(a)}") for a in values]
     with (

@@ -31,6 +31,8 @@ from mox_unlearn.evaluate.stats import (
 
 TOFU_HUB_ID = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
+FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}  # TOFU authors in each forget split
+HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")  # nested, like the forget splits
 # Our names for the four evaluation splits and where their records come from.
 SPLITS = {
     "forget": "{forget}_perturbed",

@@ -16,7 +16,7 @@ import torch
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish
 from mox_unlearn.experiments.workspace import Workspace
-from mox_unlearn.io.reading import open_weights
+from mox_unlearn.io.reading import check_same_tensors, open_weights
 from mox_unlearn.report import figure, save_figure
 
 if TYPE_CHECKING:
@@ -74,7 +74,9 @@ def delta_dots(
     """
     names = list(models)
     for name in names:
-        check_same_tensors(_shapes(ref), _shapes(models[name]), name)
+        check_same_tensors(
+            _shapes(ref), _shapes(models[name]), names=("the reference", f"model {name!r}"), dtypes=False
+        )
     pairs = model_pairs(names)
     dots: Dots = {ALL: dict.fromkeys(pairs, 0.0)}
     for tensor_name in ref:
@@ -83,7 +85,9 @@ def delta_dots(
             continue
         found = {n: models[n][tensor_name] for n in names}
         for n, t in found.items():
-            check_same_tensors({tensor_name: r.shape}, {tensor_name: t.shape}, n)
+            check_same_tensors(
+                {tensor_name: r}, {tensor_name: t}, names=("the reference", f"model {n!r}"), dtypes=False
+            )
         acc = dots.setdefault(group(tensor_name), dict.fromkeys(pairs, 0.0))
         for pair, value in _tensor_dots(r, found, pairs, chunk).items():
             acc[pair] += value
@@ -113,27 +117,6 @@ def _tensor_dots(
         for a, b in pairs:
             out[(a, b)] += float(torch.dot(deltas[a], deltas[b]))
     return out
-
-
-def check_same_tensors(
-    ref: Mapping[str, Sequence[int] | None], other: Mapping[str, Sequence[int] | None], name: str
-) -> None:
-    """Refuse (one line) a model whose tensor names or shapes differ from the reference's: its delta is
-    undefined. A shape of None is not known yet and not compared."""
-    missing, extra = sorted(set(ref) - set(other)), sorted(set(other) - set(ref))
-    if missing or extra:
-        which = f"lacks {missing[0]}" if missing else f"has {extra[0]} that the reference lacks"
-        raise MoxError(
-            f"model {name!r} does not match the reference: it {which} "
-            f"({len(missing)} missing, {len(extra)} extra tensors)"
-        )
-    for tensor, shape in ref.items():
-        theirs = other[tensor]
-        if shape is not None and theirs is not None and tuple(theirs) != tuple(shape):
-            raise MoxError(
-                f"model {name!r} does not match the reference: tensor {tensor} has shape "
-                f"{list(theirs)}, the reference {list(shape)}"
-            )
 
 
 def cosine(dots: Mapping[Pair, float], a: str, b: str) -> float | None:

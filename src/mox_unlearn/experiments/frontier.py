@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.tofu import HOLDOUT_SPLITS
 from mox_unlearn.experiments.frontier_rules import (
     ORACLE,
     REPORTED,
@@ -52,7 +53,6 @@ from mox_unlearn.experiments.frontier_rules import (
 from mox_unlearn.experiments.training import metrics_row
 from mox_unlearn.experiments.workspace import Workspace, _key, config_dict, epoch_snapshots
 
-HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 VALIDATION_VERSION = 2  # in the validation cache key: bump when select_alpha's statistics change (2: min-k without EOS)
 
 

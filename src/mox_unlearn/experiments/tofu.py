@@ -24,19 +24,14 @@ from typing import Any
 from mox_unlearn.config import UnlearnConfig, apply_mapping
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.tofu import FORGET_AUTHORS, FORGET_SPLITS, HOLDOUT_SPLITS, check_forget_split
 from mox_unlearn.io.atomic import write_text_atomic
 
 QA_PER_AUTHOR = 20
 COPIED = (
-    "forget01",
-    "forget05",
-    "forget10",
-    "forget01_perturbed",
-    "forget05_perturbed",
-    "forget10_perturbed",
-    "holdout01",
-    "holdout05",
-    "holdout10",
+    *FORGET_SPLITS,
+    *(f"{split}_perturbed" for split in FORGET_SPLITS),
+    *HOLDOUT_SPLITS,
     "real_authors_perturbed",
     "world_facts_perturbed",
 )
@@ -57,9 +52,8 @@ def _write(folder: Path, split: str, records: list[dict]) -> None:
 
 def write_tofu_subset(source: str, authors: int, forget_split: str, folder: Path) -> Path:
     """The TOFU layout for fine-tuning on the last `authors` authors (see the module docstring)."""
-    n_forget = {"forget01": 2, "forget05": 10, "forget10": 20}.get(forget_split)
-    if n_forget is None:
-        raise MoxError(f"unknown TOFU forget split {forget_split!r}; valid: forget01, forget05, forget10")
+    check_forget_split(forget_split)
+    n_forget = FORGET_AUTHORS[forget_split]
     if authors != 200 and not n_forget < authors <= 20:
         raise MoxError(
             f"tofu_authors must be 200 (all of TOFU) or in {n_forget + 1}..20 for {forget_split} "

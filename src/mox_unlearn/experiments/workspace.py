@@ -29,9 +29,8 @@ from typing import Any
 from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE, UnlearnConfig, apply_mapping, to_dict
 from mox_unlearn.demo.run import DemoConfig, cached_evaluation, evaluate, prepare_models
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.tofu import FORGET_SPLITS
 from mox_unlearn.methods import method_variant
-
-FORGET_SPLITS = ("forget01", "forget05", "forget10")
 
 
 @dataclass

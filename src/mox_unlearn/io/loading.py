@@ -72,23 +72,29 @@ def looks_like_path(name: str) -> bool:
     )
 
 
-def check_model_folder(folder: Path, *, allow_pickle: bool | None = None) -> None:
+def check_model_folder(
+    folder: Path, *, role: str = "model", contents: bool = True, hub: bool = True, allow_pickle: bool | None = None
+) -> None:
     """Refuse a model folder `from_pretrained` would fail on, or fail on late, before any work starts.
 
-    Checks: it is a folder; config.json is a JSON object with a model_type; the weights are complete
-    safetensors (every header readable and the file as long as the header says, so a truncated copy is
-    caught here rather than by a deserialisation error mid-run), or pickle weights only when allowed.
+    Checks: it is a folder with a config.json; with `contents`, config.json is a JSON object with a
+    model_type and the weights are complete safetensors (every header readable and the file as long as
+    the header says, so a truncated copy is caught here rather than by a deserialisation error mid-run),
+    or pickle weights only when allowed. `role` names the folder in the error (model, --ref, ...); `hub`:
+    the name could have been a hub id, so a missing folder says why it was read as a path.
     """
     folder = Path(folder)
     allow_pickle = _POLICY.allow_pickle if allow_pickle is None else allow_pickle
     if not folder.exists():
-        hint = f" (read as a local path because {folder.parent}/ exists here)" if folder.parent.is_dir() else ""
-        raise MoxError(f"model folder not found: {folder}{hint}")
+        hint = f" (read as a local path because {folder.parent}/ exists here)" if hub and folder.parent.is_dir() else ""
+        raise MoxError(f"{role} folder not found: {folder}{hint}")
     if not folder.is_dir():
-        raise MoxError(f"model path {folder} is not a folder; expected a Hugging Face model folder")
+        raise MoxError(f"{role} path {folder} is not a folder; expected a Hugging Face model folder")
     config = folder / "config.json"
     if not config.is_file():
-        raise MoxError(f"model folder {folder} has no config.json; expected a Hugging Face model folder")
+        raise MoxError(f"{role} folder {folder} has no config.json; expected a Hugging Face model folder")
+    if not contents:
+        return
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, RecursionError) as e:

@@ -181,3 +181,42 @@ def open_weights(folders: Mapping[str, Path]) -> Iterator[dict[str, FolderWeight
     """Lazy weights of several folders at once; every file handle is closed on exit."""
     with ExitStack() as stack:
         yield {name: FolderWeights(Path(f), stack) for name, f in folders.items()}
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def check_same_tensors(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    *,
+    names: tuple[str, str] = ("ref", "mem"),
+    where: str | None = None,
+    dtypes: bool = True,
+) -> None:
+    """Refuse, in one line, two models whose tensors differ: the names (a few listed, with a hint where only
+    lm_head differs), then each shape, then each dtype. Values are tensors, TensorInfo headers, or shapes
+    (None: not known yet, not compared). Combining such models (extrapolating, comparing deltas) is
+    meaningless, so every tool that does checks here first."""
+    first, second = names
+    missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if missing or extra:
+
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} in {first} but not {second} ({few(missing)})"] if missing else []
+        parts += [f"{len(extra)} in {second} but not {first} ({few(extra)})"] if extra else []
+        hint = " (tie_word_embeddings differs?)" if "lm_head.weight" in missing + extra else ""
+        raise MoxError(f"{where or f'{first} and {second}'}: different tensor names: {'; '.join(parts)}{hint}")
+    for name, x in a.items():
+        y = b[name]
+        sx, sy = _shape(x), _shape(y)
+        if sx is not None and sy is not None and sx != sy:
+            raise MoxError(f"tensor {name}: shape {list(sx)} in {first} but {list(sy)} in {second}")
+        dx, dy = getattr(x, "dtype", None), getattr(y, "dtype", None)
+        if dtypes and dx is not None and dy is not None and dx != dy:
+            raise MoxError(f"tensor {name}: dtype {dx} in {first} but {dy} in {second}")

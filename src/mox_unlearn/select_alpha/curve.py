@@ -29,14 +29,13 @@ from mox_unlearn.select_alpha.scoring import ScoreSettings, check_settings, load
 
 def check_model_pair(ref: Path, mem: Path) -> None:
     """Both HF safetensors folders with the same tensors: checked before any scoring."""
-    from mox_unlearn.extrapolate import _check_compatible, _check_model_dir
-    from mox_unlearn.io.loading import check_same_model_kind
-    from mox_unlearn.io.reading import read_tensor_infos
+    from mox_unlearn.io.loading import check_model_folder, check_same_model_kind
+    from mox_unlearn.io.reading import check_same_tensors, read_tensor_infos
 
-    _check_model_dir(Path(ref), "--ref")
-    _check_model_dir(Path(mem), "--mem")
+    check_model_folder(Path(ref), role="--ref", contents=False, hub=False)
+    check_model_folder(Path(mem), role="--mem", contents=False, hub=False)
     check_same_model_kind(Path(ref), Path(mem))
-    _check_compatible(read_tensor_infos(Path(ref)), read_tensor_infos(Path(mem)))
+    check_same_tensors(read_tensor_infos(Path(ref)), read_tensor_infos(Path(mem)))
 
 
 def _utility_measures(row: Mapping[str, Any]) -> dict[str, float | None]:
