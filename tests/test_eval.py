@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from mox_unlearn.cli import main
 from mox_unlearn.data.formatting import PromptFormat, encode_qa, prompt_ids
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.benchmarks import BENCHMARKS, METRICS
 from mox_unlearn.evaluate.stats import answer_stats, cut_at_stop, generate_greedy, text_token_logprobs
 from mox_unlearn.evaluate.tofu import read_retain_truth_ratios
 
@@ -122,6 +123,7 @@ def tofu_result(tiny_model_dir, data_dir, tmp_path_factory):
 def test_tofu_end_to_end_produces_every_summary_key(tofu_result):
     result = json.loads(tofu_result.read_text())
     assert set(result["summary"]) == {"forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak"}
+    assert tuple(result["summary"]) == BENCHMARKS["tofu"].summary and set(result["summary"]) <= set(METRICS)
     assert result["summary"]["forget_quality"] is None and "retain" in result["metrics"]["forget_quality"]["reason"]
     assert result["summary"]["privleak"] is None and "min-k AUC" in result["metrics"]["privleak"]["reason"]
     mia = result["metrics"]["mia_min_k"]
@@ -257,6 +259,8 @@ def test_muse_end_to_end_produces_every_summary_key(tiny_model_dir, data_dir, tm
         == 0
     )
     assert json.loads(again.read_text())["summary"]["privleak"] == 0.0
+    summary = json.loads(again.read_text())["summary"]
+    assert tuple(summary) == BENCHMARKS["muse"].summary and set(summary) <= set(METRICS)  # the registry is complete
 
 
 def test_batch_size_8_equals_batch_size_1(model, tokenizer):
@@ -505,3 +509,14 @@ def test_eval_checks_split_and_data_before_loading_the_model(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "hub" not in err[0].replace("or a hub id", "")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_metric_table_drives_the_report_headers():
+    from mox_unlearn.report import COLUMNS, HEADERS
+
+    assert COLUMNS[3:] == BENCHMARKS["tofu"].columns
+    assert [HEADERS[c] for c in COLUMNS[3:]] == ["FQ (↑)", "MU (↑)", "F-RL (↓)", "R-RL (↑)"]
+    assert METRICS["privleak"].header == "PrivLeak (→0)"
+    assert all(m.better in ("higher", "lower", "zero") and m.definition for m in METRICS.values())
+    for bench in BENCHMARKS.values():
+        assert set(bench.summary) <= set(METRICS) and set(bench.columns) <= set(bench.summary)

@@ -16,17 +16,15 @@ from typing import Any
 
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.benchmarks import BENCHMARKS, METRICS
 from mox_unlearn.io.atomic import write_text_atomic
 
-COLUMNS = ("name", "method", "alpha", "forget_quality", "model_utility", "forget_rouge", "retain_rouge")
+COLUMNS = ("name", "method", "alpha", *BENCHMARKS["tofu"].columns)
 HEADERS = {
     "name": "Model",
     "method": "Method",
     "alpha": "α",
-    "forget_quality": "FQ (↑)",
-    "model_utility": "MU (↑)",
-    "forget_rouge": "F-RL (↓)",
-    "retain_rouge": "R-RL (↑)",
+    **{key: metric.header for key, metric in METRICS.items()},
     "rule": "Rule",
     "picked": "Picked setting",
 }

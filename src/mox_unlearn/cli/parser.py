@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mox_unlearn import __version__
+from mox_unlearn.evaluate.benchmarks import BENCHMARKS
 
 UNLEARN_EXAMPLE = """example:
   mox unlearn --model ./my-model --forget forget.jsonl --retain retain.jsonl --out runs/mox \\
@@ -209,7 +210,7 @@ def _add_eval(sub) -> None:
         epilog=EVAL_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("--benchmark", required=True, choices=["tofu", "muse"])
+    v.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     v.add_argument("--model", required=True, help="HF model folder or hub id")
     v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
     v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")

@@ -12,9 +12,9 @@ from typing import Any
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
 from mox_unlearn.evaluate.stats import generate_greedy, text_token_logprobs
 
-MUSE_HUB_ID = "muse-bench/MUSE-News"
 # (subset, local file stem, hub split) of every file the evaluation reads.
 FILES = {
     "verbmem_forget": ("verbmem", "forget", "forget"),

@@ -9,11 +9,10 @@ from pathlib import Path
 from mox_unlearn import versions
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.benchmarks import get_benchmark
 from mox_unlearn.io.atomic import write_text_atomic
 from mox_unlearn.io.loading import load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
-
-BENCHMARKS = ("tofu", "muse")
 
 
 def load_eval_model(path: str, dtype: str = "auto"):
@@ -35,16 +34,7 @@ def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_
     if looks_like_path(model_path):
         check_model_folder(Path(model_path).expanduser())
 
-    if benchmark == "tofu":
-        from mox_unlearn.evaluate.tofu import SPLITS, check_forget_split
-
-        check_forget_split(forget_split)
-        needed = [s.format(forget=forget_split) for s in SPLITS.values()] + [forget_split.replace("forget", "holdout")]
-        needed = [f"{name}.jsonl" for name in needed]
-    else:
-        from mox_unlearn.evaluate.muse import FILES
-
-        needed = [f"{subset}/{stem}.json" for subset, stem, _ in FILES.values()]
+    needed = get_benchmark(benchmark).files(forget_split)
     if not data or not looks_like_path(data):
         return
     folder = Path(data).expanduser()
@@ -76,8 +66,7 @@ def run_eval(
     allow_convention_mismatch: bool = False,
 ) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict."""
-    if benchmark not in BENCHMARKS:
-        raise MoxError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+    bench = get_benchmark(benchmark)
     if limit is not None and limit < 1:
         raise MoxError(f"--limit must be >= 1, got {limit}")
     out = Path(out)
@@ -91,26 +80,17 @@ def run_eval(
     check_eval_inputs(benchmark, model_path, data, forget_split)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)
-    if benchmark == "tofu":
-        from mox_unlearn.evaluate.tofu import TOFU_HUB_ID, evaluate_tofu
-
-        result = evaluate_tofu(
-            model,
-            tokenizer,
-            data=data or TOFU_HUB_ID,
-            forget_split=forget_split,
-            retain_result=retain_result,
-            fmt=fmt,
-            batch_size=batch_size,
-            limit=limit,
-            allow_convention_mismatch=allow_convention_mismatch,
-        )
-    else:
-        from mox_unlearn.evaluate.muse import MUSE_HUB_ID, evaluate_muse
-
-        result = evaluate_muse(
-            model, tokenizer, data=data or MUSE_HUB_ID, retain_result=retain_result, batch_size=batch_size, limit=limit
-        )
+    result = bench.run(
+        model,
+        tokenizer,
+        data=data or bench.hub_id,
+        forget_split=forget_split,
+        retain_result=retain_result,
+        fmt=fmt,
+        batch_size=batch_size,
+        limit=limit,
+        allow_convention_mismatch=allow_convention_mismatch,
+    )
     result = {
         "benchmark": benchmark,
         "model": str(model_path),

@@ -20,6 +20,7 @@ from mox_unlearn.data import RecordSet, load_records, read_json
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.benchmarks import TOFU_HUB_ID
 from mox_unlearn.evaluate.convention import check_retain_convention, scoring_convention
 from mox_unlearn.evaluate.stats import (
     AnswerStats,
@@ -29,7 +30,6 @@ from mox_unlearn.evaluate.stats import (
     generated_top_token_rate,
 )
 
-TOFU_HUB_ID = "locuslab/TOFU"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}  # TOFU authors in each forget split
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")  # nested, like the forget splits

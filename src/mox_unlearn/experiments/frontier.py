@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate.benchmarks import METRICS
 from mox_unlearn.evaluate.tofu import HOLDOUT_SPLITS
 from mox_unlearn.experiments.frontier_rules import (
     ORACLE,
@@ -428,8 +429,8 @@ def plot_seeds(extra: Mapping[str, Any], path: Path) -> Path:
     methods = list(extra["selected"])
     fig, axes = figure(1, 2, size=(max(8, 2.2 * len(methods) + 4), 4.2))
     for ax, key, title in (
-        (axes[0][0], "log10_forget_quality", "log10 FQ (↑)"),
-        (axes[0][1], "model_utility", "MU (↑)"),
+        (axes[0][0], "log10_forget_quality", f"log10 {METRICS['forget_quality'].header}"),
+        (axes[0][1], "model_utility", METRICS["model_utility"].header),
     ):
         for j, (rule, color) in enumerate(((ORACLE, "tab:blue"), (RETRAIN_FREE, "tab:orange"))):
             values = [
