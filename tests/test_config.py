@@ -115,3 +115,21 @@ def test_selection_defaults_live_in_one_place(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"drop (default {SELECT_TOLERANCE:g})" in text and f"alike (default {SELECT_P_MIN:g})" in text
     assert "(default " + " ".join(f"{a:g}" for a in ALPHA_GRID) + ")" in text
+
+
+def test_unlearn_flags_come_from_the_config_fields():
+    """Issue 15: `mox unlearn`'s flags are generated from UnlearnConfig's field metadata, typed by the field."""
+    import dataclasses
+
+    from mox_unlearn.cli.parser import build_parser
+    from mox_unlearn.config import UnlearnConfig, flag_fields
+
+    names = [f.name for f in flag_fields()]
+    assert {"model", "forget", "alpha", "momentum", "max_steps", "save_memorized"} <= set(names)
+    assert set(names) <= {f.name for f in dataclasses.fields(UnlearnConfig)}
+    args = build_parser().parse_args(
+        ["unlearn", "--max-steps", "3", "--alpha", "auto", "--momentum", "--no-save-memorized", "--seed", "7"]
+    )
+    assert (args.max_steps, args.alpha, args.momentum, args.save_memorized, args.seed) == (3, "auto", True, False, 7)
+    unset = build_parser().parse_args(["unlearn"])
+    assert all(getattr(unset, name) is None for name in names)  # not given: the config's value stands

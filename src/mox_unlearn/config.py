@@ -27,23 +27,31 @@ SELECT_TOLERANCE = 0.05  # largest relative drop of retain probability / ROUGE a
 SELECT_P_MIN = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
 
 
+def _flag(default: Any, help: str = "") -> Any:
+    """A setting that is also a `mox unlearn` flag (--name; a True default gives --no-name), with its help."""
+    return field(default=default, metadata={"flag": help})
+
+
 @dataclass
 class UnlearnConfig:
+    """Every setting of a run. Fields with a "flag" in their metadata are also `mox unlearn --flags` (help
+    text there); every field is a YAML key and a key=value override."""
+
     # what to unlearn from what
-    model: str = ""  # HF folder or hub id of θ_ref
-    forget: str = ""  # data spec: .json/.jsonl/.txt or hf:<id>[:<config>][:<split>]
-    retain: str | None = None
-    out: str = ""
+    model: str = _flag("", "HF model folder or hub id (θ_ref)")
+    forget: str = _flag("", "forget set spec")  # data spec: .json/.jsonl/.txt or hf:<id>[:<config>][:<split>]
+    retain: str | None = _flag(None, "retain set spec")
+    out: str = _flag("", "run folder; the unlearned model goes to OUT/model")
     # method
-    method: str = "mox"
-    objective: str | None = None  # default: the method's first objective
+    method: str = _flag("mox", "unlearning method (default mox)")
+    objective: str | None = _flag(None, "memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
     loss: dict[str, Any] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
-    alpha: float | Literal["auto"] = (
-        4.0  # extrapolation strength (Eq. 8); "auto": chosen after training (select_alpha.py)
+    alpha: float | Literal["auto"] = _flag(  # Eq. 8; "auto": chosen after training (select_alpha/)
+        4.0, "extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)"
     )
-    targeted: bool = False  # add the targeted term (Eq. 9)
-    refusals: str | None = None  # refusal strings, one a line (TOFU idontknow format); None = packaged list
-    momentum: bool = False  # momentum extrapolation (Eq. 10)
+    targeted: bool = _flag(False, "add the targeted term (Eq. 9)")
+    refusals: str | None = _flag(None, "refusal strings for --targeted, one a line")  # None = the packaged list
+    momentum: bool = _flag(False, "momentum extrapolation (Eq. 10)")
     momentum_every: int | None = None  # optimizer steps between updates; None = each epoch end
     eta: float = 0.675
     # alpha: auto (select_alpha.py): the largest α of the grid that keeps retain utility and makes forget ~ holdout
@@ -57,10 +65,10 @@ class UnlearnConfig:
     batch_size: int = 32  # effective: per_device_batch_size × processes × accumulation
     per_device_batch_size: int = 8
     epochs: int = 10
-    max_steps: int | None = None
+    max_steps: int | None = _flag(None)
     warmup_epochs: float = 1.0
     max_grad_norm: float | None = 1.0
-    seed: int = 0
+    seed: int = _flag(0)
     # method-specific settings
     cache_ref: bool = True  # cache θ_ref's sequence log-probs on fixed data (forget / target answers)
     trainable: str | None = None  # regex of parameter names to train; None = the method's default (all)
@@ -83,7 +91,7 @@ class UnlearnConfig:
     lora_targets: str = "all-linear"  # peft target_modules: all-linear, or comma-separated module names
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # outputs
-    save_memorized: bool = True
+    save_memorized: bool = _flag(True, "do not write OUT/memorized")
     shard_size: str = "2GB"
     checkpoint_every: int | None = None  # optimizer steps; None = each epoch end; 0 = never
     keep_checkpoints: bool = False
@@ -268,6 +276,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), _number(value)
+
+
+def flag_fields(cls: type = UnlearnConfig) -> list[dataclasses.Field]:
+    """The settings that have a command-line flag (field metadata "flag": its help), in field order."""
+    return [f for f in dataclasses.fields(cls) if "flag" in f.metadata]
 
 
 def load_config(

@@ -186,27 +186,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
-    from mox_unlearn.config import load_config
+    from mox_unlearn.config import flag_fields, load_config
     from mox_unlearn.train import RunFolder, saved_config, unlearn
 
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "model",
-            "forget",
-            "retain",
-            "out",
-            "method",
-            "objective",
-            "alpha",
-            "targeted",
-            "refusals",
-            "momentum",
-            "seed",
-            "max_steps",
-            "save_memorized",
-        )
-    }
+    flags = {f.name: getattr(args, f.name) for f in flag_fields()}
     if args.resume and args.out and not (args.model or args.forget or args.config):
         # `mox unlearn --resume --out DIR [key=value ...]`: everything else comes from the interrupted run;
         # overrides apply on top (the run refuses any that would change the result, e.g. lr)

@@ -99,6 +99,29 @@ def _add_common(p: argparse.ArgumentParser, *, loads_models: bool = False, pickl
         )
 
 
+def _add_config_flags(u: argparse.ArgumentParser) -> None:
+    """One flag per UnlearnConfig setting marked with a "flag" (config.flag_fields), typed from the field:
+    a bool with a False default is --name, with a True default --no-name; None means "not given"."""
+    import typing
+
+    from mox_unlearn.config import UnlearnConfig, flag_fields
+
+    hints = typing.get_type_hints(UnlearnConfig)
+    for f in flag_fields():
+        name, hint, help_text = f.name.replace("_", "-"), hints[f.name], f.metadata["flag"] or None
+        if hint is bool:
+            action = "store_false" if f.default else "store_true"
+            flag = f"--no-{name}" if f.default else f"--{name}"
+            u.add_argument(flag, action=action, default=None, dest=f.name, help=help_text)
+            continue
+        kinds = set(typing.get_args(hint)) or {hint}
+        if f.name == "alpha":
+            kind = _alpha_arg
+        else:
+            kind = int if int in kinds else float if float in kinds else str
+        u.add_argument(f"--{name}", type=kind, dest=f.name, help=help_text)
+
+
 def _add_unlearn(sub) -> None:
     u = sub.add_parser(
         "unlearn",
@@ -106,29 +129,7 @@ def _add_unlearn(sub) -> None:
         epilog=UNLEARN_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    u.add_argument("--model", help="HF model folder or hub id (θ_ref)")
-    u.add_argument("--forget", help="forget set spec")
-    u.add_argument("--retain", help="retain set spec")
-    u.add_argument("--out", help="run folder; the unlearned model goes to OUT/model")
-    u.add_argument("--method", help="unlearning method (default mox)")
-    u.add_argument("--objective", help="memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
-    u.add_argument(
-        "--alpha",
-        type=_alpha_arg,
-        help="extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)",
-    )
-    u.add_argument("--targeted", action="store_true", default=None, help="add the targeted term (Eq. 9)")
-    u.add_argument("--refusals", help="refusal strings for --targeted, one a line")
-    u.add_argument("--momentum", action="store_true", default=None, help="momentum extrapolation (Eq. 10)")
-    u.add_argument("--seed", type=int)
-    u.add_argument("--max-steps", type=int, dest="max_steps")
-    u.add_argument(
-        "--no-save-memorized",
-        action="store_false",
-        default=None,
-        dest="save_memorized",
-        help="do not write OUT/memorized",
-    )
+    _add_config_flags(u)
     u.add_argument("--config", help="YAML config file")
     u.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     u.add_argument("--overwrite", action="store_true", help="replace an existing run folder")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import MoxError
+
+if TYPE_CHECKING:  # torch is imported where it is used: configs and data are read without it
+    import torch
 from .records import RecordSet, check_text, read_text, texts_of
 
 IGNORE_INDEX = -100
@@ -175,6 +177,8 @@ def collate(examples: list[dict], pad_id: int, padding_side: str = "right") -> d
 
 
 def _pad(rows: list[list[int]], fill: int, longest: int, side: str) -> torch.Tensor:
+    import torch  # here, so that reading configs and data (and `mox --help`) does not load torch
+
     """Pad each row with `fill` up to `longest` on `side`; a [len(rows), longest] LongTensor."""
     padded = [
         list(row) + [fill] * (longest - len(row)) if side == "right" else [fill] * (longest - len(row)) + list(row)

@@ -7,14 +7,18 @@ in and skips to micro-step k, and two processes that build the same plan agree w
 from __future__ import annotations
 
 import hashlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import MoxError
+
+if TYPE_CHECKING:  # torch is imported where it is used: configs and data are read without it
+    import torch
 
 
 def _generator(seed: int, epoch: int, stream: str) -> torch.Generator:
     """A torch generator for (seed, epoch, stream); hashing keeps nearby seeds/epochs unrelated."""
+    import torch
+
     digest = hashlib.sha256(f"{seed}:{epoch}:{stream}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
@@ -34,6 +38,8 @@ def epoch_plan(
         raise MoxError(f"batch_size must be at least 1, got {batch_size}")
     if n_forget < 0 or n_retain < 0:
         raise MoxError(f"set sizes must be non-negative, got n_forget={n_forget}, n_retain={n_retain}")
+    import torch
+
     gen = _generator(seed, epoch, "pairs")
     order = torch.randperm(n_forget, generator=gen).tolist()
     plan = []
@@ -47,6 +53,8 @@ def epoch_plan(
 
 def _retain_batch(n_retain: int, size: int, gen: torch.Generator) -> list[int]:
     """`size` retain indices: distinct when the retain set allows it."""
+    import torch
+
     if n_retain == 0:
         return []
     if n_retain >= size:
@@ -64,4 +72,6 @@ def refusal_choices(n: int, n_refusals: int, seed: int, epoch: int) -> list[int]
         raise MoxError("the refusal list is empty")
     if n < 0:
         raise MoxError(f"n must be non-negative, got {n}")
+    import torch
+
     return torch.randint(n_refusals, (n,), generator=_generator(seed, epoch, "refusals")).tolist()
