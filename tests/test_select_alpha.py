@@ -12,6 +12,7 @@ import torch
 from miniature import mini_settings
 
 from mox_unlearn.cli import main
+from mox_unlearn.config import SelectionSettings
 from mox_unlearn.data import RecordSet
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.selection import best_fq, comparison_note
@@ -217,7 +218,11 @@ def mem_run(tiny_model_dir, data, tmp_path_factory):
     return out
 
 
-KW = dict(max_items=3, max_new_tokens=4, batch_size=8, max_length=64)
+KW = dict(max_new_tokens=4, batch_size=8, max_length=64)
+
+
+def sel(*grid: float, score: str = "min_k") -> SelectionSettings:
+    return SelectionSettings(grid=grid, score=score, max_items=3)
 
 
 @pytest.mark.slow
@@ -228,7 +233,7 @@ def test_alpha_curve_on_a_tiny_model(tiny_model_dir, mem_run, data, tmp_path):
         str(data["forget"]),
         str(data["holdout"]),
         str(data["retain"]),
-        [2, 1],
+        sel(2, 1),
         work_dir=tmp_path,
         **KW,
     )
@@ -256,7 +261,7 @@ def test_alpha_curve_on_a_tiny_model(tiny_model_dir, mem_run, data, tmp_path):
         str(data["forget"]),
         str(data["holdout"]),
         str(data["retain"]),
-        [1, 2],
+        sel(1, 2),
         models={1.0: folders[0], 2.0: folders[1]},
         **KW,
     )
@@ -274,8 +279,7 @@ def test_truth_ratio_score_needs_perturbed_answers(tiny_model_dir, mem_run, data
         str(data["forget_p"]),
         str(data["holdout_p"]),
         str(data["retain"]),
-        [1],
-        score="truth_ratio",
+        sel(1, score="truth_ratio"),
         work_dir=tmp_path,
         **KW,
     )
@@ -287,8 +291,7 @@ def test_truth_ratio_score_needs_perturbed_answers(tiny_model_dir, mem_run, data
             str(data["forget_p"]),
             str(data["holdout"]),
             str(data["retain"]),
-            [1],
-            score="truth_ratio",
+            sel(1, score="truth_ratio"),
             **KW,
         )
 

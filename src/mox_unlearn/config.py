@@ -27,6 +27,20 @@ SELECT_TOLERANCE = 0.05  # largest relative drop of retain probability / ROUGE a
 SELECT_P_MIN = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
 
 
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The retrain-free selection rule's settings (select_alpha/, docs/select-alpha.md), as one object:
+    `mox select-alpha` builds it from its flags, `alpha: auto` from the run's config
+    (UnlearnConfig.selection) and the experiments from theirs (ExperimentConfig.selection); it is checked
+    in one place (select_alpha.check_settings) and read by alpha_curve."""
+
+    grid: tuple[float, ...] = ALPHA_GRID
+    tolerance: float = SELECT_TOLERANCE  # largest relative drop of retain probability / ROUGE against θ_ref
+    p_min: float = SELECT_P_MIN  # KS p-value from which forget and holdout count as alike
+    score: str = "min_k"  # the per-item membership score of the KS test: min_k or truth_ratio
+    max_items: int | None = 100  # items scored per set (None: all)
+
+
 def _flag(default: Any, help: str = "") -> Any:
     """A setting that is also a `mox unlearn` flag (--name; a True default gives --no-name), with its help."""
     return field(default=default, metadata={"flag": help})
@@ -276,6 +290,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), _number(value)
+
+
+def run_selection(cfg: UnlearnConfig) -> SelectionSettings:
+    """`alpha: auto`'s selection settings, from the run's alpha_grid / alpha_tolerance / alpha_p_min."""
+    return SelectionSettings(tuple(cfg.alpha_grid), cfg.alpha_tolerance, cfg.alpha_p_min)
 
 
 def flag_fields(cls: type = UnlearnConfig) -> list[dataclasses.Field]:

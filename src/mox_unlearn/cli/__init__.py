@@ -20,12 +20,11 @@ from mox_unlearn.errors import MoxError
 
 
 def cmd_select_alpha(args: argparse.Namespace) -> int:
-    from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
+    from mox_unlearn.config import SelectionSettings
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.io.atomic import atomic_output_dir
     from mox_unlearn.io.loading import torch_dtype
     from mox_unlearn.select_alpha import (
-        DEFAULT_GRID,
         alpha_curve,
         check_model_pair,
         check_settings,
@@ -34,10 +33,12 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
         write_selection,
     )
 
-    args.tolerance = SELECT_TOLERANCE if args.tolerance is None else args.tolerance
-    args.p_min = SELECT_P_MIN if args.p_min is None else args.p_min
+    grid = {"grid": tuple(args.alpha)} if args.alpha else {}  # none given: the default grid
+    selection = SelectionSettings(
+        **grid, tolerance=args.tolerance, p_min=args.p_min, score=args.score, max_items=args.max_items
+    )
     # every check before any model is loaded: nothing is written when one fails
-    grid = check_settings(args.alpha or list(DEFAULT_GRID), args.tolerance, args.p_min, args.score, args.max_items)
+    check_settings(selection)
     for name in ("batch_size", "max_new_tokens", "max_length"):
         if getattr(args, name) < 1:
             raise MoxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -52,11 +53,7 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
             data.forget,
             data.holdout,
             data.retain,
-            grid,
-            tolerance=args.tolerance,
-            p_min=args.p_min,
-            score=args.score,
-            max_items=args.max_items,
+            selection,
             fmt=PromptFormat(chat_template=args.chat_template),
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,

@@ -171,21 +171,36 @@ def _add_select_alpha(sub) -> None:
     s.add_argument("--forget", required=True, help="forget set spec")
     s.add_argument("--holdout", required=True, help="holdout set spec: like the forget set, never trained on")
     s.add_argument("--retain", required=True, help="retain set spec (utility; at most --max-items are scored)")
-    s.add_argument("--alpha", type=float, action="append", help="α to try; repeat (default 0.5 1 2 4 8)")
-    # defaults: config.SELECT_TOLERANCE / SELECT_P_MIN, filled in by cmd_select_alpha (config imports torch)
-    s.add_argument("--tolerance", type=float, help="largest relative retain-utility drop (default 0.05)")
+    from mox_unlearn.config import SelectionSettings
+
+    d = SelectionSettings()  # the defaults, shared with alpha: auto and the experiments
+    grid = " ".join(f"{a:g}" for a in d.grid)
+    s.add_argument("--alpha", type=float, action="append", help=f"α to try; repeat (default {grid})")
+    s.add_argument(
+        "--tolerance",
+        type=float,
+        default=d.tolerance,
+        help=f"largest relative retain-utility drop (default {d.tolerance:g})",
+    )
     s.add_argument(
         "--p-min",
         type=float,
+        default=d.p_min,
         dest="p_min",
-        help="KS p-value from which forget and holdout count as alike (default 0.05)",
+        help=f"KS p-value from which forget and holdout count as alike (default {d.p_min:g})",
     )
     s.add_argument(
         "--score",
-        default="min_k",
-        help="forget/holdout score: min_k (default) or truth_ratio (needs perturbed_answer lists)",
+        default=d.score,
+        help=f"forget/holdout score: min_k or truth_ratio (needs perturbed_answer lists; default {d.score})",
     )
-    s.add_argument("--max-items", type=int, default=100, dest="max_items", help="retain items scored (default 100)")
+    s.add_argument(
+        "--max-items",
+        type=int,
+        default=d.max_items,
+        dest="max_items",
+        help=f"retain items scored (default {d.max_items})",
+    )
     s.add_argument("--batch-size", type=int, default=16, dest="batch_size")
     s.add_argument(
         "--max-new-tokens", type=int, default=200, dest="max_new_tokens", help="retain answer length (ROUGE)"

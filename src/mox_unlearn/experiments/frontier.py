@@ -278,8 +278,9 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
                 }
             )
     target_mu = target["summary"]["model_utility"]
+    rule = cfg.selection(cfg.alphas)  # the same selection settings as select-alpha and alpha: auto
     selected = select_all(
-        records, target_mu, mu_ratio=cfg.frontier_mu_ratio, tolerance=cfg.select_tolerance, p_min=cfg.select_p_min
+        records, target_mu, mu_ratio=cfg.frontier_mu_ratio, tolerance=rule.tolerance, p_min=rule.p_min
     )
     summary = summarize(records, selected)
     seconds = round(time.perf_counter() - start, 1)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE, UnlearnConfig, apply_mapping, to_dict
+from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE, SelectionSettings, UnlearnConfig, apply_mapping, to_dict
 from mox_unlearn.demo.run import DemoConfig, cached_evaluation, evaluate, prepare_models
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.tofu import FORGET_SPLITS
@@ -76,6 +76,10 @@ class ExperimentConfig(DemoConfig):
     frontier_epochs: list[int] = field(default_factory=list)  # stopping epochs evaluated (empty: every epoch)
     validation_retain: str | None = None  # data spec replacing the derived validation retain items
     validation_holdout: str | None = None  # data spec replacing the derived validation holdout items
+
+    def selection(self, grid) -> SelectionSettings:
+        """The selection rule's settings (select_tolerance, select_p_min) over `grid`."""
+        return SelectionSettings(tuple(grid), self.select_tolerance, self.select_p_min)
 
 
 def check_settings(cfg: ExperimentConfig) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
+from mox_unlearn.config import SelectionSettings, run_selection
 from mox_unlearn.data import PromptFormat, RecordSet
 from mox_unlearn.errors import MoxError
 from mox_unlearn.select_alpha.report import write_selection
 from mox_unlearn.select_alpha.rule import (
-    DEFAULT_GRID,
     MIN_K,
     CurvePoint,
     indistinguishable,
@@ -68,12 +67,8 @@ def alpha_curve(
     forget: str | Path | RecordSet,
     holdout: str | Path | RecordSet,
     retain: str | Path | RecordSet,
-    alphas: Sequence[float] = DEFAULT_GRID,
+    selection: SelectionSettings | None = None,
     *,
-    tolerance: float = SELECT_TOLERANCE,
-    p_min: float = SELECT_P_MIN,
-    score: str = "min_k",
-    max_items: int | None = 100,
     k: float = MIN_K,
     fmt: PromptFormat | None = None,
     batch_size: int = 16,
@@ -92,7 +87,9 @@ def alpha_curve(
     """
     from mox_unlearn.io.loading import load_tokenizer
 
-    grid = check_settings(list(alphas), tolerance, p_min, score, max_items)
+    selection = selection or SelectionSettings()
+    grid = check_settings(selection)
+    tolerance, p_min, score, max_items = selection.tolerance, selection.p_min, selection.score, selection.max_items
     data = load_selection_data(forget, holdout, retain, score=score, max_items=max_items)
     if models is None:
         if mem_dir is None:
@@ -178,7 +175,7 @@ def check_auto_config(cfg, method) -> None:
         raise MoxError("alpha=auto needs a holdout set like the forget set that the model never saw (holdout=SPEC)")
     if not cfg.retain:
         raise MoxError("alpha=auto needs a retain set (--retain) to measure utility")
-    check_settings(cfg.alpha_grid, cfg.alpha_tolerance, cfg.alpha_p_min, "min_k", 100)
+    check_settings(run_selection(cfg))
 
 
 def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[float, dict[str, Any]]:
@@ -209,9 +206,7 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
             cfg.forget,
             cfg.holdout,
             cfg.retain,
-            cfg.alpha_grid,
-            tolerance=cfg.alpha_tolerance,
-            p_min=cfg.alpha_p_min,
+            run_selection(cfg),
             fmt=cfg.prompt,
             batch_size=cfg.per_device_batch_size,
             max_new_tokens=min(200, cfg.max_length),

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mox_unlearn.config import SelectionSettings
 from mox_unlearn.data import PromptFormat, RecordSet, encode_records, load_records
 from mox_unlearn.errors import MoxError
 from mox_unlearn.select_alpha.rule import MIN_K, SCORES, check_rule_settings, fmt_alpha
@@ -43,14 +44,13 @@ def check_grid(values: Sequence[Any], name: str = "α grid", hint: str = " (extr
     return sorted(numbers)
 
 
-def check_settings(
-    alphas: Sequence[Any], tolerance: float, p_min: float, score: str, max_items: int | None
-) -> list[float]:
+def check_settings(s: SelectionSettings) -> list[float]:
     """Every setting of a selection, checked before any model is loaded; returns the sorted grid."""
-    grid = check_grid(alphas)
-    check_rule_settings(tolerance, p_min)
-    if score not in SCORES:
-        raise MoxError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
+    grid = check_grid(s.grid)
+    check_rule_settings(s.tolerance, s.p_min)
+    if s.score not in SCORES:
+        raise MoxError(f"unknown score {s.score!r}; valid: {', '.join(SCORES)}")
+    max_items = s.max_items
     if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
         raise MoxError(f"max_items must be an integer >= 1, got {max_items!r}")
     return grid
