@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from mox_unlearn.data.formatting import PromptFormat
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, first_line
 
 # The retrain-free selection rule's defaults, in one place: `mox select-alpha`, `alpha: auto` and the
 # experiments (select-alpha, frontier) all start from these (select_alpha.py, docs/select-alpha.md).
@@ -314,7 +314,7 @@ def load_config(
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise MoxError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+            raise MoxError(f"{p}: invalid YAML: {first_line(e)}") from None
         if not isinstance(data, dict):
             raise MoxError(f"{p}: a config file must be a mapping of keys to values")
         apply_mapping(cfg, data)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, first_line
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # plain weight name -> (B' [out, R], A [R, in]), B'A' = ΔW
 
@@ -43,7 +43,7 @@ def wrap(model, r: int, alpha: float, dropout: float, targets: str | list[str]):
     try:
         return peft.get_peft_model(model, config)
     except ValueError as e:
-        raise MoxError(f"LoRA: {str(e).splitlines()[0]}") from None
+        raise MoxError(f"LoRA: {first_line(e)}") from None
 
 
 class AdapterOff:

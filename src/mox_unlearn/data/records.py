@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MoxError
+from ..errors import MoxError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def read_text(spec: str | Path, name: str) -> str:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise MoxError(f"cannot read {name} file {spec}: {_one_line(e)}") from e
+        raise MoxError(f"cannot read {name} file {spec}: {one_line(e)}") from e
     try:
         # utf-8-sig: tolerate a byte-order mark written by some editors.
         return raw.decode("utf-8-sig")
@@ -185,7 +185,7 @@ def _read_hf(spec: str) -> Located:
 
         rows = datasets.load_dataset(dataset_id, config, split=split).to_list()
     except Exception as e:  # datasets raises many types; the user needs the spec and the reason
-        raise MoxError(f"cannot load dataset {spec}: {_one_line(e)}") from e
+        raise MoxError(f"cannot load dataset {spec}: {one_line(e)}") from e
     return [(f"{spec}[{i}]", row) for i, row in enumerate(rows)]
 
 
@@ -240,11 +240,6 @@ def _type_name(value: Any) -> str:
     """JSON-flavoured type names for messages (object, list, null rather than dict, NoneType)."""
     names = {dict: "object", list: "list", type(None): "null", bool: "bool", str: "str"}
     return names.get(type(value), type(value).__name__)
-
-
-def _one_line(e: BaseException) -> str:
-    """Collapse a (possibly multi-line) exception text onto one line, keeping its type."""
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def record_key(record: dict, kind: str) -> tuple:

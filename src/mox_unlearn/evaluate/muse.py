@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mox_unlearn.data import read_json
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
 from mox_unlearn.evaluate.stats import generate_greedy, text_token_logprobs
@@ -41,7 +41,7 @@ def load_muse(source: str, key: str) -> list:
 
             data = list(datasets.load_dataset(source, subset, split=split))
         except Exception as e:  # noqa: BLE001 - any hub/IO failure becomes one line
-            raise MoxError(f"cannot load MUSE {subset}/{split} from {source!r}: {str(e).splitlines()[0]}") from None
+            raise MoxError(f"cannot load MUSE {subset}/{split} from {source!r}: {first_line(e)}") from None
     if not isinstance(data, list) or not data:
         raise MoxError(f"MUSE {subset}/{stem}: expected a non-empty list")
     return data

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.io.folders import INDEX_NAME, SINGLE_NAME
 from mox_unlearn.io.reading import read_tensor_infos
 
@@ -182,9 +182,9 @@ def load_model(
             trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        raise MoxError(f"cannot load model {name!r}: {_first_line(e)}{_not_local(name)}") from None
+        raise MoxError(f"cannot load model {name!r}: {first_line(e)}{_not_local(name)}") from None
     except SafetensorError as e:
-        raise MoxError(f"cannot load model {name!r}: corrupted safetensors weights: {_first_line(e)}") from None
+        raise MoxError(f"cannot load model {name!r}: corrupted safetensors weights: {first_line(e)}") from None
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
@@ -199,7 +199,7 @@ def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MoxError(f"cannot load tokenizer of {name!r}: {_first_line(e)}{_not_local(name)}") from None
+        raise MoxError(f"cannot load tokenizer of {name!r}: {first_line(e)}{_not_local(name)}") from None
     ensure_pad_token(tok)
     return tok
 
@@ -207,8 +207,3 @@ def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
 def _not_local(name: str) -> str:
     """A hint for a name that was taken for a hub id: often a local folder that does not exist (a typo)."""
     return "" if Path(name).expanduser().exists() else " (and there is no local folder of that name)"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
