@@ -2,7 +2,7 @@
 
 import pytest
 
-from mox_unlearn.config import load_config, parse_override
+from mox_unlearn.config import UnlearnConfig, load_config, parse_override, to_dict
 from mox_unlearn.errors import MoxError
 
 
@@ -133,3 +133,13 @@ def test_unlearn_flags_come_from_the_config_fields():
     assert (args.max_steps, args.alpha, args.momentum, args.save_memorized, args.seed) == (3, "auto", True, False, 7)
     unset = build_parser().parse_args(["unlearn"])
     assert all(getattr(unset, name) is None for name in names)  # not given: the config's value stands
+
+
+def test_default_config_cache_keys_do_not_change_silently():
+    """The experiments cache runs and evaluations by a hash of their config (experiments/workspace.py): a
+    renamed or added setting changes every key and silently retrains everything. Change these only on
+    purpose (with an alias for old config files where a key was renamed)."""
+    from mox_unlearn.experiments.workspace import ExperimentConfig, _key, config_dict
+
+    assert _key(config_dict(ExperimentConfig())) == "5f0678659e"
+    assert _key(to_dict(UnlearnConfig())) == "59f214cc23"
