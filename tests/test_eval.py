@@ -520,3 +520,34 @@ def test_metric_table_drives_the_report_headers():
     assert all(m.better in ("higher", "lower", "zero") and m.definition for m in METRICS.values())
     for bench in BENCHMARKS.values():
         assert set(bench.summary) <= set(METRICS) and set(bench.columns) <= set(bench.summary)
+
+
+def _word_level_model(texts):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainer=trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(wrapped), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval(), wrapped
+
+
+def test_stop_strings_work_with_any_tokenizer_and_only_shorten_generation(model, tokenizer):
+    """Issue 16: transformers' stop_strings criterion raised 'substring not found' on a word-level tokenizer
+    (mox eval --benchmark muse died). Generation now stops on the decoded text, and stopping early gives
+    exactly the text a full generation cut at the first stop string gives."""
+    texts = ["Question: Where was Alia born? Answer: In Quellport .", "Question: Who? Answer: A baker"]
+    stops = ["\n\n", "Question:", "Answer"]
+    for m, tok in ((model, tokenizer), _word_level_model(texts)):
+        prompts = [tok(t)["input_ids"] for t in ("Question: Where was Alia born? Answer:", "Question: Who?")]
+        stopped = generate_greedy(m, tok, prompts, max_new_tokens=12, stop_strings=stops)
+        full = generate_greedy(m, tok, prompts, max_new_tokens=12)
+        assert stopped == [cut_at_stop(f, stops) for f in full]

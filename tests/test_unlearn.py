@@ -295,3 +295,16 @@ def test_two_process_data_parallel_run(tiny_model_dir, qa_files, tmp_path):
     info = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert info["plan"]["accumulation"] == 2 and info["plan"]["total_steps"] == 2
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_shard_size_in_binary_units_trains_and_saves(tiny_model_dir, qa_files, tmp_path):
+    """Issue 16: shard_size=512MiB passed the config check, then save_pretrained refused the unit after
+    training. The config and every writer now read sizes with one parser and pass bytes on."""
+    out = tmp_path / "mib"
+    assert run(tiny_model_dir, qa_files, out, "--max-steps", "1", "shard_size=512MiB") == 0
+    assert run(tiny_model_dir, qa_files, tmp_path / "small", "--max-steps", "1", "shard_size=20KiB") == 0
+    shards = sorted((tmp_path / "small" / "model").glob("model-*.safetensors"))
+    assert len(shards) > 1  # 20 KiB shards (a tensor larger than that gets one of its own)
+    a, b = weights(out / "model"), weights(tmp_path / "small" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)

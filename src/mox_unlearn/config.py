@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -176,6 +175,16 @@ def _finite(value: Any, key: str) -> Any:
     return value
 
 
+def _is_size(value: Any) -> bool:
+    from mox_unlearn.io.shards import parse_size
+
+    try:
+        parse_size(value)
+    except MoxError:
+        return False
+    return True
+
+
 # Allowed values of UnlearnConfig settings, checked as they are set, so that nonsense (lr < 0, batch 0,
 # eta outside (0, 1]) fails with the key's name before anything is loaded or written.
 _LIMITS: dict[str, tuple[Any, str]] = {
@@ -210,11 +219,8 @@ _LIMITS: dict[str, tuple[Any, str]] = {
     "collapse_threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
     **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every")},
     **{k: (lambda v: v >= 1, ">= 1") for k in ("collapse_probe_prompts", "collapse_probe_tokens")},
-    # what transformers' save_pretrained parses (after training, too late to fail): digits and a unit
-    "shard_size": (
-        lambda v: re.fullmatch(r"\s*0*[1-9]\d*\s*[KMGkmg][iI]?B\s*", v) is not None,
-        "a size such as 2GB, 500MB or 512MiB",
-    ),
+    # one size grammar for every writer (io.shards.parse_size): the bytes go to save_pretrained as a number
+    "shard_size": (_is_size, "a size such as 2GB, 500MB or 512MiB"),
 }
 
 

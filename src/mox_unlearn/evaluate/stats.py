@@ -177,18 +177,36 @@ def generate_greedy(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if stop_strings:
-        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     with _bar(len(prompts), desc) as bar:
         for idx in _by_length([len(p) for p in prompts], batch_size):
             batch = collate([{"input_ids": prompts[i]} for i in idx], tokenizer.pad_token_id, padding_side="left")
             batch = {k: v.to(device) for k, v in batch.items()}
+            if stop_strings:
+                from transformers import StoppingCriteriaList
+
+                stop = _DecodedStop(tokenizer, stop_strings, batch["input_ids"].shape[1])
+                kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
             generated = model.generate(**batch, **kwargs, temperature=None, top_p=None, top_k=None)
             new = generated[:, batch["input_ids"].shape[1] :]
             for row, i in enumerate(idx):
                 outputs[i] = cut_at_stop(tokenizer.decode(new[row], skip_special_tokens=True), stop_strings)
             bar.update(len(idx))
     return outputs
+
+
+class _DecodedStop:
+    """Stop a row once its decoded continuation contains a stop string. transformers' own stop_strings
+    criterion precomputes token-to-string tables that fail on some tokenizers (word-level ones raise
+    "substring not found"); decoding works with every tokenizer, and since the text is cut at the first
+    stop string afterwards (cut_at_stop), where generation stops does not change the answer."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, list(stop_strings), prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:

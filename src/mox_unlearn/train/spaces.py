@@ -22,6 +22,7 @@ from mox_unlearn.extrapolate import extrapolate_tensor
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
 from mox_unlearn.io.cards import write_model_card
+from mox_unlearn.io.shards import parse_size
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact
 from mox_unlearn.train.setup import select_trainable
@@ -40,9 +41,11 @@ def save_model(
     title: str,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end)."""
+    """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end). `shard_size`
+    is read by io.shards.parse_size, the grammar the config checked, and handed over in bytes (whose units
+    save_pretrained would parse differently: it refuses 512MiB)."""
     with atomic_output_dir(dest, overwrite=True) as tmp:
-        model.save_pretrained(tmp, max_shard_size=shard_size, state_dict=state_dict)
+        model.save_pretrained(tmp, max_shard_size=parse_size(shard_size), state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_model_card(tmp, title=title, fields=redact(card))
 
