@@ -2,7 +2,7 @@
 
 import pytest
 
-from mox_unlearn.config import UnlearnConfig, load_config, parse_override, to_dict
+from mox_unlearn.config import UnlearnConfig, check_config, load_config, parse_override, to_dict
 from mox_unlearn.errors import MoxError
 
 
@@ -42,10 +42,41 @@ def test_missing_and_malformed_config_files(tmp_path):
         load_config(bad)
 
 
-def test_override_values_are_read_as_yaml():
-    assert parse_override("lr=1e-5") == ("lr", 1e-5)
-    assert parse_override("max_steps=null") == ("max_steps", None)
+def test_override_values_are_typed_by_the_setting_they_set():
+    """Issue 16 class 7: a key=value text is read as YAML only where the setting is not a string, so a
+    prompt with a colon or braces, or a regex with brackets, arrives as written."""
     assert parse_override("out=runs/a=b") == ("out", "runs/a=b")
+    cfg = load_config(None, ["lr=1e-5", "max_steps=null", "out=runs/a=b", "alpha=auto", "loss.beta=0.2"])
+    assert (cfg.lr, cfg.max_steps, cfg.out, cfg.alpha, cfg.loss) == (1e-5, None, "runs/a=b", "auto", {"beta": 0.2})
+    cfg = load_config(
+        None,
+        [
+            "prompt.question_template=User: {question}",
+            "prompt.system_prompt=Be brief: one line",
+            "trainable=layers\\.[01]\\.mlp",
+            "retain=null",
+            "lora_targets=[q_proj, v_proj]",
+            "model=123",
+        ],
+    )
+    assert cfg.prompt.question_template == "User: {question}" and cfg.prompt.system_prompt == "Be brief: one line"
+    assert cfg.trainable == "layers\\.[01]\\.mlp" and cfg.retain is None and cfg.model == "123"
+    assert cfg.lora_targets == "[q_proj, v_proj]"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.beta=abc", "config loss.beta: expected a number, got 'abc'"),
+        ("loss.beta=true", "config loss.beta: expected a number, got True"),
+        ("loss.beta=[1, 2]", r"config loss.beta: expected a number, got \[1, 2\]"),
+        ("prompt.question_template=Q: {question", "config prompt.question_template: "),
+        ("prompt.question_template=no placeholder", "config prompt.question_template: "),
+    ],
+)
+def test_override_values_of_the_wrong_type_are_refused_by_key(override, message):
+    with pytest.raises(MoxError, match=message):
+        check_config(load_config(None, [override]))
 
 
 @pytest.mark.parametrize(

@@ -293,3 +293,76 @@ def test_a_truncated_or_header_damaged_shard_is_a_one_line_error(tmp_path, shard
         assert not truncate and sum(i.nbytes for i in infos.values()) == len(data) - 8 - int.from_bytes(
             data[:8], "little"
         )
+
+
+# ----------------------------------------------------------------------------- the command line's settings
+
+
+def _setting_keys() -> list[str]:
+    import dataclasses
+
+    from mox_unlearn.config import UnlearnConfig
+    from mox_unlearn.data.formatting import PromptFormat
+
+    keys = [f.name for f in dataclasses.fields(UnlearnConfig)]
+    keys += [f"prompt.{f.name}" for f in dataclasses.fields(PromptFormat)]
+    return keys + ["loss.beta", "loss.lambda_kl", "loss.nope", "nope", "lr.x", "prompt", "loss", ""]
+
+
+_VALUE_TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "null",
+            "~",
+            "true",
+            "no",
+            "1e-5",
+            "-1",
+            "0",
+            "nan",
+            "inf",
+            "1e400",
+            "[1, 2]",
+            "{a: 1}",
+            "auto",
+            "2GB",
+            "512MiB",
+            "User: {question}",
+            "{question",
+            "{0}",
+            "a: b: c",
+            "'quoted",
+            "- item",
+            "[",
+            "&anchor",
+            "*ref",
+            "!!python/object:os.system",
+            "\x00",
+            "é",
+            "9" * 40,
+        ]
+    ),  # fmt: skip
+    st.text(max_size=30),
+    st.integers(min_value=-(10**20), max_value=10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(st.sampled_from(_setting_keys()), _VALUE_TEXT), max_size=4))
+def test_any_key_value_settings_get_exit_2_and_one_line_never_a_traceback(pairs, tmp_path_factory, capsys):
+    """Issue 16: random `key=value` settings through the real parser and config checks. The forget file
+    does not exist, so a run that gets past every setting stops there: every outcome is exit 2 with one
+    `mox: error:` line (warnings aside), never a traceback or an 'unexpected' error."""
+    from mox_unlearn.cli import main
+
+    where = tmp_path_factory.mktemp("kv")
+    overrides = [f"{k}={v}" for k, v in pairs if "\x00" not in v]
+    argv = ["unlearn", "--model", str(where / "m"), "--forget", str(where / "missing.jsonl"), "--out", str(where / "o")]
+    code = main([*argv, *overrides])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mox: error:")]
+    assert code == 2 and len(errors) == 1, (overrides, err)
+    assert "Traceback" not in err and "unexpected" not in errors[0], (overrides, err)
+    assert not (where / "o").exists()

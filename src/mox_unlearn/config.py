@@ -58,7 +58,7 @@ class UnlearnConfig:
     # method
     method: str = _flag("mox", "unlearning method (default mox)")
     objective: str | None = _flag(None, "memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
-    loss: dict[str, Any] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
+    loss: dict[str, float] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
     alpha: float | Literal["auto"] = _flag(  # Eq. 8; "auto": chosen after training (select_alpha/)
         4.0, "extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)"
     )
@@ -160,11 +160,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return _finite(float(value), key)
         raise MoxError(f"config {key}: expected a number, got {value!r}")
     if base is str:
+        if isinstance(value, (dict, list)):
+            raise MoxError(f"config {key}: expected a string, got {value!r}")
         return str(value)
     if typing.get_origin(base) is dict:
-        if isinstance(value, dict):
+        if not isinstance(value, dict):
+            raise MoxError(f"config {key}: expected a mapping, got {value!r}")
+        item_type = typing.get_args(base)[1] if typing.get_args(base) else Any
+        if item_type is Any:
             return {k: _finite(v, f"{key}.{k}") for k, v in value.items()}
-        raise MoxError(f"config {key}: expected a mapping, got {value!r}")
+        return {k: _coerce(v, item_type, f"{key}.{k}") for k, v in value.items()}
     return value
 
 
@@ -261,7 +266,7 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
         if rest:
             _set(obj.setdefault(head, {}), rest, value)
         else:
-            obj[head] = _finite(_number(value), dotted)
+            obj[head] = _finite(_number(_typed(value, None)), dotted)
         return
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields:
@@ -272,13 +277,26 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
         if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
             raise MoxError(f"config key {head!r} has no sub-keys (got {dotted!r})")
         _set(current, rest, value)
+        if dataclasses.is_dataclass(current):
+            _recheck(obj, head, dotted)
     elif dataclasses.is_dataclass(current):
+        value = _typed(value, None)
         if not isinstance(value, dict):
             raise MoxError(f"config {head}: expected a mapping, got {value!r}")
         for k, v in value.items():
             _set(current, k, v)
+        _recheck(obj, head, dotted)
     else:
+        value = _typed(value, hints[head])
         setattr(obj, head, _check_limit(obj, head, _coerce(value, hints[head], dotted)))
+
+
+def _recheck(obj: Any, head: str, key: str) -> None:
+    """A nested settings object (the prompt format) rebuilt, so its own checks run on the new values."""
+    try:
+        setattr(obj, head, dataclasses.replace(getattr(obj, head)))
+    except MoxError as e:
+        raise MoxError(f"config {key}: {e}") from None
 
 
 def apply_mapping(cfg: Any, mapping: dict[str, Any], prefix: str = "") -> None:
@@ -286,16 +304,32 @@ def apply_mapping(cfg: Any, mapping: dict[str, Any], prefix: str = "") -> None:
         _set(cfg, f"{prefix}{key}", value)
 
 
+class _Text(str):
+    """The text of a `key=value` override, typed by the setting it lands on (`_typed`)."""
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """An override's text as its setting wants it: verbatim for a string setting (a prompt with a colon
+    or braces, a regex with brackets; `null` still means None where None is allowed), read as YAML for
+    every other one (so 1e-5, true, null, [1, 2] have their types). Other values pass unchanged."""
+    if not isinstance(value, _Text):
+        return value
+    raw = str(value)
+    if hint is not None and _unwrap_optional(hint) is str:
+        return None if raw.strip() in ("null", "~") and _unwrap_optional(hint) is not hint else raw
+    try:
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        parsed = raw
+    return _number(parsed)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value` with the value read as YAML (so 1e-5, true, null, [1, 2] have their types)."""
+    """`key=value` split at the first `=`; the value stays text until `_set` knows its setting's type."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise MoxError(f"override {text!r} is not of the form key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), _number(value)
+    return key.strip(), _Text(raw)
 
 
 def run_selection(cfg: UnlearnConfig) -> SelectionSettings:
@@ -343,7 +377,8 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):  # nested settings (the prompt format) check themselves
+        if dataclasses.is_dataclass(value):  # nested settings (the prompt format): their own checks, again
+            _recheck(cfg, f.name, f.name)
             continue
         setattr(cfg, f.name, _check_limit(cfg, f.name, _coerce(value, hints[f.name], f.name)))
     return cfg

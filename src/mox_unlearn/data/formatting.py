@@ -50,6 +50,8 @@ class PromptFormat:
             raise MoxError(
                 f"question_template {self.question_template!r} must use only the {{question}} field: {e!r}"
             ) from e
+        if "{question}" not in self.question_template:
+            raise MoxError(f"question_template {self.question_template!r} has no {{question}} field")
 
 
 def ensure_pad_token(tokenizer) -> None:
