@@ -308,6 +308,32 @@ FAULTS: list[Fault] = [
         swap(SELECT, "{retain}", "{missing_jsonl}"),
         "{missing_jsonl}",
     ),
+    # --- outputs that would overwrite an input (issue 16 class 3)
+    Fault(
+        "eval-out-is-retain-result",
+        "--out is the --retain-result file it reads",
+        EVAL.replace("--out {out}.json", "--retain-result {result_json} --out {result_json}"),
+        "--retain-result",
+    ),
+    Fault(
+        "select-out-holds-forget",
+        "--out is the folder that holds the --forget file",
+        "select-alpha --ref {model} --mem {model} --forget {data_forget} --holdout {data_forget} "
+        "--retain {retain} --out {data_dir} --overwrite",
+        "--forget",
+    ),
+    Fault(
+        "report-out-overwrites-input",
+        "--out folder whose results.json is the input",
+        "report {result_rows} --out {report_dir}",
+        "results.json",
+    ),
+    Fault(
+        "extrapolate-out-holds-mem",
+        "--out is the folder that holds --mem",
+        "extrapolate --ref {model} --mem {nested_mem} --alpha 2 --out {nested_dir} --overwrite",
+        "--mem",
+    ),
     # --- report and models
     Fault("report-bad-result", "result file that is not JSON", "report {bad_json} --out {out}", "{bad_json}:4"),
     Fault("report-not-a-result", "result file of another kind", "report {retain} --out {out}", "{retain}"),
@@ -434,6 +460,20 @@ def build_inputs(root: Path, model: Path, forget: Path, retain: Path) -> dict[st
         (p["tofu"] / f"{name}.jsonl").write_text(good[0] + "\n")
         (p["tofu_bad"] / f"{name}.jsonl").write_text(good[0] + "\n")
     (p["tofu_bad"] / "forget10_perturbed.jsonl").write_text(good[0] + "\n{not json\n")
+
+    # outputs over inputs: a result file, a data folder, a report folder, a model inside another folder
+    p["result_json"] = d / "retain-result.json"
+    p["result_json"].write_text(json.dumps({"benchmark": "tofu", "summary": {}, "metrics": {}}))
+    p["data_dir"] = d / "data"
+    p["data_dir"].mkdir()
+    p["data_forget"] = p["data_dir"] / forget.name
+    shutil.copy(forget, p["data_forget"])
+    p["report_dir"] = d / "report"
+    p["report_dir"].mkdir()
+    p["result_rows"] = p["report_dir"] / "results.json"
+    p["result_rows"].write_text(json.dumps({"rows": [{"name": "a", "method": "a", "alpha": None}]}))
+    p["nested_dir"] = d / "nested"
+    p["nested_mem"] = _copy_model(base, p["nested_dir"] / "mem")
     return p
 
 

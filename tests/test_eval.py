@@ -298,7 +298,7 @@ def test_eval_refuses_to_write_into_the_model_folder(tiny_model_dir, capsys):
         )
         == 2
     )
-    assert "inside the model folder" in capsys.readouterr().err
+    assert "is inside the --model input" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == before
 
 

@@ -173,13 +173,13 @@ def extrapolate_folders(
     cap = parse_size(shard_size)
     check_model_folder(ref, role="--ref", contents=False, hub=False)
     check_model_folder(mem, role="--mem", contents=False, hub=False)
-    check_output_dir(out, overwrite=overwrite, inputs=[ref, mem])
+    check_output_dir(out, overwrite=overwrite, inputs={"--ref": ref, "--mem": mem})
     ref_infos, mem_infos = read_tensor_infos(ref), read_tensor_infos(mem)
     check_same_tensors(ref_infos, mem_infos)
 
     subdirs = [Path(".")] if len(values) == 1 else [Path(f"alpha-{alpha_label(a)}") for a in values]
     with (
-        atomic_output_dir(out, overwrite=overwrite, inputs=[ref, mem]) as tmp,
+        atomic_output_dir(out, overwrite=overwrite, inputs={"--ref": ref, "--mem": mem}) as tmp,
         ShardSaver() as saver,
         _spare_one_core(),
     ):

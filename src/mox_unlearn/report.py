@@ -81,6 +81,11 @@ def text_table(rows: Sequence[dict], extra: Sequence[str] = ()) -> str:
 SECTION_COLUMNS = ("rule", "picked")  # the extra columns of a results.md section (tuned table)
 
 
+def report_files(out: Path) -> list[Path]:
+    """Every file `write_report` may write into `out`."""
+    return [out / name for name in ("results.json", "results.csv", "results.md", "fq_mu.png", "alpha_sweep.png")]
+
+
 def write_report(
     rows: Sequence[dict],
     out: Path,

@@ -22,7 +22,7 @@ from mox_unlearn.errors import MoxError
 def cmd_select_alpha(args: argparse.Namespace) -> int:
     from mox_unlearn.config import SelectionSettings
     from mox_unlearn.data.formatting import PromptFormat
-    from mox_unlearn.io.atomic import atomic_output_dir
+    from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
     from mox_unlearn.io.loading import torch_dtype
     from mox_unlearn.select_alpha import (
         alpha_curve,
@@ -44,9 +44,11 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
             raise MoxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch_dtype(args.dtype, auto=True)
     ref, mem, out = Path(args.ref), Path(args.mem), Path(args.out)
+    inputs = {"--ref": ref, "--mem": mem, "--forget": args.forget, "--holdout": args.holdout, "--retain": args.retain}
+    check_output_dir(out, overwrite=args.overwrite, inputs=inputs)
     check_model_pair(ref, mem)
     data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
-    with atomic_output_dir(out, overwrite=args.overwrite, inputs=[ref, mem]) as tmp:
+    with atomic_output_dir(out, overwrite=args.overwrite, inputs=inputs) as tmp:
         report = alpha_curve(
             ref,
             mem,
@@ -151,8 +153,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mox_unlearn.report import load_rows, text_table, write_report
+    from mox_unlearn.io.atomic import check_not_an_input
+    from mox_unlearn.report import load_rows, report_files, text_table, write_report
 
+    for path in report_files(Path(args.out)):  # written into --out one by one: none may be an input
+        check_not_an_input(path, args.files, replaces_folder=False)
     rows = load_rows(args.files)
     written = write_report(rows, Path(args.out), title="mox report")
     print(text_table(rows))

@@ -10,7 +10,7 @@ from mox_unlearn import versions
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import get_benchmark
-from mox_unlearn.io.atomic import write_text_atomic
+from mox_unlearn.io.atomic import check_not_an_input, write_text_atomic
 from mox_unlearn.io.loading import load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
 
@@ -74,9 +74,10 @@ def run_eval(
         raise MoxError(f"{out} exists (use --overwrite)")
     if out.suffix != ".json":
         raise MoxError(f"--out must be a .json file, got {out}")
-    model_dir = Path(model_path).expanduser()
-    if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
-        raise MoxError(f"--out {out} is inside the model folder {model_path}; write the result elsewhere")
+    inputs = {"--model": model_path, "--retain-result": retain_result}
+    if data and Path(data).expanduser().is_dir():  # the files it reads; a result beside them is fine
+        inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in bench.files(forget_split)}
+    check_not_an_input(out, inputs, replaces_folder=False)
     check_eval_inputs(benchmark, model_path, data, forget_split)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)

@@ -5,27 +5,42 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from mox_unlearn.errors import MoxError
 
+Inputs = Mapping[str, "str | Path | None"] | Sequence["str | Path"]
 
-def check_output_dir(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
-    """Refuse an output path that would clobber an input or existing work; writes nothing.
 
-    Separate from `atomic_output_dir` so callers can run every check before starting slow work.
-    """
-    out_r = Path(out).resolve()
-    for inp in inputs:
-        inp_r = Path(inp).resolve()
+def check_not_an_input(out: str | Path, inputs: Inputs, *, replaces_folder: bool = True) -> None:
+    """The one output-location check of every command: refuse an output that is one of the command's
+    inputs, lies inside an input folder, or (`replaces_folder`: the output replaces a whole folder) holds
+    an input. `inputs` maps each input's flag to its path (a plain list is named "input"); None, hub ids
+    and other names that are not files or folders here are skipped. Writes nothing."""
+    named = inputs.items() if isinstance(inputs, Mapping) else (("input", p) for p in inputs)
+    out_r = Path(out).expanduser().resolve()
+    for flag, inp in named:
+        if inp is None or not Path(inp).expanduser().exists():
+            continue
+        inp_r = Path(inp).expanduser().resolve()
         if out_r == inp_r:
-            raise MoxError(f"output folder {out} is the same as input {inp}; choose another --out")
-        if out_r.is_relative_to(inp_r):
-            raise MoxError(f"output folder {out} is inside input {inp}; choose another --out")
-        if inp_r.is_relative_to(out_r):
-            raise MoxError(f"output folder {out} contains input {inp}; choose another --out")
+            raise MoxError(f"--out {out} is the {flag} input {inp}; choose another --out")
+        if inp_r.is_dir() and out_r.is_relative_to(inp_r):
+            raise MoxError(f"--out {out} is inside the {flag} input {inp}; choose another --out")
+        if replaces_folder and inp_r.is_relative_to(out_r):
+            raise MoxError(
+                f"--out {out} holds the {flag} input {inp}, which writing it would delete; choose another --out"
+            )
+
+
+def check_output_dir(out: Path, *, overwrite: bool = False, inputs: Inputs = ()) -> None:
+    """Refuse an output folder that would clobber an input (check_not_an_input) or existing work; writes
+    nothing. Separate from `atomic_output_dir` so callers can run every check before starting slow work.
+    """
+    check_not_an_input(out, inputs)
+    out_r = Path(out).resolve()
     if out_r.exists():
         if not out_r.is_dir():
             raise MoxError(f"output path {out} exists and is not a folder")
@@ -34,7 +49,7 @@ def check_output_dir(out: Path, *, overwrite: bool = False, inputs: Sequence[Pat
 
 
 @contextmanager
-def atomic_output_dir(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> Iterator[Path]:
+def atomic_output_dir(out: Path, *, overwrite: bool = False, inputs: Inputs = ()) -> Iterator[Path]:
     """Yield a temp folder beside `out` that becomes `out` only if the block finishes.
 
     A crash or Ctrl-C therefore never leaves a half-written model that looks complete; the temp
