@@ -25,14 +25,13 @@ def check_not_an_input(out: str | Path, inputs: Inputs, *, replaces_folder: bool
         if inp is None or not Path(inp).expanduser().exists():
             continue
         inp_r = Path(inp).expanduser().resolve()
+        what = "an input" if flag == "input" else f"the {flag} input"
         if out_r == inp_r:
-            raise MoxError(f"--out {out} is the {flag} input {inp}; choose another --out")
+            raise MoxError(f"--out {out} is {what} {inp}; choose another --out")
         if inp_r.is_dir() and out_r.is_relative_to(inp_r):
-            raise MoxError(f"--out {out} is inside the {flag} input {inp}; choose another --out")
+            raise MoxError(f"--out {out} is inside {what} {inp}; choose another --out")
         if replaces_folder and inp_r.is_relative_to(out_r):
-            raise MoxError(
-                f"--out {out} holds the {flag} input {inp}, which writing it would delete; choose another --out"
-            )
+            raise MoxError(f"--out {out} holds {what} {inp}, which writing it would delete; choose another --out")
 
 
 def check_output_dir(out: Path, *, overwrite: bool = False, inputs: Inputs = ()) -> None:
