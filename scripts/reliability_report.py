@@ -57,8 +57,10 @@ def verdict(fault, outcome: Outcome | None, names: str) -> str:
         problems.append(f"exit {outcome.exit_code}")
     if "Traceback" in outcome.stderr:
         problems.append("traceback")
-    if outcome.out_left and not fault.warning:
+    if outcome.out_left and not (fault.warning or fault.keeps_out):
         problems.append("output left behind")
+    if fault.keeps_out and not outcome.out_left:
+        problems.append("the run folder the message points to is gone")
     if outcome.inputs_changed:
         problems.append(f"inputs changed: {outcome.inputs_changed}")
     if lines and names not in lines[0]:
@@ -103,7 +105,9 @@ def main() -> int:
         "the script made). What every case must do: print exactly one `mox: error:` line naming the offending "
         "input, exit with status 2, print no traceback (`mox --debug ...` prints it), leave no output folder "
         "behind, and leave every input byte for byte unchanged (hashed before and after). The exception is "
-        "forget-equals-retain: one `mox: warning:` line, then the run goes on and exits 0. `FAST` below stands for "
+        "forget-equals-retain: one `mox: warning:` line, then the run goes on and exits 0; and unlearn-alpha-overflows "
+        "keeps its run folder on purpose, since the θ_mem it trained is what the message tells the user to extrapolate "
+        "with a smaller α. Progress bars of work done before a fault shows may precede the line. `FAST` below stands for "
         "`per_device_batch_size=2 batch_size=2 max_length=64 lr=1e-3 warmup_epochs=0 --max-steps 1`.",
         "",
         "| case | input | command | exit | observed stderr line | verdict |",

@@ -37,6 +37,7 @@ class Fault:
     names: str  # text the stderr line must contain (formatted like `command`)
     warning: bool = False  # the run continues after one warning line and exits 0
     needs_non_root: bool = False  # chmod 000 does not stop root from reading
+    keeps_out: bool = False  # the output stays on purpose: a trained run's θ_mem, for the command the message names
 
 
 def swap(command: str, old: str, new: str) -> str:
@@ -333,6 +334,26 @@ FAULTS: list[Fault] = [
         "--out is the folder that holds --mem",
         "extrapolate --ref {model} --mem {nested_mem} --alpha 2 --out {nested_dir} --overwrite",
         "--mem",
+    ),
+    # --- values the weight dtype cannot hold (issue 16 class 5): refused, never written as a NaN model
+    Fault(
+        "extrapolate-alpha-overflows-bf16",
+        "α = 1e39 on a bfloat16 model",
+        "extrapolate --ref {m_bf16} --mem {m_bf16} --alpha 1e39 --out {out}",
+        "1e+39",
+    ),
+    Fault(
+        "extrapolate-alpha-overflows-fp32",
+        "α = 1e39 (beyond float32) among good α",
+        "extrapolate --ref {model} --mem {model} --alpha 2 --alpha 1e39 --out {out}",
+        "1e+39",
+    ),
+    Fault(
+        "unlearn-alpha-overflows",
+        "alpha=1e39 after training",
+        UNLEARN + " alpha=1e39",
+        "memorized is written: `mox extrapolate` it with a smaller α",
+        keeps_out=True,
     ),
     # --- report and models
     Fault("report-bad-result", "result file that is not JSON", "report {bad_json} --out {out}", "{bad_json}:4"),

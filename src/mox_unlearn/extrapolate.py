@@ -263,8 +263,19 @@ def _extrapolate_one(
         outs = [writers[i].empty(r.shape, r.dtype) for i in batch]
         extrapolate_tensors(r, m, [alphas[i] for i in batch], out=outs)
         for i, out in zip(batch, outs):
+            check_finite(out, name, alphas[i])
             writers[i].add(name, out)
         del outs, out
+
+
+def check_finite(t: torch.Tensor, name: str, alpha: float) -> None:
+    """Refuse an extrapolated tensor that its dtype cannot hold: (1+α)θ_ref − αθ_mem overflows bf16/fp16 (or
+    fp32, where it is computed) for a large enough α, and a model of inf/NaN must not be written as if good."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise MoxError(
+            f"α = {alpha:g}: tensor {name} is not finite in {t.dtype} after extrapolation (the values overflow "
+            "it, or the inputs hold inf/NaN); use a smaller α"
+        )
 
 
 def _nbytes(t: torch.Tensor) -> int:

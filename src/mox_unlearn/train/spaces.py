@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mox_unlearn import lora, sharding
+from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import extrapolate_tensor
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
@@ -51,18 +52,41 @@ def save_model(
 
 
 @torch.no_grad()
-def extrapolate_in_place(model, ref, alpha: float) -> None:
+def extrapolate_in_place(model, ref, alpha: float) -> str | None:
     """θ ← (1+α)θ_ref − αθ for every parameter (tied weights are visited once), computed in fp32; under
-    FSDP on each rank's shards, which line up with the reference's (sharding.py)."""
+    FSDP on each rank's shards, which line up with the reference's (sharding.py). Returns the name of a
+    parameter its dtype cannot hold afterwards (inf/NaN), None when all are finite (`agree_finite`)."""
     ref_params = sharding.local_parameters(ref)
+    bad = None
     for name, param in sharding.local_parameters(model).items():
         param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
+        if bad is None and not bool(torch.isfinite(param).all()):
+            bad = name
+    return bad
+
+
+def agree_finite(accelerator, bad: str | None, what: str) -> None:
+    """Every process stops alike when any found a non-finite weight (one all-reduce): nothing is written."""
+    flag = torch.tensor([bad is not None], dtype=torch.float32, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item():
+        where = f"tensor {bad}" if bad else "a tensor on another process"
+        raise MoxError(
+            f"{what}: {where} is not finite after extrapolation (the values overflow its dtype); use a smaller α"
+        )
 
 
 @torch.no_grad()
-def load_average_in_place(model, momentum: MomentumAverage) -> None:
+def load_average_in_place(model, momentum: MomentumAverage) -> str | None:
+    """The momentum average (Eq. 10) into the model; returns a parameter its dtype cannot hold, like
+    extrapolate_in_place."""
+    bad = None
     for name, param in sharding.local_parameters(model).items():
         param.copy_(momentum.avg[name].to(param.device, param.dtype))
+        if bad is None and not bool(torch.isfinite(param).all()):
+            bad = name
+    return bad
 
 
 def frozen(model, device):
@@ -156,7 +180,8 @@ class FullSpace:
             outputs["memorized"] = str(out / "memorized")
         if method.extrapolate:
             if run.momentum is not None:
-                load_average_in_place(unwrapped, run.momentum)
+                bad = load_average_in_place(unwrapped, run.momentum)
+                agree_finite(self.accelerator, bad, f"momentum average, α = {cfg.alpha:g}")
                 card["alpha"] = cfg.alpha
                 card["momentum"] = f"eta={cfg.eta}, every {run.momentum_every} steps, {run.momentum.updates} updates"
             else:
@@ -166,7 +191,14 @@ class FullSpace:
                     outputs["alpha_selection"] = selection["report"]
                     card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
                     extra["alpha_selection"] = selection
-                extrapolate_in_place(unwrapped, run.reference, alpha)
+                hint = (
+                    f" ({out / 'memorized'} is written: `mox extrapolate` it with a smaller α)"
+                    if "memorized" in outputs
+                    else ""
+                )
+                agree_finite(
+                    self.accelerator, extrapolate_in_place(unwrapped, run.reference, alpha), f"α = {alpha:g}{hint}"
+                )
                 card["alpha"] = alpha
         self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
         outputs["model"] = str(out / "model")
@@ -264,7 +296,12 @@ class LoraSpace(FullSpace):
                 lora.save_adapter(model, forget, tmp, cfg.model)
             outputs["forget_adapter"] = str(out / "forget-adapter")
         title = f"Unlearned model ({method.name}, LoRA, merged)"
-        self._save(run, model.get_base_model(), out / "model", title, card, lora.merged_state_dict(model, forget))
+        state = lora.merged_state_dict(model, forget)
+        bad = next(
+            (name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None
+        )
+        agree_finite(self.accelerator, bad, f"α = {cfg.alpha:g}")  # LoRA runs on one process: no collective here
+        self._save(run, model.get_base_model(), out / "model", title, card, state)
         outputs["model"] = str(out / "model")
         return outputs, {}
 
