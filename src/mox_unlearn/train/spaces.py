@@ -65,10 +65,11 @@ def extrapolate_in_place(model, ref, alpha: float) -> str | None:
     return bad
 
 
-def agree_finite(accelerator, bad: str | None, what: str) -> None:
-    """Every process stops alike when any found a non-finite weight (one all-reduce): nothing is written."""
+def agree_finite(accelerator, bad: str | None, what: str, *, collective: bool = False) -> None:
+    """Refuse to write weights when a non-finite one was found. `collective` (every process writes its
+    shards, FSDP): one all-reduce, so that every process stops alike; otherwise only this process writes."""
     flag = torch.tensor([bad is not None], dtype=torch.float32, device=accelerator.device)
-    if accelerator.num_processes > 1:
+    if collective and accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, reduction="sum")
     if flag.item():
         where = f"tensor {bad}" if bad else "a tensor on another process"
@@ -181,7 +182,9 @@ class FullSpace:
         if method.extrapolate:
             if run.momentum is not None:
                 bad = load_average_in_place(unwrapped, run.momentum)
-                agree_finite(self.accelerator, bad, f"momentum average, α = {cfg.alpha:g}")
+                agree_finite(
+                    self.accelerator, bad, f"momentum average, α = {cfg.alpha:g}", collective=self.writes(False)
+                )
                 card["alpha"] = cfg.alpha
                 card["momentum"] = f"eta={cfg.eta}, every {run.momentum_every} steps, {run.momentum.updates} updates"
             else:
@@ -300,7 +303,7 @@ class LoraSpace(FullSpace):
         bad = next(
             (name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None
         )
-        agree_finite(self.accelerator, bad, f"α = {cfg.alpha:g}")  # LoRA runs on one process: no collective here
+        agree_finite(self.accelerator, bad, f"α = {cfg.alpha:g}")  # only the main process writes LoRA outputs
         self._save(run, model.get_base_model(), out / "model", title, card, state)
         outputs["model"] = str(out / "model")
         return outputs, {}
