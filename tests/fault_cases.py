@@ -24,7 +24,7 @@ FAST = "per_device_batch_size=2 batch_size=2 max_length=64 lr=1e-3 warmup_epochs
 UNLEARN = "unlearn --model {model} --forget {forget} --retain {retain} --out {out} " + FAST
 EXTRAPOLATE = "extrapolate --ref {model} --mem {model} --alpha 2 --out {out}"
 EVAL = "eval --benchmark tofu --model {model} --data {tofu} --out {out}.json"
-SELECT = "select-alpha --ref {model} --mem {model} --forget {forget} --holdout {forget} --retain {retain} --out {out}"
+SELECT = "select-alpha --ref {model} --mem {model} --forget {forget} --holdout {holdout} --retain {retain} --out {out}"
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ FAULTS: list[Fault] = [
     Fault(
         "select-holdout-bad",
         "holdout JSONL broken on line 3",
-        swap(SELECT, "--holdout {forget}", "--holdout {bad_jsonl}"),
+        swap(SELECT, "--holdout {holdout}", "--holdout {bad_jsonl}"),
         "{bad_jsonl}:3",
     ),
     Fault("select-unknown-score", "--score nope (metric name)", SELECT + " --score nope", "'nope'; valid: min_k"),
@@ -319,7 +319,7 @@ FAULTS: list[Fault] = [
     Fault(
         "select-out-holds-forget",
         "--out is the folder that holds the --forget file",
-        "select-alpha --ref {model} --mem {model} --forget {data_forget} --holdout {data_forget} "
+        "select-alpha --ref {model} --mem {model} --forget {data_forget} --holdout {holdout} "
         "--retain {retain} --out {data_dir} --overwrite",
         "--forget",
     ),
@@ -354,6 +354,19 @@ FAULTS: list[Fault] = [
         UNLEARN + " alpha=1e39",
         "memorized is written: `mox extrapolate` it with a smaller α",
         keeps_out=True,
+    ),
+    # --- a success that would mean nothing (issue 16 class 10)
+    Fault(
+        "select-holdout-is-forget",
+        "--holdout is the --forget file (the KS test compares a set with itself)",
+        swap(SELECT, "--holdout {holdout}", "--holdout {forget}"),
+        "holdout",
+    ),
+    Fault(
+        "select-holdout-shares-forget",
+        "--holdout holds a forget record",
+        swap(SELECT, "--holdout {holdout}", "--holdout {holdout_mixed}"),
+        "1 of 3 holdout records",
     ),
     # --- report and models
     Fault("report-bad-result", "result file that is not JSON", "report {bad_json} --out {out}", "{bad_json}:4"),
@@ -481,6 +494,13 @@ def build_inputs(root: Path, model: Path, forget: Path, retain: Path) -> dict[st
         (p["tofu"] / f"{name}.jsonl").write_text(good[0] + "\n")
         (p["tofu_bad"] / f"{name}.jsonl").write_text(good[0] + "\n")
     (p["tofu_bad"] / "forget10_perturbed.jsonl").write_text(good[0] + "\n{not json\n")
+
+    # a holdout set like the forget set (never trained on), and one that repeats a forget record
+    holdout = [{"question": f"Where was Nessa Vorn {i} born?", "answer": f"In Brell {i}."} for i in range(2)]
+    p["holdout"] = d / "holdout.jsonl"
+    p["holdout"].write_text("".join(json.dumps(r) + "\n" for r in holdout))
+    p["holdout_mixed"] = d / "holdout-mixed.jsonl"
+    p["holdout_mixed"].write_text("".join(json.dumps(r) + "\n" for r in holdout) + good[0] + "\n")
 
     # outputs over inputs: a result file, a data folder, a report folder, a model inside another folder
     p["result_json"] = d / "retain-result.json"

@@ -14,6 +14,7 @@ import numpy as np
 
 from mox_unlearn.config import SelectionSettings
 from mox_unlearn.data import PromptFormat, RecordSet, encode_records, load_records
+from mox_unlearn.data.records import record_key
 from mox_unlearn.errors import MoxError
 from mox_unlearn.select_alpha.rule import MIN_K, SCORES, check_rule_settings, fmt_alpha
 
@@ -102,10 +103,23 @@ def load_selection_data(
         raise MoxError(
             f"forget ({f.kind}) and holdout ({h.kind}) sets must be of the same kind to compare their scores"
         )
+    _check_unseen(f, h)
     if score == "truth_ratio":
         _check_perturbed(f, "forget")
         _check_perturbed(h, "holdout")
     return SelectionData(f, h, spread_sample(r, max_items))
+
+
+def _check_unseen(forget: RecordSet, holdout: RecordSet) -> None:
+    """A holdout record that is also a forget record makes the KS test compare the forget set with itself,
+    which finds them alike at any α: the largest α would be picked for no reason."""
+    seen = {record_key(r, forget.kind) for r in forget.records}
+    shared = sum(record_key(r, holdout.kind) in seen for r in holdout.records)
+    if shared:
+        raise MoxError(
+            f"{shared} of {len(holdout)} holdout records are forget records ({holdout.source}); the holdout set "
+            "must be like the forget set but never trained on, or the test finds them alike at any α"
+        )
 
 
 # ----------------------------------------------------------------------------- scoring one model
