@@ -551,3 +551,34 @@ def test_stop_strings_work_with_any_tokenizer_and_only_shorten_generation(model,
         stopped = generate_greedy(m, tok, prompts, max_new_tokens=12, stop_strings=stops)
         full = generate_greedy(m, tok, prompts, max_new_tokens=12)
         assert stopped == [cut_at_stop(f, stops) for f in full]
+
+
+@pytest.mark.parametrize(
+    "split, retain, message",
+    [
+        ("forget01", {"forget_split": "forget10", "n": 3}, "retain result is for forget10, not forget01"),
+        ("forget01", {"forget_split": "forget01", "n": 3}, "retain result has 3 forget items, this evaluation 40"),
+        ("forget01", {"n": 0}, "no per-item"),
+    ],
+)
+def test_eval_checks_the_retain_result_before_loading_the_model(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys, split, retain, message
+):
+    """Issue 16 class 6: a retain result of another split or size used to be refused only after the whole
+    evaluation had run; it is now refused before the model is loaded."""
+    import mox_unlearn.evaluate.run as run
+    from mox_unlearn.cli import main
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the retain result was checked")
+
+    monkeypatch.setattr(run, "load_eval_model", never)
+    result = tmp_path / "retain.json"
+    body = {"metrics": {"forget_truth_ratio": {"per_item": [0.5] * retain["n"]}}} if retain["n"] else {}
+    result.write_text(json.dumps({**body, **{k: v for k, v in retain.items() if k != "n"}}))
+    argv = ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu")]
+    argv += ["--forget-split", split, "--retain-result", str(result), "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r.json").exists()

@@ -85,6 +85,12 @@ def _run_tofu(model, tokenizer, *, data: str, **kw: Any) -> dict:
     return tofu.evaluate_tofu(model, tokenizer, data=data, **kw)
 
 
+def _precheck_tofu(*, data: str, forget_split: str, retain_result: str | None, limit: int | None) -> None:
+    from mox_unlearn.evaluate import tofu
+
+    tofu.check_retain_result(retain_result, data, forget_split, limit)
+
+
 def _run_muse(model, tokenizer, *, data: str, retain_result, batch_size: int, limit, **_: Any) -> dict:
     from mox_unlearn.evaluate import muse
 
@@ -101,6 +107,7 @@ class Benchmark:
     columns: tuple[str, ...]  # the summary metrics a `mox report` table shows
     files: Callable[[str], list[str]]  # forget split -> the files a local --data folder must hold
     run: Callable[..., dict]  # (model, tokenizer, data=, forget_split=, retain_result=, ...) -> result
+    precheck: Callable[..., None] | None = None  # (data=, forget_split=, retain_result=, limit=): before any model
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -113,6 +120,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("forget_quality", "model_utility", "forget_rouge", "retain_rouge"),
             _tofu_files,
             _run_tofu,
+            _precheck_tofu,
         ),
         Benchmark(
             "muse",

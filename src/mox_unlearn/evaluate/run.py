@@ -79,6 +79,8 @@ def run_eval(
         inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in bench.files(forget_split)}
     check_not_an_input(out, inputs, replaces_folder=False)
     check_eval_inputs(benchmark, model_path, data, forget_split)
+    if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
+        bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(model_path, dtype)
     result = bench.run(
