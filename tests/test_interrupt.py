@@ -268,3 +268,39 @@ def test_collapse_probe_is_refused_under_fsdp(tiny_model_dir, qa_files, tmp_path
     )
     assert res.returncode != 0 and "collapse_probe_every under FSDP is not supported" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- signals outside the training loop
+
+SLOW_EXTRAPOLATE = """
+import sys, time
+import mox_unlearn.extrapolate as ex
+real = ex._extrapolate_one
+def slow(*a, **k):
+    time.sleep(0.2)  # a tiny model extrapolates in milliseconds: leave time for the signal to land mid-write
+    return real(*a, **k)
+ex._extrapolate_one = slow
+from mox_unlearn.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_extrapolate_says_so_and_leaves_no_temp_folder(tiny_model_dir, tmp_path, sig):
+    """Issue 16 class 2: SIGTERM used to kill `mox extrapolate` silently and leave a hidden temp folder of
+    model size behind; both signals now unwind like Ctrl-C: one line, exit 130, nothing left."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(SLOW_EXTRAPOLATE)
+    out = tmp_path / "sweep"
+    argv = ["extrapolate", "--ref", str(tiny_model_dir), "--mem", str(tiny_model_dir), "--alpha", "1", "--alpha", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), *argv, "--out", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not any(p.name.startswith(".sweep.tmp-") for p in tmp_path.iterdir()) and time.time() < deadline:
+        time.sleep(0.05)  # the temp folder exists: the signal lands while outputs are being written
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.startswith("mox: ")]
+    assert proc.returncode == 130 and lines == ["mox: interrupted; extrapolate wrote no output"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["launch.py"]

@@ -9,9 +9,12 @@ Warnings of the library (logging) are one `mox: warning: ...` line each. Ctrl-C 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -309,6 +312,25 @@ def _setup_logging() -> None:
         log.addHandler(_StderrHandler(level=logging.WARNING))
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a scheduler's stop) unwinds every command like Ctrl-C: temp outputs are removed
+    (io.atomic), a training run checkpoints (guards.StopRequest takes both signals over inside its loop),
+    and the stop is reported in one line. Signals reach only the main thread: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
     """`mox ARGS...`; returns the exit code. `callbacks` (train.Callback) hook into `mox unlearn`'s run."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -329,13 +351,21 @@ def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
     from mox_unlearn.io.loading import load_policy
 
     try:
-        with load_policy(
-            allow_pickle=getattr(args, "allow_pickle", False),
-            trust_remote_code=getattr(args, "trust_remote_code", False),
+        with (
+            _sigterm_as_interrupt(),
+            load_policy(
+                allow_pickle=getattr(args, "allow_pickle", False),
+                trust_remote_code=getattr(args, "trust_remote_code", False),
+            ),
         ):
             return _dispatch(args, argv)
     except KeyboardInterrupt as e:  # the training run's RunInterrupted says which checkpoint and the resume command
-        print(f"mox: {e}" if str(e) else "mox: interrupted (resume a training run with --resume)", file=sys.stderr)
+        if str(e):
+            print(f"mox: {e}", file=sys.stderr)
+        elif args.command == "unlearn":
+            print("mox: interrupted (resume a training run with --resume)", file=sys.stderr)
+        else:  # every output is written whole or not at all (io.atomic): the temp files went with the stop
+            print(f"mox: interrupted; {args.command} wrote no output", file=sys.stderr)
         return 130
     except Exception as e:  # every failure: one line, the traceback only with --debug
         if args.debug:
