@@ -183,7 +183,7 @@ def test_fsdp_momentum_killed_and_resumed_matches_one_process(tiny_model_dir, eq
     ],
 )
 def test_fsdp_refuses_what_it_does_not_handle(tiny_model_dir, equal_qa, tmp_path, extra, message):
-    extra = [e.replace("HOLDOUT", equal_qa[1]) for e in extra]
+    extra = [e.replace("HOLDOUT", equal_qa[3]) for e in extra]  # records the forget set does not hold
     res = _run(
         [
             "--model",
