@@ -308,3 +308,24 @@ def test_shard_size_in_binary_units_trains_and_saves(tiny_model_dir, qa_files, t
     assert len(shards) > 1  # 20 KiB shards (a tensor larger than that gets one of its own)
     a, b = weights(out / "model"), weights(tmp_path / "small" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_resume_refuses_data_edited_since_the_run_started(tiny_model_dir, qa_files, tmp_path, capsys):
+    """Issue 16 class 10: the forget/retain records are fingerprinted in OUT/data.json at the start; a
+    --resume on edited data would train one run on two data sets, so it is refused until restored."""
+    forget, retain = qa_files
+    mine = tmp_path / "forget.jsonl"
+    mine.write_text(forget.read_text())
+    out = tmp_path / "r"
+    common = ("--max-steps", "3", "checkpoint_every=1")
+    assert run(tiny_model_dir, (mine, retain), out, *common, callbacks=[StopAt(1)]) == 130
+    assert json.loads((out / "data.json").read_text())["forget"]["records"] == 4
+    original = mine.read_text()
+    mine.write_text("".join(original.splitlines(keepends=True)[:3]))
+    capsys.readouterr()
+    assert main(["unlearn", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the forget data changed since the run started (4 records then, 3 now" in err
+    mine.write_text(original)
+    assert main(["unlearn", "--resume", "--out", str(out)]) == 0

@@ -2,6 +2,7 @@
 (temp file or folder, then a rename; secrets redacted), and resumable from its latest checkpoint.
 
   config.yaml, command.txt   the resolved config and the command line, written at the start
+  data.json                  count and hash of the forget / retain records, checked by --resume
   log.jsonl                  one line per logged optimizer step (and per collapse probe or skipped step)
   checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume; removed after run.json
   epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
@@ -44,7 +45,7 @@ RESUME_FREE_KEYS = {
 }
 
 # What a run writes before it has done any work.
-START_FILES = {"config.yaml", "command.txt", "log.jsonl"}
+START_FILES = {"config.yaml", "command.txt", "data.json", "log.jsonl"}
 
 
 def _local_inputs(cfg: UnlearnConfig) -> list[Path]:
@@ -103,9 +104,26 @@ class RunFolder:
     def is_run_folder(self) -> bool:
         return any((self.path / name).exists() for name in ("config.yaml", "run.json", "checkpoints"))
 
-    def write_start(self, cfg: UnlearnConfig, argv: list[str]) -> None:
+    def write_start(self, cfg: UnlearnConfig, argv: list[str], data: dict[str, Any]) -> None:
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False))
         write_text_atomic(self.path / "command.txt", redact_text(shlex.join(argv)) + "\n")
+        write_text_atomic(self.path / "data.json", json.dumps(data, indent=1) + "\n")
+
+    def check_same_data(self, data: dict[str, Any]) -> None:
+        """--resume with the records the run started with: data edited in between would mix two data sets
+        in one run. A run folder from before data.json existed is not checked."""
+        path = self.path / "data.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        for name, now in data.items():
+            then = saved.get(name)
+            if then is not None and (then["records"], then["sha256"]) != (now["records"], now["sha256"]):
+                raise MoxError(
+                    f"the {name} data changed since the run started ({then['records']} records then, "
+                    f"{now['records']} now; {now['source']}): resuming would train on two data sets; restore "
+                    "it, or start a new run"
+                )
 
     def remove_failed_start(self) -> None:
         """Remove this folder when the command that created it failed before any step was logged or
@@ -199,6 +217,18 @@ class RunFolder:
         write_text_atomic(self.path / "run.json", json.dumps(redact(info), indent=2, default=str) + "\n")
         if not keep_checkpoints:
             shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+
+
+def data_fingerprint(**sets: Any) -> dict[str, Any]:
+    """Per record set (forget, retain): its source, record count and a hash of its records."""
+    import hashlib
+
+    out = {}
+    for name, rs in sets.items():
+        if rs is not None:
+            digest = hashlib.sha256(json.dumps(rs.records, sort_keys=True).encode()).hexdigest()[:16]
+            out[name] = {"source": rs.source, "records": len(rs.records), "sha256": digest}
+    return out
 
 
 def _logged_step(line: str) -> int | None:

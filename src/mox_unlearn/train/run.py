@@ -23,7 +23,7 @@ from mox_unlearn.errors import MoxError
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
 from mox_unlearn.io.loading import check_model_folder, load_model, load_tokenizer, looks_like_path, torch_dtype
 from mox_unlearn.methods.targets import TargetAnswers
-from mox_unlearn.train.folder import RunFolder
+from mox_unlearn.train.folder import RunFolder, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
 from mox_unlearn.train.setup import default_hidden_layer, load_data, mixed_precision, resolve
 from mox_unlearn.train.spaces import frozen, space_for
@@ -135,8 +135,11 @@ class TrainingRun:
         self.space = space_for(cfg, acc)
         self.folder = RunFolder.claim(cfg, resume=self.resume, overwrite=self.overwrite, main=self.main)
         acc.wait_for_everyone()
+        data = data_fingerprint(forget=self.forget, retain=self.retain)
+        if self.resume:
+            self.folder.check_same_data(data)  # every process: all refuse alike
         if self.main and not self.resume:
-            self.folder.write_start(cfg, self.argv)
+            self.folder.write_start(cfg, self.argv, data)
         elif self.main:
             self.folder.remove_partial_checkpoints()
 
