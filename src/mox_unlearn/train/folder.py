@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -221,8 +222,6 @@ class RunFolder:
 
 def data_fingerprint(**sets: Any) -> dict[str, Any]:
     """Per record set (forget, retain): its source, record count and a hash of its records."""
-    import hashlib
-
     out = {}
     for name, rs in sets.items():
         if rs is not None:

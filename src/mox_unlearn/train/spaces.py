@@ -104,6 +104,8 @@ def space_for(cfg, accelerator) -> FullSpace:
 class FullSpace:
     """Every weight trainable (one process, or replicated by DDP); θ_ref is a second, frozen copy."""
 
+    every_rank_writes = False  # the outputs are written by the main process alone
+
     def __init__(self, cfg, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
 
@@ -153,10 +155,6 @@ class FullSpace:
 
     # ------------------------------------------------------------------ outputs
 
-    def writes(self, main: bool) -> bool:
-        """Whether this process takes part in writing the outputs."""
-        return main
-
     def snapshot(self, run: TrainingRun, dest: Path, title: str, card: dict[str, Any]) -> None:
         """The weights being trained as a plain HF folder (every rank gathers under FSDP; the main one writes)."""
         state = sharding.full_state_dict(self.accelerator, run.model)
@@ -171,7 +169,7 @@ class FullSpace:
         cfg, method, out, main = self.cfg, run.method, run.folder.path, run.main
         outputs: dict[str, str] = {}
         extra: dict[str, Any] = {}
-        if not self.writes(main):
+        if not (main or self.every_rank_writes):
             return outputs, extra
         unwrapped = self.accelerator.unwrap_model(run.model)
         if method.extrapolate and cfg.save_memorized:
@@ -183,7 +181,7 @@ class FullSpace:
             if run.momentum is not None:
                 bad = load_average_in_place(unwrapped, run.momentum)
                 agree_finite(
-                    self.accelerator, bad, f"momentum average, α = {cfg.alpha:g}", collective=self.writes(False)
+                    self.accelerator, bad, f"momentum average, α = {cfg.alpha:g}", collective=self.every_rank_writes
                 )
                 card["alpha"] = cfg.alpha
                 card["momentum"] = f"eta={cfg.eta}, every {run.momentum_every} steps, {run.momentum.updates} updates"
@@ -199,9 +197,8 @@ class FullSpace:
                     if "memorized" in outputs
                     else ""
                 )
-                agree_finite(
-                    self.accelerator, extrapolate_in_place(unwrapped, run.reference, alpha), f"α = {alpha:g}{hint}"
-                )
+                bad = extrapolate_in_place(unwrapped, run.reference, alpha)
+                agree_finite(self.accelerator, bad, f"α = {alpha:g}{hint}", collective=self.every_rank_writes)
                 card["alpha"] = alpha
         self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
         outputs["model"] = str(out / "model")
@@ -211,6 +208,8 @@ class FullSpace:
 class ShardedSpace(FullSpace):
     """FSDP2: the frozen models are sharded like the policy, and each rank keeps the momentum of its own
     shards (saved by that rank into every checkpoint); every rank gathers, rank 0 writes."""
+
+    every_rank_writes = True  # each rank works on its own shards of the outputs (gathers are collectives)
 
     def after_prepare(self, run: TrainingRun) -> None:
         # no reference cache: ranks would differ in the forwards they run, and FSDP forwards are collective
@@ -231,9 +230,6 @@ class ShardedSpace(FullSpace):
         if momentum is not None:
             path = checkpoint / f"momentum-rank{self.accelerator.process_index}.pt"
             momentum.load_state_dict(torch.load(path, weights_only=True))
-
-    def writes(self, main: bool) -> bool:
-        return True
 
 
 class LoraSpace(FullSpace):
