@@ -192,7 +192,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
     from mox_unlearn.config import flag_fields, load_config
-    from mox_unlearn.train import RunFolder, saved_config, unlearn
+    from mox_unlearn.train import saved_config, unlearn
 
     flags = {f.name: getattr(args, f.name) for f in flag_fields()}
     if args.resume and args.out and not (args.model or args.forget or args.config):
@@ -206,13 +206,7 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
         apply_overrides(cfg, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, flags)
-    out_existed = bool(cfg.out) and Path(cfg.out).exists()
-    try:
-        out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv], callbacks=args.callbacks)
-    except Exception:
-        if not args.resume and not out_existed:
-            RunFolder(Path(cfg.out)).remove_failed_start()
-        raise
+    out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv], callbacks=args.callbacks)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     _print_summary(run)
     return 0

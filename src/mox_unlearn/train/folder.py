@@ -26,7 +26,15 @@ import yaml
 
 from mox_unlearn.config import UnlearnConfig, to_dict
 from mox_unlearn.errors import MoxError
-from mox_unlearn.io.atomic import write_text_atomic
+from mox_unlearn.io.atomic import (
+    LOCK_NAME,
+    FolderLock,
+    WriteError,
+    fsync_dir,
+    fsync_tree,
+    write_failure,
+    write_text_atomic,
+)
 from mox_unlearn.redact import redact, redact_text
 
 # Keys that may differ between an interrupted run and its --resume without changing the result (the
@@ -61,6 +69,8 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = path
         self.log_path = path / "log.jsonl"
+        self.lock = FolderLock(path, "run folder")  # held by the main process while the run is going
+        self.created = False  # this process made the folder (only then may a failed start remove it)
 
     # ------------------------------------------------------------------ claiming and starting
 
@@ -79,6 +89,8 @@ class RunFolder:
         if model_path is not None and (out == model_path or model_path in out.parents or out in model_path.parents):
             raise MoxError(f"--out {out} overlaps the input model folder {model_path}")
         if resume:
+            if main and out.is_dir():
+                folder.lock.acquire()  # a run still going is never resumed a second time
             if folder.latest_checkpoint() is None:
                 raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
             saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -88,7 +100,7 @@ class RunFolder:
             if changed:
                 raise MoxError(f"--resume with a different config than the interrupted run: {', '.join(changed)}")
             return folder
-        occupied = out.exists() and any(out.iterdir())
+        occupied = out.exists() and any(p.name != LOCK_NAME for p in out.iterdir())
         if occupied and not overwrite:
             raise MoxError(f"output folder {out} exists and is not empty (use --overwrite or --resume)")
         if occupied and not folder.is_run_folder():
@@ -97,9 +109,16 @@ class RunFolder:
         if occupied and inside:
             raise MoxError(f"refusing to overwrite {out}: it holds input {inside[0]}, which --overwrite would delete")
         if main:
-            if occupied:
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True)
+                folder.created = True  # ours: a failed start may remove it (remove_failed_start)
+            except FileExistsError:
+                pass
+            folder.lock.acquire()
+            if occupied:  # everything but the lock we hold (a new lock file would not exclude anyone)
+                for entry in out.iterdir():
+                    if entry.name != LOCK_NAME:
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         return folder
 
     def is_run_folder(self) -> bool:
@@ -130,16 +149,18 @@ class RunFolder:
         """Remove this folder when the command that created it failed before any step was logged or
         checkpointed: only a folder holding nothing but the start files and an empty log. A folder with a
         checkpoint, a logged step or anything else is left for --resume or for inspection."""
-        if int(os.environ.get("RANK", "0")) != 0 or not self.path.is_dir():
-            return
-        entries = list(self.path.iterdir())
+        if not (self.created and self.lock.held) or not self.path.is_dir():
+            return  # a folder this process did not make, or one another process now holds: not ours
+        entries = [e for e in self.path.iterdir() if e.name != LOCK_NAME]
         if any(e.name not in START_FILES or not e.is_file() for e in entries):
             return
         if self.log_path.is_file() and self.log_path.stat().st_size:
             return
         for e in entries:
             e.unlink()
-        self.path.rmdir()
+        self.lock.release()
+        with contextlib.suppress(OSError):  # not empty: someone put something there meanwhile; leave it
+            self.path.rmdir()
 
     def resume_command(self) -> str:
         return f"mox unlearn --resume --out {shlex.quote(str(self.path))}"
@@ -169,7 +190,8 @@ class RunFolder:
         """save_state into a temp folder, rename, then drop older checkpoints (only the latest is kept).
         `own_state`: file name -> state each rank saves for itself (FSDP: its shards of the momentum).
 
-        A write that fails (full disk) removes its temp folder and leaves the previous checkpoint as it was."""
+        A write that fails (full disk, file-size limit) removes its temp folder and leaves the previous
+        checkpoint as it was; the files are fsync'ed before the rename."""
         ckdir = self.path / "checkpoints"
         tmp = ckdir / f".tmp-step-{step}"
         if accelerator.is_main_process:
@@ -179,16 +201,25 @@ class RunFolder:
             accelerator.save_state(str(tmp))
             for name, state in (own_state or {}).items():
                 torch.save(state, tmp / name)
-        except OSError as e:
+            fsync_tree(tmp)
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            reason = write_failure(e, within=tmp)
+            if reason is None:
+                raise
             previous = self.latest_checkpoint()
-            kept = f"the checkpoint {previous.name} is kept" if previous else "no earlier checkpoint"
-            raise MoxError(f"writing checkpoint step-{step} failed ({e.strerror or e}); {kept}") from e
+            kept = (
+                f"the checkpoint {previous.name} is kept: free space and run `{self.resume_command()}`"
+                if previous
+                else f"no earlier checkpoint in {ckdir}: free space and run again"
+            )
+            raise MoxError(f"writing checkpoint step-{step} failed ({reason}); {kept}") from e
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             final = ckdir / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)  # a stale one of the same step (same state)
             os.replace(tmp, final)
+            fsync_dir(ckdir)
             for old in ckdir.glob("step-*"):
                 if old != final:
                     shutil.rmtree(old, ignore_errors=True)
@@ -203,21 +234,25 @@ class RunFolder:
         are removed only after run.json, so --resume continues from the latest one."""
         try:
             yield
-        except OSError as e:
+        except Exception as e:
+            reason = e.reason if isinstance(e, WriteError) else write_failure(e)
+            if reason is None:
+                raise
             ckpt = self.latest_checkpoint()
             kept = (
                 f"checkpoint {ckpt.name} kept: free space and run `{self.resume_command()}`"
                 if ckpt
-                else "no checkpoint to resume from (checkpoint_every=0): run again"
+                else "no checkpoint to resume from (checkpoint_every=0): free space and run again"
             )
-            where = f" ({e.filename})" if e.filename else ""
-            raise MoxError(f"writing the outputs failed: {e.strerror or e}{where}; {kept}") from e
+            where = e.path if isinstance(e, WriteError) else (e.filename if isinstance(e, OSError) else None)
+            raise MoxError(f"writing the outputs failed: {reason}{f' ({where})' if where else ''}; {kept}") from e
 
     def finish(self, info: dict[str, Any], *, keep_checkpoints: bool) -> None:
         """run.json last; only then the checkpoints go (until it is written, --resume may need them)."""
         write_text_atomic(self.path / "run.json", json.dumps(redact(info), indent=2, default=str) + "\n")
         if not keep_checkpoints:
             shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        self.lock.release()
 
 
 def data_fingerprint(**sets: Any) -> dict[str, Any]:
