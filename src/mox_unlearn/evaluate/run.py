@@ -11,7 +11,7 @@ from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import get_benchmark
 from mox_unlearn.io.atomic import check_not_an_input, write_text_atomic
-from mox_unlearn.io.loading import load_model, load_tokenizer, torch_dtype
+from mox_unlearn.io.loading import check_fits, load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
 
 
@@ -19,9 +19,11 @@ def load_eval_model(path: str, dtype: str = "auto"):
     """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token."""
     import torch
 
+    tokenizer = load_tokenizer(path)
+    check_fits(path, tokenizer)
     model = load_model(path, torch_dtype(dtype, auto=True))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), load_tokenizer(path)
+    return model.to(device).eval(), tokenizer
 
 
 def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_split: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -173,18 +174,75 @@ def load_model(
     if looks_like_path(str(name)):
         check_model_folder(Path(name).expanduser(), allow_pickle=allow_pickle)
     hf_logging.disable_progress_bar()  # our own bars report progress; per-load weight bars are noise
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report: check_loading_info says it in one line
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             name,
             dtype=dtype,
             use_safetensors=None if allow_pickle else True,
             weights_only=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported by check_loading_info, which refuses them
         )
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise MoxError(f"cannot load model {name!r}: {first_line(e)}{_not_local(name)}") from None
     except SafetensorError as e:
         raise MoxError(f"cannot load model {name!r}: corrupted safetensors weights: {first_line(e)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(name, info)
+    return model
+
+
+def check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights do not fit its config.json: transformers would start the missing
+    tensors random, drop the extra ones and (told to) re-initialise the mismatched ones, and unlearning
+    that model would mean nothing. `info` is from_pretrained's output_loading_info."""
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
+    if mismatched:
+        key, *shapes = mismatched[0]
+        sizes = f" ({' in the weights, '.join(str(list(s)) for s in shapes[:2])} in config.json)" if shapes else ""
+        raise MoxError(
+            f"the weights of {name} do not fit its config.json: {key}{sizes}, {len(mismatched)} tensor(s) in "
+            "all; the folder mixes two models"
+        )
+    for kind, what in (
+        ("missing_keys", "its config.json needs but the weights lack"),
+        ("unexpected_keys", "the weights hold but its config.json does not use"),
+    ):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            raise MoxError(
+                f"model {name}: {len(keys)} tensor(s) {what} (first: {keys[0]}); config.json and the weights "
+                "are from different models"
+            )
+
+
+def check_fits(name: str, tokenizer, longest: int | None = None) -> None:
+    """Before any weights load: refuse a tokenizer that makes token ids beyond the model's embedding table,
+    and (`longest`: the longest encoded example) sequences beyond the positions the model has. Both would
+    otherwise fail mid-run as an IndexError, or run silently where the model never was trained."""
+    from transformers import AutoConfig
+
+    trust = _POLICY.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError) as e:
+        raise MoxError(f"cannot read the config of {name!r}: {first_line(e)}{_not_local(name)}") from None
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise MoxError(
+            f"the tokenizer of {name} has {len(tokenizer)} tokens but the model's vocab_size is {rows}: token "
+            "ids beyond its embedding table would fail; use the tokenizer the model was trained with"
+        )
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if longest is not None and isinstance(positions, int) and longest > positions:
+        raise MoxError(
+            f"an encoded example is {longest} tokens, beyond the {positions} positions of {name}; "
+            f"lower max_length to {positions} or less"
+        )
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):

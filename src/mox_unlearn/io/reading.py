@@ -137,8 +137,13 @@ def read_tensor_infos(model_dir: Path) -> dict[str, TensorInfo]:
     infos: dict[str, TensorInfo] = {}
     for path in sorted(set(files.values())):
         for name, info in read_safetensors_header(path).items():
-            if files.get(name) == path:
-                infos[name] = info
+            if files.get(name) != path:  # the index is a claim about the shards: they must agree both ways
+                where = "does not list it" if name not in files else f"places it in {files[name].name}"
+                raise MoxError(
+                    f"{path} holds tensor {name} but the index of {model_dir} {where}: a stale or edited "
+                    f"{INDEX_NAME}; re-save the model"
+                )
+            infos[name] = info
     missing = [n for n in files if n not in infos]
     if missing:
         raise MoxError(f"tensor {missing[0]} listed in the index of {model_dir} is not in {files[missing[0]].name}")

@@ -85,7 +85,7 @@ def alpha_curve(
     system temp folder), scored and deleted before the next, so disk holds one extra model at a time.
     `models` (α -> folder) scores existing extrapolations instead (then `mem_dir` is only recorded).
     """
-    from mox_unlearn.io.loading import load_tokenizer
+    from mox_unlearn.io.loading import check_fits, load_tokenizer
 
     selection = selection or SelectionSettings()
     grid = check_settings(selection)
@@ -108,6 +108,7 @@ def alpha_curve(
     )
     say = print if progress else (lambda *a, **kw: None)
     tok = load_tokenizer(str(ref_dir))
+    check_fits(str(ref_dir), tok)
     say(f"select-alpha: scoring θ_ref ({ref_dir})", flush=True)
     reference = score_folder(ref_dir, tok, data, s, dtype)
     ready = None if models is None else {float(a): p for a, p in models.items()}

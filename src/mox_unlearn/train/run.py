@@ -21,7 +21,14 @@ from mox_unlearn.config import UnlearnConfig, check_config, to_dict
 from mox_unlearn.data import collate, encode_records, epoch_plan
 from mox_unlearn.errors import MoxError
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
-from mox_unlearn.io.loading import check_model_folder, load_model, load_tokenizer, looks_like_path, torch_dtype
+from mox_unlearn.io.loading import (
+    check_fits,
+    check_model_folder,
+    load_model,
+    load_tokenizer,
+    looks_like_path,
+    torch_dtype,
+)
 from mox_unlearn.methods.targets import TargetAnswers
 from mox_unlearn.train.folder import RunFolder, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
@@ -86,21 +93,31 @@ class TrainingRun:
     def run(self) -> Path:
         self.times["start"] = time.perf_counter()
         self.check()
-        self.start()
-        self.run_stage()
-        self.build_models()
-        self.build_optimizer()
-        self.restore()
-        self.times["loaded"] = time.perf_counter()
-        self.train()
-        self.times["trained"] = time.perf_counter()
-        self.write_outputs()
+        self.folder: RunFolder | None = None
+        try:
+            self.start()
+            self.run_stage()
+            self.build_models()
+            self.build_optimizer()
+            self.restore()
+            self.times["loaded"] = time.perf_counter()
+            self.train()
+            self.times["trained"] = time.perf_counter()
+            self.write_outputs()
+        except BaseException:
+            if self.folder is not None:
+                self.folder.remove_failed_start()  # only a folder this process made, with nothing done in it
+            raise
+        finally:
+            if self.folder is not None:
+                self.folder.lock.release()
         return self.folder.path
 
     # ------------------------------------------------------------------ phases before training
 
     def check(self) -> None:
-        """Config, registries, data and the model folder: everything that can fail before OUT is touched."""
+        """Config, registries, data, the model folder, its tokenizer and the encoded data against the model's
+        config: everything that can fail before OUT is touched."""
         cfg = self.cfg
         check_config(cfg)  # however it was built
         self.resolved = r = resolve(cfg)
@@ -109,6 +126,11 @@ class TrainingRun:
         self.forget, self.retain = load_data(cfg, r)
         if cfg.model and looks_like_path(cfg.model):  # a bad local model folder fails here, before OUT exists
             check_model_folder(Path(cfg.model).expanduser())
+        # the tokenizer and the encoded data, checked against the model's config before anything is written
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.forget_ex = encode_records(self.tokenizer, self.forget, cfg.prompt, cfg.max_length)
+        self.retain_ex = encode_records(self.tokenizer, self.retain, cfg.prompt, cfg.max_length) if self.retain else []
+        check_fits(cfg.model, self.tokenizer, max(len(ex["input_ids"]) for ex in self.forget_ex + self.retain_ex))
 
     def start(self) -> None:
         """accelerate, the backend checks, and OUT claimed with its start files."""
@@ -155,9 +177,6 @@ class TrainingRun:
         """Tokenizer, data, the policy, θ_ref, the target answers, the trainable weights, extra inputs."""
         cfg, r, space, device = self.cfg, self.resolved, self.space, self.accelerator.device
         dtype = torch_dtype(cfg.dtype)
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.forget_ex = encode_records(self.tokenizer, self.forget, cfg.prompt, cfg.max_length)
-        self.retain_ex = encode_records(self.tokenizer, self.retain, cfg.prompt, cfg.max_length) if self.retain else []
         self.plan = make_plan(cfg, len(self.forget_ex), self.world)
         self.model = space.prepare_model(load_model(cfg.model, dtype))
         needs_ref = (
