@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from mox_unlearn.data.formatting import PromptFormat
+from mox_unlearn.data.records import read_text
 from mox_unlearn.errors import MoxError, first_line
 
 # The retrain-free selection rule's defaults, in one place: `mox select-alpha`, `alpha: auto` and the
@@ -352,7 +353,7 @@ def load_config(
         if not p.is_file():
             raise MoxError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(read_text(p, "config")) or {}
         except yaml.YAMLError as e:
             raise MoxError(f"{p}: invalid YAML: {first_line(e)}") from None
         if not isinstance(data, dict):

@@ -43,14 +43,31 @@ def load_rows(files: Sequence[str | Path]) -> list[dict]:
         p = Path(f)
         data = read_json(p, "result")
         if isinstance(data, dict) and isinstance(data.get("rows"), list):
-            rows.extend(data["rows"])
-        elif isinstance(data, dict) and data.get("benchmark") == "tofu" and "summary" in data:
-            rows.append(row_from_eval(data, name=p.stem))
+            rows.extend(check_row(row, f"{p}: rows[{i}]") for i, row in enumerate(data["rows"]))
+        elif isinstance(data, dict) and data.get("benchmark") == "tofu" and isinstance(data.get("summary"), dict):
+            rows.append(check_row(row_from_eval(data, name=p.stem), f"{p}: summary"))
         else:
             raise MoxError(f"{p}: neither a demo results.json nor a `mox eval --benchmark tofu` result")
     if not rows:
         raise MoxError("no result rows to report")
     return rows
+
+
+def check_row(row: Any, where: str) -> dict:
+    """A result row as the tables and plots need it: an object with a text name (and method), and a number
+    or null for α and every metric column. A row of another shape is one line naming it, not a table of
+    text where numbers belong."""
+    if not isinstance(row, dict):
+        raise MoxError(f"{where}: a row must be an object, got {type(row).__name__}")
+    if not isinstance(row.get("name"), str):
+        raise MoxError(f'{where}: "name" must be text, got {row.get("name")!r}')
+    if row.get("method") is not None and not isinstance(row["method"], str):
+        raise MoxError(f'{where}: "method" must be text, got {row["method"]!r}')
+    for key in COLUMNS[2:]:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise MoxError(f'{where}: "{key}" must be a number or null, got {value!r}')
+    return row
 
 
 def _fmt(value: Any) -> str:

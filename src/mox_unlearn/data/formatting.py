@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from ..errors import MoxError
+from ..errors import MoxError, first_line
 
 if TYPE_CHECKING:  # torch is imported where it is used: configs and data are read without it
     import torch
@@ -64,7 +64,10 @@ def ensure_pad_token(tokenizer) -> None:
     """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise MoxError("the tokenizer has neither a pad token nor an EOS token to pad with")
+            raise MoxError(
+                f"the tokenizer of {tokenizer.name_or_path} has neither a pad token nor an EOS token (to pad "
+                "with and to end every answer); set eos_token in its tokenizer_config.json"
+            )
         tokenizer.pad_token = tokenizer.eos_token
 
 
@@ -81,11 +84,26 @@ def prompt_ids(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
     if uses_chat_template(tokenizer, fmt):
         messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
         messages.append({"role": "user", "content": question})
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # jinja2's TemplateError / TemplateSyntaxError, or a template's raise_exception
+            raise MoxError(
+                f"the chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer')} fails: "
+                f"{type(e).__name__}: {first_line(e)}; fix it, or pass prompt.chat_template=never to use "
+                "prompt.question_template instead"
+            ) from None
         # The rendered template already carries BOS and role markers: add nothing more.
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = fmt.question_template.format(question=question)
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def check_prompt(tokenizer, fmt: PromptFormat) -> None:
+    """Render one prompt, so a chat template that fails (or a tokenizer without EOS) is refused before
+    any model loads rather than in the middle of an evaluation."""
+    if tokenizer.eos_token_id is None:
+        raise MoxError(f"the tokenizer of {tokenizer.name_or_path} has no EOS token; it is needed to end every answer")
+    prompt_ids(tokenizer, "Who wrote this?", fmt)
 
 
 def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_length: int) -> dict:
@@ -95,7 +113,7 @@ def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_leng
     a single answer token is an error rather than a silently empty target.
     """
     if tokenizer.eos_token_id is None:
-        raise MoxError("the tokenizer has no EOS token; it is needed to end every answer")
+        raise MoxError(f"the tokenizer of {tokenizer.name_or_path} has no EOS token; it is needed to end every answer")
     if max_length < 2:
         raise MoxError(f"max_length must be at least 2, got {max_length}")
     prompt = prompt_ids(tokenizer, question, fmt)

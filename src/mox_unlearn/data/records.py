@@ -154,6 +154,12 @@ def _parse_json(content: str, spec: str) -> Located:
     data = _loads(content, spec)
     prefix = spec
     if isinstance(data, dict):
+        record_keys = sorted({"question", "answer", "text"} & data.keys())
+        if record_keys:  # e.g. one TOFU record, whose perturbed_answer list would otherwise become the set
+            raise MoxError(
+                f"{spec}: one record (keys {', '.join(record_keys)}), not a set of records; wrap it in a JSON "
+                "list, or write one record per line as JSONL"
+            )
         lists = [k for k, v in data.items() if isinstance(v, list)]
         if len(lists) != 1:
             raise MoxError(

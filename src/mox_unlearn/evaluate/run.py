@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from mox_unlearn import versions
-from mox_unlearn.data.formatting import PromptFormat
+from mox_unlearn.data.formatting import PromptFormat, check_prompt
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import get_benchmark
 from mox_unlearn.io.atomic import check_not_an_input, write_text_atomic
@@ -15,12 +15,15 @@ from mox_unlearn.io.loading import check_fits, load_model, load_tokenizer, torch
 from mox_unlearn.redact import redact
 
 
-def load_eval_model(path: str, dtype: str = "auto"):
-    """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token."""
+def load_eval_model(path: str, dtype: str = "auto", fmt: PromptFormat | None = None):
+    """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token. The tokenizer is
+    checked first (against the model's config, and rendering one prompt with `fmt`), before any weights load."""
     import torch
 
     tokenizer = load_tokenizer(path)
     check_fits(path, tokenizer)
+    if fmt is not None:
+        check_prompt(tokenizer, fmt)
     model = load_model(path, torch_dtype(dtype, auto=True))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
@@ -84,7 +87,7 @@ def run_eval(
     if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
         bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
     start = time.perf_counter()
-    model, tokenizer = load_eval_model(model_path, dtype)
+    model, tokenizer = load_eval_model(model_path, dtype, fmt or PromptFormat())
     result = bench.run(
         model,
         tokenizer,

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from mox_unlearn.config import UnlearnConfig, to_dict
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.io.atomic import (
     LOCK_NAME,
     FolderLock,
@@ -93,7 +93,7 @@ class RunFolder:
                 folder.lock.acquire()  # a run still going is never resumed a second time
             if folder.latest_checkpoint() is None:
                 raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
-            saved = yaml.safe_load((out / "config.yaml").read_text())
+            saved = read_run_file(out / "config.yaml")
             now, defaults = redact(to_dict(cfg)), to_dict(UnlearnConfig())  # config.yaml was written redacted
             # a key the interrupted run's version did not have yet counts as its default
             changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
@@ -135,10 +135,10 @@ class RunFolder:
         path = self.path / "data.json"
         if not path.is_file():
             return
-        saved = json.loads(path.read_text())
+        saved = read_run_file(path)
         for name, now in data.items():
             then = saved.get(name)
-            if then is not None and (then["records"], then["sha256"]) != (now["records"], now["sha256"]):
+            if isinstance(then, dict) and (then["records"], then["sha256"]) != (now["records"], now["sha256"]):
                 raise MoxError(
                     f"the {name} data changed since the run started ({then['records']} records then, "
                     f"{now['records']} now; {now['source']}): resuming would train on two data sets; restore "
@@ -171,7 +171,7 @@ class RunFolder:
         """Drop log lines written after the checkpoint we resume from (those steps run again), and any line
         cut short; rewritten atomically, so a second interruption here loses nothing."""
         if self.log_path.is_file():
-            lines = self.log_path.read_text().splitlines()
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()  # garbage: dropped
             keep = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
             write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
 
@@ -201,6 +201,9 @@ class RunFolder:
             accelerator.save_state(str(tmp))
             for name, state in (own_state or {}).items():
                 torch.save(state, tmp / name)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_manifest(tmp)
             fsync_tree(tmp)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -283,4 +286,46 @@ def saved_config(out: str | Path) -> dict[str, Any]:
     path = Path(out) / "config.yaml"
     if not path.is_file():
         raise MoxError(f"nothing to resume: {path} not found")
-    return yaml.safe_load(path.read_text())
+    return read_run_file(path)
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """config.yaml or data.json of a run folder as a mapping; a damaged one is one line naming it."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise MoxError(f"{path} is damaged ({first_line(e)}); the run folder cannot be resumed") from None
+    if not isinstance(data, dict):
+        raise MoxError(f"{path} is damaged (not a mapping); the run folder cannot be resumed")
+    return data
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """The size of every file of a checkpoint, written last into it: a file cut short or emptied later (a
+    crash before the data reached the disk, a copy that stopped) is then found before it is loaded."""
+    sizes = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+    (checkpoint / MANIFEST).write_text(json.dumps({"sizes": sizes}, indent=1) + "\n")
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose files are not the ones its manifest lists (checkpoints written before the
+    manifest existed are not checked: loading them says what is wrong)."""
+    path = checkpoint / MANIFEST
+    if not path.is_file():
+        return
+    advice = "it cannot be resumed: start again with --overwrite"
+    try:
+        sizes = json.loads(path.read_text(encoding="utf-8"))["sizes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MoxError(f"checkpoint {checkpoint} is damaged ({MANIFEST}: {first_line(e)}); {advice}") from None
+    for name, size in sizes.items():
+        f = checkpoint / name
+        if not f.is_file():
+            raise MoxError(f"checkpoint {checkpoint} is damaged ({name} is missing); {advice}")
+        if f.stat().st_size != size:
+            raise MoxError(
+                f"checkpoint {checkpoint} is damaged ({name} is {f.stat().st_size} bytes, was {size}); {advice}"
+            )

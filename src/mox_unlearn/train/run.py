@@ -19,7 +19,7 @@ import torch
 from mox_unlearn import guards, sharding, versions
 from mox_unlearn.config import UnlearnConfig, check_config, to_dict
 from mox_unlearn.data import collate, encode_records, epoch_plan
-from mox_unlearn.errors import MoxError
+from mox_unlearn.errors import MoxError, one_line
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
 from mox_unlearn.io.loading import (
     check_fits,
@@ -30,7 +30,7 @@ from mox_unlearn.io.loading import (
     torch_dtype,
 )
 from mox_unlearn.methods.targets import TargetAnswers
-from mox_unlearn.train.folder import RunFolder, data_fingerprint
+from mox_unlearn.train.folder import RunFolder, check_checkpoint, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
 from mox_unlearn.train.setup import default_hidden_layer, load_data, mixed_precision, resolve
 from mox_unlearn.train.spaces import frozen, space_for
@@ -231,8 +231,15 @@ class TrainingRun:
         self.saved_at = -1  # step of the checkpoint on disk that holds the current state, if any
         if self.resume:
             checkpoint = self.folder.latest_checkpoint()
-            self.accelerator.load_state(str(checkpoint))
-            self.space.load_own_checkpoint_state(checkpoint, self.momentum)
+            check_checkpoint(checkpoint)
+            try:
+                self.accelerator.load_state(str(checkpoint))
+                self.space.load_own_checkpoint_state(checkpoint, self.momentum)
+            except Exception as e:  # accelerate and torch say it many ways (EOFError, RuntimeError, ...)
+                raise MoxError(
+                    f"checkpoint {checkpoint} is damaged ({one_line(e)[:160]}); it cannot be resumed: start again "
+                    "with --overwrite"
+                ) from e
             self.saved_at = self.progress.step
             if self.main:
                 self.folder.truncate_log(self.progress.step)
