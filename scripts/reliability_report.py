@@ -49,11 +49,11 @@ def verdict(fault, outcome: Outcome | None, names: str) -> str:
     if outcome is None:
         return "skipped (running as root: chmod 000 does not stop root)"
     lines = outcome.lines()
-    want = "mox: warning:" if fault.warning else "mox: error:"
+    want = "mox: warning:" if fault.warning else "mox: " if fault.interrupted else "mox: error:"
     problems = []
     if len(lines) != 1 or not lines[0].startswith(want):
         problems.append(f"expected one '{want}' line, got {len(lines)}")
-    if (outcome.exit_code == 0) != fault.warning:
+    if outcome.exit_code != (0 if fault.warning else 130 if fault.interrupted else 2):
         problems.append(f"exit {outcome.exit_code}")
     if "Traceback" in outcome.stderr:
         problems.append("traceback")
@@ -66,6 +66,40 @@ def verdict(fault, outcome: Outcome | None, names: str) -> str:
     if lines and names not in lines[0]:
         problems.append("does not name the input")
     return "ok" if not problems else "FAILED: " + "; ".join(problems)
+
+
+CLASSES = {
+    0: "first round: bad files, records, model folders, names and numbers",
+    1: "faults while writing (a file-size limit standing for a full disk or a quota)",
+    2: "signals (SIGTERM) outside the training loop, and during it",
+    3: "outputs that would overwrite an input",
+    4: "concurrency: a folder another running mox holds",
+    5: "metadata checked, not trusted (shard index, values the dtype cannot hold)",
+    6: "checks before the expensive work (model, config, tokenizer, data, retain result)",
+    7: "typed settings",
+    8: "third-party exceptions (chat templates, tokenizers, encodings, result rows, damaged run folders)",
+    9: "durability (files a crash cut short)",
+    10: "a success that would mean nothing",
+}
+
+
+def class_table() -> list[str]:
+    """Cases per class of issue 16's list."""
+    lines = ["| class | what | cases |", "|---|---|---|"]
+    for k, what in CLASSES.items():
+        lines.append(f"| {k or '–'} | {what} | {sum(f.klass == k for f in FAULTS)} |")
+    return lines
+
+
+def injected_note(fault) -> str:
+    """The environment fault of a case, in words."""
+    kind, _, arg = fault.fault.partition(":")
+    return {
+        "fsize": f" (RLIMIT_FSIZE {arg} bytes)",
+        "sigterm": f" (SIGTERM at {arg})",
+        "held": f" (flock held on {arg})",
+        "another-writer": " (another process writes --out first)",
+    }.get(kind, "")
 
 
 def main() -> int:
@@ -87,7 +121,8 @@ def main() -> int:
             line = outcome.lines()[0] if outcome and outcome.lines() else ""
             code = "–" if outcome is None else str(outcome.exit_code)
             rows.append(
-                f"| {fault.id} | {fault.input} | {cell('mox ' + rel(fill(fault.command, paths, root / 'out' / fault.id)))} "
+                f"| {fault.id} | {fault.klass or '–'} | {fault.input}{injected_note(fault)} "
+                f"| {cell('mox ' + rel(fill(fault.command, paths, root / 'out' / fault.id)))} "
                 f"| {code} | {cell(rel(line))} | {v} |"
             )
             print(f"{fault.id:<32} exit {code:>2}  {v}  {rel(line)[:100]}", file=sys.stderr)
@@ -104,14 +139,20 @@ def main() -> int:
         "Each case runs the real CLI on a tiny random model (paths below are relative to the scratch folder "
         "the script made). What every case must do: print exactly one `mox: error:` line naming the offending "
         "input, exit with status 2, print no traceback (`mox --debug ...` prints it), leave no output folder "
-        "behind, and leave every input byte for byte unchanged (hashed before and after). The exception is "
-        "forget-equals-retain: one `mox: warning:` line, then the run goes on and exits 0; and unlearn-alpha-overflows "
-        "keeps its run folder on purpose, since the θ_mem it trained is what the message tells the user to extrapolate "
-        "with a smaller α. Progress bars of work done before a fault shows may precede the line. `FAST` below stands for "
+        "behind, and leave every input byte for byte unchanged (hashed before and after; the run folders of the "
+        "resume cases are inputs). The exceptions: forget-equals-retain prints one `mox: warning:` line, then the "
+        "run goes on and exits 0; a stop (SIGTERM) prints one `mox:` line saying what was kept and exits 130; and "
+        "cases that keep their run folder on purpose (a trained θ_mem to extrapolate with a smaller α, a checkpoint "
+        "to resume from, another process's output) say so in the line. Environment faults are injected in-process "
+        "(tests/fault_cases.py `injected`): a file-size limit, SIGTERM when a named function is first called, a "
+        "flock held on a folder, another writer. Progress bars of work done before a fault shows may precede the "
+        "line. `FAST` below stands for "
         "`per_device_batch_size=2 batch_size=2 max_length=64 lr=1e-3 warmup_epochs=0 --max-steps 1`.",
         "",
-        "| case | input | command | exit | observed stderr line | verdict |",
-        "|---|---|---|---|---|---|",
+        *class_table(),
+        "",
+        "| case | class | input | command | exit | observed stderr line | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     from fault_cases import FAST
 

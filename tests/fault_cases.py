@@ -16,8 +16,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 FAST = "per_device_batch_size=2 batch_size=2 max_length=64 lr=1e-3 warmup_epochs=0 --max-steps 1"
@@ -38,6 +39,9 @@ class Fault:
     warning: bool = False  # the run continues after one warning line and exits 0
     needs_non_root: bool = False  # chmod 000 does not stop root from reading
     keeps_out: bool = False  # the output stays on purpose: a trained run's θ_mem, for the command the message names
+    interrupted: bool = False  # a stop (SIGTERM): exit 130 and one "mox: interrupted..." line instead
+    fault: str = ""  # a fault of the environment while the command runs (see `injected`), not of its input
+    klass: int = 0  # the class of issue 16's list it belongs to (0: the first round's bad inputs)
 
 
 def swap(command: str, old: str, new: str) -> str:
@@ -380,10 +384,620 @@ FAULTS: list[Fault] = [
 ]
 
 
+# ----------------------------------------------------------------------------- round 2 (issue 16's ten classes)
+
+EVAL_OK = "eval --benchmark tofu --model {model} --data {tofu_full} --limit 1 --out {out}.json"
+RESUME = "unlearn --resume --out {run_%s}"
+
+
+def _classed(klass: int, faults: list[Fault]) -> list[Fault]:
+    return [replace(f, klass=klass) for f in faults]
+
+
+def _stopped(id: str, what: str, command: str, where: str, names: str = "interrupted", **kw) -> Fault:
+    """SIGTERM when `where` is first called: exit 130, one line, nothing half-written."""
+    return Fault(id, f"SIGTERM {what}", command, names, interrupted=True, fault=f"sigterm:{where}", **kw)
+
+
+ROUND2: list[Fault] = [
+    # 1. faults while writing: a file-size limit (EFBIG) stands for a full disk or a quota (ENOSPC, EDQUOT)
+    *_classed(
+        1,
+        [
+            Fault(
+                "extrapolate-file-too-large",
+                "file-size limit 20 kB while writing θ_for",
+                EXTRAPOLATE,
+                "writing {out} failed: File too large",
+                fault="fsize:20000",
+            ),
+            Fault(
+                "extrapolate-two-alphas-too-large",
+                "file-size limit while writing two α",
+                EXTRAPOLATE + " --alpha 4",
+                "writing {out} failed",
+                fault="fsize:20000",
+            ),
+            Fault(
+                "unlearn-start-files-too-large",
+                "file-size limit 16 bytes: config.yaml cannot be written",
+                UNLEARN,
+                "config.yaml failed: File too large",
+                fault="fsize:16",
+            ),
+            Fault(
+                "unlearn-outputs-too-large",
+                "file-size limit 100 kB while writing the trained model",
+                UNLEARN,
+                "writing the outputs failed: File too large",
+                fault="fsize:100000",
+                keeps_out=True,
+            ),
+            Fault(
+                "unlearn-checkpoint-too-large",
+                "file-size limit 100 kB while checkpointing",
+                swap(UNLEARN, "--max-steps 1", "--max-steps 2") + " checkpoint_every=1",
+                "writing checkpoint step-1 failed (File too large)",
+                fault="fsize:100000",
+                keeps_out=True,
+            ),
+            Fault(
+                "unlearn-checkpoint-torch-cut",
+                "file-size limit 200 kB: torch.save's zip writer stops mid-file",
+                swap(UNLEARN, "--max-steps 1", "--max-steps 2") + " checkpoint_every=1",
+                "writing checkpoint step-1 failed",
+                fault="fsize:200000",
+                keeps_out=True,
+            ),
+            Fault(
+                "eval-result-too-large",
+                "file-size limit 64 bytes while writing the result",
+                EVAL_OK,
+                "writing {out}.json failed: File too large",
+                fault="fsize:64",
+            ),
+            Fault(
+                "select-report-too-large",
+                "file-size limit 64 bytes while writing the selection",
+                SELECT,
+                "failed: File too large",
+                fault="fsize:64",
+            ),
+            Fault(
+                "report-too-large",
+                "file-size limit 64 bytes while writing the tables",
+                "report {eval_result} --out {out}",
+                "writing {out} failed: File too large",
+                fault="fsize:64",
+            ),
+            Fault(
+                "models-tiny-too-large",
+                "file-size limit 4 kB while writing a tiny model",
+                "models tiny --data {forget} --out {out}",
+                "writing {out} failed: File too large",
+                fault="fsize:4096",
+            ),
+        ],
+    ),
+    # 2. signals outside the training loop: the temp output goes, one line says so, exit 130
+    *_classed(
+        2,
+        [
+            _stopped(
+                "extrapolate-sigterm-reading",
+                "while checking the models",
+                EXTRAPOLATE,
+                "mox_unlearn.extrapolate.check_same_tensors",
+                "extrapolate wrote no output",
+            ),
+            _stopped(
+                "extrapolate-sigterm-before-rename",
+                "with θ_for written, before the rename",
+                EXTRAPOLATE,
+                "mox_unlearn.io.atomic.fsync_tree",
+                "extrapolate wrote no output",
+            ),
+            _stopped(
+                "select-sigterm-scoring",
+                "while scoring θ_ref",
+                SELECT,
+                "mox_unlearn.select_alpha.curve.score_folder",
+                "select-alpha wrote no output",
+            ),
+            _stopped(
+                "eval-sigterm-loading",
+                "while loading the model",
+                EVAL_OK,
+                "mox_unlearn.evaluate.run.load_model",
+                "eval wrote no output",
+            ),
+            _stopped(
+                "eval-sigterm-writing",
+                "just before the result is written",
+                EVAL_OK,
+                "mox_unlearn.evaluate.run.write_text_atomic",
+                "eval wrote no output",
+            ),
+            _stopped(
+                "report-sigterm-plotting",
+                "while plotting, tables already staged",
+                "report {eval_result} --out {out}",
+                "mox_unlearn.report.plot_fq_mu",
+                "report wrote no output",
+            ),
+            _stopped(
+                "models-tiny-sigterm",
+                "while building the tiny model",
+                "models tiny --data {forget} --out {out}",
+                "mox_unlearn.tiny.build_tiny_llama",
+                "models wrote no output",
+            ),
+            _stopped(
+                "unlearn-sigterm-loading",
+                "while loading the model, before any step",
+                UNLEARN,
+                "mox_unlearn.train.run.load_model",
+            ),
+            _stopped(
+                "unlearn-sigterm-training",
+                "after a step with a checkpoint",
+                swap(UNLEARN, "--max-steps 1", "--max-steps 2") + " checkpoint_every=1",
+                "mox_unlearn.train.run.TrainingRun.after_step",
+                "mox unlearn --resume --out {out}",
+                keeps_out=True,
+            ),
+        ],
+    ),
+    # 3. outputs that would overwrite an input
+    *_classed(
+        3,
+        [
+            Fault(
+                "unlearn-out-is-model",
+                "--out is the --model folder",
+                swap(UNLEARN, "--out {out}", "--out {model}"),
+                "overlaps the input model folder",
+            ),
+            Fault(
+                "unlearn-out-is-forget",
+                "--out is the --forget file",
+                swap(UNLEARN, "--out {out}", "--out {forget}"),
+                "{forget}",
+            ),
+            Fault(
+                "extrapolate-out-is-ref",
+                "--out is the --ref folder (--overwrite)",
+                swap(EXTRAPOLATE, "--out {out}", "--out {model} --overwrite"),
+                "--ref",
+            ),
+            Fault(
+                "extrapolate-out-inside-ref",
+                "--out inside the --ref folder",
+                swap(EXTRAPOLATE, "--out {out}", "--out {model}/theta"),
+                "inside the --ref input",
+            ),
+            Fault(
+                "eval-out-inside-model",
+                "--out inside the --model folder",
+                EVAL.replace("--out {out}.json", "--out {model}/result.json"),
+                "--model",
+            ),
+            Fault(
+                "select-out-is-ref",
+                "--out is the --ref folder (--overwrite)",
+                swap(SELECT, "--out {out}", "--out {model} --overwrite"),
+                "--ref",
+            ),
+            Fault(
+                "models-tiny-out-is-data",
+                "--out is the --data file",
+                "models tiny --data {forget} --out {forget}",
+                "{forget}",
+            ),
+            Fault(
+                "report-out-is-input-file",
+                "--out is the result file it reads",
+                "report {eval_result} --out {eval_result}",
+                "{eval_result}",
+            ),
+        ],
+    ),
+    # 4. concurrency: a folder another running mox holds is neither replaced, resumed nor cleaned up
+    *_classed(
+        4,
+        [
+            Fault(
+                "unlearn-out-in-use-overwrite",
+                "--out --overwrite on a run another process is running",
+                swap(UNLEARN, "--out {out}", "--out {run_busy} --overwrite"),
+                "in use by another mox process",
+                fault="held:run_busy",
+            ),
+            Fault(
+                "unlearn-out-in-use-resume",
+                "--resume of a run another process is running",
+                RESUME % "busy",
+                "in use by another mox process",
+                fault="held:run_busy",
+            ),
+            Fault(
+                "unlearn-out-in-use",
+                "--out on a run another process is running (starting files only)",
+                swap(UNLEARN, "--out {out}", "--out {run_busy}"),
+                "in use by another mox process",
+                fault="held:run_busy",
+            ),
+            Fault(
+                "resume-in-use",
+                "--resume of an interrupted run another process resumed first",
+                RESUME % "base",
+                "in use by another mox process",
+                fault="held:run_base",
+            ),
+            Fault(
+                "extrapolate-out-written-meanwhile",
+                "another process writes --out while θ_for is written",
+                EXTRAPOLATE,
+                "written by another process meanwhile",
+                fault="another-writer",
+                keeps_out=True,
+            ),
+            Fault(
+                "select-out-written-meanwhile",
+                "another process writes --out while the selection is written",
+                SELECT,
+                "written by another process meanwhile",
+                fault="another-writer",
+                keeps_out=True,
+            ),
+        ],
+    ),
+    # 5. metadata is checked, not trusted
+    *_classed(
+        5,
+        [
+            Fault(
+                "unlearn-index-omits-tensor",
+                "shard holds a tensor the index does not list",
+                swap(UNLEARN, "{model}", "{m_idx_omits}"),
+                "the index of {m_idx_omits} does not list it",
+            ),
+            Fault(
+                "extrapolate-index-omits-tensor",
+                "--mem shard holds a tensor its index does not list",
+                swap(EXTRAPOLATE, "--mem {model}", "--mem {m_idx_omits}"),
+                "does not list it",
+            ),
+            Fault(
+                "extrapolate-index-wrong-shard",
+                "--mem index places a tensor in the wrong shard",
+                swap(EXTRAPOLATE, "--mem {model}", "--mem {m_idx_wrong}"),
+                "places it in model-00001-of-00002",
+            ),
+            Fault(
+                "extrapolate-shard-extra-tensor",
+                "--ref shard holds an extra tensor the index omits",
+                swap(EXTRAPOLATE, "--ref {model}", "--ref {m_idx_extra}"),
+                "model.extra.weight",
+            ),
+            Fault(
+                "eval-index-wrong-shard",
+                "model index places a tensor in the wrong shard",
+                swap(EVAL, "{model}", "{m_idx_wrong}"),
+                "places it in",
+            ),
+            Fault(
+                "select-index-omits-tensor",
+                "--mem shard holds a tensor its index does not list",
+                swap(SELECT, "--mem {model}", "--mem {m_idx_omits}"),
+                "does not list it",
+            ),
+            Fault(
+                "extrapolate-alpha-overflows-fp16",
+                "α = 1e7 on a float16 model",
+                "extrapolate --ref {m_fp16} --mem {m_fp16_other} --alpha 1e7 --out {out}",
+                "1e+07",
+            ),
+            Fault(
+                "extrapolate-index-torn",
+                "--mem shard index cut mid-JSON",
+                swap(EXTRAPOLATE, "--mem {model}", "--mem {m_index_torn}"),
+                "bad shard index",
+            ),
+        ],
+    ),
+    # 6. checks before the expensive work: model, config, tokenizer and data against each other
+    *_classed(
+        6,
+        [
+            Fault(
+                "unlearn-tokenizer-beyond-vocab",
+                "tokenizer of 300 tokens, model vocab_size 200",
+                swap(UNLEARN, "{model}", "{m_vocab_small}"),
+                "vocab_size is 200",
+            ),
+            Fault(
+                "eval-tokenizer-beyond-vocab",
+                "tokenizer of 300 tokens, model vocab_size 200",
+                swap(EVAL, "{model}", "{m_vocab_small}"),
+                "vocab_size is 200",
+            ),
+            Fault(
+                "select-tokenizer-beyond-vocab",
+                "tokenizer of 300 tokens, model vocab_size 200",
+                swap(swap(SELECT, "--ref {model}", "--ref {m_vocab_small}"), "--mem {model}", "--mem {m_vocab_small}"),
+                "vocab_size is 200",
+            ),
+            Fault(
+                "unlearn-config-more-layers",
+                "config.json says 3 layers, weights hold 2",
+                swap(UNLEARN, "{model}", "{m_cfg_more}"),
+                "the weights lack (first: model.layers.2.",
+            ),
+            Fault(
+                "unlearn-config-fewer-layers",
+                "config.json says 1 layer, weights hold 2",
+                swap(UNLEARN, "{model}", "{m_cfg_fewer}"),
+                "its config.json does not use (first: model.layers.1.",
+            ),
+            Fault(
+                "unlearn-config-hidden-size",
+                "config.json hidden_size 64, weights 32",
+                swap(UNLEARN, "{model}", "{m_cfg_hidden}"),
+                "do not fit its config.json",
+            ),
+            Fault(
+                "eval-config-hidden-size",
+                "config.json hidden_size 64, weights 32",
+                swap(EVAL, "{model}", "{m_cfg_hidden}"),
+                "do not fit its config.json",
+            ),
+            Fault(
+                "unlearn-beyond-positions",
+                "examples longer than max_position_embeddings 8",
+                swap(UNLEARN, "{model}", "{m_positions8}"),
+                "beyond the 8 positions",
+            ),
+            Fault(
+                "eval-retain-result-other-split",
+                "--retain-result of forget01 for a forget10 evaluation",
+                EVAL + " --retain-result {result_forget01}",
+                "forget01",
+            ),
+            Fault(
+                "eval-split-missing-field",
+                "TOFU world_facts_perturbed.jsonl without perturbed_answer",
+                swap(EVAL_OK, "{tofu_full}", "{tofu_no_field}"),
+                "world_facts_perturbed",
+            ),
+        ],
+    ),
+    # 7. typed settings: every key=value is checked for type and range before anything loads
+    *_classed(
+        7,
+        [
+            Fault("seed-text", "seed=abc", UNLEARN + " seed=abc", "seed: expected an integer"),
+            Fault("seed-negative", "seed=-1", UNLEARN + " seed=-1", "seed: must be >= 0"),
+            Fault("epochs-fraction", "epochs=1.5", UNLEARN + " epochs=1.5", "epochs: expected an integer"),
+            Fault("max-length-float", "max_length=1e3", UNLEARN + " max_length=1e3", "max_length: expected an integer"),
+            Fault("lora-not-bool", "lora=maybe", UNLEARN + " lora=maybe", "lora: expected true/false"),
+            Fault("dtype-list", "dtype=[1]", UNLEARN + " dtype=[1]", "dtype: must be one of"),
+            Fault(
+                "chat-template-mode",
+                "prompt.chat_template=sometimes",
+                UNLEARN + " prompt.chat_template=sometimes",
+                "chat_template must be one of",
+            ),
+            Fault(
+                "question-template-field",
+                "prompt.question_template=Q:{nope}",
+                UNLEARN + " prompt.question_template=Q:{{nope}}",
+                "must use only the {{question}} field",
+            ),
+            Fault("loss-value-text", "loss.beta=high", UNLEARN + " loss.beta=high", "loss.beta: expected a number"),
+            Fault("method-list", "method=[x]", UNLEARN + " method=[x]", "unknown method '[x]'"),
+        ],
+    ),
+    # 8. third-party exceptions turned into one line naming the input
+    *_classed(
+        8,
+        [
+            Fault(
+                "unlearn-chat-template-raises",
+                "chat template calls raise_exception",
+                swap(UNLEARN, "{model}", "{m_chat_raise}"),
+                "the chat template of {m_chat_raise} fails: TemplateError",
+            ),
+            Fault(
+                "unlearn-chat-template-syntax",
+                "chat template that does not parse",
+                swap(UNLEARN, "{model}", "{m_chat_syntax}"),
+                "the chat template of {m_chat_syntax} fails: TemplateSyntaxError",
+            ),
+            Fault(
+                "eval-chat-template-raises",
+                "chat template calls raise_exception (before the model loads)",
+                swap(EVAL, "{model}", "{m_chat_raise}"),
+                "the chat template of {m_chat_raise} fails",
+            ),
+            Fault(
+                "select-chat-template-raises",
+                "chat template calls raise_exception",
+                swap(swap(SELECT, "--ref {model}", "--ref {m_chat_raise}"), "--mem {model}", "--mem {m_chat_raise}"),
+                "the chat template of {m_chat_raise} fails",
+            ),
+            Fault(
+                "unlearn-no-eos",
+                "tokenizer with neither EOS nor pad token",
+                swap(UNLEARN, "{model}", "{m_no_eos}"),
+                "the tokenizer of {m_no_eos} has neither a pad token nor an EOS token",
+            ),
+            Fault(
+                "unlearn-tokenizer-config-latin1",
+                "tokenizer_config.json with a Latin-1 byte",
+                swap(UNLEARN, "{model}", "{m_tokcfg_latin1}"),
+                "{m_tokcfg_latin1}",
+            ),
+            Fault(
+                "unlearn-tokenizer-json-broken",
+                "tokenizer.json cut mid-JSON",
+                swap(UNLEARN, "{model}", "{m_tokjson_bad}"),
+                "{m_tokjson_bad}",
+            ),
+            Fault(
+                "unlearn-model-config-latin1",
+                "model config.json with a Latin-1 byte",
+                swap(UNLEARN, "{model}", "{m_config_latin1}"),
+                "{m_config_latin1}/config.json",
+            ),
+            Fault(
+                "config-yaml-latin1",
+                "--config YAML with a Latin-1 byte on line 3",
+                UNLEARN + " --config {cfg_latin1}",
+                "{cfg_latin1}:3",
+            ),
+            Fault(
+                "report-row-name-number",
+                'result row with "name": 3',
+                "report {rows_name_number} --out {out}",
+                '{rows_name_number}: rows[0]: "name" must be text',
+            ),
+            Fault(
+                "report-row-metric-text",
+                'result row with "forget_quality": "high"',
+                "report {rows_metric_text} --out {out}",
+                '"forget_quality" must be a number',
+            ),
+            Fault(
+                "report-row-not-object",
+                "result rows that are numbers",
+                "report {rows_not_object} --out {out}",
+                "a row must be an object",
+            ),
+            Fault(
+                "resume-config-broken",
+                "run folder whose config.yaml is not YAML",
+                RESUME % "config_bad",
+                "config.yaml is damaged",
+            ),
+            Fault(
+                "resume-data-json-broken",
+                "run folder whose data.json is not JSON",
+                RESUME % "data_bad",
+                "data.json is damaged",
+            ),
+            Fault(
+                "resume-checkpoint-garbage",
+                "checkpoint optimizer.bin overwritten with bytes of the same length",
+                RESUME % "ckpt_garbage",
+                "checkpoints/step-1 is damaged",
+            ),
+            Fault(
+                "resume-checkpoint-file-missing",
+                "checkpoint without its model.safetensors",
+                RESUME % "ckpt_missing",
+                "model.safetensors is missing",
+            ),
+        ],
+    ),
+    # 9. durability: files a crash cut short are found before they are used
+    *_classed(
+        9,
+        [
+            Fault(
+                "resume-checkpoint-torn",
+                "checkpoint model.safetensors cut to 1000 bytes (a crash before it reached the disk)",
+                RESUME % "ckpt_torn",
+                "model.safetensors is 1000 bytes",
+            ),
+            Fault(
+                "resume-checkpoint-emptied",
+                "checkpoint optimizer.bin of 0 bytes",
+                RESUME % "ckpt_empty",
+                "optimizer.bin is 0 bytes",
+            ),
+            Fault(
+                "resume-manifest-broken",
+                "checkpoint manifest.json cut mid-JSON",
+                RESUME % "manifest_bad",
+                "manifest.json",
+            ),
+            Fault(
+                "extrapolate-mem-zero-bytes",
+                "--mem model.safetensors of 0 bytes",
+                swap(EXTRAPOLATE, "--mem {model}", "--mem {m_zero}"),
+                "{m_zero}/model.safetensors",
+            ),
+            Fault(
+                "eval-model-zero-bytes",
+                "model.safetensors of 0 bytes",
+                swap(EVAL, "{model}", "{m_zero}"),
+                "{m_zero}/model.safetensors",
+            ),
+        ],
+    ),
+    # 10. a success that would mean nothing
+    *_classed(
+        10,
+        [
+            Fault(
+                "forget-one-tofu-record",
+                "forget JSON that is one TOFU record (its perturbed_answer is a list)",
+                swap(UNLEARN, "{forget}", "{tofu_object}"),
+                "{tofu_object}: one record",
+            ),
+            Fault(
+                "retain-one-tofu-record",
+                "retain JSON that is one TOFU record",
+                swap(UNLEARN, "{retain}", "{tofu_object}"),
+                "{tofu_object}: one record",
+            ),
+            Fault(
+                "select-holdout-one-record",
+                "holdout JSON that is one TOFU record",
+                swap(SELECT, "--holdout {holdout}", "--holdout {tofu_object}"),
+                "{tofu_object}: one record",
+            ),
+            Fault(
+                "resume-data-changed",
+                "forget data edited since the run started",
+                RESUME % "data_changed",
+                "the forget data changed since the run started",
+            ),
+            Fault(
+                "eval-retain-result-other-records",
+                "--retain-result scored on 3 forget items, the split has 1",
+                EVAL_OK + " --retain-result {result_3items}",
+                "{result_3items}",
+            ),
+        ],
+    ),
+]
+FAULTS += ROUND2
+
+# the first cases of three classes, written before the list above grew
+_EARLIER = {
+    **dict.fromkeys(
+        (
+            "eval-out-is-retain-result",
+            "select-out-holds-forget",
+            "report-out-overwrites-input",
+            "extrapolate-out-holds-mem",
+        ),
+        3,
+    ),
+    **dict.fromkeys(
+        ("extrapolate-alpha-overflows-bf16", "extrapolate-alpha-overflows-fp32", "unlearn-alpha-overflows"), 5
+    ),
+    **dict.fromkeys(("select-holdout-is-forget", "select-holdout-shares-forget"), 10),
+}
+FAULTS = [replace(f, klass=_EARLIER.get(f.id, f.klass)) for f in FAULTS]
+
+
 # ----------------------------------------------------------------------------- inputs
 
 
-def _write_model_variant(base: Path, out: Path, *, dtype=None, **changes) -> None:
+def _write_model_variant(base: Path, out: Path, *, dtype=None, seed: int = 1, **changes) -> None:
     """A random model like `base` with config changes (layers, vocabulary, dtype), plus its tokenizer files."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -391,7 +1005,7 @@ def _write_model_variant(base: Path, out: Path, *, dtype=None, **changes) -> Non
     config = AutoConfig.from_pretrained(base)
     for key, value in changes.items():
         setattr(config, key, value)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if dtype is not None:
         model = model.to(dtype)
@@ -515,7 +1129,163 @@ def build_inputs(root: Path, model: Path, forget: Path, retain: Path) -> dict[st
     p["result_rows"].write_text(json.dumps({"rows": [{"name": "a", "method": "a", "alpha": None}]}))
     p["nested_dir"] = d / "nested"
     p["nested_mem"] = _copy_model(base, p["nested_dir"] / "mem")
+    _build_round2(d, p, good)
     return p
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _build_round2(d: Path, p: dict[str, Path], good: list[str]) -> None:
+    """The inputs of the round-2 cases: models whose parts disagree, damaged run folders, TOFU data, results."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = p["model"]
+    config = json.loads((base / "config.json").read_text())
+    tok_config = json.loads((base / "tokenizer_config.json").read_text())
+
+    # models whose config, weights, index or tokenizer disagree
+    for key, changes in {
+        "m_cfg_more": {"num_hidden_layers": 3},
+        "m_cfg_fewer": {"num_hidden_layers": 1},
+        "m_cfg_hidden": {"hidden_size": 64},
+        "m_positions8": {"max_position_embeddings": 8},
+    }.items():
+        p[key] = _copy_model(base, d / key.replace("_", "-"))
+        _edit_json(p[key] / "config.json", **changes)
+    p["m_vocab_small"] = d / "m-vocab-small"
+    _write_model_variant(base, p["m_vocab_small"], vocab_size=200)
+    p["m_fp16"], p["m_fp16_other"] = d / "m-fp16", d / "m-fp16-other"
+    _write_model_variant(base, p["m_fp16"], dtype=torch.float16)
+    _write_model_variant(base, p["m_fp16_other"], dtype=torch.float16, seed=2)
+    weights = load_file(base / "model.safetensors")
+    names = sorted(weights)
+    first, second = names[: len(names) // 2], names[len(names) // 2 :]
+    shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    for key in ("m_idx_omits", "m_idx_wrong", "m_idx_extra", "m_index_torn"):
+        p[key] = _copy_model(base, d / key.replace("_", "-"))
+        (p[key] / "model.safetensors").unlink()
+        extra = {"model.extra.weight": torch.zeros(2)} if key == "m_idx_extra" else {}
+        save_file({k: weights[k] for k in first}, p[key] / shards[0], metadata={"format": "pt"})
+        save_file({**{k: weights[k] for k in second}, **extra}, p[key] / shards[1], metadata={"format": "pt"})
+        weight_map = {k: shards[0] for k in first} | {k: shards[1] for k in second}
+        if key == "m_idx_omits":
+            del weight_map[second[0]]
+        if key == "m_idx_wrong":
+            weight_map[second[0]] = shards[0]
+        index = json.dumps({"metadata": {}, "weight_map": weight_map})
+        (p[key] / "model.safetensors.index.json").write_text(
+            index[: len(index) // 2] if key == "m_index_torn" else index
+        )
+    p["m_zero"] = _copy_model(base, d / "m-zero")
+    (p["m_zero"] / "model.safetensors").write_bytes(b"")
+
+    # tokenizers and configs that third-party code fails on
+    for key, change in {
+        "m_chat_raise": {"chat_template": "{{ raise_exception('no system role') }}"},
+        "m_chat_syntax": {"chat_template": "{% for %}"},
+        "m_no_eos": {"eos_token": None, "pad_token": None},
+    }.items():
+        p[key] = _copy_model(base, d / key.replace("_", "-"))
+        cfg = {k: v for k, v in {**tok_config, **change}.items() if v is not None}
+        (p[key] / "tokenizer_config.json").write_text(json.dumps(cfg))
+    p["m_tokcfg_latin1"] = _copy_model(base, d / "m-tokcfg-latin1")
+    blob = (base / "tokenizer_config.json").read_bytes().replace(b'"<unk>"', b'"<unk\xe9>"')
+    (p["m_tokcfg_latin1"] / "tokenizer_config.json").write_bytes(blob)
+    p["m_tokjson_bad"] = _copy_model(base, d / "m-tokjson-bad")
+    (p["m_tokjson_bad"] / "tokenizer.json").write_text('{"version": "1.0", ')
+    p["m_config_latin1"] = _copy_model(base, d / "m-config-latin1")
+    (p["m_config_latin1"] / "config.json").write_bytes(
+        json.dumps({**config, "name": "X"}).encode().replace(b'"X"', b'"caf\xe9"')
+    )
+    p["cfg_latin1"] = d / "latin1.yaml"
+    p["cfg_latin1"].write_bytes(b"lr: 1.0e-5\nprompt:\n  system_prompt: caf\xe9\n")
+
+    # TOFU data a full evaluation runs on (two items a split), and one with a field missing in a later split
+    item = json.loads(good[0])
+    tofu = {**item, "paraphrased_answer": item["answer"], "perturbed_answer": ["In Osk.", "In Brell.", "In 1970."]}
+    splits = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed", "holdout10")
+    for key, broken in (("tofu_full", None), ("tofu_no_field", "world_facts_perturbed")):
+        p[key] = d / key.replace("_", "-")
+        p[key].mkdir()
+        for name in splits:
+            rows = [tofu, {**tofu, "question": "Who is Alia Vorn?"}]
+            if name == broken:
+                rows = [{k: v for k, v in r.items() if k != "perturbed_answer"} for r in rows]
+            (p[key] / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p["tofu_object"] = d / "tofu-object.json"
+    p["tofu_object"].write_text(json.dumps(tofu))
+
+    # results: a TOFU result for mox report, retain results of another split and of other items, bad rows
+    p["eval_result"] = d / "eval-result.json"
+    p["eval_result"].write_text(json.dumps({"benchmark": "tofu", "summary": {"forget_quality": 0.5}, "metrics": {}}))
+    for key, split, n in (("result_forget01", "forget01", 1), ("result_3items", "forget10", 3)):
+        p[key] = d / f"{key.replace('_', '-')}.json"
+        per_item = {"forget_truth_ratio": {"per_item": [0.5] * n, "value": 0.5}}
+        p[key].write_text(json.dumps({"benchmark": "tofu", "forget_split": split, "limit": None, "metrics": per_item}))
+    for key, rows in {
+        "rows_name_number": [{"name": 3}],
+        "rows_metric_text": [{"name": "a", "forget_quality": "high"}],
+        "rows_not_object": [1, 2],
+    }.items():
+        p[key] = d / f"{key.replace('_', '-')}.json"
+        p[key].write_text(json.dumps({"rows": rows}))
+
+    # run folders: one interrupted after step 1 (a checkpoint, no outputs), damaged copies, a busy one
+    from mox_unlearn.cli import main
+
+    run = d / "run-base"
+    argv = [
+        "unlearn",
+        "--model",
+        str(base),
+        "--forget",
+        str(p["forget"]),
+        "--retain",
+        str(p["retain"]),
+        "--out",
+        str(run),
+    ]
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            [
+                *argv,
+                *FAST.replace("--max-steps 1", "--max-steps 2").split(),
+                "checkpoint_every=1",
+                "keep_checkpoints=true",
+            ]
+        )
+    assert code == 0, "the base run folder of the resume cases could not be made"
+    for name in ("run.json", "memorized", "model"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    p["run_base"] = run
+    ckpt = Path("checkpoints") / "step-1"
+    damage = {
+        "config_bad": lambda r: (r / "config.yaml").write_text("lr: [\n"),
+        "data_bad": lambda r: (r / "data.json").write_text("{\n"),
+        "ckpt_garbage": lambda r: (r / ckpt / "optimizer.bin").write_bytes(
+            b"x" * (r / ckpt / "optimizer.bin").stat().st_size
+        ),
+        "ckpt_missing": lambda r: (r / ckpt / "model.safetensors").unlink(),
+        "ckpt_torn": lambda r: os.truncate(r / ckpt / "model.safetensors", 1000),
+        "ckpt_empty": lambda r: os.truncate(r / ckpt / "optimizer.bin", 0),
+        "manifest_bad": lambda r: (r / ckpt / "manifest.json").write_text('{"sizes": {'),
+        "data_changed": lambda r: _edit_json(
+            r / "data.json",
+            forget={**json.loads((r / "data.json").read_text())["forget"], "records": 99, "sha256": "0" * 64},
+        ),
+    }
+    for key, edit in damage.items():
+        p[f"run_{key}"] = d / f"run-{key.replace('_', '-')}"
+        shutil.copytree(run, p[f"run_{key}"])
+        edit(p[f"run_{key}"])
+    p["run_busy"] = d / "run-busy"  # a run that has only started: its start files, an empty log
+    p["run_busy"].mkdir()
+    for name in ("config.yaml", "command.txt", "data.json"):
+        shutil.copy(run / name, p["run_busy"] / name)
+    (p["run_busy"] / "log.jsonl").write_text("")
 
 
 # ----------------------------------------------------------------------------- running
@@ -584,14 +1354,95 @@ def run_case(fault: Fault, root: Path, paths: dict[str, Path]) -> Outcome:
     err = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(command_argv(fault, paths, out))
-        except SystemExit as e:  # argparse usage errors
-            code = e.code if isinstance(e.code, int) else 2
+        with injected(fault.fault, paths, out):
+            try:
+                code = main(command_argv(fault, paths, out))
+            except SystemExit as e:  # argparse usage errors
+                code = e.code if isinstance(e.code, int) else 2
     seconds = time.perf_counter() - start
     after = snapshot(root / "in")
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     return Outcome(code, err.getvalue(), seconds, bool(left_behind(out)), changed)
+
+
+@contextlib.contextmanager
+def injected(spec: str, paths: dict[str, Path], out: Path):
+    """The environment fault of a case, for the duration of the command:
+
+    fsize:N          a file-size limit of N bytes (RLIMIT_FSIZE, soft limit only, restored after): every
+                     write beyond it fails with EFBIG, like a full disk or a quota does
+    sigterm:MOD.NAME SIGTERM to this process when MOD.NAME (a function or method) is first called
+    held:KEY         another mox process holds the folder paths[KEY] (its flock), as a running run does
+    another-writer   another process writes the output while this one is writing it
+    """
+    if not spec:
+        yield
+        return
+    kind, _, arg = spec.partition(":")
+    if kind == "fsize":
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    elif kind == "sigterm":
+        owner, attr = _resolve(arg)
+        real = getattr(owner, attr)
+
+        def stop(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+
+        setattr(owner, attr, stop)
+        try:
+            yield
+        finally:
+            setattr(owner, attr, real)
+    elif kind == "held":
+        from mox_unlearn.io.atomic import FolderLock
+
+        lock = FolderLock(paths[arg]).acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+    elif kind == "another-writer":
+        from mox_unlearn.io import atomic
+
+        real = atomic.fsync_tree
+
+        def theirs_first(folder):
+            if Path(folder).name.startswith(f".{out.name}.tmp-") and not out.exists():
+                out.mkdir()
+                (out / "theirs.txt").write_text("written by another process\n")
+            return real(folder)
+
+        atomic.fsync_tree = theirs_first
+        try:
+            yield
+        finally:
+            atomic.fsync_tree = real
+    else:
+        raise ValueError(f"unknown fault {spec!r}")
+
+
+def _resolve(dotted: str):
+    """(object, attribute) for "package.module.Class.method" or "package.module.function"."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:-1]:
+            owner = getattr(owner, name)
+        return owner, parts[-1]
+    raise ValueError(f"cannot resolve {dotted}")
 
 
 def is_root() -> bool:

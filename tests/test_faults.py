@@ -41,6 +41,10 @@ def test_fault(fault: Fault, fault_root):
         assert result.exit_code == 0, result.stderr
         assert len(lines) == 1 and lines[0].startswith("mox: warning:"), lines
         assert left_behind(root / "out" / fault.id) == [fault.id]  # the run went on and finished
+    elif fault.interrupted:  # a stop: exit 130, one line that says what was kept (nothing, or a checkpoint)
+        assert result.exit_code == 130, result.stderr
+        assert len(lines) == 1 and lines[0].startswith("mox: ") and "error" not in lines[0], lines
+        assert result.out_left == fault.keeps_out
     else:
         assert result.exit_code == 2, result.stderr
         # nothing else but the progress bars of work that ran before the fault showed (extrapolation, training)

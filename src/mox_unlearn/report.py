@@ -17,7 +17,7 @@ from typing import Any
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import BENCHMARKS, METRICS
-from mox_unlearn.io.atomic import write_text_atomic
+from mox_unlearn.io.atomic import staged_files, write_text_atomic
 
 COLUMNS = ("name", "method", "alpha", *BENCHMARKS["tofu"].columns)
 HEADERS = {
@@ -115,20 +115,24 @@ def write_report(
     """results.json / results.csv / results.md (with `note` under the title) plus fq_mu.png and (with MOX α
     rows) alpha_sweep.png. Each (heading, note, rows) of `sections` follows the main table in results.md
     (the rows with their rule and picked setting; a note alone where there are no rows)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "results.json", json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "results.csv", buf.getvalue())
-    md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n"
-    for heading, text, section in sections:
-        md += f"\n## {heading}\n\n{text}\n" + (f"\n{markdown_table(section, SECTION_COLUMNS)}\n" if section else "")
-    write_text_atomic(out / "results.md", md)
-    written = [out / "results.json", out / "results.csv", out / "results.md", plot_fq_mu(rows, out / "fq_mu.png")]
-    sweep = plot_alpha_sweep(rows, out / "alpha_sweep.png")
-    return written + ([sweep] if sweep else [])
+    with staged_files(out) as stage:  # all of them or none (a stop or a full disk mid-way)
+        stage.joinpath("results.json").write_text(
+            json.dumps({"rows": list(rows), **(extra or {})}, indent=1) + "\n", encoding="utf-8"
+        )
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        stage.joinpath("results.csv").write_text(buf.getvalue(), encoding="utf-8")
+        md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n"
+        for heading, text, section in sections:
+            md += f"\n## {heading}\n\n{text}\n" + (f"\n{markdown_table(section, SECTION_COLUMNS)}\n" if section else "")
+        stage.joinpath("results.md").write_text(md, encoding="utf-8")
+        plot_fq_mu(rows, stage / "fq_mu.png")
+        plot_alpha_sweep(rows, stage / "alpha_sweep.png")
+        names = sorted(f.name for f in stage.iterdir())
+    order = [*(n for n in ("results.json", "results.csv", "results.md", "fq_mu.png") if n in names)]
+    return [out / n for n in order + [n for n in names if n not in order]]
 
 
 def _plt():

@@ -350,13 +350,14 @@ def _privleak(auc: float, auc_retain: float | None, source) -> dict:
     )
 
 
-def _check_retain_fits(retain_meta: dict, n_retain: int, n_items: int, forget_split: str) -> None:
+def _check_retain_fits(retain_meta: dict, n_retain: int, n_items: int, forget_split: str, source) -> None:
     """The retain result scored the same forget items this evaluation scores (split, and count after --limit)."""
     if retain_meta.get("forget_split") not in (None, forget_split):
-        raise MoxError(f"retain result is for {retain_meta['forget_split']}, not {forget_split}")
+        raise MoxError(f"retain result {source} is for {retain_meta['forget_split']}, not {forget_split}")
     if n_retain != n_items:
         raise MoxError(
-            f"retain result has {n_retain} forget items, this evaluation {n_items} (same forget split and --limit needed)"
+            f"retain result {source} has {n_retain} forget items, this evaluation {n_items} (same forget split and "
+            "--limit needed)"
         )
 
 
@@ -367,11 +368,11 @@ def check_retain_result(retain_result: str | None, data: str, forget_split: str,
         return
     r_retain, meta = read_retain_truth_ratios(retain_result)
     n_items = len(_limit(load_tofu_split(data, SPLITS["forget"].format(forget=forget_split)), limit))
-    _check_retain_fits(meta, len(r_retain), n_items, forget_split)
+    _check_retain_fits(meta, len(r_retain), n_items, forget_split, retain_result)
 
 
 def _forget_quality(r_model, r_retain, retain_meta: dict, forget_split: str, limit: int | None, source) -> dict:
-    _check_retain_fits(retain_meta, len(r_retain), len(r_model), forget_split)
+    _check_retain_fits(retain_meta, len(r_retain), len(r_model), forget_split, source)
     return _metric(
         M.forget_quality(r_model, r_retain), None, retain_result=str(source), test="scipy.stats.ks_2samp two-sided"
     )

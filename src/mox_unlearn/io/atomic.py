@@ -133,6 +133,34 @@ def _replace_dir(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def staged_files(out: Path) -> Iterator[Path]:
+    """Yield a temp folder inside the folder `out` whose files move into `out` (each by a rename, replacing
+    a file of the same name) only if the block finishes: a set of files (a report's tables and plots)
+    appears together or not at all, and other files in `out` are left alone. A folder `out` this call
+    made is removed again on failure; a failed write is a `WriteError` naming `out`."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staged.tmp-", dir=out))
+    try:
+        yield stage
+        fsync_tree(stage)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+        fsync_dir(out)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with suppress(OSError):
+                out.rmdir()
+        reason = write_failure(e, within=stage)
+        if reason is not None:
+            raise WriteError(out, reason) from e
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small file (JSON results, logs) via a temp file, fsync and a rename: never half-written,
     and whole after a crash. A failed write removes the temp file and is a `WriteError` naming `path`."""

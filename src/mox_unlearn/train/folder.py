@@ -88,9 +88,9 @@ class RunFolder:
         model_path = Path(cfg.model).resolve() if Path(cfg.model).exists() else None
         if model_path is not None and (out == model_path or model_path in out.parents or out in model_path.parents):
             raise MoxError(f"--out {out} overlaps the input model folder {model_path}")
+        if main and out.is_dir():
+            folder.lock.acquire()  # a run still going is never resumed, replaced or joined by a second one
         if resume:
-            if main and out.is_dir():
-                folder.lock.acquire()  # a run still going is never resumed a second time
             if folder.latest_checkpoint() is None:
                 raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
             saved = read_run_file(out / "config.yaml")
@@ -114,7 +114,8 @@ class RunFolder:
                 folder.created = True  # ours: a failed start may remove it (remove_failed_start)
             except FileExistsError:
                 pass
-            folder.lock.acquire()
+            if not folder.lock.held:
+                folder.lock.acquire()
             if occupied:  # everything but the lock we hold (a new lock file would not exclude anyone)
                 for entry in out.iterdir():
                     if entry.name != LOCK_NAME:
@@ -245,7 +246,7 @@ class RunFolder:
             kept = (
                 f"checkpoint {ckpt.name} kept: free space and run `{self.resume_command()}`"
                 if ckpt
-                else "no checkpoint to resume from (checkpoint_every=0): free space and run again"
+                else "no checkpoint to resume from: free space and run again"
             )
             where = e.path if isinstance(e, WriteError) else (e.filename if isinstance(e, OSError) else None)
             raise MoxError(f"writing the outputs failed: {reason}{f' ({where})' if where else ''}; {kept}") from e
