@@ -556,8 +556,8 @@ def test_stop_strings_work_with_any_tokenizer_and_only_shorten_generation(model,
 @pytest.mark.parametrize(
     "split, retain, message",
     [
-        ("forget01", {"forget_split": "forget10", "n": 3}, "retain result is for forget10, not forget01"),
-        ("forget01", {"forget_split": "forget01", "n": 3}, "retain result has 3 forget items, this evaluation 40"),
+        ("forget01", {"forget_split": "forget10", "n": 3}, "retain.json is for forget10, not forget01"),
+        ("forget01", {"forget_split": "forget01", "n": 3}, "retain.json has 3 forget items, this evaluation 40"),
         ("forget01", {"n": 0}, "no per-item"),
     ],
 )
