@@ -652,6 +652,25 @@ ROUND2: list[Fault] = [
             ),
         ],
     ),
+    *_classed(
+        4,
+        [
+            Fault(
+                "experiment-workspace-in-use",
+                "mox experiment into a workspace another process is using",
+                "experiment table --out {ws_busy}",
+                "workspace {ws_busy} is in use by another mox process",
+                fault="held:ws_busy",
+            ),
+            Fault(
+                "demo-folder-in-use",
+                "mox demo into a folder another demo is using",
+                "demo --fast --out {ws_busy} --cache-dir {out}-cache",
+                "demo folder {ws_busy} is in use by another mox process",
+                fault="held:ws_busy",
+            ),
+        ],
+    ),
     # 5. metadata is checked, not trusted
     *_classed(
         5,
@@ -1281,6 +1300,9 @@ def _build_round2(d: Path, p: dict[str, Path], good: list[str]) -> None:
         p[f"run_{key}"] = d / f"run-{key.replace('_', '-')}"
         shutil.copytree(run, p[f"run_{key}"])
         edit(p[f"run_{key}"])
+    p["ws_busy"] = d / "workspace-busy"  # an experiments workspace with one cached result
+    p["ws_busy"].mkdir()
+    (p["ws_busy"] / "results.json").write_text('{"rows": []}\n')
     p["run_busy"] = d / "run-busy"  # a run that has only started: its start files, an empty log
     p["run_busy"].mkdir()
     for name in ("config.yaml", "command.txt", "data.json"):

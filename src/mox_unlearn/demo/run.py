@@ -392,6 +392,14 @@ def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
 
 
 def run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "demo") -> dict:
+    """`_run_demo` with OUT held by this process: a second demo or experiment into it is refused."""
+    from mox_unlearn.io.atomic import held_folder
+
+    with held_folder(out, "demo folder"):
+        return _run_demo(cfg, out, cache_dir, config_arg)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, cache_dir: Path, config_arg: str = "demo") -> dict:
     """The whole demo; returns the results dict that is also written to OUT/results.json.
 
     OUT is an experiments workspace (experiments/workspace.py): runs, derived models and evaluations are

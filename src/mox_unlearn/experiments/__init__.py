@@ -57,8 +57,13 @@ def get_experiment(name: str) -> Callable[[Workspace], dict]:
 
 
 def run_experiment(name: str, cfg: ExperimentConfig, out: Path, cache_dir: Path) -> dict:
+    """Run one experiment in the workspace OUT, held by this process while it runs (a second `mox
+    experiment` or `mox demo` into it is refused rather than computing and writing the same files twice)."""
+    from mox_unlearn.io.atomic import held_folder
+
     fn = get_experiment(name)
-    return fn(Workspace(cfg, out, cache_dir))
+    with held_folder(out, "workspace"):
+        return fn(Workspace(cfg, out, cache_dir))  # with base=, the workspace fine-tunes its models here
 
 
 __all__ = ["EXPERIMENTS", "ExperimentConfig", "Workspace", "get_experiment", "run_experiment"]

@@ -259,6 +259,12 @@ class FolderLock:
     def held(self) -> bool:
         return self._file is not None
 
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         """Remove the lock file and let go (a no-op when not held)."""
         if self._file is None:
@@ -267,3 +273,19 @@ class FolderLock:
             self.path.unlink()
         self._file.close()
         self._file = None
+
+
+@contextmanager
+def held_folder(folder: Path, what: str = "folder") -> Iterator[Path]:
+    """`folder`, made if missing and held by this process (FolderLock) for the block; a folder this call
+    made that is still empty afterwards (the command was refused before writing anything) is removed."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FolderLock(folder, what):
+            yield folder
+    finally:
+        if created:
+            with suppress(OSError):
+                folder.rmdir()
