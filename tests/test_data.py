@@ -544,3 +544,13 @@ def test_real_tofu_and_muse(data_dir, tokenizer):
     assert raw.kind == "text" and len(raw) == 889
     encoded = encode_records(tokenizer, forget, PLAIN, max_length=512)
     assert len(encoded) == 40 and all(ex["labels"][-1] == tokenizer.eos_token_id for ex in encoded)
+
+
+def test_one_record_is_not_read_as_a_set_of_its_list_field(tmp_path):
+    """A TOFU record (perturbed_answer is its one list) used to become a raw-text set of 3 strings."""
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"question": "q?", "answer": "a.", "perturbed_answer": ["x", "y", "z"]}))
+    with pytest.raises(MoxError, match=r"one.json: one record \(keys answer, question\), not a set of records"):
+        load_records(str(path), name="forget")
+    path.write_text(json.dumps({"data": [{"question": "q?", "answer": "a."}]}))  # a set under one key: fine
+    assert len(load_records(str(path), name="forget")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -582,3 +583,37 @@ def test_eval_checks_the_retain_result_before_loading_the_model(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([1], "a row must be an object, got list"),
+        ({"name": 3}, '"name" must be text, got 3'),
+        ({"name": "a", "method": 7}, '"method" must be text'),
+        ({"name": "a", "alpha": "4"}, '"alpha" must be a number or null'),
+        ({"name": "a", "forget_quality": True}, '"forget_quality" must be a number or null, got True'),
+    ],
+)
+def test_report_rows_are_checked_before_they_are_tabulated(row, message):
+    from mox_unlearn.report import check_row
+
+    with pytest.raises(MoxError, match=re.escape(f"r.json: rows[0]: {message}")):
+        check_row(row, "r.json: rows[0]")
+    assert check_row({"name": "a", "alpha": 2, "forget_quality": None}, "x")["alpha"] == 2
+
+
+def test_loading_info_refuses_weights_that_do_not_fit_the_config():
+    from mox_unlearn.io.loading import check_loading_info
+
+    check_loading_info("m", {"missing_keys": [], "unexpected_keys": set(), "mismatched_keys": []})
+    with pytest.raises(
+        MoxError, match=r"model m: 2 tensor\(s\) its config.json needs but the weights lack \(first: a.w\)"
+    ):
+        check_loading_info("m", {"missing_keys": ["b.w", "a.w"]})
+    with pytest.raises(MoxError, match=r"2 tensor\(s\) the weights hold but its config.json does not use"):
+        check_loading_info("m", {"unexpected_keys": {"x", "y"}})
+    with pytest.raises(
+        MoxError, match=r"m do not fit its config.json: w \(\[2, 2\] in the weights, \[4, 2\] in config.json\)"
+    ):
+        check_loading_info("m", {"mismatched_keys": [("w", (2, 2), (4, 2))]})

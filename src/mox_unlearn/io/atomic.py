@@ -75,7 +75,7 @@ def write_failure(e: BaseException, within: Path | None = None) -> str | None:
         inside = within is not None and e.filename and Path(os.fsdecode(e.filename)).is_relative_to(within)
         return (e.strerror or str(e)) if e.errno in WRITE_ERRNOS or inside else None
     text = " ".join(str(e).split())
-    if type(e).__name__ == "SafetensorError" and "serializ" in text:
+    if type(e).__name__ == "SafetensorError" and "while serializing" in text:
         code = re.search(r"os error (\d+)", text)
         return os.strerror(int(code[1])) if code else text
     if isinstance(e, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
