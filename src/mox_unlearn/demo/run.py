@@ -336,7 +336,7 @@ def _claim_out(out: Path, cfg: DemoConfig) -> None:
     current = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "tuned"}, sort_keys=True)
     if marker.is_file() and marker.read_text() != current:
         raise MoxError(f"{out} holds a demo made with other settings; use --overwrite or another --out")
-    marker.write_text(current)
+    write_text_atomic(marker, current)
 
 
 def untuned_note(cfg: DemoConfig) -> str:
