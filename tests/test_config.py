@@ -170,7 +170,10 @@ def test_default_config_cache_keys_do_not_change_silently():
     """The experiments cache runs and evaluations by a hash of their config (experiments/workspace.py): a
     renamed or added setting changes every key and silently retrains everything. Change these only on
     purpose (with an alias for old config files where a key was renamed)."""
-    from mox_unlearn.experiments.workspace import ExperimentConfig, _key, config_dict
+    from mox_unlearn.experiments.workspace import ExperimentConfig, _key, config_dict, run_settings
 
     assert _key(config_dict(ExperimentConfig())) == "5f0678659e"
-    assert _key(to_dict(UnlearnConfig())) == "59f214cc23"
+    # 59f214cc23 until issue 17 added the `extrapolation` settings (variants.py). Runs are keyed by their
+    # non-default settings (workspace.run_settings), so no cached run changed key with it:
+    assert _key(to_dict(UnlearnConfig())) == "239dea1fc1"
+    assert "extrapolation" not in run_settings(to_dict(UnlearnConfig(lr=3e-5)))

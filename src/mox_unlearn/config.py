@@ -19,6 +19,7 @@ import yaml
 from mox_unlearn.data.formatting import PromptFormat
 from mox_unlearn.data.records import read_text
 from mox_unlearn.errors import MoxError, first_line
+from mox_unlearn.variants import Variant
 
 # The retrain-free selection rule's defaults, in one place: `mox select-alpha`, `alpha: auto` and the
 # experiments (select-alpha, frontier) all start from these (select_alpha.py, docs/select-alpha.md).
@@ -73,6 +74,8 @@ class UnlearnConfig:
     alpha_grid: list[float] = field(default_factory=lambda: list(ALPHA_GRID))
     alpha_tolerance: float = SELECT_TOLERANCE  # largest relative drop of retain probability / ROUGE against θ_ref
     alpha_p_min: float = SELECT_P_MIN  # KS p-value (forget vs holdout min-k scores) from which they count as alike
+    # which part of Δ = θ_ref − θ_mem moves (variants.py): keep_fraction, drop_rate, seed, only, skip, alpha_by_depth
+    extrapolation: Variant = field(default_factory=Variant)
     # optimisation (paper defaults)
     lr: float = 1e-5
     weight_decay: float = 0.01

@@ -22,6 +22,7 @@ from mox_unlearn.io.folders import copy_aux_files
 from mox_unlearn.io.loading import check_model_folder
 from mox_unlearn.io.reading import TensorInfo, check_same_tensors, read_tensor_infos
 from mox_unlearn.io.shards import ArenaPool, ShardSaver, ShardWriter, parse_size
+from mox_unlearn.variants import Variant, count_layers
 
 METHOD = "MOX extrapolation (Eq. 8)"
 FORMULA = "theta_for = (1 + alpha) * theta_ref - alpha * theta_mem"
@@ -34,6 +35,7 @@ DEVICE_CHUNK_ELEMS = 1 << 24
 __all__ = [
     "extrapolate_tensor",
     "extrapolate_tensors",
+    "extrapolate_variant",
     "extrapolate_state_dict",
     "extrapolate_folders",
     "alpha_label",
@@ -107,6 +109,53 @@ def extrapolate_tensors(
     return outs
 
 
+def extrapolate_variant(
+    ref: torch.Tensor,
+    mem: torch.Tensor,
+    alphas: Sequence[float],
+    variant: Variant,
+    name: str,
+    n_layers: int,
+    out: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Eq. 8 with a variant (variants.py) for the tensor `name`, one result per alpha (`out` as in
+    `extrapolate_tensors`): θ_ref + α·s·(M ⊙ Δ)/(1 − p), computed in fp32 and cast back once.
+
+    A tensor the variant does not edit is θ_ref bitwise; one it edits without trimming or dropping goes
+    through `extrapolate_tensors` with α·s, so the plain variant is plain extrapolation bit for bit. With
+    keep_fraction P, at most ⌈P·n⌉ entries differ from θ_ref (torch.topk of |Δ|: exactly that many kept)."""
+    if not ref.is_floating_point() or not variant.edits(name):
+        if out is None:
+            return [ref for _ in alphas]
+        for o in out:
+            o.copy_(ref)
+        return list(out)
+    s = variant.scale(name, n_layers)
+    if not variant.trims():
+        return extrapolate_tensors(ref, mem, [a * s for a in alphas], out=out)
+    if ref.shape != mem.shape or ref.dtype != mem.dtype:
+        raise ValueError(f"{name}: ref {tuple(ref.shape)} {ref.dtype} vs mem {tuple(mem.shape)} {mem.dtype}")
+    compute = torch.promote_types(ref.dtype, torch.float32)
+    r = ref.to(compute).reshape(-1)  # [n]
+    delta = r - mem.to(device=ref.device, dtype=compute).reshape(-1)  # [n]
+    n = delta.numel()
+    if variant.keep_fraction < 1:
+        k = math.ceil(variant.keep_fraction * n)
+        kept = torch.zeros(n, dtype=torch.bool, device=delta.device)
+        kept[torch.topk(delta.abs(), k, sorted=False).indices] = True
+        delta = torch.where(kept, delta, torch.zeros((), dtype=compute, device=delta.device))
+    if variant.drop_rate > 0:
+        g = torch.Generator().manual_seed(variant.tensor_seed(name))
+        survive = (torch.rand(n, generator=g) >= variant.drop_rate).to(delta.device)
+        delta = torch.where(
+            survive, delta / (1 - variant.drop_rate), torch.zeros((), dtype=compute, device=delta.device)
+        )
+    outs = list(out) if out is not None else [torch.empty_like(ref) for _ in alphas]
+    for alpha, o in zip(alphas, outs):
+        o.view(-1).copy_(torch.add(r, delta, alpha=alpha * s))  # the one rounding back to ref's dtype
+    return outs
+
+
 def extrapolate_state_dict(
     ref_sd: Mapping[str, torch.Tensor], mem_sd: Mapping[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
@@ -159,8 +208,10 @@ def extrapolate_folders(
     allow_negative: bool = False,
     progress: bool = True,
     card_fields: Mapping[str, object] | None = None,
+    variant: Variant | None = None,
 ) -> list[Path]:
-    """Write Eq. 8 models as HF folders: `out` for one alpha, `out/alpha-<A>/` for several.
+    """Write Eq. 8 models as HF folders: `out` for one alpha, `out/alpha-<A>/` for several; with a
+    `variant` (variants.py), which entries of each tensor's Δ move and how far.
 
     All checks run before anything is written; the inputs are read once whatever the number of
     alphas; the whole of `out` appears atomically. Peak heap memory is about
@@ -187,11 +238,12 @@ def extrapolate_folders(
         total = sum(info.nbytes for info in ref_infos.values())
         arenas = ArenaPool(len(values) + 1, min(cap, total) + 64 * len(ref_infos))
         writers = [ShardWriter(tmp / sub, cap, saver=saver, arenas=arenas) for sub in subdirs]
-        _stream(ref_infos, mem_infos, values, writers, progress)
+        _stream(ref_infos, mem_infos, values, writers, progress, variant or Variant())
+        fields = {**(card_fields or {}), **({"variant": variant.fields()} if variant and not variant.plain else {})}
         for writer, sub, alpha in zip(writers, subdirs, values):
             writer.close()
             copy_aux_files(ref, tmp / sub)
-            _write_card(tmp / sub, ref, mem, alpha, cap, card_fields)
+            _write_card(tmp / sub, ref, mem, alpha, cap, fields)
     return [out / sub if str(sub) != "." else out for sub in subdirs]
 
 
@@ -216,12 +268,14 @@ def _stream(
     alphas: Sequence[float],
     writers: Sequence[ShardWriter],
     progress: bool,
+    variant: Variant,
 ) -> None:
     """Read each tensor pair once (ref file order, then file offset) and feed every alpha's writer."""
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
     order = sorted(ref_infos, key=lambda n: (str(ref_infos[n].file), ref_infos[n].offset))
+    n_layers = count_layers(order)
     total = sum(ref_infos[n].nbytes + mem_infos[n].nbytes for n in order)
     with ExitStack() as stack:
         handles: dict[Path, object] = {}
@@ -238,19 +292,25 @@ def _stream(
         for name in order:
             r = handle(ref_infos[name].file).get_tensor(name)
             m = handle(mem_infos[name].file).get_tensor(name)
-            _extrapolate_one(name, r, m, alphas, writers)
+            _extrapolate_one(name, r, m, alphas, writers, variant, n_layers)
             del r, m
             bar.update(ref_infos[name].nbytes + mem_infos[name].nbytes)
 
 
 def _extrapolate_one(
-    name: str, r: torch.Tensor, m: torch.Tensor, alphas: Sequence[float], writers: Sequence[ShardWriter]
+    name: str,
+    r: torch.Tensor,
+    m: torch.Tensor,
+    alphas: Sequence[float],
+    writers: Sequence[ShardWriter],
+    variant: Variant,
+    n_layers: int,
 ) -> None:
     """Compute one tensor for every alpha straight into each writer's shard buffer, and add it.
 
     A function of its own so that no local keeps an output alive after its shard is written.
     """
-    if not r.is_floating_point():
+    if not r.is_floating_point() or not variant.edits(name):
         r = r.clone()  # own the bytes rather than keep a view into a mapped file
         for writer in writers:
             writer.add(name, r)
@@ -261,7 +321,7 @@ def _extrapolate_one(
             writers[0].saver.wait()  # never one oversized copy written while another is computed
         # empty() flushes a writer first if the tensor would not fit: memory stays ~ one shard each
         outs = [writers[i].empty(r.shape, r.dtype) for i in batch]
-        extrapolate_tensors(r, m, [alphas[i] for i in batch], out=outs)
+        extrapolate_variant(r, m, [alphas[i] for i in batch], variant, name, n_layers, out=outs)
         for i, out in zip(batch, outs):
             check_finite(out, name, alphas[i])
             writers[i].add(name, out)

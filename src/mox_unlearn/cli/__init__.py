@@ -234,6 +234,7 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     from mox_unlearn.io.folders import check_aux_files
     from mox_unlearn.io.loading import check_same_model_kind
 
+    variant = variant_from_args(args)  # a bad value is refused before any folder is read
     check_same_model_kind(Path(args.ref), Path(args.mem))
     check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
     paths = extrapolate_folders(
@@ -244,10 +245,25 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         overwrite=args.overwrite,
         allow_negative=args.allow_negative,
+        variant=variant,
     )
     for alpha, path in zip(args.alpha, paths):
         print(f"alpha={alpha:g}  {path}")
     return 0
+
+
+def variant_from_args(args: argparse.Namespace):
+    """The --keep-fraction / --drop-rate / --only / --skip / --alpha-by-depth flags as a Variant."""
+    from mox_unlearn.variants import Variant
+
+    return Variant(
+        keep_fraction=args.keep_fraction,
+        drop_rate=args.drop_rate,
+        seed=args.drop_seed,
+        only=args.only,
+        skip=args.skip,
+        alpha_by_depth=args.alpha_by_depth,
+    )
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:

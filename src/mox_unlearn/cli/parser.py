@@ -19,7 +19,10 @@ key=value overrides set any config key (see the resolved config.yaml written to 
 EXTRAPOLATE_EXAMPLE = """example:
   mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --out ./forget-a4
   mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 1 --alpha 2 --alpha 4 --out ./sweep
-      # writes ./sweep/alpha-1, ./sweep/alpha-2, ./sweep/alpha-4 in one pass over the inputs"""
+  mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --keep-fraction 0.2 --only mlp --out ./trimmed
+      # writes ./sweep/alpha-1, ./sweep/alpha-2, ./sweep/alpha-4 in one pass over the inputs
+  mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --keep-fraction 0.2 --only mlp --out ./trim
+      # a variant: per MLP tensor, only the 20% of Δ = θ_ref − θ_mem largest in magnitude moves"""
 
 
 SELECT_ALPHA_EXAMPLE = """example:
@@ -156,7 +159,36 @@ def _add_extrapolate(sub) -> None:
     e.add_argument("--shard-size", default="2GB", help="maximum output shard size (default 2GB)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
+    _add_variant(e)
     _add_common(e)
+
+
+def _add_variant(p) -> None:
+    """The extrapolation-time variants of MOX (variants.py), shared by extrapolate and select-alpha."""
+    g = p.add_argument_group("variants (which part of Δ = θ_ref − θ_mem moves; default: all of it, Eq. 8)")
+    g.add_argument(
+        "--keep-fraction",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="per tensor, keep the P fraction of Δ with the largest |Δ|, zero the rest (default 1)",
+    )
+    g.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        metavar="p",
+        help="DARE: drop each entry of Δ with probability p, scale the rest by 1/(1-p) (default 0)",
+    )
+    g.add_argument("--drop-seed", type=int, default=0, help="seed of the drop mask (default 0)")
+    g.add_argument("--only", default=None, metavar="REGEX", help="edit only tensors whose name matches (e.g. mlp)")
+    g.add_argument("--skip", default=None, metavar="REGEX", help="leave tensors whose name matches at θ_ref")
+    g.add_argument(
+        "--alpha-by-depth",
+        default=None,
+        metavar="linear:A,B",
+        help="layer i of L gets α·(A + (B−A)·i/(L−1)); other tensors keep α",
+    )
 
 
 def _add_select_alpha(sub) -> None:

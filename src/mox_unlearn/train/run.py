@@ -33,7 +33,7 @@ from mox_unlearn.methods.targets import TargetAnswers
 from mox_unlearn.train.folder import RunFolder, check_checkpoint, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
 from mox_unlearn.train.setup import default_hidden_layer, load_data, mixed_precision, resolve
-from mox_unlearn.train.spaces import frozen, space_for
+from mox_unlearn.train.spaces import check_variant, frozen, space_for
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class TrainingRun:
                 "on CPU set ACCELERATE_USE_CPU=1 (torchrun) or use `accelerate launch --multi_gpu` on GPUs"
             )
         sharding.check_backend(acc, lora=cfg.lora, alpha_auto=cfg.alpha == "auto")
+        check_variant(cfg, sharding.is_sharded(acc), self.method.extrapolate)
         if cfg.collapse_probe_every and sharding.is_sharded(acc):
             # generation under FSDP is a collective per token: processes stopping at different lengths hang
             raise MoxError(

@@ -19,7 +19,7 @@ import torch
 
 from mox_unlearn import lora, sharding
 from mox_unlearn.errors import MoxError
-from mox_unlearn.extrapolate import extrapolate_tensor
+from mox_unlearn.extrapolate import extrapolate_tensor, extrapolate_variant
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
 from mox_unlearn.io.cards import write_model_card
@@ -27,6 +27,7 @@ from mox_unlearn.io.shards import parse_size
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact
 from mox_unlearn.train.setup import select_trainable
+from mox_unlearn.variants import Variant, count_layers
 
 if TYPE_CHECKING:
     from mox_unlearn.train.run import TrainingRun
@@ -52,17 +53,51 @@ def save_model(
 
 
 @torch.no_grad()
-def extrapolate_in_place(model, ref, alpha: float) -> str | None:
+def extrapolate_in_place(model, ref, alpha: float, variant: Variant | None = None) -> str | None:
     """θ ← (1+α)θ_ref − αθ for every parameter (tied weights are visited once), computed in fp32; under
-    FSDP on each rank's shards, which line up with the reference's (sharding.py). Returns the name of a
-    parameter its dtype cannot hold afterwards (inf/NaN), None when all are finite (`agree_finite`)."""
+    FSDP on each rank's shards, which line up with the reference's (sharding.py). With a `variant`
+    (variants.py), only its part of Δ moves (trimming needs whole tensors: not under FSDP, see
+    check_variant). Returns the name of a parameter its dtype cannot hold afterwards (inf/NaN), None when
+    all are finite (`agree_finite`)."""
     ref_params = sharding.local_parameters(ref)
+    params = sharding.local_parameters(model)
+    variant = variant or Variant()
+    n_layers = count_layers(params)
     bad = None
-    for name, param in sharding.local_parameters(model).items():
-        param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
+    for name, param in params.items():
+        if variant.plain:
+            param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
+        else:
+            r, m = ref_params[name].float(), param.float()
+            param.copy_(extrapolate_variant(r, m, [alpha], variant, name, n_layers)[0].to(param.dtype))
         if bad is None and not bool(torch.isfinite(param).all()):
             bad = name
     return bad
+
+
+def check_variant(cfg, sharded: bool, extrapolates: bool = True) -> None:
+    """Refuse an extrapolation variant where it cannot be applied exactly, in one line, before training:
+    LoRA-MOX extrapolates the adapter's factors (θ_for = θ_ref − α·B·A), which a per-entry mask of the
+    merged Δ is not; momentum averages whole θ_for^k (Eq. 10); FSDP ranks hold slices of each tensor, and
+    keep_fraction / drop_rate need the whole tensor. only / skip / alpha_by_depth work under FSDP."""
+    variant = cfg.extrapolation
+    if variant.plain:
+        return
+    what = ", ".join(f"{k}={v}" for k, v in variant.fields().items())
+    if not extrapolates:
+        raise MoxError(f"extrapolation.{what} is set, but method {cfg.method} does not extrapolate (mox and tv do)")
+    if cfg.lora:
+        raise MoxError(
+            f"extrapolation.{what} is not supported with lora=true: extrapolate OUT/memorized with "
+            "`mox extrapolate` and the same options instead"
+        )
+    if cfg.momentum:
+        raise MoxError(f"extrapolation.{what} is not supported with momentum=true (Eq. 10 averages whole models)")
+    if sharded and variant.trims():
+        raise MoxError(
+            f"extrapolation.{what} needs whole tensors and is not supported under FSDP; "
+            "extrapolate OUT/memorized with `mox extrapolate` instead"
+        )
 
 
 def agree_finite(accelerator, bad: str | None, what: str, *, collective: bool = False) -> None:
@@ -197,9 +232,11 @@ class FullSpace:
                     if "memorized" in outputs
                     else ""
                 )
-                bad = extrapolate_in_place(unwrapped, run.reference, alpha)
+                bad = extrapolate_in_place(unwrapped, run.reference, alpha, cfg.extrapolation)
                 agree_finite(self.accelerator, bad, f"α = {alpha:g}{hint}", collective=self.every_rank_writes)
                 card["alpha"] = alpha
+                if not cfg.extrapolation.plain:
+                    card["variant"] = cfg.extrapolation.fields()
         self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
         outputs["model"] = str(out / "model")
         return outputs, extra

@@ -1,0 +1,126 @@
+"""Extrapolation-time variants of MOX (issue 17): which part of Δ = θ_ref − θ_mem each tensor steps along.
+
+Eq. 8 moves every weight: θ_for = θ_ref + α·Δ. A variant changes, per tensor, which entries of Δ move and
+how far, in the same streaming pass, and is chosen after training like α itself:
+
+  keep_fraction P   keep the ⌈P·n⌉ entries of the tensor's Δ with the largest |Δ|, zero the rest
+                    (TIES-merging's trim); P = 1 keeps all
+  drop_rate p       drop each remaining entry with probability p and scale the survivors by 1/(1 − p)
+                    (DARE), from a generator seeded by `seed` and the tensor's name (order-independent)
+  only / skip       regular expressions (re.search) on tensor names: edit only matching tensors / leave
+                    matching ones at θ_ref (e.g. only="mlp", skip="embed|norm")
+  alpha_by_depth    "linear:A,B": decoder layer i of L gets α·(A + (B − A)·i/(L − 1)); tensors outside
+                    the numbered layers (embeddings, final norm, head) keep α
+
+so θ_for = θ_ref + α·s(name)·(M ⊙ Δ)/(1 − p), M the kept entries. The plain variant is Eq. 8 itself, and
+tensors a variant leaves whole (no trim, no drop) are computed by the same code as plain extrapolation, so
+`keep_fraction=1` is bitwise the plain result. This module is torch-free (configs read it); the tensor
+math is extrapolate.extrapolate_variant.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import asdict, dataclass
+
+from mox_unlearn.errors import MoxError
+
+# the index of a decoder layer in a tensor name: Llama/Mistral/Qwen "model.layers.3.", GPT-2 "h.3.", ...
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+@dataclass
+class Variant:
+    """Which entries of Δ each tensor moves along (module docstring); the defaults are plain Eq. 8."""
+
+    keep_fraction: float = 1.0
+    drop_rate: float = 0.0
+    seed: int = 0
+    only: str | None = None
+    skip: str | None = None
+    alpha_by_depth: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.keep_fraction, (int, float)) and 0 < self.keep_fraction <= 1):
+            raise MoxError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
+        if not (isinstance(self.drop_rate, (int, float)) and 0 <= self.drop_rate < 1):
+            raise MoxError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise MoxError(f"the variant's seed must be an integer >= 0, got {self.seed!r}")
+        for key in ("only", "skip"):
+            pattern = getattr(self, key)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise MoxError(f"{key} {pattern!r} is not a regular expression: {e}") from None
+        self.depth_ends()  # parses, or refuses in one line
+
+    @property
+    def plain(self) -> bool:
+        return self == Variant(seed=self.seed)
+
+    def depth_ends(self) -> tuple[float, float] | None:
+        """(A, B) of alpha_by_depth "linear:A,B"; None without a schedule."""
+        if self.alpha_by_depth is None:
+            return None
+        kind, _, ends = str(self.alpha_by_depth).partition(":")
+        try:
+            a, b = (float(x) for x in ends.split(","))
+        except ValueError:
+            a = b = math.nan
+        if kind != "linear" or not (math.isfinite(a) and math.isfinite(b)):
+            raise MoxError(f"alpha_by_depth must be linear:A,B (two numbers), got {self.alpha_by_depth!r}")
+        return a, b
+
+    def edits(self, name: str) -> bool:
+        """Whether tensor `name` moves at all (only / skip)."""
+        if self.only is not None and not re.search(self.only, name):
+            return False
+        return not (self.skip is not None and re.search(self.skip, name))
+
+    def scale(self, name: str, n_layers: int) -> float:
+        """The depth schedule's factor on α for tensor `name` (1 outside the numbered layers)."""
+        ends = self.depth_ends()
+        hit = LAYER_INDEX.search(name)
+        if ends is None or hit is None:
+            return 1.0
+        a, b = ends
+        i = int(hit.group(1))
+        return a if n_layers <= 1 else a + (b - a) * i / (n_layers - 1)
+
+    def trims(self) -> bool:
+        """Whether entries of Δ are zeroed or rescaled (not only whole tensors chosen or α scaled)."""
+        return self.keep_fraction < 1 or self.drop_rate > 0
+
+    def tensor_seed(self, name: str) -> int:
+        """The drop mask's seed for one tensor: the same whatever order tensors come in."""
+        return (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+    def label(self) -> str:
+        """A short name for folders and tables: "" for plain, else e.g. "keep0.2-only_mlp"."""
+        parts = []
+        if self.keep_fraction < 1:
+            parts.append(f"keep{self.keep_fraction:g}")
+        if self.drop_rate > 0:
+            parts.append(f"drop{self.drop_rate:g}s{self.seed}")
+        for key in ("only", "skip"):
+            if getattr(self, key) is not None:
+                parts.append(f"{key}_{re.sub(r'[^A-Za-z0-9]+', '', getattr(self, key))[:16]}")
+        if self.alpha_by_depth is not None:
+            a, b = self.depth_ends()
+            parts.append(f"depth{a:g}-{b:g}")
+        return "-".join(parts)
+
+    def fields(self) -> dict:
+        """The non-default settings, for model cards, cache keys and run.json."""
+        default = asdict(Variant())
+        return {k: v for k, v in asdict(self).items() if v != default[k] and not (k == "seed" and not self.drop_rate)}
+
+
+def count_layers(names) -> int:
+    """The number of numbered decoder layers among tensor names (largest index + 1; 0 without any)."""
+    found = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
+    return max(found) + 1 if found else 0

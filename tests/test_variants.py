@@ -1,0 +1,172 @@
+"""Extrapolation-time variants (issue 17): keep-fraction, DARE drop, only/skip, α by depth; exact, by hand,
+through `mox extrapolate` and through `mox unlearn`'s own extrapolation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mox_unlearn.cli import main
+from mox_unlearn.errors import MoxError
+from mox_unlearn.extrapolate import extrapolate_tensors, extrapolate_variant
+from mox_unlearn.tiny import build_tiny_llama
+from mox_unlearn.variants import Variant, count_layers
+
+FAST = ["per_device_batch_size=2", "batch_size=2", "max_length=64", "lr=1e-2", "warmup_epochs=0", "--max-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tokenizer, tiny_model_dir) -> tuple[Path, Path]:
+    return tiny_model_dir, build_tiny_llama(tmp_path_factory.mktemp("variant-mem"), tokenizer, seed=1)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def extrapolate(ref: Path, mem: Path, out: Path, *flags: str) -> dict[str, torch.Tensor]:
+    assert main(["extrapolate", "--ref", str(ref), "--mem", str(mem), "--alpha", "4", "--out", str(out), *flags]) == 0
+    return weights(out)
+
+
+# ----------------------------------------------------------------------------- by hand
+
+
+def test_keep_fraction_keeps_the_largest_entries_of_delta_by_hand():
+    ref = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    mem = torch.tensor([0.9, 1.5, 1.0, 0.0])  # Δ = [0.1, -0.5, 0, 1]
+    out = extrapolate_variant(ref, mem, [2.0], Variant(keep_fraction=0.5), "w", 0)[0]
+    assert out.tolist() == [1.0, 0.0, 1.0, 3.0]  # |Δ| largest two: 1 and -0.5; 1 + 2·1, 1 + 2·(-0.5)
+    out = extrapolate_variant(ref, mem, [2.0], Variant(keep_fraction=0.3), "w", 0)[0]
+    assert out.tolist() == [1.0, 0.0, 1.0, 3.0]  # ⌈0.3·4⌉ = ⌈1.2⌉ = 2 kept, as with 0.5
+    out = extrapolate_variant(ref, mem, [2.0], Variant(keep_fraction=0.25), "w", 0)[0]
+    assert out.tolist() == [1.0, 1.0, 1.0, 3.0]  # ⌈1⌉ = 1 kept: Δ = 1
+
+
+def test_drop_rate_rescales_the_survivors_and_is_seeded_by_name():
+    ref, mem = torch.zeros(10_000), -torch.ones(10_000)  # Δ = 1 everywhere
+    v = Variant(drop_rate=0.25, seed=3)
+    a = extrapolate_variant(ref, mem, [1.0], v, "layers.0.w", 1)[0]
+    assert set(a.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}  # 1/(1-p) in fp32
+    assert abs((a != 0).float().mean().item() - 0.75) < 0.02  # about 1 - p survive
+    assert abs(a.mean().item() - 1.0) < 0.03  # in expectation Δ itself (DARE's rescale)
+    assert torch.equal(a, extrapolate_variant(ref, mem, [1.0], v, "layers.0.w", 1)[0])  # same seed, same mask
+    assert not torch.equal(a, extrapolate_variant(ref, mem, [1.0], v, "layers.1.w", 1)[0])  # another tensor
+    assert not torch.equal(a, extrapolate_variant(ref, mem, [1.0], Variant(drop_rate=0.25, seed=4), "layers.0.w", 1)[0])
+
+
+def test_alpha_by_depth_is_linear_over_the_numbered_layers():
+    v = Variant(alpha_by_depth="linear:0.5,1.5")
+    assert [v.scale(f"model.layers.{i}.mlp.up_proj.weight", 3) for i in range(3)] == [0.5, 1.0, 1.5]
+    assert v.scale("model.embed_tokens.weight", 3) == 1.0 and v.scale("lm_head.weight", 3) == 1.0
+    assert count_layers(["model.layers.0.a", "model.layers.11.b", "lm_head.weight"]) == 12
+    ref, mem = torch.ones(3), torch.zeros(3)
+    out = extrapolate_variant(ref, mem, [2.0], v, "model.layers.2.w", 3)[0]
+    assert out.tolist() == [4.0, 4.0, 4.0]  # 1 + 2·1.5·1
+
+
+def test_only_and_skip_choose_tensors_by_name():
+    v = Variant(only="mlp", skip="down")
+    assert v.edits("model.layers.0.mlp.up_proj.weight")
+    assert not v.edits("model.layers.0.mlp.down_proj.weight") and not v.edits("model.layers.0.self_attn.q_proj.weight")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"keep_fraction": 0}, "keep_fraction must be in (0, 1]"),
+        ({"keep_fraction": 1.5}, "keep_fraction must be in (0, 1]"),
+        ({"drop_rate": 1}, "drop_rate must be in [0, 1)"),
+        ({"only": "("}, "only '(' is not a regular expression"),
+        ({"alpha_by_depth": "cosine:1,2"}, "alpha_by_depth must be linear:A,B"),
+        ({"alpha_by_depth": "linear:1"}, "alpha_by_depth must be linear:A,B"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_bad_variants_are_one_line(settings, message):
+    with pytest.raises(MoxError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        Variant(**settings)
+
+
+def test_the_plain_variant_is_eq8_bitwise_in_every_dtype():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        ref, mem = torch.randn(1000, generator=g).to(dtype), torch.randn(1000, generator=g).to(dtype)
+        plain = extrapolate_tensors(ref, mem, [4.0, 0.5])
+        for v in (Variant(), Variant(keep_fraction=1.0), Variant(only=".")):
+            assert all(torch.equal(a, b) for a, b in zip(plain, extrapolate_variant(ref, mem, [4.0, 0.5], v, "w", 0)))
+
+
+# ----------------------------------------------------------------------------- mox extrapolate (acceptance)
+
+
+def test_keep_fraction_one_is_plain_extrapolation_bitwise(pair, tmp_path):
+    ref, mem = pair
+    plain = extrapolate(ref, mem, tmp_path / "plain")
+    full = extrapolate(ref, mem, tmp_path / "keep1", "--keep-fraction", "1.0")
+    assert plain.keys() == full.keys() and all(torch.equal(plain[k], full[k]) for k in plain)
+
+
+def test_keep_fraction_half_moves_at_most_half_of_every_tensor(pair, tmp_path):
+    ref, mem = pair
+    r = weights(ref)
+    half = extrapolate(ref, mem, tmp_path / "half", "--keep-fraction", "0.5")
+    for name, t in half.items():
+        changed = int((t != r[name]).sum())
+        assert changed <= math.ceil(t.numel() / 2), (name, changed, t.numel())
+    assert sum(int((t != r[n]).sum()) for n, t in half.items()) > 0
+
+
+def test_only_leaves_every_other_tensor_bitwise_at_ref(pair, tmp_path):
+    ref, mem = pair
+    r, plain = weights(ref), extrapolate(ref, mem, tmp_path / "plain")
+    mlp = extrapolate(ref, mem, tmp_path / "mlp", "--only", "mlp")
+    for name, t in mlp.items():
+        assert torch.equal(t, plain[name] if "mlp" in name else r[name]), name
+    skipped = extrapolate(ref, mem, tmp_path / "skip", "--skip", "embed|norm")
+    assert torch.equal(skipped["model.embed_tokens.weight"], r["model.embed_tokens.weight"])
+    assert torch.equal(skipped["lm_head.weight"], plain["lm_head.weight"])
+
+
+def test_the_card_records_the_variant(pair, tmp_path):
+    ref, mem = pair
+    extrapolate(ref, mem, tmp_path / "v", "--keep-fraction", "0.2", "--only", "mlp")
+    card = (tmp_path / "v" / "README.md").read_text()
+    assert '"keep_fraction": 0.2' in card and '"only": "mlp"' in card
+
+
+# ----------------------------------------------------------------------------- mox unlearn's own extrapolation
+
+
+def test_unlearn_with_a_variant_equals_extrapolating_its_memorized_model(pair, qa_files, tmp_path):
+    ref, _ = pair
+    forget, retain = qa_files
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
+    assert main([*args, *FAST, "extrapolation.keep_fraction=0.3", "extrapolation.skip=embed"]) == 0
+    by_cli = extrapolate(ref, out / "memorized", tmp_path / "cli", "--keep-fraction", "0.3", "--skip", "embed")
+    trained = weights(out / "model")
+    assert all(torch.equal(trained[k], by_cli[k]) for k in by_cli)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["momentum=true"], "not supported with momentum=true"),
+        (["lora=true"], "not supported with lora=true"),
+        (["--method", "npo"], "method npo does not extrapolate"),
+    ],
+)
+def test_unlearn_refuses_a_variant_it_cannot_apply_exactly(pair, qa_files, tmp_path, capsys, extra, message):
+    ref, _ = pair
+    forget, retain = qa_files
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
+    assert main([*args, *FAST, "extrapolation.keep_fraction=0.5", *extra]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
