@@ -323,3 +323,33 @@ def test_experiment_help_lists_frontier(capsys):
     assert "frontier" in out and "retrain-free" in out and "mox experiment frontier --out" in out
     assert main(["experiment", "list"]) == 0
     assert "frontier" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_frontier_variants_are_rows_of_their_own_and_one_pooled_knob(tmp_path):
+    """frontier_variants (issue 17): MOX's one training run per seed also yields a row per variant and a
+    "mox+variants" row whose rules choose over every variant × α; GA, which does not extrapolate, is untouched."""
+    settings = {**MINI, "frontier_variants": [{"keep_fraction": 0.5}, {"only": "mlp"}]}
+    args = ["experiment", "frontier", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, *[f"{k}={json.dumps(v)}" for k, v in settings.items()]]) == 0
+    result = json.loads((tmp_path / "out" / "frontier" / "frontier.json").read_text())
+    by_method: dict[str, list] = {}
+    for r in result["records"]:
+        by_method.setdefault(r["method"], []).append(r)
+    assert sorted(by_method) == ["ga", "mox", "mox+keep0.5", "mox+only_mlp", "mox+variants"]
+    assert len(by_method["mox+keep0.5"]) == len(by_method["mox"]) == 4  # 2 seeds × α [1, 4]
+    assert len(by_method["mox+variants"]) == 12 and len(by_method["ga"]) == 4
+    assert {r["variant"] for r in by_method["mox+variants"]} == {"", "keep0.5", "only_mlp"}
+    # one θ_mem per seed: every variant's model comes from the plain rows' run
+    assert {r["run"] for r in by_method["mox+only_mlp"]} == {r["run"] for r in by_method["mox"]}
+    pooled, bar = result["selected"]["mox+variants"], result["mu_bar"]
+    for seed in (0, 1):
+        members = [r for m in ("mox", "mox+keep0.5", "mox+only_mlp") for r in by_method[m] if r["seed"] == seed]
+        pick = next(r for r in by_method["mox+variants"] if r["id"] == pooled[str(seed)][ORACLE]["id"])
+        assert pick["model"] in {r["model"] for r in members}
+        qualifying = [r["forget_quality"] for r in members if r["model_utility"] >= bar]
+        if qualifying:  # the pooled oracle is the best of the union at the bar
+            assert pick["forget_quality"] == max(qualifying)
+        shown = next(r for r in result["summary"] if r["method"] == "mox+variants" and r["rule"] == ORACLE)
+        text = shown["picks"][str(seed)]
+        assert text.endswith(f" [{pick['variant']}]") if pick["variant"] else "[" not in text, text

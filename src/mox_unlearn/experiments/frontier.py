@@ -42,6 +42,7 @@ from mox_unlearn.experiments.frontier_rules import (
     REPORTED,
     RETRAIN_FREE,
     VAL,
+    frontier_variant_list,
     grid_settings,
     log10_fq,
     lr_grid,
@@ -195,18 +196,40 @@ def validation_scores(ws: Workspace, model: str | Path, label: str, data, fmt) -
     return scores
 
 
-def knob_models(ws: Workspace, run: Path, u: Any) -> list[tuple[str, float | int, Path]]:
-    """(knob, value, model folder) of one run: α ∈ cfg.alphas for methods that extrapolate (with momentum,
-    the momentum fold at that α), the epoch at which training stops for every other method."""
+def knob_models(ws: Workspace, run: Path, u: Any) -> list[tuple[str, float | int, Path, str]]:
+    """(knob, value, model folder, variant label) of one run: α ∈ cfg.alphas for methods that extrapolate
+    (with momentum, the momentum fold at that α), and for each of `frontier_variants` the same α with that
+    variant (label "" for plain); the epoch at which training stops for every other method."""
     from mox_unlearn.methods import get_method
 
     if not get_method(u.method).extrapolate:
-        return [("epoch", k, p) for k, p in stopping_epochs(epoch_snapshots(run), ws.cfg.frontier_epochs, run)]
+        snaps = stopping_epochs(epoch_snapshots(run), ws.cfg.frontier_epochs, run)
+        return [("epoch", k, p, "") for k, p in snaps]
     alphas = sorted(float(a) for a in ws.cfg.alphas)
-    if u.momentum:
+    if u.momentum:  # variants do not apply to Eq. 10's average of whole models (train/spaces.check_variant)
         snaps = [p for _, p in epoch_snapshots(run)]
-        return [("alpha", a, ws.momentum_fold(u.model, snaps, a, u.eta)) for a in alphas]
-    return [("alpha", a, m) for a, m in zip(alphas, ws.extrapolated(u.model, run / "memorized", alphas))]
+        return [("alpha", a, ws.momentum_fold(u.model, snaps, a, u.eta), "") for a in alphas]
+    out = []
+    for variant in [None, *frontier_variant_list(ws.cfg)]:
+        models = ws.extrapolated(u.model, run / "memorized", alphas, variant)
+        out += [("alpha", a, m, variant.label() if variant else "") for a, m in zip(alphas, models)]
+    return out
+
+
+def pooled_variants(records: Sequence[dict], cfg: Any) -> list[dict]:
+    """With frontier_variants: for each extrapolating method, its records again as one more method
+    "<name>+variants", so both rules choose over every variant × α (plain included) as one knob, the way
+    `select-alpha` does over a variant grid. Its budget is larger than any single row's: say so when
+    comparing it."""
+    if not cfg.frontier_variants:
+        return []
+    bases = {r["method"].split("+")[0] for r in records if r.get("variant")}
+    pooled = []
+    for r in records:
+        base = r["method"].split("+")[0]
+        if base in bases and r["knob"] == "alpha":
+            pooled.append({**r, "method": f"{base}+variants", "id": f"{base}+variants/{r['id']}"})
+    return pooled
 
 
 def stopping_epochs(
@@ -256,14 +279,16 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
         print(f"frontier [{i}/{len(plan)}] {name}, {label}, seed {seed}", flush=True)
         overrides = {"lr": lr, "seed": seed, **({"save_epochs": True} if _needs_epochs(name) else {}), **setting}
         run, u = ws.run_method(name, label=f"frontier-{name}", **overrides)
-        for knob, value, model in knob_models(ws, run, u):
-            tag = f"{name}-lr{lr:g}-s{seed}-{knob}{value:g}"
+        for knob, value, model, variant in knob_models(ws, run, u):
+            row_name = f"{name}+{variant}" if variant else name
+            tag = f"{row_name}-lr{lr:g}-s{seed}-{knob}{value:g}"
             result = ws.evaluate(model, f"frontier-{tag}")
             fq = result["summary"].get("forget_quality")
             records.append(
                 {
-                    "id": f"{name}/{label}/seed {seed}/{knob} {value:g}",
-                    "method": name,
+                    "id": f"{row_name}/{label}/seed {seed}/{knob} {value:g}",
+                    "method": row_name,
+                    "variant": variant,
                     "lr": lr,
                     "setting": label,
                     "seed": seed,
@@ -277,6 +302,7 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
                     "model": str(model),
                 }
             )
+    records += pooled_variants(records, cfg)
     target_mu = target["summary"]["model_utility"]
     rule = cfg.selection(cfg.alphas)  # the same selection settings as select-alpha and alpha: auto
     selected = select_all(

@@ -69,6 +69,7 @@ def check_frontier_settings(cfg: Any) -> None:
         or cfg.frontier_max_items < 2
     ):
         raise MoxError(f"frontier_max_items must be an integer >= 2, got {cfg.frontier_max_items!r}")
+    frontier_variant_list(cfg)  # each builds, or is refused in one line
     for method, grid in cfg.frontier_grids.items():
         if method not in methods:
             raise MoxError(f"frontier_grids: {method!r} is not in frontier_methods ({', '.join(methods)})")
@@ -260,7 +261,10 @@ def summarize(
             for key in REPORTED:
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std(r.get(key) for _, r in chosen)
             row["fallbacks"] = sum(is_fallback(p) for _, p in picks)
-            row["picks"] = {seed: f"{r['setting']}, {r['knob']} {r['value']:g}" for seed, r in chosen}
+            row["picks"] = {
+                seed: f"{r['setting']}, {r['knob']} {r['value']:g}" + (f" [{r['variant']}]" if r.get("variant") else "")
+                for seed, r in chosen
+            }
             rows.append(row)
     return rows
 
@@ -272,3 +276,30 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
         if not front or fq > front[-1][1]:
             front.append((mu, fq))
     return front
+
+
+def frontier_variant_list(cfg: Any) -> list:
+    """The frontier's extrapolation variants (variants.Variant), none of them plain, no two alike."""
+    from mox_unlearn.variants import Variant
+
+    if not isinstance(cfg.frontier_variants, list):
+        raise MoxError(f"frontier_variants must be a list of variant settings, got {cfg.frontier_variants!r}")
+    variants = []
+    for i, settings in enumerate(cfg.frontier_variants):
+        if not isinstance(settings, Mapping):
+            raise MoxError(
+                f"frontier_variants[{i}]: expected settings such as {{keep_fraction: 0.2}}, got {settings!r}"
+            )
+        try:
+            v = Variant(**settings)
+        except TypeError:
+            raise MoxError(
+                f"frontier_variants[{i}]: unknown setting in {dict(settings)}; valid: keep_fraction, drop_rate, seed, "
+                "only, skip, alpha_by_depth"
+            ) from None
+        except MoxError as e:
+            raise MoxError(f"frontier_variants[{i}]: {e}") from None
+        if v.plain or v in variants:
+            raise MoxError(f"frontier_variants[{i}]: {dict(settings)} is plain MOX or a duplicate")
+        variants.append(v)
+    return variants

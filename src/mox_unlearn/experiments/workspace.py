@@ -74,6 +74,9 @@ class ExperimentConfig(DemoConfig):
     frontier_score: str = "min_k"  # retrain-free rule: forget-vs-holdout score (min_k or truth_ratio)
     frontier_max_items: int = 100  # retrain-free rule: validation retain / holdout items, spread over each set
     frontier_epochs: list[int] = field(default_factory=list)  # stopping epochs evaluated (empty: every epoch)
+    # extrapolation variants (variants.py) swept as knobs of MOX / TV without training again: each a row of its own
+    # ("mox+keep0.2"), and one row "mox+variants" whose rules choose over every variant × α (plain included)
+    frontier_variants: list[dict] = field(default_factory=list)
     validation_retain: str | None = None  # data spec replacing the derived validation retain items
     validation_holdout: str | None = None  # data spec replacing the derived validation holdout items
 
@@ -243,28 +246,30 @@ class Workspace:
         return self.train(label or name, u), u
 
     # ------------------------------------------------------------------ derived models
-    def extrapolated(self, ref: str | Path, mem: Path, alphas: Sequence[float]) -> list[Path]:
-        """Eq. 8 for each α from one θ_mem, in one pass; cached."""
+    def extrapolated(self, ref: str | Path, mem: Path, alphas: Sequence[float], variant: Any = None) -> list[Path]:
+        """Eq. 8 for each α from one θ_mem, in one pass (with an extrapolation `variant`, variants.py); cached."""
         from mox_unlearn.extrapolate import extrapolate_folders
 
-        missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a) / "config.json").is_file()]
+        missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a, variant) / "config.json").is_file()]
         if missing:
             tmp = self.root / "models" / f".tmp-{_key([str(ref), str(mem), missing])}"
             shutil.rmtree(tmp, ignore_errors=True)
-            written = extrapolate_folders(Path(ref), Path(mem), missing, tmp, progress=False)
+            written = extrapolate_folders(Path(ref), Path(mem), missing, tmp, progress=False, variant=variant)
             for a, path in zip(missing, written):
-                os.replace(path, self._alpha_dir(ref, mem, a))
+                os.replace(path, self._alpha_dir(ref, mem, a, variant))
             shutil.rmtree(tmp, ignore_errors=True)
-        return [self._alpha_dir(ref, mem, a) for a in alphas]
+        return [self._alpha_dir(ref, mem, a, variant) for a in alphas]
 
-    def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float) -> Path:
+    def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float, variant: Any = None) -> Path:
+        """OUT/models/<run>-memorized-a<α>[-<variant>]-<key>; the plain variant keeps the key it always had."""
         from mox_unlearn.extrapolate import alpha_label
 
-        return (
-            self.root
-            / "models"
-            / f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}-{_key([str(ref), str(mem), alpha])}"
-        )
+        parts: list[Any] = [str(ref), str(mem), alpha]
+        name = f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}"
+        if variant is not None and not variant.plain:
+            parts.append(variant.fields())
+            name += f"-{variant.label()}"
+        return self.root / "models" / f"{name}-{_key(parts)}"
 
     def momentum_folds(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> list[Path]:
         """The momentum model (Eq. 10, θ̄ ← η·θ_for^k + (1−η)·θ̄) after each per-epoch θ_mem snapshot:
