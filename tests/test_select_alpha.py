@@ -27,6 +27,7 @@ from mox_unlearn.select_alpha import (
     select_alpha,
     spread_sample,
 )
+from mox_unlearn.select_alpha.rule import Selection
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64"]
 HOLDOUT = [
@@ -532,3 +533,45 @@ def test_resume_accepts_a_run_folder_written_before_the_alpha_auto_keys(tmp_path
     cfg.alpha_grid = [1.0]
     with pytest.raises(MoxError, match="different config than the interrupted run: alpha_grid"):
         prepare_run_dir(cfg, resume=True, overwrite=False)
+
+
+# ----------------------------------------------------------------------------- over extrapolation variants
+
+
+def _sel(branch: str, alpha: float) -> Selection:
+    return Selection(alpha, branch, branch != "smallest", branch == "both", (), (), (), 0.05, 0.05, "")
+
+
+@pytest.mark.parametrize(
+    ("picks", "expected"),
+    [
+        ([("plain", "both", 0.2), ("keep0.2", "both", 0.5)], 1),  # both pass: forget more like holdout wins
+        ([("plain", "both", 0.2), ("keep0.2", "utility_only", 0.9)], 0),  # passing both beats a higher p
+        ([("plain", "smallest", 0.9), ("keep0.2", "utility_only", 0.01)], 1),
+        ([("plain", "both", 0.3), ("keep0.2", "both", 0.3)], 0),  # a tie keeps plain MOX
+        ([("plain", "both", float("nan")), ("keep0.2", "both", 0.0)], 1),  # NaN ranks below any p
+    ],
+)
+def test_choose_variant_by_hand(picks, expected):
+    from mox_unlearn.select_alpha.rule import choose_variant
+
+    assert choose_variant([(label, _sel(branch, 1.0), p) for label, branch, p in picks]) == expected
+
+
+@pytest.mark.slow
+def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_model_dir, mem_run, data, tmp_path, capsys):
+    out = tmp_path / "sel"
+    args = ["--alpha", "1", "--alpha", "3", "--tolerance", "0.5", "--variant", "{keep_fraction: 0.2}"]
+    assert _select(tiny_model_dir, mem_run, data, out, *args, "--variant", "{only: mlp}") == 0
+    report = json.loads((out / "alpha-selection.json").read_text())
+    labels = [v["label"] for v in report["variants"]]
+    assert labels == ["plain", "keep0.2", "only_mlp"]
+    from mox_unlearn.select_alpha.rule import choose_variant
+
+    picks = [(v["label"], _sel(v["branch"], v["alpha"]), v["ks_p"]) for v in report["variants"]]
+    best = report["variants"][choose_variant(picks)]
+    assert report["variant"] == best["variant"] and report["selection"]["alpha"] == best["alpha"]
+    assert all(len(v["curve"]) == 2 for v in report["variants"])
+    assert "chosen variant:" in capsys.readouterr().out
+    assert _select(tiny_model_dir, mem_run, data, tmp_path / "bad", "--variant", "{keep_fraction: 2}") == 2
+    assert "--variant '{keep_fraction: 2}': keep_fraction must be in (0, 1]" in capsys.readouterr().err

@@ -33,6 +33,7 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
         check_settings,
         load_selection_data,
         summary_lines,
+        variant_curves,
         write_selection,
     )
 
@@ -50,15 +51,10 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
     inputs = {"--ref": ref, "--mem": mem, "--forget": args.forget, "--holdout": args.holdout, "--retain": args.retain}
     check_output_dir(out, overwrite=args.overwrite, inputs=inputs)
     check_model_pair(ref, mem)
+    variants = [parse_variant(text) for text in args.variant]
     data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
     with atomic_output_dir(out, overwrite=args.overwrite, inputs=inputs) as tmp:
-        report = alpha_curve(
-            ref,
-            mem,
-            data.forget,
-            data.holdout,
-            data.retain,
-            selection,
+        settings = dict(
             fmt=PromptFormat(chat_template=args.chat_template),
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
@@ -67,6 +63,10 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
             work_dir=tmp,
             progress=True,
         )
+        if variants:
+            report = variant_curves(ref, mem, data, selection, variants, **settings)
+        else:
+            report = alpha_curve(ref, mem, data.forget, data.holdout, data.retain, selection, **settings)
         files = write_selection(report, tmp)
     print("\n".join(summary_lines(report)))
     print("written: " + ", ".join(str(out / f.name) for f in files))
@@ -250,6 +250,28 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     for alpha, path in zip(args.alpha, paths):
         print(f"alpha={alpha:g}  {path}")
     return 0
+
+
+def parse_variant(text: str):
+    """--variant '{keep_fraction: 0.2, only: mlp}' as a Variant; a bad one is one line naming it."""
+    import yaml
+
+    from mox_unlearn.variants import Variant
+
+    try:
+        settings = yaml.safe_load(text)
+    except yaml.YAMLError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise MoxError(f"--variant {text!r}: expected settings such as '{{keep_fraction: 0.2, only: mlp}}'")
+    try:
+        return Variant(**settings)
+    except TypeError:
+        raise MoxError(
+            f"--variant {text!r}: unknown setting; valid: keep_fraction, drop_rate, seed, only, skip, alpha_by_depth"
+        ) from None
+    except MoxError as e:
+        raise MoxError(f"--variant {text!r}: {e}") from None
 
 
 def variant_from_args(args: argparse.Namespace):

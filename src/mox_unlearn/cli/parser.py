@@ -209,6 +209,14 @@ def _add_select_alpha(sub) -> None:
     grid = " ".join(f"{a:g}" for a in d.grid)
     s.add_argument("--alpha", type=float, action="append", help=f"α to try; repeat (default {grid})")
     s.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SETTINGS",
+        help="also try an extrapolation variant, e.g. '{keep_fraction: 0.2, only: mlp}'; repeat. Plain MOX is "
+        "always tried; the pick that passes more tests, then makes forget most like holdout, wins",
+    )
+    s.add_argument(
         "--tolerance",
         type=float,
         default=d.tolerance,

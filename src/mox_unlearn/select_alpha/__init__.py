@@ -34,6 +34,7 @@ from mox_unlearn.select_alpha.curve import (
     check_model_pair,
     point_from_scores,
     select_for_run,
+    variant_curves,
 )
 from mox_unlearn.select_alpha.report import (
     json_safe,
@@ -70,6 +71,7 @@ from mox_unlearn.select_alpha.scoring import (
 )
 
 __all__ = [
+    "variant_curves",
     "BOTH",
     "CurvePoint",
     "DEFAULT_GRID",

@@ -16,6 +16,8 @@ from mox_unlearn.select_alpha.report import write_selection
 from mox_unlearn.select_alpha.rule import (
     MIN_K,
     CurvePoint,
+    Selection,
+    choose_variant,
     indistinguishable,
     relative_drop,
     select_alpha,
@@ -49,13 +51,18 @@ def point_from_scores(alpha: float, scores: Mapping[str, Any], reference: Mappin
     return CurvePoint(alpha=float(alpha), drops=drops, ks_p=scores["ks_p"])
 
 
-def _score_extrapolated(ref_dir, mem_dir, alpha: float, work_dir, score, progress: bool) -> dict[str, Any]:
-    """θ_for(α) extrapolated into a scratch folder under `work_dir`, scored with `score(folder)`, deleted."""
+def _score_extrapolated(
+    ref_dir, mem_dir, alpha: float, work_dir, score, progress: bool, variant=None
+) -> dict[str, Any]:
+    """θ_for(α) (with an extrapolation `variant`) extrapolated into a scratch folder under `work_dir`,
+    scored with `score(folder)`, deleted."""
     from mox_unlearn.extrapolate import alpha_label, extrapolate_folders
 
     scratch = Path(tempfile.mkdtemp(prefix=f".alpha-{alpha_label(alpha)}-", dir=work_dir))
     try:
-        folder = extrapolate_folders(Path(ref_dir), Path(mem_dir), [alpha], scratch / "model", progress=progress)[0]
+        folder = extrapolate_folders(
+            Path(ref_dir), Path(mem_dir), [alpha], scratch / "model", progress=progress, variant=variant
+        )[0]
         return score(folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -78,8 +85,11 @@ def alpha_curve(
     work_dir: str | Path | None = None,
     models: Mapping[float, str | Path] | None = None,
     progress: bool = False,
+    variant: Any = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score θ_ref (α = 0) and θ_for(α) for each α, apply `select_alpha`, return the JSON-able report.
+    `variant`: extrapolate with it (variants.py); `reference`: θ_ref's scores when already measured.
 
     Each θ_for is extrapolated from `mem_dir` into a scratch folder under `work_dir` (default: the
     system temp folder), scored and deleted before the next, so disk holds one extra model at a time.
@@ -109,17 +119,19 @@ def alpha_curve(
     say = print if progress else (lambda *a, **kw: None)
     tok = load_tokenizer(str(ref_dir))
     check_fits(str(ref_dir), tok)
-    say(f"select-alpha: scoring θ_ref ({ref_dir})", flush=True)
-    reference = score_folder(ref_dir, tok, data, s, dtype)
+    if reference is None:
+        say(f"select-alpha: scoring θ_ref ({ref_dir})", flush=True)
+        reference = score_folder(ref_dir, tok, data, s, dtype)
+    label = f" [{variant.label()}]" if variant is not None and not variant.plain else ""
     ready = None if models is None else {float(a): p for a, p in models.items()}
     rows = []
     for i, alpha in enumerate(grid, 1):
-        say(f"select-alpha: α = {alpha:g} ({i}/{len(grid)})", flush=True)
+        say(f"select-alpha: α = {alpha:g}{label} ({i}/{len(grid)})", flush=True)
         if ready is not None:
             scores = score_folder(ready[alpha], tok, data, s, dtype)
         else:
             scores = _score_extrapolated(
-                ref_dir, mem_dir, alpha, work_dir, lambda f: score_folder(f, tok, data, s, dtype), progress
+                ref_dir, mem_dir, alpha, work_dir, lambda f: score_folder(f, tok, data, s, dtype), progress, variant
             )
         rows.append({"alpha": alpha, **scores})
     points = [point_from_scores(r["alpha"], r, reference) for r in rows]
@@ -132,7 +144,59 @@ def alpha_curve(
             indistinguishable=indistinguishable(p, p_min),
             chosen=p.alpha == selection.alpha,
         )
-    return _report(selection, reference, rows, grid, data, ref_dir, mem_dir, s, tolerance, p_min, max_items, dtype)
+    report = _report(selection, reference, rows, grid, data, ref_dir, mem_dir, s, tolerance, p_min, max_items, dtype)
+    report["variant"] = {} if variant is None else variant.fields()
+    return report
+
+
+def variant_curves(ref_dir, mem_dir, data, selection: SelectionSettings, variants, **kwargs) -> dict[str, Any]:
+    """`alpha_curve` for plain MOX and each of `variants` (θ_ref scored once), and the choice among their
+    picks (rule.choose_variant): the report of the chosen curve, with every curve under "variants" and the
+    chosen variant's settings under "variant"."""
+    from mox_unlearn.variants import Variant
+
+    reports = []
+    for variant in [Variant(), *variants]:
+        reference = reports[0]["reference"] if reports else None
+        if reference is not None:
+            reference = {k: v for k, v in reference.items() if k != "alpha"}
+        reports.append(
+            alpha_curve(
+                ref_dir,
+                mem_dir,
+                data.forget,
+                data.holdout,
+                data.retain,
+                selection,
+                variant=variant,
+                reference=reference,
+                **kwargs,
+            )
+        )
+    picks = []
+    for r in reports:
+        sel = Selection(
+            **{**r["selection"], **{k: tuple(r["selection"][k]) for k in ("passing", "within_tolerance", "alike")}}
+        )
+        p = next(row["ks_p"] for row in r["curve"] if row["chosen"])
+        picks.append((Variant(**r["variant"]).label() or "plain", sel, p))
+    best = choose_variant(picks)
+    chosen = dict(reports[best])
+    chosen["variants"] = [
+        {
+            "variant": r["variant"],
+            "label": label,
+            "alpha": sel.alpha,
+            "branch": sel.branch,
+            "ks_p": p,
+            "curve": r["curve"],
+        }
+        for r, (label, sel, p) in zip(reports, picks)
+    ]
+    chosen["variant_choice"] = (
+        f"{picks[best][0]} of {len(picks)} variants: the pick that passed more tests, then forget most like holdout"
+    )
+    return chosen
 
 
 def _report(selection, reference, rows, grid, data, ref_dir, mem_dir, s, tolerance, p_min, max_items, dtype) -> dict:

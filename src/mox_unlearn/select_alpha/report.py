@@ -105,4 +105,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     sel = report["selection"]
     lines.append(f"chosen α = {sel['alpha']:g}: {sel['reason']}")
+    if report.get("variants"):  # select-alpha --variant: one curve per variant, this one chosen
+        for v in report["variants"]:
+            lines.append(f"  variant {v['label']}: α = {v['alpha']:g} ({v['branch']}, KS p {num(v['ks_p'])})")
+        lines.append(f"chosen variant: {report['variant_choice']}")
     return lines
