@@ -575,3 +575,23 @@ def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_mode
     assert "chosen variant:" in capsys.readouterr().out
     assert _select(tiny_model_dir, mem_run, data, tmp_path / "bad", "--variant", "{keep_fraction: 2}") == 2
     assert "--variant '{keep_fraction: 2}': keep_fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unlearn_alpha_auto_over_variants_writes_the_chosen_variant(tiny_model_dir, data, tmp_path):
+    """alpha: auto with alpha_variants: plain MOX and each variant get a curve; OUT/model is the chosen
+    variant at the chosen α, exactly what `mox extrapolate` makes of OUT/memorized with them."""
+    out = tmp_path / "auto"
+    extra = ["--max-steps", "2", "--alpha", "auto", f"holdout={data['holdout']}", "alpha_grid=[1, 3]"]
+    assert (
+        _unlearn(tiny_model_dir, data, out, *extra, "alpha_variants=[{keep_fraction: 0.2}]", "alpha_tolerance=0.5") == 0
+    )
+    sel = json.loads((out / "run.json").read_text())["alpha_selection"]
+    report = json.loads((out / "alpha-selection.json").read_text())
+    assert [v["label"] for v in report["variants"]] == ["plain", "keep0.2"]
+    assert sel["variant"] == report["variant"] and sel["alpha"] == report["selection"]["alpha"]
+    flags = ["--keep-fraction", str(sel["variant"]["keep_fraction"])] if sel["variant"] else []
+    args = ["--ref", str(tiny_model_dir), "--mem", str(out / "memorized"), "--alpha", str(sel["alpha"])]
+    assert main(["extrapolate", *args, "--out", str(tmp_path / "cli"), *flags]) == 0
+    by_cli, trained = _weights(tmp_path / "cli"), _weights(out / "model")
+    assert all(torch.equal(trained[k], by_cli[k]) for k in by_cli)

@@ -76,6 +76,9 @@ class UnlearnConfig:
     alpha_p_min: float = SELECT_P_MIN  # KS p-value (forget vs holdout min-k scores) from which they count as alike
     # which part of Δ = θ_ref − θ_mem moves (variants.py): keep_fraction, drop_rate, seed, only, skip, alpha_by_depth
     extrapolation: Variant = field(default_factory=Variant)
+    alpha_variants: list[dict] = field(
+        default_factory=list
+    )  # alpha: auto also tries these variants (select-alpha --variant)
     # optimisation (paper defaults)
     lr: float = 1e-5
     weight_decay: float = 0.01

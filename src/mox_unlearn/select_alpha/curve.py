@@ -241,6 +241,7 @@ def check_auto_config(cfg, method) -> None:
     if not cfg.retain:
         raise MoxError("alpha=auto needs a retain set (--retain) to measure utility")
     check_settings(run_selection(cfg))
+    auto_variants(cfg)
 
 
 def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[float, dict[str, Any]]:
@@ -265,13 +266,7 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
         except MoxError:
             ref_dir = scratch / "reference"
             save_model(ref, tokenizer, ref_dir)
-        report = alpha_curve(
-            ref_dir,
-            mem_dir,
-            cfg.forget,
-            cfg.holdout,
-            cfg.retain,
-            run_selection(cfg),
+        settings = dict(
             fmt=cfg.prompt,
             batch_size=cfg.per_device_batch_size,
             max_new_tokens=min(200, cfg.max_length),
@@ -280,6 +275,27 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
             work_dir=scratch,
             progress=True,
         )
+        variants = auto_variants(cfg)
+        if variants:
+            data = load_selection_data(
+                cfg.forget,
+                cfg.holdout,
+                cfg.retain,
+                score=run_selection(cfg).score,
+                max_items=run_selection(cfg).max_items,
+            )
+            report = variant_curves(ref_dir, mem_dir, data, run_selection(cfg), variants, **settings)
+        else:
+            report = alpha_curve(
+                ref_dir,
+                mem_dir,
+                cfg.forget,
+                cfg.holdout,
+                cfg.retain,
+                run_selection(cfg),
+                variant=cfg.extrapolation,
+                **settings,
+            )
         report["models"] = {"ref": cfg.model, "mem": str(out / "memorized") if mem_dir.parent == out else None}
         files = write_selection(report, out)
     finally:
@@ -293,5 +309,30 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
         "reason": sel["reason"],
         "grid": report["settings"]["alphas"],
         "report": str(files[0]),
+        "variant": report.get("variant") or {},
     }
     return sel["alpha"], summary
+
+
+def auto_variants(cfg) -> list:
+    """`alpha_variants` as Variants (alpha: auto then chooses among plain MOX and these); refused in one line
+    when they cannot apply: without alpha=auto, or beside a non-plain `extrapolation`."""
+    from mox_unlearn.variants import Variant
+
+    if not cfg.alpha_variants:
+        return []
+    if cfg.alpha != "auto":
+        raise MoxError("alpha_variants are tried by alpha=auto; with a fixed α set extrapolation.* instead")
+    if not cfg.extrapolation.plain:
+        raise MoxError("give either extrapolation.* or alpha_variants (alpha=auto tries plain MOX and each of them)")
+    out = []
+    for i, settings in enumerate(cfg.alpha_variants):
+        if not isinstance(settings, Mapping):
+            raise MoxError(f"alpha_variants[{i}]: expected settings such as {{keep_fraction: 0.2}}, got {settings!r}")
+        try:
+            out.append(Variant(**settings))
+        except TypeError:
+            raise MoxError(f"alpha_variants[{i}]: unknown setting in {dict(settings)}") from None
+        except MoxError as e:
+            raise MoxError(f"alpha_variants[{i}]: {e}") from None
+    return out

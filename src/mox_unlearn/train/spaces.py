@@ -80,7 +80,10 @@ def check_variant(cfg, sharded: bool, extrapolates: bool = True) -> None:
     LoRA-MOX extrapolates the adapter's factors (θ_for = θ_ref − α·B·A), which a per-entry mask of the
     merged Δ is not; momentum averages whole θ_for^k (Eq. 10); FSDP ranks hold slices of each tensor, and
     keep_fraction / drop_rate need the whole tensor. only / skip / alpha_by_depth work under FSDP."""
-    variant = cfg.extrapolation
+    from mox_unlearn.select_alpha.curve import auto_variants
+
+    others = auto_variants(cfg)  # refused without alpha=auto
+    variant = next((v for v in [cfg.extrapolation, *others] if not v.plain), cfg.extrapolation)
     if variant.plain:
         return
     what = ", ".join(f"{k}={v}" for k, v in variant.fields().items())
@@ -221,9 +224,10 @@ class FullSpace:
                 card["alpha"] = cfg.alpha
                 card["momentum"] = f"eta={cfg.eta}, every {run.momentum_every} steps, {run.momentum.updates} updates"
             else:
-                alpha = cfg.alpha
+                alpha, variant = cfg.alpha, cfg.extrapolation
                 if alpha == "auto":
                     alpha, selection = choose_alpha(run, unwrapped)
+                    variant = Variant(**selection["variant"]) if selection.get("variant") else variant
                     outputs["alpha_selection"] = selection["report"]
                     card["alpha selection"] = f"auto over {selection['grid']}: {selection['reason']}"
                     extra["alpha_selection"] = selection
@@ -232,11 +236,11 @@ class FullSpace:
                     if "memorized" in outputs
                     else ""
                 )
-                bad = extrapolate_in_place(unwrapped, run.reference, alpha, cfg.extrapolation)
+                bad = extrapolate_in_place(unwrapped, run.reference, alpha, variant)
                 agree_finite(self.accelerator, bad, f"α = {alpha:g}{hint}", collective=self.every_rank_writes)
                 card["alpha"] = alpha
-                if not cfg.extrapolation.plain:
-                    card["variant"] = cfg.extrapolation.fields()
+                if not variant.plain:
+                    card["variant"] = variant.fields()
         self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
         outputs["model"] = str(out / "model")
         return outputs, extra
