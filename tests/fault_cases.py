@@ -817,6 +817,41 @@ ROUND2: list[Fault] = [
             Fault("method-list", "method=[x]", UNLEARN + " method=[x]", "unknown method '[x]'"),
         ],
     ),
+    *_classed(
+        7,
+        [
+            Fault(
+                "extrapolate-keep-fraction-zero",
+                "--keep-fraction 0 (issue 17's variants)",
+                EXTRAPOLATE + " --keep-fraction 0",
+                "keep_fraction must be in (0, 1]",
+            ),
+            Fault(
+                "extrapolate-depth-schedule",
+                "--alpha-by-depth cosine:1,2",
+                EXTRAPOLATE + " --alpha-by-depth cosine:1,2",
+                "alpha_by_depth must be linear:A,B",
+            ),
+            Fault(
+                "unlearn-variant-bad-regex",
+                "extrapolation.only=( (not a regular expression)",
+                UNLEARN + " extrapolation.only=(",
+                "config extrapolation.only: only '(' is not a regular expression",
+            ),
+            Fault(
+                "unlearn-variant-with-momentum",
+                "extrapolation.keep_fraction=0.5 with momentum=true",
+                UNLEARN + " extrapolation.keep_fraction=0.5 momentum=true",
+                "not supported with momentum=true",
+            ),
+            Fault(
+                "select-variant-unknown-setting",
+                "--variant '{keep: 0.2}' (no such setting)",
+                SELECT + " --variant {{keep:0.2}}",
+                "unknown setting",
+            ),
+        ],
+    ),
     # 8. third-party exceptions turned into one line naming the input
     *_classed(
         8,
