@@ -19,7 +19,6 @@ key=value overrides set any config key (see the resolved config.yaml written to 
 EXTRAPOLATE_EXAMPLE = """example:
   mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --out ./forget-a4
   mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 1 --alpha 2 --alpha 4 --out ./sweep
-  mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --keep-fraction 0.2 --only mlp --out ./trimmed
       # writes ./sweep/alpha-1, ./sweep/alpha-2, ./sweep/alpha-4 in one pass over the inputs
   mox extrapolate --ref ./base --mem runs/mox/memorized --alpha 4 --keep-fraction 0.2 --only mlp --out ./trim
       # a variant: per MLP tensor, only the 20% of Δ = θ_ref − θ_mem largest in magnitude moves"""
