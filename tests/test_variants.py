@@ -170,3 +170,61 @@ def test_unlearn_refuses_a_variant_it_cannot_apply_exactly(pair, qa_files, tmp_p
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox:")]
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- repair_steps
+
+
+def test_repair_steps_train_kl_to_the_reference_on_retain_after_extrapolation(pair, qa_files, tmp_path):
+    """The first repair loss is KL(p_ref || p_θ_for) on the first retain batch, computed here by hand from
+    `mox extrapolate` of the run's θ_mem; the written model is θ_for after the steps, not θ_for itself."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mox_unlearn.data import PromptFormat, encode_records, load_records
+    from mox_unlearn.data.formatting import collate
+    from mox_unlearn.losses.base import answer_logits, kl_ref_to_policy
+
+    ref, _ = pair
+    forget, retain = qa_files
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
+    assert main([*args, *FAST, "repair_steps=3", "per_device_batch_size=2"]) == 0
+    info = json.loads((out / "run.json").read_text())["repair"]
+    assert info["steps"] == 3 and len(info["losses"]) == 3 and all(math.isfinite(x) for x in info["losses"])
+    theta_for = tmp_path / "for"
+    extrapolate(ref, out / "memorized", theta_for)
+    tok = AutoTokenizer.from_pretrained(ref)
+    examples = encode_records(tok, load_records(str(retain), name="retain"), PromptFormat(), 64)
+    first = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()[:2]
+    batch = collate([examples[i] for i in first], tok.pad_token_id)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        ref_logits = AutoModelForCausalLM.from_pretrained(ref)(**batch).logits
+        for_logits = AutoModelForCausalLM.from_pretrained(theta_for)(**batch).logits
+    expected = float(kl_ref_to_policy(answer_logits(ref_logits, labels), answer_logits(for_logits, labels)))
+    assert info["losses"][0] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    repaired, plain = weights(out / "model"), weights(theta_for)
+    assert any(not torch.equal(repaired[k], plain[k]) for k in plain)
+    assert "steps of KL(p_ref ‖ p_θ) on the retain set" in (out / "model" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["lora=true"], "repair_steps is not supported with lora=true"),
+        (["momentum=true"], "repair_steps is not supported with momentum=true"),
+        (["--method", "npo"], "method npo does not extrapolate"),
+        (["repair_steps=-1"], "repair_steps: must be >= 0"),
+    ],
+)
+def test_repair_steps_refusals(pair, qa_files, tmp_path, capsys, extra, message):
+    ref, _ = pair
+    forget, retain = qa_files
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
+    assert main([*args, *FAST, "repair_steps=2", *extra]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()

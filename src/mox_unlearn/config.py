@@ -76,9 +76,8 @@ class UnlearnConfig:
     alpha_p_min: float = SELECT_P_MIN  # KS p-value (forget vs holdout min-k scores) from which they count as alike
     # which part of Δ = θ_ref − θ_mem moves (variants.py): keep_fraction, drop_rate, seed, only, skip, alpha_by_depth
     extrapolation: Variant = field(default_factory=Variant)
-    alpha_variants: list[dict] = field(
-        default_factory=list
-    )  # alpha: auto also tries these variants (select-alpha --variant)
+    alpha_variants: list[dict] = field(default_factory=list)  # alpha: auto also tries these (select-alpha --variant)
+    repair_steps: int = 0  # after extrapolation: N steps of KL(p_ref || p_θ) on the retain set (train/repair.py)
     # optimisation (paper defaults)
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -229,7 +228,7 @@ _LIMITS: dict[str, tuple[Any, str]] = {
     "on_nonfinite": (lambda v: v in ("stop", "skip"), "one of stop, skip"),
     "collapse_action": (lambda v: v in ("warn", "stop"), "one of warn, stop"),
     "collapse_threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every")},
+    **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every", "repair_steps")},
     **{k: (lambda v: v >= 1, ">= 1") for k in ("collapse_probe_prompts", "collapse_probe_tokens")},
     # one size grammar for every writer (io.shards.parse_size): the bytes go to save_pretrained as a number
     "shard_size": (_is_size, "a size such as 2GB, 500MB or 512MiB"),

@@ -32,6 +32,7 @@ from mox_unlearn.io.loading import (
 from mox_unlearn.methods.targets import TargetAnswers
 from mox_unlearn.train.folder import RunFolder, check_checkpoint, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
+from mox_unlearn.train.repair import check_repair
 from mox_unlearn.train.setup import default_hidden_layer, load_data, mixed_precision, resolve
 from mox_unlearn.train.spaces import check_variant, frozen, space_for
 
@@ -147,6 +148,9 @@ class TrainingRun:
             )
         sharding.check_backend(acc, lora=cfg.lora, alpha_auto=cfg.alpha == "auto")
         check_variant(cfg, sharding.is_sharded(acc), self.method.extrapolate)
+        if cfg.repair_steps and not self.method.extrapolate:
+            raise MoxError(f"repair_steps follows extrapolation; method {cfg.method} does not extrapolate")
+        check_repair(cfg, acc.num_processes)
         if cfg.collapse_probe_every and sharding.is_sharded(acc):
             # generation under FSDP is a collective per token: processes stopping at different lengths hang
             raise MoxError(

@@ -26,6 +26,7 @@ from mox_unlearn.io.cards import write_model_card
 from mox_unlearn.io.shards import parse_size
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact
+from mox_unlearn.train.repair import repair
 from mox_unlearn.train.setup import select_trainable
 from mox_unlearn.variants import Variant, count_layers
 
@@ -241,6 +242,15 @@ class FullSpace:
                 card["alpha"] = alpha
                 if not variant.plain:
                     card["variant"] = variant.fields()
+                if cfg.repair_steps:  # training after Eq. 8, opt-in (train/repair.py)
+                    info = repair(unwrapped, run.reference, run.retain_ex, run.tokenizer.pad_token_id, cfg)
+                    extra["repair"] = info
+                    bad = next((n for n, p in unwrapped.named_parameters() if not bool(torch.isfinite(p).all())), None)
+                    agree_finite(self.accelerator, bad, f"repair_steps={cfg.repair_steps}")
+                    card["repair"] = (
+                        f"{info['steps']} steps of KL(p_ref ‖ p_θ) on the retain set after extrapolation "
+                        f"(lr {cfg.lr:g}), {info['seconds']:.1f} s; loss {info['losses'][0]:.4g} -> {info['losses'][-1]:.4g}"
+                    )
         self.snapshot(run, out / "model", f"Unlearned model ({method.name})", card)
         outputs["model"] = str(out / "model")
         return outputs, extra
