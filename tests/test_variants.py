@@ -162,11 +162,15 @@ def test_unlearn_with_a_variant_equals_extrapolating_its_memorized_model(pair, q
     ],
 )
 def test_unlearn_refuses_a_variant_it_cannot_apply_exactly(pair, qa_files, tmp_path, capsys, extra, message):
-    ref, _ = pair
+    assert_refused(pair, qa_files, tmp_path, capsys, ["extrapolation.keep_fraction=0.5", *extra], message)
+
+
+def assert_refused(pair, qa_files, tmp_path, capsys, settings: list[str], message: str) -> None:
+    """`mox unlearn` with `settings` exits 2 with one line holding `message`, and makes no run folder."""
     forget, retain = qa_files
     out = tmp_path / "run"
-    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
-    assert main([*args, *FAST, "extrapolation.keep_fraction=0.5", *extra]) == 2
+    args = ["unlearn", "--model", str(pair[0]), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
+    assert main([*args, *FAST, *settings]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox:")]
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
@@ -220,11 +224,4 @@ def test_repair_steps_train_kl_to_the_reference_on_retain_after_extrapolation(pa
     ],
 )
 def test_repair_steps_refusals(pair, qa_files, tmp_path, capsys, extra, message):
-    ref, _ = pair
-    forget, retain = qa_files
-    out = tmp_path / "run"
-    args = ["unlearn", "--model", str(ref), "--forget", str(forget), "--retain", str(retain), "--out", str(out)]
-    assert main([*args, *FAST, "repair_steps=2", *extra]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mox:")]
-    assert len(err) == 1 and message in err[0], err
-    assert not out.exists()
+    assert_refused(pair, qa_files, tmp_path, capsys, ["repair_steps=2", *extra], message)
