@@ -27,7 +27,6 @@ from mox_unlearn.select_alpha import (
     select_alpha,
     spread_sample,
 )
-from mox_unlearn.select_alpha.rule import Selection
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64"]
 HOLDOUT = [
@@ -538,10 +537,6 @@ def test_resume_accepts_a_run_folder_written_before_the_alpha_auto_keys(tmp_path
 # ----------------------------------------------------------------------------- over extrapolation variants
 
 
-def _sel(branch: str, alpha: float) -> Selection:
-    return Selection(alpha, branch, branch != "smallest", branch == "both", (), (), (), 0.05, 0.05, "")
-
-
 @pytest.mark.parametrize(
     ("picks", "expected"),
     [
@@ -555,7 +550,7 @@ def _sel(branch: str, alpha: float) -> Selection:
 def test_choose_variant_by_hand(picks, expected):
     from mox_unlearn.select_alpha.rule import choose_variant
 
-    assert choose_variant([(label, _sel(branch, 1.0), p) for label, branch, p in picks]) == expected
+    assert choose_variant([(branch, p) for _label, branch, p in picks]) == expected
 
 
 @pytest.mark.slow
@@ -568,7 +563,7 @@ def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_mode
     assert labels == ["plain", "keep0.2", "only_mlp"]
     from mox_unlearn.select_alpha.rule import choose_variant
 
-    picks = [(v["label"], _sel(v["branch"], v["alpha"]), v["ks_p"]) for v in report["variants"]]
+    picks = [(v["branch"], v["ks_p"]) for v in report["variants"]]
     best = report["variants"][choose_variant(picks)]
     assert report["variant"] == best["variant"] and report["selection"]["alpha"] == best["alpha"]
     assert all(len(v["curve"]) == 2 for v in report["variants"])

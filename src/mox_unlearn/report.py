@@ -130,9 +130,8 @@ def write_report(
         stage.joinpath("results.md").write_text(md, encoding="utf-8")
         plot_fq_mu(rows, stage / "fq_mu.png")
         plot_alpha_sweep(rows, stage / "alpha_sweep.png")
-        names = sorted(f.name for f in stage.iterdir())
-    order = [*(n for n in ("results.json", "results.csv", "results.md", "fq_mu.png") if n in names)]
-    return [out / n for n in order + [n for n in names if n not in order]]
+        names = {f.name for f in stage.iterdir()}
+    return [p for p in report_files(out) if p.name in names]
 
 
 def _plt():

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 from mox_unlearn.errors import MoxError
 
@@ -57,6 +58,20 @@ class Variant:
                 except re.error as e:
                     raise MoxError(f"{key} {pattern!r} is not a regular expression: {e}") from None
         self.depth_ends()  # parses, or refuses in one line
+
+    @classmethod
+    def from_settings(cls, settings: object, where: str) -> Variant:
+        """A Variant from a mapping of its settings (YAML, a config list); anything else, an unknown
+        setting or a bad value is one line that starts with `where` (the flag or key it came from)."""
+        if not isinstance(settings, Mapping):
+            raise MoxError(f"{where}: expected settings such as {{keep_fraction: 0.2, only: mlp}}, got {settings!r}")
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise MoxError(f"{where}: unknown setting {unknown[0]!r}; valid: {', '.join(SETTINGS)}")
+        try:
+            return cls(**settings)
+        except MoxError as e:
+            raise MoxError(f"{where}: {e}") from None
 
     @property
     def plain(self) -> bool:
@@ -118,6 +133,9 @@ class Variant:
         """The non-default settings, for model cards, cache keys and run.json."""
         default = asdict(Variant())
         return {k: v for k, v in asdict(self).items() if v != default[k] and not (k == "seed" and not self.drop_rate)}
+
+
+SETTINGS = tuple(f.name for f in fields(Variant))
 
 
 def count_layers(names) -> int:

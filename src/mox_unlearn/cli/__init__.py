@@ -262,16 +262,7 @@ def parse_variant(text: str):
         settings = yaml.safe_load(text)
     except yaml.YAMLError:
         settings = None
-    if not isinstance(settings, dict):
-        raise MoxError(f"--variant {text!r}: expected settings such as '{{keep_fraction: 0.2, only: mlp}}'")
-    try:
-        return Variant(**settings)
-    except TypeError:
-        raise MoxError(
-            f"--variant {text!r}: unknown setting; valid: keep_fraction, drop_rate, seed, only, skip, alpha_by_depth"
-        ) from None
-    except MoxError as e:
-        raise MoxError(f"--variant {text!r}: {e}") from None
+    return Variant.from_settings(settings, f"--variant {text!r}")
 
 
 def variant_from_args(args: argparse.Namespace):

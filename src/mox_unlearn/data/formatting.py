@@ -101,9 +101,13 @@ def prompt_ids(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
 def check_prompt(tokenizer, fmt: PromptFormat) -> None:
     """Render one prompt, so a chat template that fails (or a tokenizer without EOS) is refused before
     any model loads rather than in the middle of an evaluation."""
+    _require_eos(tokenizer)
+    prompt_ids(tokenizer, "Who wrote this?", fmt)
+
+
+def _require_eos(tokenizer) -> None:
     if tokenizer.eos_token_id is None:
         raise MoxError(f"the tokenizer of {tokenizer.name_or_path} has no EOS token; it is needed to end every answer")
-    prompt_ids(tokenizer, "Who wrote this?", fmt)
 
 
 def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_length: int) -> dict:
@@ -112,8 +116,7 @@ def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_leng
     Too long sequences lose tokens from the end of the answer; a prompt that leaves no room for
     a single answer token is an error rather than a silently empty target.
     """
-    if tokenizer.eos_token_id is None:
-        raise MoxError(f"the tokenizer of {tokenizer.name_or_path} has no EOS token; it is needed to end every answer")
+    _require_eos(tokenizer)
     if max_length < 2:
         raise MoxError(f"max_length must be at least 2, got {max_length}")
     prompt = prompt_ids(tokenizer, question, fmt)

@@ -154,7 +154,7 @@ def _parse_json(content: str, spec: str) -> Located:
     data = _loads(content, spec)
     prefix = spec
     if isinstance(data, dict):
-        record_keys = sorted({"question", "answer", "text"} & data.keys())
+        record_keys = sorted({k for keys in REQUIRED_KEYS.values() for k in keys} & data.keys())
         if record_keys:  # e.g. one TOFU record, whose perturbed_answer list would otherwise become the set
             raise MoxError(
                 f"{spec}: one record (keys {', '.join(record_keys)}), not a set of records; wrap it in a JSON "

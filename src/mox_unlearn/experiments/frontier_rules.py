@@ -286,19 +286,7 @@ def frontier_variant_list(cfg: Any) -> list:
         raise MoxError(f"frontier_variants must be a list of variant settings, got {cfg.frontier_variants!r}")
     variants = []
     for i, settings in enumerate(cfg.frontier_variants):
-        if not isinstance(settings, Mapping):
-            raise MoxError(
-                f"frontier_variants[{i}]: expected settings such as {{keep_fraction: 0.2}}, got {settings!r}"
-            )
-        try:
-            v = Variant(**settings)
-        except TypeError:
-            raise MoxError(
-                f"frontier_variants[{i}]: unknown setting in {dict(settings)}; valid: keep_fraction, drop_rate, seed, "
-                "only, skip, alpha_by_depth"
-            ) from None
-        except MoxError as e:
-            raise MoxError(f"frontier_variants[{i}]: {e}") from None
+        v = Variant.from_settings(settings, f"frontier_variants[{i}]")
         if v.plain or v in variants:
             raise MoxError(f"frontier_variants[{i}]: {dict(settings)} is plain MOX or a duplicate")
         variants.append(v)

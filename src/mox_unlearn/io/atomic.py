@@ -99,16 +99,27 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, inputs: Inputs = ()
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; the result should be an ordinary folder
+    with _failed_writes_name(out, tmp):
+        try:
+            yield tmp
+            fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    _replace_dir(tmp, out.resolve(), overwrite=overwrite)
+
+
+@contextmanager
+def _failed_writes_name(out: Path, within: Path) -> Iterator[None]:
+    """A failed write in the block (write_failure; `within`: the temp output) becomes a WriteError naming
+    `out`; anything else passes unchanged. The writers clean up their temp files inside the block."""
     try:
-        yield tmp
-        fsync_tree(tmp)
+        yield
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = write_failure(e, within=tmp)
+        reason = write_failure(e, within=within)
         if reason is not None:
             raise WriteError(out, reason) from e
         raise
-    _replace_dir(tmp, out.resolve(), overwrite=overwrite)
 
 
 def _replace_dir(tmp: Path, out: Path, *, overwrite: bool = True) -> None:
@@ -143,21 +154,19 @@ def staged_files(out: Path) -> Iterator[Path]:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staged.tmp-", dir=out))
-    try:
-        yield stage
-        fsync_tree(stage)
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
-        fsync_dir(out)
-    except BaseException as e:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created:
-            with suppress(OSError):
-                out.rmdir()
-        reason = write_failure(e, within=stage)
-        if reason is not None:
-            raise WriteError(out, reason) from e
-        raise
+    with _failed_writes_name(out, stage):
+        try:
+            yield stage
+            fsync_tree(stage)
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
+            fsync_dir(out)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            if created:
+                with suppress(OSError):
+                    out.rmdir()
+            raise
     shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -167,18 +176,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        reason = write_failure(e, within=tmp)
-        if reason is not None:
-            raise WriteError(path, reason) from e
-        raise
+    with _failed_writes_name(path, tmp):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 

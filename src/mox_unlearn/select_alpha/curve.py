@@ -16,7 +16,6 @@ from mox_unlearn.select_alpha.report import write_selection
 from mox_unlearn.select_alpha.rule import (
     MIN_K,
     CurvePoint,
-    Selection,
     choose_variant,
     indistinguishable,
     relative_drop,
@@ -173,28 +172,23 @@ def variant_curves(ref_dir, mem_dir, data, selection: SelectionSettings, variant
                 **kwargs,
             )
         )
-    picks = []
-    for r in reports:
-        sel = Selection(
-            **{**r["selection"], **{k: tuple(r["selection"][k]) for k in ("passing", "within_tolerance", "alike")}}
-        )
-        p = next(row["ks_p"] for row in r["curve"] if row["chosen"])
-        picks.append((Variant(**r["variant"]).label() or "plain", sel, p))
+    picks = [(r["selection"]["branch"], next(row["ks_p"] for row in r["curve"] if row["chosen"])) for r in reports]
+    labels = [Variant(**r["variant"]).label() or "plain" for r in reports]
     best = choose_variant(picks)
     chosen = dict(reports[best])
     chosen["variants"] = [
         {
             "variant": r["variant"],
             "label": label,
-            "alpha": sel.alpha,
-            "branch": sel.branch,
+            "alpha": r["selection"]["alpha"],
+            "branch": branch,
             "ks_p": p,
             "curve": r["curve"],
         }
-        for r, (label, sel, p) in zip(reports, picks)
+        for r, label, (branch, p) in zip(reports, labels, picks)
     ]
     chosen["variant_choice"] = (
-        f"{picks[best][0]} of {len(picks)} variants: the pick that passed more tests, then forget most like holdout"
+        f"{labels[best]} of {len(picks)} variants: the pick that passed more tests, then forget most like holdout"
     )
     return chosen
 
@@ -275,26 +269,15 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
             work_dir=scratch,
             progress=True,
         )
-        variants = auto_variants(cfg)
+        variants, selection = auto_variants(cfg), run_selection(cfg)
         if variants:
             data = load_selection_data(
-                cfg.forget,
-                cfg.holdout,
-                cfg.retain,
-                score=run_selection(cfg).score,
-                max_items=run_selection(cfg).max_items,
+                cfg.forget, cfg.holdout, cfg.retain, score=selection.score, max_items=selection.max_items
             )
-            report = variant_curves(ref_dir, mem_dir, data, run_selection(cfg), variants, **settings)
+            report = variant_curves(ref_dir, mem_dir, data, selection, variants, **settings)
         else:
             report = alpha_curve(
-                ref_dir,
-                mem_dir,
-                cfg.forget,
-                cfg.holdout,
-                cfg.retain,
-                run_selection(cfg),
-                variant=cfg.extrapolation,
-                **settings,
+                ref_dir, mem_dir, cfg.forget, cfg.holdout, cfg.retain, selection, variant=cfg.extrapolation, **settings
             )
         report["models"] = {"ref": cfg.model, "mem": str(out / "memorized") if mem_dir.parent == out else None}
         files = write_selection(report, out)
@@ -325,14 +308,4 @@ def auto_variants(cfg) -> list:
         raise MoxError("alpha_variants are tried by alpha=auto; with a fixed α set extrapolation.* instead")
     if not cfg.extrapolation.plain:
         raise MoxError("give either extrapolation.* or alpha_variants (alpha=auto tries plain MOX and each of them)")
-    out = []
-    for i, settings in enumerate(cfg.alpha_variants):
-        if not isinstance(settings, Mapping):
-            raise MoxError(f"alpha_variants[{i}]: expected settings such as {{keep_fraction: 0.2}}, got {settings!r}")
-        try:
-            out.append(Variant(**settings))
-        except TypeError:
-            raise MoxError(f"alpha_variants[{i}]: unknown setting in {dict(settings)}") from None
-        except MoxError as e:
-            raise MoxError(f"alpha_variants[{i}]: {e}") from None
-    return out
+    return [Variant.from_settings(v, f"alpha_variants[{i}]") for i, v in enumerate(cfg.alpha_variants)]

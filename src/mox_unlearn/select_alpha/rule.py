@@ -149,18 +149,18 @@ def relative_drop(ref: float | None, value: float | None) -> float:
     return (ref - value) / ref
 
 
-def choose_variant(picks: Sequence[tuple[str, Selection, float]]) -> int:
-    """Which variant's pick to take, given each variant's (label, select_alpha's Selection, the KS p of its
-    chosen α), plain first: the branch that passed more (both tests, then utility only, then neither), and
-    within it the forget set most like the holdout (highest KS p). Ties keep the earlier variant, so plain
-    MOX wins unless a variant does strictly better. Returns the index into `picks`."""
+def choose_variant(picks: Sequence[tuple[str, float]]) -> int:
+    """Which variant's pick to take, given each variant's (branch of select_alpha's Selection, the KS p of
+    its chosen α), plain first: the branch that passed more (both tests, then utility only, then neither),
+    and within it the forget set most like the holdout (highest KS p). Ties keep the earlier variant, so
+    plain MOX wins unless a variant does strictly better. Returns the index into `picks`."""
     if not picks:
         raise MoxError("no variant curves to choose from")
     rank = {BOTH: 2, UTILITY_ONLY: 1, SMALLEST: 0}
 
     def key(i: int) -> tuple[int, float]:
-        _, sel, p = picks[i]
-        return rank[sel.branch], (-1.0 if math.isnan(p) else p)
+        branch, p = picks[i]
+        return rank[branch], (-1.0 if math.isnan(p) else p)
 
     best = 0
     for i in range(1, len(picks)):
