@@ -14,15 +14,16 @@ from safetensors.torch import save_file
 
 from mox_unlearn.errors import MoxError
 from mox_unlearn.extrapolate import (
+    all_finite,
     alpha_label,
     extrapolate_folders,
     extrapolate_state_dict,
     extrapolate_tensor,
     extrapolate_tensors,
 )
-from mox_unlearn.io.atomic import atomic_output_dir
+from mox_unlearn.io.atomic import WriteError, atomic_output_dir
 from mox_unlearn.io.reading import list_weight_files, read_safetensors_header
-from mox_unlearn.io.shards import ShardWriter, parse_size
+from mox_unlearn.io.shards import ShardedFolder, layout_for, parse_size, plan_shards, save_sharded
 from mox_unlearn.tiny import build_tiny_llama
 
 THREE_SHARDS = "64KB"  # the tiny fp32 Llama is ~159 KB: 64 KB shards give exactly 3 files
@@ -336,35 +337,37 @@ def test_refuses_out_overlapping_an_input(where, models, tmp_path, tokenizer):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
-def test_failure_in_background_shard_write_leaves_nothing(models, tmp_path, monkeypatch):
+def test_failure_of_a_write_in_a_worker_leaves_nothing(models, tmp_path, monkeypatch):
+    import errno
+
     import mox_unlearn.io.shards as mio
 
-    real, calls = mio._save_shard, []
+    real, calls = mio._pwrite_all, []
 
-    def flaky(tensors, path, *args):
-        calls.append(path)
-        if len(calls) == 3:
-            raise OSError("No space left on device")
-        real(tensors, path, *args)
+    def flaky(fd, data, offset):
+        calls.append(offset)
+        if len(calls) == 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
 
-    monkeypatch.setattr(mio, "_save_shard", flaky)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(mio, "_pwrite_all", flaky)
+    with pytest.raises(WriteError, match="No space left on device; nothing was written there"):
         run(models["ref"], models["mem"], [4.0, 2.0], tmp_path / "out", shard_size="30KB")
-    assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert len(calls) >= 20 and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
     import mox_unlearn.extrapolate as ex
 
-    real, calls = ex.extrapolate_tensors, []
+    real, calls = ex.eq8_chunk, []
 
-    def flaky(ref, mem, alphas, **kw):
+    def flaky(*args):
         calls.append(1)
         if len(calls) == 12:
             raise RuntimeError("disk on fire")
-        return real(ref, mem, alphas, **kw)
+        return real(*args)
 
-    monkeypatch.setattr(ex, "extrapolate_tensors", flaky)
+    monkeypatch.setattr(ex, "eq8_chunk", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run(models["ref3"], models["mem3"], [4.0, 2.0], tmp_path / "out", shard_size="30KB")
     assert len(calls) == 12 and sorted(p.name for p in tmp_path.iterdir()) == []
@@ -409,17 +412,12 @@ def test_alpha_label():
     assert [alpha_label(a) for a in (4, 4.0, 0.5, -1, 0.125, 1e-5)] == ["4", "4", "0.5", "-1", "0.125", "1e-05"]
 
 
-def test_shard_writer_single_and_many(tmp_path):
+def test_shard_layout_single_and_many(tmp_path):
     t = {f"t{i}": torch.full((250,), float(i)) for i in range(5)}  # 1000 bytes each
-    with ShardWriter(tmp_path / "one", "10KB") as w:
-        for k, v in t.items():
-            w.add(k, v)
+    save_sharded(t, tmp_path / "one", "10KB")
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model.safetensors"]
 
-    w = ShardWriter(tmp_path / "many", 2000)
-    for k, v in t.items():
-        w.add(k, v)
-    paths = w.close()
+    paths = save_sharded(t, tmp_path / "many", 2000)
     assert [p.name for p in paths] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
     assert index["metadata"]["total_size"] == 5000
@@ -427,35 +425,67 @@ def test_shard_writer_single_and_many(tmp_path):
     assert list_weight_files(tmp_path / "many")["t2"] == tmp_path / "many" / "model-00002-of-00003.safetensors"
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == sorted(
         [p.name for p in paths] + ["model.safetensors.index.json"]
-    )  # no temp names left
+    )
     with safe_open(str(paths[0]), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
-    w2 = ShardWriter(tmp_path / "dup", 2000)
-    w2.add("a", t["t0"])
-    with pytest.raises(ValueError, match="twice"):
-        w2.add("a", t["t1"])
+    assert all(torch.equal(v, load_sd(tmp_path / "many")[k]) for k, v in t.items())
 
 
-def test_shard_writer_arenas_are_recycled_and_guarded(tmp_path):
-    from mox_unlearn.io.shards import ArenaPool, ShardSaver
+def test_plan_shards_is_hugging_faces_rule():
+    """A file closes when the next tensor would push it over the cap; a tensor of cap bytes or more gets a
+    file of its own; zero-byte tensors and an empty model still make valid files."""
+    plan = plan_shards(
+        [
+            ("a", "F32", (100,), 400),
+            ("b", "F32", (100,), 400),
+            ("c", "F32", (300,), 1200),
+            ("d", "U8", (0,), 0),
+            ("e", "U8", (700,), 700),
+            ("f", "U8", (300,), 300),
+        ],
+        1000,
+    )
+    files = {name: slot.file for name, slot in plan.slots.items()}
+    assert files == {
+        "a": "model-00001-of-00003.safetensors",
+        "b": "model-00001-of-00003.safetensors",
+        "c": "model-00002-of-00003.safetensors",  # oversized: alone
+        "d": "model-00003-of-00003.safetensors",  # the file holding c is full
+        "e": "model-00003-of-00003.safetensors",
+        "f": "model-00003-of-00003.safetensors",  # 0 + 700 + 300 = 1000: fits exactly
+    }
+    assert plan.index["metadata"]["total_size"] == 3000
+    header = plan.headers["model-00001-of-00003.safetensors"]
+    assert len(header) % 8 == 0 and int.from_bytes(header[:8], "little") == len(header) - 8
+    assert plan.slots["b"].start - plan.slots["a"].start == 400  # data without holes, in the given order
+    assert plan.sizes["model-00001-of-00003.safetensors"] == len(header) + 800
+    empty = plan_shards([], "1GB")
+    assert list(empty.headers) == ["model.safetensors"] and empty.index is None
 
-    pool = ArenaPool(2, 2048)
-    with ShardSaver() as saver:
-        w = ShardWriter(tmp_path / "w", 2000, saver=saver, arenas=pool)
-        for i in range(6):  # 6 tensors of 1000 bytes -> 3 shards through 2 recycled buffers
-            t = w.empty((250,), torch.float32)
-            t.fill_(float(i))
-            w.add(f"t{i}", t)
-        paths = w.close()
-    assert len(paths) == 3 and pool._made <= 2
-    sd = load_sd(tmp_path / "w")
-    assert all(torch.equal(sd[f"t{i}"], torch.full((250,), float(i))) for i in range(6))
 
-    w = ShardWriter(tmp_path / "g", 2000, arenas=ArenaPool(1, 2048))
-    w.add("a", w.empty((400,), torch.float32))
-    w.empty((100,), torch.float32)  # handed out from the arena, not yet added...
-    with pytest.raises(RuntimeError, match="empty"):
-        w.flush()  # ...so recycling its buffer now must be refused
+def test_sharded_folder_writes_pieces_from_threads_and_refuses_gaps(tmp_path):
+    """Chunks of one tensor written out of order from several threads give the same file safetensors
+    would read back; a slot left short, or a write outside its slot, is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = {"x": torch.randn(1000, dtype=torch.bfloat16), "y": torch.arange(7, dtype=torch.int64), "z": torch.tensor(True)}
+    layout = layout_for(t, 1500)
+    with ShardedFolder(tmp_path / "w", layout) as out:
+        raw = t["x"].view(torch.int16).numpy().tobytes()
+        pieces = [(at, memoryview(raw)[at : at + 256]) for at in range(0, len(raw), 256)][::-1]
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda p: out.write("x", p[1], at=p[0]), pieces))
+        out.write("y", t["y"])
+        out.write("z", t["z"])
+    got = load_sd(tmp_path / "w")
+    assert all(torch.equal(got[k], v) for k, v in t.items())
+    with pytest.raises(ValueError, match="outside"):
+        with ShardedFolder(tmp_path / "bad", layout) as out:
+            out.write("y", t["x"])
+    with pytest.raises(RuntimeError, match="of 2000 bytes written"):
+        with ShardedFolder(tmp_path / "short", layout) as out:
+            out.write("y", t["y"])
+            out.write("z", t["z"])
 
 
 def test_extrapolate_tensors_into_out():
@@ -492,3 +522,45 @@ def test_atomic_output_dir(tmp_path):
             (tmp / "f.txt").write_text("x")
             raise KeyError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite_wherever_the_bad_entry_is(dtype):
+    """all_finite's one aminmax pass finds a single inf, -inf or NaN anywhere: in the vectorised body, in
+    the scalar tail, first or last; and empty and integer tensors count as finite."""
+    n = 1000 + 37  # not a multiple of any vector width
+    for pos in (0, 1, 15, 16, 511, n - 2, n - 1):
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            t = torch.randn(n, dtype=torch.float64).to(dtype)
+            assert all_finite(t) and bool(torch.isfinite(t).all())
+            t[pos] = bad
+            assert not all_finite(t), (dtype, pos, bad)
+    assert all_finite(torch.empty(0, dtype=dtype))
+    assert all_finite(torch.tensor([2**31 - 1], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cannot_overflow_is_sound_and_falls_back_on_bad_inputs(dtype):
+    """Whenever the input bound says every alpha is finite, every output is; near the limit it says no
+    (and the writer then checks each output exactly); inf or NaN inputs always say no."""
+    from mox_unlearn.extrapolate import cannot_overflow
+
+    top = torch.finfo(dtype).max
+    g = torch.Generator().manual_seed(0)
+    said_yes = said_no = 0
+    for scale in (1e-3, 0.01, 0.1, 0.2, 0.3, 0.5, 0.9):
+        r = ((torch.rand(4096, generator=g) * 2 - 1) * top * scale).to(dtype)
+        m = ((torch.rand(4096, generator=g) * 2 - 1) * top * scale).to(dtype)
+        for alphas in ([0.5], [1.0, 4.0], [-0.5], [2.0**-3, 0.3]):
+            if cannot_overflow(r, m, alphas, dtype):
+                said_yes += 1
+                assert all(all_finite(o) for o in extrapolate_tensors(r, m, alphas)), (dtype, scale, alphas)
+            else:
+                said_no += 1
+    assert said_yes and said_no  # both branches were exercised
+    ok = torch.ones(8, dtype=dtype)
+    for bad in (float("inf"), float("nan")):
+        spoiled = ok.clone()
+        spoiled[3] = bad
+        assert not cannot_overflow(spoiled, ok, [0.5], dtype) and not cannot_overflow(ok, spoiled, [0.5], dtype)
+    assert cannot_overflow(ok[:0], ok[:0], [1e30], dtype)  # nothing to overflow

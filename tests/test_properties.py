@@ -24,7 +24,7 @@ from mox_unlearn import extrapolate as ex
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
 from mox_unlearn.io.reading import open_weights
-from mox_unlearn.io.shards import ShardWriter
+from mox_unlearn.io.shards import save_sharded
 
 # modest budgets: the whole file runs in seconds on 2 cores; no example database written into the repo
 FAST = settings(
@@ -210,9 +210,7 @@ layouts = st.sampled_from([64, 200, 1000, 10**6])  # shard caps in bytes: many s
 def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], cap: int) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    with ShardWriter(folder, cap) as w:
-        for name, t in tensors.items():
-            w.add(name, t)
+    save_sharded(tensors, folder, cap)
 
 
 @SLOW

@@ -19,7 +19,7 @@ import torch
 
 from mox_unlearn import lora, sharding
 from mox_unlearn.errors import MoxError
-from mox_unlearn.extrapolate import extrapolate_tensor, extrapolate_variant
+from mox_unlearn.extrapolate import all_finite, extrapolate_tensor, extrapolate_variant
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
 from mox_unlearn.io.cards import write_model_card
@@ -71,7 +71,7 @@ def extrapolate_in_place(model, ref, alpha: float, variant: Variant | None = Non
         else:
             r, m = ref_params[name].float(), param.float()
             param.copy_(extrapolate_variant(r, m, [alpha], variant, name, n_layers)[0].to(param.dtype))
-        if bad is None and not bool(torch.isfinite(param).all()):
+        if bad is None and not all_finite(param):
             bad = name
     return bad
 
@@ -124,7 +124,7 @@ def load_average_in_place(model, momentum: MomentumAverage) -> str | None:
     bad = None
     for name, param in sharding.local_parameters(model).items():
         param.copy_(momentum.avg[name].to(param.device, param.dtype))
-        if bad is None and not bool(torch.isfinite(param).all()):
+        if bad is None and not all_finite(param):
             bad = name
     return bad
 
@@ -245,7 +245,7 @@ class FullSpace:
                 if cfg.repair_steps:  # training after Eq. 8, opt-in (train/repair.py)
                     info = repair(unwrapped, run.reference, run.retain_ex, run.tokenizer.pad_token_id, cfg)
                     extra["repair"] = info
-                    bad = next((n for n, p in unwrapped.named_parameters() if not bool(torch.isfinite(p).all())), None)
+                    bad = next((n for n, p in unwrapped.named_parameters() if not all_finite(p)), None)
                     agree_finite(self.accelerator, bad, f"repair_steps={cfg.repair_steps}")
                     card["repair"] = (
                         f"{info['steps']} steps of KL(p_ref ‖ p_θ) on the retain set after extrapolation "
@@ -347,9 +347,7 @@ class LoraSpace(FullSpace):
             outputs["forget_adapter"] = str(out / "forget-adapter")
         title = f"Unlearned model ({method.name}, LoRA, merged)"
         state = lora.merged_state_dict(model, forget)
-        bad = next(
-            (name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None
-        )
+        bad = next((name for name, t in state.items() if not all_finite(t)), None)
         agree_finite(self.accelerator, bad, f"α = {cfg.alpha:g}")  # only the main process writes LoRA outputs
         self._save(run, model.get_base_model(), out / "model", title, card, state)
         outputs["model"] = str(out / "model")
