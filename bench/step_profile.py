@@ -1,6 +1,6 @@
 """Where the time of one training step goes: MOX memorization and NPO against plain fine-tuning.
 
-    python bench/step_profile.py [--model DIR] [--steps 10] [--rounds 3] [--batch 8] [--json FILE]
+    python bench/step_profile.py [--model DIR] [--steps 10] [--rounds 3] [--batch 8] [--kinds ...] [--json FILE]
 
 The step is the training loop's own (src/mox_unlearn/train/): `collate` → `build_inputs` (the
 objective's forward passes, policy and reference) → the objective → backward → gradient clipping →
@@ -77,15 +77,16 @@ def step(
     fb, rb = collate(forget, pad_id), collate(retain, pad_id)
     t1 = time.perf_counter()
     clock["collate"] += t1 - t
-    if kind == "finetune+ref":
+    if kind in ("finetune", "finetune+ref"):
         loss = model(**fb).loss + model(**rb).loss
         t2 = time.perf_counter()
         clock["policy forward"] += t2 - t1
-        with torch.no_grad():
-            ref(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"])
+        if kind == "finetune+ref":
+            with torch.no_grad():
+                ref(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"])
         t3 = time.perf_counter()
     else:
-        objective = {"mox": "memorize", "npo": "npo"}[kind]
+        objective = {"mox": "memorize", "npo": "npo", "graddiff": "graddiff"}[kind]
         spec = get_loss(objective)
         needs = spec.needs - {"target"}
         batch = StepBatch(
@@ -125,6 +126,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=4096, help="tokenizer size of the random model (no --model)")
+    ap.add_argument(
+        "--kinds",
+        default="finetune+ref,mox,npo",
+        help="comma-separated steps to time: finetune, finetune+ref, mox, npo, graddiff",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -155,7 +161,7 @@ def main() -> int:
             (list(range(i * args.batch, (i + 1) * args.batch)), list(range(i * args.batch, (i + 1) * args.batch)))
             for i in range(n_pairs)
         ]
-        kinds = ["finetune+ref", "mox", "npo"]
+        kinds = args.kinds.split(",")
         ref = load_model(model_dir, torch.float32).eval().requires_grad_(False)
         models = {k: load_model(model_dir, torch.float32).train() for k in kinds}
         optims = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-5, weight_decay=0.01) for k in kinds}
@@ -199,7 +205,7 @@ def main() -> int:
                     f"round {rnd + 1}/{args.rounds} {k}: median step {statistics.median(per_step[k][-n_pairs:]):.4f} s",
                     flush=True,
                 )
-    n = len(per_step["mox"])
+    n = len(per_step[kinds[0]])
     rows = []
     for k in kinds:
         total = sum(per_step[k])
@@ -224,7 +230,10 @@ def main() -> int:
             + " | ".join(f"{r['parts_s_per_step'][p]:.4f}" for p in PARTS)
             + " |"
         )
-    base, mox = rows[0], rows[1]
+    by_kind = {r["kind"]: r for r in rows}
+    if "finetune+ref" not in by_kind or "mox" not in by_kind:
+        return 0
+    base, mox = by_kind["finetune+ref"], by_kind["mox"]
     ratio = mox["median_step_s"] / base["median_step_s"]
     print(
         f"\nMOX step / (fine-tuning step + one reference forward): {ratio:.3f} (median), "

@@ -14,7 +14,13 @@ from mox_unlearn.cli import main
 from mox_unlearn.data.formatting import PromptFormat, encode_qa, prompt_ids
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import BENCHMARKS, METRICS
-from mox_unlearn.evaluate.stats import answer_stats, cut_at_stop, generate_greedy, text_token_logprobs
+from mox_unlearn.evaluate.stats import (
+    answer_stats,
+    cut_at_stop,
+    generate_greedy,
+    score_continuations,
+    text_token_logprobs,
+)
 from mox_unlearn.evaluate.tofu import read_retain_truth_ratios
 
 FMT = PromptFormat()
@@ -617,3 +623,49 @@ def test_loading_info_refuses_weights_that_do_not_fit_the_config():
         MoxError, match=r"m do not fit its config.json: w \(\[2, 2\] in the weights, \[4, 2\] in config.json\)"
     ):
         check_loading_info("m", {"mismatched_keys": [("w", (2, 2), (4, 2))]})
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_shared_prompt_scoring_equals_scoring_each_answer_alone(model, tokenizer, batch_size):
+    """score_continuations runs each question's prompt once (left-padded, KV cache copied per answer) and
+    gives every answer the statistics answer_stats gives it from the whole sequence: same token ids and EOS
+    flag, identical argmax correctness, log-probs equal to rounding; also where max_length truncates."""
+    questions = [f"{q} ({i})" * (1 + i % 3) for i, q in enumerate(QUESTIONS * 3)][:7]
+    lists = [[a * (1 + j % 2) for j, a in enumerate(ANSWERS[: 1 + i % 4])] for i in range(7)]
+    from mox_unlearn.evaluate.stats import _cache_keyword
+
+    assert _cache_keyword(model) is not None  # the shared-prompt path is the one under test, not the fallback
+    longest_prompt = max(len(prompt_ids(tokenizer, q, FMT)) for q in questions)
+    for max_length in (512, longest_prompt + 2):
+        shared = score_continuations(
+            model, tokenizer, questions, lists, FMT, batch_size=batch_size, max_length=max_length
+        )
+        flat_q = [q for q, answers in zip(questions, lists) for _ in answers]
+        alone = answer_stats(model, tokenizer, flat_q, [a for ans in lists for a in ans], FMT, max_length=max_length)
+        got = [s for row in shared for s in row]
+        assert [len(row) for row in shared] == [len(answers) for answers in lists]
+        for a, b in zip(got, alone):
+            assert a.input_ids == b.input_ids and a.ends_with_eos == b.ends_with_eos
+            assert np.array_equal(a.correct, b.correct)
+            assert np.abs(a.token_logps - b.token_logps).max() <= 1e-5
+        assert any(not s.ends_with_eos for s in got) == (max_length < 512)  # truncation was exercised
+
+
+def test_shared_prompt_scoring_falls_back_for_models_without_a_cache(model, tokenizer):
+    """A model whose forward takes no position_ids / cache is scored one sequence per answer, as before."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    from mox_unlearn.evaluate.stats import _cache_keyword
+
+    assert _cache_keyword(Plain(model)) is None
+    lists = [ANSWERS[:2], ANSWERS[2:]]
+    got = score_continuations(Plain(model), tokenizer, QUESTIONS[:2], lists, FMT)
+    want = answer_stats(model, tokenizer, [QUESTIONS[0]] * 2 + [QUESTIONS[1]] * 2, ANSWERS, FMT)
+    assert [np.array_equal(a.token_logps, b.token_logps) for a, b in zip(got[0] + got[1], want)] == [True] * 4

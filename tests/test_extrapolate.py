@@ -564,3 +564,21 @@ def test_cannot_overflow_is_sound_and_falls_back_on_bad_inputs(dtype):
         spoiled[3] = bad
         assert not cannot_overflow(spoiled, ok, [0.5], dtype) and not cannot_overflow(ok, spoiled, [0.5], dtype)
     assert cannot_overflow(ok[:0], ok[:0], [1e30], dtype)  # nothing to overflow
+
+
+@pytest.mark.slow
+def test_mox_extrapolate_does_not_import_transformers(tiny_model_dir, tmp_path):
+    """`mox extrapolate` is safetensors in, safetensors out: importing transformers (seconds, and a few
+    hundred MB) is not on its path (issue 18 item 2)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mox_unlearn.cli import main; "
+        f"rc = main(['extrapolate', '--ref', {str(tiny_model_dir)!r}, '--mem', {str(tiny_model_dir)!r}, "
+        f"'--alpha', '2', '--out', {str(tmp_path / 'out')!r}]); "
+        "print(sorted(m for m in ('transformers', 'accelerate', 'peft', 'datasets') if m in sys.modules), rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().splitlines()[-1] == "[] 0", res.stdout + res.stderr
+    assert (tmp_path / "out" / "config.json").is_file()

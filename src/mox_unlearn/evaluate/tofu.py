@@ -25,9 +25,9 @@ from mox_unlearn.evaluate.convention import check_retain_convention, scoring_con
 from mox_unlearn.evaluate.stats import (
     AnswerStats,
     answer_stats,
-    answer_stats_multi,
     generate_answers,
     generated_top_token_rate,
+    score_continuations,
 )
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
@@ -101,15 +101,17 @@ def evaluate_split(
     """Probability, truth ratio and ROUGE of one split; returns metrics and the answer stats."""
     questions = [r["question"] for r in rs.records]
     answers = _true_answers(rs, "answer")
-    kw = dict(batch_size=batch_size, max_length=max_length)
-    stats = answer_stats(model, tokenizer, questions, answers, fmt, desc=f"{name}: answers", **kw)
-    pert = answer_stats_multi(model, tokenizer, questions, _perturbed(rs), fmt, desc=f"{name}: perturbed", **kw)
-    if name in ("forget", "retain"):
-        true = answer_stats(
-            model, tokenizer, questions, _true_answers(rs, "paraphrased_answer"), fmt, desc=f"{name}: paraphrased", **kw
-        )
-    else:
-        true = stats
+    # every answer scored from one prompt pass per question: true, paraphrased (forget/retain), perturbed
+    paraphrased = _true_answers(rs, "paraphrased_answer") if name in ("forget", "retain") else None
+    lists = [
+        [a, *([paraphrased[i]] if paraphrased else []), *ps] for i, (a, ps) in enumerate(zip(answers, _perturbed(rs)))
+    ]
+    scored = score_continuations(
+        model, tokenizer, questions, lists, fmt, batch_size=batch_size, max_length=max_length, desc=f"{name}: scoring"
+    )
+    skip = 2 if paraphrased else 1
+    stats, pert = [s[0] for s in scored], [s[skip:] for s in scored]
+    true = [s[1] for s in scored] if paraphrased else stats
     ratio = M.truth_ratio([s.nll_avg for s in true], [[p.nll_avg for p in ps] for ps in pert])
     prob = M.probability([s.nll_sum for s in stats], [s.n_tokens for s in stats])
     generated = generate_answers(

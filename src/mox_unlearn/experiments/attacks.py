@@ -148,7 +148,7 @@ def _score(
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.evaluate import metrics as M
     from mox_unlearn.evaluate.run import load_eval_model
-    from mox_unlearn.evaluate.stats import answer_stats, answer_stats_multi, generate_answers
+    from mox_unlearn.evaluate.stats import answer_stats, generate_answers, score_continuations
 
     model, tok = load_eval_model(str(model_dir), "float32")
     fmt, kw = PromptFormat(), dict(batch_size=batch_size, max_length=max_length)
@@ -158,8 +158,9 @@ def _score(
     generated = generate_answers(model, tok, questions, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
     truth = None
     if all(isinstance(r.get("paraphrased_answer"), str) and r.get("perturbed_answer") for r in records):
-        true = answer_stats(model, tok, questions, [r["paraphrased_answer"] for r in records], fmt, **kw)
-        pert = answer_stats_multi(model, tok, questions, [r["perturbed_answer"] for r in records], fmt, **kw)
+        lists = [[r["paraphrased_answer"], *r["perturbed_answer"]] for r in records]
+        scored = score_continuations(model, tok, questions, lists, fmt, **kw)
+        true, pert = [row[0] for row in scored], [row[1:] for row in scored]
         ratio = M.truth_ratio([s.nll_avg for s in true], [[p.nll_avg for p in ps] for ps in pert])
         truth = M.truth_ratio_retain(ratio)
     return {

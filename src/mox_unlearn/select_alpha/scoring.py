@@ -148,7 +148,7 @@ def _nan_safe(fn, *args, **kw) -> float:
 def _membership_scores(model, tok, rs: RecordSet, s: ScoreSettings, name: str) -> np.ndarray:
     """Per-item scores whose forget-vs-holdout distributions are compared (higher = less likely to the model)."""
     from mox_unlearn.evaluate import metrics as M
-    from mox_unlearn.evaluate.stats import answer_stats, answer_stats_multi, score_examples
+    from mox_unlearn.evaluate.stats import score_continuations, score_examples
 
     kw = dict(batch_size=s.batch_size, desc=f"{name}: answers" if s.desc else None)
     if s.score == "min_k":
@@ -161,10 +161,9 @@ def _membership_scores(model, tok, rs: RecordSet, s: ScoreSettings, name: str) -
     true = [
         r.get("paraphrased_answer") if isinstance(r.get("paraphrased_answer"), str) else r["answer"] for r in rs.records
     ]
-    t = answer_stats(model, tok, questions, true, s.fmt, max_length=s.max_length, **kw)
-    p = answer_stats_multi(
-        model, tok, questions, [r["perturbed_answer"] for r in rs.records], s.fmt, max_length=s.max_length, **kw
-    )
+    lists = [[t, *r["perturbed_answer"]] for t, r in zip(true, rs.records)]
+    scored = score_continuations(model, tok, questions, lists, s.fmt, max_length=s.max_length, **kw)
+    t, p = [row[0] for row in scored], [row[1:] for row in scored]
     # R = P_pert / P_true per item, as TOFU's truth ratio (exp of NLL differences)
     return np.array(
         [
