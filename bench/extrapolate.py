@@ -121,7 +121,7 @@ def child_main(args: argparse.Namespace) -> None:
     """Run one case inside this fresh process and print one JSON line with the timing."""
     import torch  # noqa: F401  (same imports in every case, so the idle baseline matches)
 
-    from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.extrapolation import extrapolate_folders
 
     time.sleep(0.2)  # let the parent sample the post-import baseline of this very process
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def profile_many(ref: Path, mem: Path, out: Path, alphas: list[float], shard_siz
     import threading
     from collections import defaultdict
 
-    import mox_unlearn.extrapolate as ex
+    import mox_unlearn.extrapolation as ex
     import mox_unlearn.io.shards as shards
 
     acc: dict[str, float] = defaultdict(float)

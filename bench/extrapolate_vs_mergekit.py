@@ -51,7 +51,7 @@ MANY = [0.5, 1.0, 2.0, 4.0, 8.0]
 def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (every case imports the same modules before the clock starts)
 
-    from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.extrapolation import extrapolate_folders
 
     if args.child == "mergekit":
         from mergekit.config import MergeConfiguration

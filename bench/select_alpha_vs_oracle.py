@@ -22,8 +22,8 @@ import json
 import math
 from pathlib import Path
 
+from mox_unlearn.alpha_selection import CurvePoint, select_alpha
 from mox_unlearn.experiments.frontier_rules import select_oracle, select_retrain_free
-from mox_unlearn.select_alpha import CurvePoint, select_alpha
 
 
 def _log10(fq: float | None) -> float | None:

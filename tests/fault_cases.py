@@ -487,7 +487,7 @@ ROUND2: list[Fault] = [
                 "extrapolate-sigterm-reading",
                 "while checking the models",
                 EXTRAPOLATE,
-                "mox_unlearn.extrapolate.check_same_tensors",
+                "mox_unlearn.extrapolation.check_same_tensors",
                 "extrapolate wrote no output",
             ),
             _stopped(
@@ -501,7 +501,7 @@ ROUND2: list[Fault] = [
                 "select-sigterm-scoring",
                 "while scoring θ_ref",
                 SELECT,
-                "mox_unlearn.select_alpha.curve.score_folder",
+                "mox_unlearn.alpha_selection.curve.score_folder",
                 "select-alpha wrote no output",
             ),
             _stopped(

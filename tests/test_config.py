@@ -133,10 +133,10 @@ def test_config_names_a_packaged_preset(tmp_path):
 def test_selection_defaults_live_in_one_place(capsys):
     """select-alpha's CLI, alpha: auto and the experiments start from config's selection defaults; the
     help text (which cannot import them without torch) states the same numbers."""
+    from mox_unlearn.alpha_selection import DEFAULT_GRID
     from mox_unlearn.cli import main
     from mox_unlearn.config import ALPHA_GRID, SELECT_P_MIN, SELECT_TOLERANCE, UnlearnConfig
     from mox_unlearn.experiments.workspace import ExperimentConfig
-    from mox_unlearn.select_alpha import DEFAULT_GRID
 
     u, x = UnlearnConfig(), ExperimentConfig()
     assert (u.alpha_tolerance, u.alpha_p_min, tuple(u.alpha_grid)) == (SELECT_TOLERANCE, SELECT_P_MIN, ALPHA_GRID)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mox_unlearn.errors import MoxError
-from mox_unlearn.extrapolate import (
+from mox_unlearn.extrapolation import (
     all_finite,
     alpha_label,
     extrapolate_folders,
@@ -357,7 +357,7 @@ def test_failure_of_a_write_in_a_worker_leaves_nothing(models, tmp_path, monkeyp
 
 
 def test_failure_mid_write_leaves_nothing(models, tmp_path, monkeypatch):
-    import mox_unlearn.extrapolate as ex
+    import mox_unlearn.extrapolation as ex
 
     real, calls = ex.eq8_chunk, []
 
@@ -543,7 +543,7 @@ def test_all_finite_agrees_with_isfinite_wherever_the_bad_entry_is(dtype):
 def test_cannot_overflow_is_sound_and_falls_back_on_bad_inputs(dtype):
     """Whenever the input bound says every alpha is finite, every output is; near the limit it says no
     (and the writer then checks each output exactly); inf or NaN inputs always say no."""
-    from mox_unlearn.extrapolate import cannot_overflow
+    from mox_unlearn.extrapolation import cannot_overflow
 
     top = torch.finfo(dtype).max
     g = torch.Generator().manual_seed(0)

@@ -274,7 +274,7 @@ def test_collapse_probe_is_refused_under_fsdp(tiny_model_dir, qa_files, tmp_path
 
 SLOW_EXTRAPOLATE = """
 import sys, time
-import mox_unlearn.extrapolate as ex
+import mox_unlearn.extrapolation as ex
 real = ex._extrapolate_one
 def slow(*a, **k):
     time.sleep(0.2)  # a tiny model extrapolates in milliseconds: leave time for the signal to land mid-write

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mox_unlearn.cli import main
-from mox_unlearn.extrapolate import extrapolate_folders
+from mox_unlearn.extrapolation import extrapolate_folders
 from mox_unlearn.lora import LowRankMomentum
 
 pytest.importorskip("peft")

@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mox_unlearn import extrapolate as ex
+from mox_unlearn import extrapolation as ex
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
 from mox_unlearn.io.reading import open_weights

@@ -11,12 +11,7 @@ import pytest
 import torch
 from miniature import mini_settings
 
-from mox_unlearn.cli import main
-from mox_unlearn.config import SelectionSettings
-from mox_unlearn.data import RecordSet
-from mox_unlearn.errors import MoxError
-from mox_unlearn.experiments.selection import best_fq, comparison_note
-from mox_unlearn.select_alpha import (
+from mox_unlearn.alpha_selection import (
     BOTH,
     SMALLEST,
     UTILITY_ONLY,
@@ -27,6 +22,11 @@ from mox_unlearn.select_alpha import (
     select_alpha,
     spread_sample,
 )
+from mox_unlearn.cli import main
+from mox_unlearn.config import SelectionSettings
+from mox_unlearn.data import RecordSet
+from mox_unlearn.errors import MoxError
+from mox_unlearn.experiments.selection import best_fq, comparison_note
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64"]
 HOLDOUT = [
@@ -252,7 +252,7 @@ def test_alpha_curve_on_a_tiny_model(tiny_model_dir, mem_run, data, tmp_path):
     assert sum(r["chosen"] for r in rows) == 1 and report["selection"]["alpha"] in (1.0, 2.0)
     json.dumps(report)  # JSON-able
     # scoring ready-made extrapolations gives the same numbers as extrapolating inside
-    from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.extrapolation import extrapolate_folders
 
     folders = extrapolate_folders(tiny_model_dir, mem_run / "memorized", [1.0, 2.0], tmp_path / "ex", progress=False)
     again = alpha_curve(
@@ -548,7 +548,7 @@ def test_resume_accepts_a_run_folder_written_before_the_alpha_auto_keys(tmp_path
     ],
 )
 def test_choose_variant_by_hand(picks, expected):
-    from mox_unlearn.select_alpha.rule import choose_variant
+    from mox_unlearn.alpha_selection.rule import choose_variant
 
     assert choose_variant([(branch, p) for _label, branch, p in picks]) == expected
 
@@ -561,7 +561,7 @@ def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_mode
     report = json.loads((out / "alpha-selection.json").read_text())
     labels = [v["label"] for v in report["variants"]]
     assert labels == ["plain", "keep0.2", "only_mlp"]
-    from mox_unlearn.select_alpha.rule import choose_variant
+    from mox_unlearn.alpha_selection.rule import choose_variant
 
     picks = [(v["branch"], v["ks_p"]) for v in report["variants"]]
     best = report["variants"][choose_variant(picks)]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
-from mox_unlearn.extrapolate import extrapolate_tensors, extrapolate_variant
+from mox_unlearn.extrapolation import extrapolate_tensors, extrapolate_variant
 from mox_unlearn.tiny import build_tiny_llama
 from mox_unlearn.variants import Variant, count_layers
 

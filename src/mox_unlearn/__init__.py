@@ -1,6 +1,38 @@
-"""mox-unlearn: machine unlearning of causal language models by memorize-then-extrapolate (MOX)."""
+"""mox-unlearn: machine unlearning of causal language models by memorize-then-extrapolate (MOX).
+
+The Python API (docs/api.md)::
+
+    from mox_unlearn import UnlearnConfig, unlearn, extrapolate, evaluate_tofu, evaluate_muse, select_alpha
+
+The names are loaded on first use (mox_unlearn/api.py), so importing the package, and `mox --help`, stay fast.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "UnlearnConfig",
+    "unlearn",
+    "extrapolate",
+    "evaluate_tofu",
+    "evaluate_muse",
+    "select_alpha",
+    "load_forget_model",
+    "versions",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    """The API's names, imported from mox_unlearn.api when first asked for."""
+    if name in __all__[:7]:
+        from mox_unlearn import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mox_unlearn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def versions() -> dict[str, str]:

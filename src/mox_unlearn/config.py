@@ -22,7 +22,7 @@ from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.variants import Variant
 
 # The retrain-free selection rule's defaults, in one place: `mox select-alpha`, `alpha: auto` and the
-# experiments (select-alpha, frontier) all start from these (select_alpha.py, docs/select-alpha.md).
+# experiments (select-alpha, frontier) all start from these (alpha_selection/, docs/select-alpha.md).
 ALPHA_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)  # the paper's five extrapolation strengths
 SELECT_TOLERANCE = 0.05  # largest relative drop of retain probability / ROUGE against θ_ref
 SELECT_P_MIN = 0.05  # KS p-value (forget vs holdout min-k scores) from which they count as alike
@@ -30,10 +30,10 @@ SELECT_P_MIN = 0.05  # KS p-value (forget vs holdout min-k scores) from which th
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """The retrain-free selection rule's settings (select_alpha/, docs/select-alpha.md), as one object:
+    """The retrain-free selection rule's settings (alpha_selection/, docs/select-alpha.md), as one object:
     `mox select-alpha` builds it from its flags, `alpha: auto` from the run's config
     (UnlearnConfig.selection) and the experiments from theirs (ExperimentConfig.selection); it is checked
-    in one place (select_alpha.check_settings) and read by alpha_curve."""
+    in one place (alpha_selection.check_settings) and read by alpha_curve."""
 
     grid: tuple[float, ...] = ALPHA_GRID
     tolerance: float = SELECT_TOLERANCE  # largest relative drop of retain probability / ROUGE against θ_ref
@@ -61,7 +61,7 @@ class UnlearnConfig:
     method: str = _flag("mox", "unlearning method (default mox)")
     objective: str | None = _flag(None, "memorization objective: memorize (Eq. 4) or memorize_po (Eq. 5)")
     loss: dict[str, float] = field(default_factory=dict)  # objective hyper-parameters (lambda_kl, beta, ...)
-    alpha: float | Literal["auto"] = _flag(  # Eq. 8; "auto": chosen after training (select_alpha/)
+    alpha: float | Literal["auto"] = _flag(  # Eq. 8; "auto": chosen after training (alpha_selection/)
         4.0, "extrapolation strength α (default 4), or auto: chosen after training (needs holdout=SPEC)"
     )
     targeted: bool = _flag(False, "add the targeted term (Eq. 9)")
@@ -69,7 +69,7 @@ class UnlearnConfig:
     momentum: bool = _flag(False, "momentum extrapolation (Eq. 10)")
     momentum_every: int | None = None  # optimizer steps between updates; None = each epoch end
     eta: float = 0.675
-    # alpha: auto (select_alpha.py): the largest α of the grid that keeps retain utility and makes forget ~ holdout
+    # alpha: auto (alpha_selection/): the largest α of the grid that keeps retain utility and makes forget ~ holdout
     holdout: str | None = None  # data spec like the forget set, never trained on; required with alpha: auto
     alpha_grid: list[float] = field(default_factory=lambda: list(ALPHA_GRID))
     alpha_tolerance: float = SELECT_TOLERANCE  # largest relative drop of retain probability / ROUGE against θ_ref

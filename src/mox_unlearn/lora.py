@@ -164,7 +164,18 @@ def save_adapter(peft_model, factors: Factors, dest: Path, base: str) -> None:
 
 
 def load_forget_model(base: str, memorized_adapter: str, alpha: float, *, merge: bool = True):
-    """θ_ref + (−α)·ΔW from a saved memorization adapter: choose α at load time, no extrapolation pass."""
+    """θ_for = θ_ref − α·ΔW from a LoRA memorization run: α is chosen at load time, with no extrapolation pass.
+
+    Args:
+        base: θ_ref: the model folder or hub id the adapter was trained on.
+        memorized_adapter: the run's OUT/memorized adapter folder (ΔW = the memorization update).
+        alpha: MOX's α (Eq. 8).
+        merge: fold the scaled adapter into the weights and return a plain transformers model (default);
+            False returns the peft model with the adapter scaled by −α.
+
+    Returns:
+        The unlearned model, in float32.
+    """
     peft = require_peft()
     from mox_unlearn.io.loading import load_model
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from mox_unlearn.extrapolate import extrapolate_tensor
+from mox_unlearn.extrapolation import extrapolate_tensor
 
 
 class MomentumAverage:

@@ -23,11 +23,7 @@ from mox_unlearn.errors import MoxError
 
 
 def cmd_select_alpha(args: argparse.Namespace) -> int:
-    from mox_unlearn.config import SelectionSettings
-    from mox_unlearn.data.formatting import PromptFormat
-    from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
-    from mox_unlearn.io.loading import torch_dtype
-    from mox_unlearn.select_alpha import (
+    from mox_unlearn.alpha_selection import (
         alpha_curve,
         check_model_pair,
         check_settings,
@@ -36,6 +32,10 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
         variant_curves,
         write_selection,
     )
+    from mox_unlearn.config import SelectionSettings
+    from mox_unlearn.data.formatting import PromptFormat
+    from mox_unlearn.io.atomic import atomic_output_dir, check_output_dir
+    from mox_unlearn.io.loading import torch_dtype
 
     grid = {"grid": tuple(args.alpha)} if args.alpha else {}  # none given: the default grid
     selection = SelectionSettings(
@@ -230,7 +230,7 @@ def _print_summary(run: dict) -> None:
 
 
 def cmd_extrapolate(args: argparse.Namespace) -> int:
-    from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.extrapolation import extrapolate_folders
     from mox_unlearn.io.folders import check_aux_files
     from mox_unlearn.io.loading import check_same_model_kind
 

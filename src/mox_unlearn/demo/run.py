@@ -290,7 +290,7 @@ def run_method(name: str, cfg: DemoConfig, ws) -> list[tuple[str, Path, float | 
     """Train one method in the workspace (cached by its settings); returns (row name, model folder, α) per
     model to evaluate. A run the tuned table also needs (same lr and seed) is the same run, trained once;
     the other methods keep no per-epoch weights (~6 MB each for the demo model, 10 epochs)."""
-    from mox_unlearn.extrapolate import alpha_label
+    from mox_unlearn.extrapolation import alpha_label
 
     run, u = ws.run_method(name, **({} if name in ws.cfg.frontier_methods else {"save_epochs": False}))
     if name != "mox":

@@ -11,7 +11,7 @@ Each (method, lr, setting, seed) is trained once, cached like every workspace ru
 Every (knob value) model gets the TOFU test metrics (FQ against the retain model, MU, ROUGE, ...) and,
 apart from them, validation statistics that need no retain model and touch no item the test metrics
 score: retain utility (answer probability, ROUGE-L) on validation retain items as a relative drop
-against θ_ref, and a KS test of forget vs validation-holdout min-k scores (select_alpha.score_model).
+against θ_ref, and a KS test of forget vs validation-holdout min-k scores (alpha_selection.score_model).
 
 Per method and seed, two pure rules pick one record among all (lr, setting, knob) of that seed:
   oracle        the highest test FQ with MU ≥ frontier_mu_ratio × the target's MU (what tables report);
@@ -76,8 +76,8 @@ def _first(rs, limit: int | None):
 def _part(name: str, pool, scored, override: str | None, max_items: int) -> tuple[Any, dict]:
     """One validation set: `override` when given, else the pool's items the evaluation does not score;
     when every item is scored, the scored ones, flagged `overlaps_test` (never silently)."""
+    from mox_unlearn.alpha_selection import spread_sample
     from mox_unlearn.data import RecordSet, load_records
-    from mox_unlearn.select_alpha import spread_sample
 
     if override:
         rs = load_records(override, name=f"validation {name}")
@@ -99,8 +99,8 @@ def _part(name: str, pool, scored, override: str | None, max_items: int) -> tupl
 def validation_sets(ws: Workspace, retain_spec: str):
     """(SelectionData, description): the forget set (what is unlearned), and retain and holdout items the
     final evaluation does not score (see docs/frontier.md for the choice on the demo and on TOFU)."""
+    from mox_unlearn.alpha_selection import load_selection_data
     from mox_unlearn.data import RecordSet, load_records
-    from mox_unlearn.select_alpha import load_selection_data
 
     cfg, split, limit = ws.cfg, ws.cfg.forget_split, ws.cfg.eval_limit
     load = lambda spec, name: load_records(spec, name=name, kind="qa")  # noqa: E731
@@ -138,7 +138,7 @@ def validation_sets(ws: Workspace, retain_spec: str):
 def validation_stats(scores: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float | None]:
     """The `val_*` fields of a record: retain probability / ROUGE, their relative drops against θ_ref, the
     worst drop, and the forget-vs-holdout KS test."""
-    from mox_unlearn.select_alpha import relative_drop
+    from mox_unlearn.alpha_selection import relative_drop
 
     drops = {
         m: relative_drop(reference[f"retain_{m}"], scores[f"retain_{m}"])
@@ -162,10 +162,10 @@ def validation_stats(scores: Mapping[str, Any], reference: Mapping[str, Any]) ->
 
 
 def validation_scores(ws: Workspace, model: str | Path, label: str, data, fmt) -> dict[str, Any]:
-    """select_alpha.score_model of one model on the validation sets; cached in OUT/evals/."""
+    """alpha_selection.score_model of one model on the validation sets; cached in OUT/evals/."""
+    from mox_unlearn.alpha_selection import MIN_K, ScoreSettings, json_safe, score_model
     from mox_unlearn.evaluate.run import load_eval_model
     from mox_unlearn.io.atomic import write_text_atomic
-    from mox_unlearn.select_alpha import MIN_K, ScoreSettings, json_safe, score_model
 
     c = ws.cfg
     items = [[r["question"] for r in rs.records] for rs in (data.forget, data.holdout, data.retain)]
@@ -379,8 +379,8 @@ def _note(extra: Mapping[str, Any]) -> str:
 
 
 def _write(ws: Workspace, summary: list[dict], extra: dict, show: bool = True) -> dict:
+    from mox_unlearn.alpha_selection import json_safe
     from mox_unlearn.report import write_table
-    from mox_unlearn.select_alpha import json_safe
 
     out = ws.out("frontier")
     files = write_table(

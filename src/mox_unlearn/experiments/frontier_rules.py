@@ -38,9 +38,9 @@ def _distinct_ints(values: Any, minimum: int, *, allow_empty: bool) -> bool:
 
 def check_frontier_settings(cfg: Any) -> None:
     """Refuse a frontier setting that cannot run, in one line, before any model is trained."""
+    from mox_unlearn.alpha_selection import SCORES, check_grid
     from mox_unlearn.config import UnlearnConfig, apply_mapping
     from mox_unlearn.methods import METHODS, VARIANTS
-    from mox_unlearn.select_alpha import SCORES, check_grid
 
     methods = cfg.frontier_methods
     unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]

@@ -117,7 +117,7 @@ def _probe(numel: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def extrapolation_flops_per_element(alpha: float, numel: int = 4096) -> float:
     """Per element of one Eq. 8 extrapolation, counted as `extrapolate_tensors` computes it on a probe tensor."""
-    from mox_unlearn.extrapolate import extrapolate_tensors
+    from mox_unlearn.extrapolation import extrapolate_tensors
 
     ref, mem = _probe(numel)
     with ElementwiseFlops() as counter:
@@ -271,7 +271,7 @@ def train_seconds_per_sample(run: Path) -> tuple[float, float]:
 
 def extrapolate_seconds(ref: Path, mem: Path, alphas: Sequence[float], scratch: Path, repeats: int = 3) -> float:
     """Median time of `extrapolate_folders` writing len(alphas) models from one θ_mem (read once)."""
-    from mox_unlearn.extrapolate import extrapolate_folders
+    from mox_unlearn.extrapolation import extrapolate_folders
 
     count = iter(range(repeats))
 

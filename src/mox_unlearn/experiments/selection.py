@@ -1,4 +1,4 @@
-"""select-alpha: how α chosen without a retrained model (select_alpha.py) compares with the α of the best true FQ.
+"""select-alpha: how α chosen without a retrained model (alpha_selection/) compares with the α of the best true FQ.
 
 The selection sees only what a practitioner has (θ_ref, θ_mem, forget / holdout / retain data); the
 workspace's retain model, where there is one, then grades every α of the grid with the real Forget
@@ -16,8 +16,8 @@ from mox_unlearn.experiments.workspace import Workspace
 
 def select_alpha_experiment(ws: Workspace) -> dict:
     """The selection curve over cfg.alphas from the workspace's MOX θ_mem, and each α's true FQ / MU."""
+    from mox_unlearn.alpha_selection import alpha_curve, plot_curve, write_selection
     from mox_unlearn.data import RecordSet, load_records
-    from mox_unlearn.select_alpha import alpha_curve, plot_curve, write_selection
 
     cfg = ws.cfg
     run, u = ws.run_method("mox")

@@ -87,7 +87,7 @@ class ExperimentConfig(DemoConfig):
 
 def check_settings(cfg: ExperimentConfig) -> None:
     """Refuse nonsense numbers in one line before any training or evaluation starts."""
-    from mox_unlearn.extrapolate import _check_alphas
+    from mox_unlearn.extrapolation import _check_alphas
 
     for key in ("alphas", "weights"):
         try:
@@ -248,7 +248,7 @@ class Workspace:
     # ------------------------------------------------------------------ derived models
     def extrapolated(self, ref: str | Path, mem: Path, alphas: Sequence[float], variant: Any = None) -> list[Path]:
         """Eq. 8 for each α from one θ_mem, in one pass (with an extrapolation `variant`, variants.py); cached."""
-        from mox_unlearn.extrapolate import extrapolate_folders
+        from mox_unlearn.extrapolation import extrapolate_folders
 
         missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a, variant) / "config.json").is_file()]
         if missing:
@@ -262,7 +262,7 @@ class Workspace:
 
     def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float, variant: Any = None) -> Path:
         """OUT/models/<run>-memorized-a<α>[-<variant>]-<key>; the plain variant keeps the key it always had."""
-        from mox_unlearn.extrapolate import alpha_label
+        from mox_unlearn.extrapolation import alpha_label
 
         parts: list[Any] = [str(ref), str(mem), alpha]
         name = f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}"

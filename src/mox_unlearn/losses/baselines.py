@@ -82,7 +82,7 @@ def nll(inputs: LossInputs):
     Not an unlearning objective by itself. It is the first stage of two baselines:
     - Task vectors (Ilharco et al. 2023, "Editing Models with Task Arithmetic", arXiv:2212.04089):
       fine-tune on the forget set, then negate the task vector, θ_ref − α(θ_ft − θ_ref), with the
-      same extrapolation code MOX uses (`mox_unlearn.extrapolate`).
+      same extrapolation code MOX uses (`mox_unlearn.extrapolation`).
     - Who's Harry Potter (Eldan & Russinovich 2023, arXiv:2310.02238): the "reinforced" model is
       θ_ref fine-tuned further on the forget set.
     """

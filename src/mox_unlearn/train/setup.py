@@ -56,7 +56,7 @@ def resolve(cfg: UnlearnConfig) -> Resolved:
     if cfg.momentum and not method.extrapolate:
         raise MoxError(f"--momentum needs an extrapolating method; {method.name!r} is not one")
     if cfg.alpha == "auto":
-        from mox_unlearn.select_alpha import check_auto_config
+        from mox_unlearn.alpha_selection import check_auto_config
 
         check_auto_config(cfg, method)
     elif method.extrapolate and cfg.alpha <= 0:
@@ -98,7 +98,7 @@ def load_data(cfg: UnlearnConfig, r: Resolved) -> tuple[RecordSet, RecordSet | N
         r.targets.read(cfg)
     check_overlap(forget, retain)  # a warning: the same items pulled both ways is almost always a mistake
     if cfg.alpha == "auto":  # the holdout set is read now, so a bad one fails before training
-        from mox_unlearn.select_alpha import load_selection_data
+        from mox_unlearn.alpha_selection import load_selection_data
 
         load_selection_data(forget, cfg.holdout, retain)
     return forget, retain

@@ -19,7 +19,7 @@ import torch
 
 from mox_unlearn import lora, sharding
 from mox_unlearn.errors import MoxError
-from mox_unlearn.extrapolate import all_finite, extrapolate_tensor, extrapolate_variant
+from mox_unlearn.extrapolation import all_finite, extrapolate_tensor, extrapolate_variant
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
 from mox_unlearn.io.cards import write_model_card
@@ -81,7 +81,7 @@ def check_variant(cfg, sharded: bool, extrapolates: bool = True) -> None:
     LoRA-MOX extrapolates the adapter's factors (θ_for = θ_ref − α·B·A), which a per-entry mask of the
     merged Δ is not; momentum averages whole θ_for^k (Eq. 10); FSDP ranks hold slices of each tensor, and
     keep_fraction / drop_rate need the whole tensor. only / skip / alpha_by_depth work under FSDP."""
-    from mox_unlearn.select_alpha.curve import auto_variants
+    from mox_unlearn.alpha_selection.curve import auto_variants
 
     others = auto_variants(cfg)  # refused without alpha=auto
     variant = next((v for v in [cfg.extrapolation, *others] if not v.plain), cfg.extrapolation)
@@ -355,8 +355,8 @@ class LoraSpace(FullSpace):
 
 
 def choose_alpha(run: TrainingRun, model) -> tuple[float, dict[str, Any]]:
-    """`alpha: auto`: pick α from the trained θ_mem (select_alpha.py); writes OUT/alpha-selection.{json,png}."""
-    from mox_unlearn.select_alpha import select_for_run
+    """`alpha: auto`: pick α from the trained θ_mem (alpha_selection/); writes OUT/alpha-selection.{json,png}."""
+    from mox_unlearn.alpha_selection import select_for_run
 
     cfg = run.cfg
 

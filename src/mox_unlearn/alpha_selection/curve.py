@@ -9,11 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mox_unlearn.config import SelectionSettings, run_selection
-from mox_unlearn.data import PromptFormat, RecordSet
-from mox_unlearn.errors import MoxError
-from mox_unlearn.select_alpha.report import write_selection
-from mox_unlearn.select_alpha.rule import (
+from mox_unlearn.alpha_selection.report import write_selection
+from mox_unlearn.alpha_selection.rule import (
     MIN_K,
     CurvePoint,
     choose_variant,
@@ -22,7 +19,10 @@ from mox_unlearn.select_alpha.rule import (
     select_alpha,
     utility_ok,
 )
-from mox_unlearn.select_alpha.scoring import ScoreSettings, check_settings, load_selection_data, score_folder
+from mox_unlearn.alpha_selection.scoring import ScoreSettings, check_settings, load_selection_data, score_folder
+from mox_unlearn.config import SelectionSettings, run_selection
+from mox_unlearn.data import PromptFormat, RecordSet
+from mox_unlearn.errors import MoxError
 
 # ----------------------------------------------------------------------------- the curve
 
@@ -55,7 +55,7 @@ def _score_extrapolated(
 ) -> dict[str, Any]:
     """θ_for(α) (with an extrapolation `variant`) extrapolated into a scratch folder under `work_dir`,
     scored with `score(folder)`, deleted."""
-    from mox_unlearn.extrapolate import alpha_label, extrapolate_folders
+    from mox_unlearn.extrapolation import alpha_label, extrapolate_folders
 
     scratch = Path(tempfile.mkdtemp(prefix=f".alpha-{alpha_label(alpha)}-", dir=work_dir))
     try:

@@ -28,7 +28,7 @@ Modules: rule.py (the rule, pure), scoring.py (selection data, membership scores
 (the α curve, `--alpha auto`), report.py (JSON, PNG, printed lines).
 """
 
-from mox_unlearn.select_alpha.curve import (
+from mox_unlearn.alpha_selection.curve import (
     alpha_curve,
     check_auto_config,
     check_model_pair,
@@ -36,13 +36,13 @@ from mox_unlearn.select_alpha.curve import (
     select_for_run,
     variant_curves,
 )
-from mox_unlearn.select_alpha.report import (
+from mox_unlearn.alpha_selection.report import (
     json_safe,
     plot_curve,
     summary_lines,
     write_selection,
 )
-from mox_unlearn.select_alpha.rule import (
+from mox_unlearn.alpha_selection.rule import (
     BOTH,
     DEFAULT_GRID,
     MIN_K,
@@ -58,7 +58,7 @@ from mox_unlearn.select_alpha.rule import (
     select_alpha,
     utility_ok,
 )
-from mox_unlearn.select_alpha.scoring import (
+from mox_unlearn.alpha_selection.scoring import (
     ScoreSettings,
     SelectionData,
     check_grid,

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mox_unlearn.alpha_selection.rule import MIN_K, SCORES, check_rule_settings, fmt_alpha
 from mox_unlearn.config import SelectionSettings
 from mox_unlearn.data import PromptFormat, RecordSet, encode_records, load_records
 from mox_unlearn.data.records import record_key
 from mox_unlearn.errors import MoxError
-from mox_unlearn.select_alpha.rule import MIN_K, SCORES, check_rule_settings, fmt_alpha
 
 # ----------------------------------------------------------------------------- settings and data
 
