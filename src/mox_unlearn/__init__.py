@@ -9,7 +9,8 @@ The names are loaded on first use (mox_unlearn/api.py), so importing the package
 
 __version__ = "0.1.0"
 
-__all__ = [
+# the Python API (mox_unlearn/api.py), loaded on first use
+_API = (
     "UnlearnConfig",
     "unlearn",
     "extrapolate",
@@ -17,14 +18,13 @@ __all__ = [
     "evaluate_muse",
     "select_alpha",
     "load_forget_model",
-    "versions",
-    "__version__",
-]
+)
+__all__ = [*_API, "versions", "__version__"]
 
 
 def __getattr__(name: str):
     """The API's names, imported from mox_unlearn.api when first asked for."""
-    if name in __all__[:7]:
+    if name in _API:
         from mox_unlearn import api
 
         return getattr(api, name)

@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mox_unlearn.config import SelectionSettings, UnlearnConfig
-from mox_unlearn.lora import load_forget_model
-from mox_unlearn.train.run import unlearn
+from mox_unlearn import _API
+from mox_unlearn.config import SelectionSettings, UnlearnConfig  # noqa: F401  (UnlearnConfig: re-exported)
+from mox_unlearn.lora import load_forget_model  # noqa: F401  (re-exported, see __all__)
+from mox_unlearn.train.run import unlearn  # noqa: F401  (re-exported, see __all__)
 
 if TYPE_CHECKING:
     import torch
@@ -23,15 +24,7 @@ if TYPE_CHECKING:
     from mox_unlearn.data.formatting import PromptFormat
     from mox_unlearn.variants import Variant
 
-__all__ = [
-    "UnlearnConfig",
-    "unlearn",
-    "extrapolate",
-    "evaluate_tofu",
-    "evaluate_muse",
-    "select_alpha",
-    "load_forget_model",
-]
+__all__ = list(_API)
 
 PathLike = str | Path
 
