@@ -649,6 +649,8 @@ def test_shared_prompt_scoring_equals_scoring_each_answer_alone(model, tokenizer
             assert np.array_equal(a.correct, b.correct)
             assert np.abs(a.token_logps - b.token_logps).max() <= 1e-5
         assert any(not s.ends_with_eos for s in got) == (max_length < 512)  # truncation was exercised
+    empty = score_continuations(model, tokenizer, ["Who?", QUESTIONS[0]], [[], ANSWERS[:1]], FMT, batch_size=batch_size)
+    assert empty[0] == [] and len(empty[1]) == 1  # a question without answers is skipped, not an error
 
 
 def test_shared_prompt_scoring_falls_back_for_models_without_a_cache(model, tokenizer):

@@ -77,12 +77,12 @@ def extrapolate(
     if out is not None or variant is not None:
         raise MoxError("extrapolate: out= and variant= apply to model folders; modules and state dicts stay in memory")
     if isinstance(ref, torch.nn.Module) and isinstance(mem, torch.nn.Module):
-        mem_sd = mem.state_dict()
+        ref_sd, mem_sd = ref.state_dict(), mem.state_dict()
         results = []
         for a in alphas:
             model = copy.deepcopy(ref)
             with torch.no_grad():
-                model.load_state_dict(extrapolate_state_dict(ref.state_dict(), mem_sd, a))
+                model.load_state_dict(extrapolate_state_dict(ref_sd, mem_sd, a))
             results.append(model)
     elif isinstance(ref, Mapping) and isinstance(mem, Mapping):
         results = [extrapolate_state_dict(ref, mem, a) for a in alphas]

@@ -102,24 +102,23 @@ def extrapolate_tensors(
 def eq8_chunk(
     r: torch.Tensor,
     m: torch.Tensor,
-    alphas: Sequence[float] | Sequence[tuple[torch.Tensor, torch.Tensor]],
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
     outs: Sequence[torch.Tensor],
     bufs: Sequence[torch.Tensor],
 ) -> None:
     """Eq. 8 on one flat chunk for every alpha: `outs[i] = fl(fl((1+a)*r) - fl(a*m))` in the compute dtype of
     `bufs` (four scratch buffers at least as long as the chunk), rounded once into each out's dtype.
 
-    Three passes per alpha: the subtraction stores straight into the output, so the cast back to bf16/fp16
-    is fused into it; r and m are converted to the compute dtype once for all alphas. `alphas` may be
-    given as `eq8_factors(...)`, which saves wrapping two Python scalars per op (a third of a small op's time
-    on CPU); the products are the same either way, the scalar being rounded to the compute dtype."""
+    `factors` are `eq8_factors(alphas, ...)`: 0-dim tensors save wrapping two Python scalars per op (a third
+    of a small op's time on CPU), and the products are the same, the scalar being rounded to the compute
+    dtype either way. Three passes per alpha: the subtraction stores straight into the output, so the cast
+    back to bf16/fp16 is fused into it; r and m are converted to the compute dtype once for all alphas."""
     k = r.numel()
     r_buf, m_buf, a_buf, b_buf = (buf[:k] for buf in bufs)
     if r.dtype != r_buf.dtype:
         r = r_buf.copy_(r)
     if m.dtype != m_buf.dtype or m.device != r.device:
         m = m_buf.copy_(m)
-    factors = alphas if alphas and isinstance(alphas[0], tuple) else eq8_factors(alphas, r_buf.dtype, r_buf.device)
     for (up, alpha), o in zip(factors, outs):
         torch.mul(r, up, out=a_buf)
         torch.mul(m, alpha, out=b_buf)
@@ -141,23 +140,18 @@ def extrapolate_variant(
     variant: Variant,
     name: str,
     n_layers: int,
-    out: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Eq. 8 with a variant (variants.py) for the tensor `name`, one result per alpha (`out` as in
-    `extrapolate_tensors`): θ_ref + α·s·(M ⊙ Δ)/(1 − p), computed in fp32 and cast back once.
+    """Eq. 8 with a variant (variants.py) for the tensor `name`, one new tensor per alpha:
+    θ_ref + α·s·(M ⊙ Δ)/(1 − p), computed in fp32 and cast back once.
 
     A tensor the variant does not edit is θ_ref bitwise; one it edits without trimming or dropping goes
     through `extrapolate_tensors` with α·s, so the plain variant is plain extrapolation bit for bit. With
     keep_fraction P, at most ⌈P·n⌉ entries differ from θ_ref (torch.topk of |Δ|: exactly that many kept)."""
     if not ref.is_floating_point() or not variant.edits(name):
-        if out is None:
-            return [ref for _ in alphas]
-        for o in out:
-            o.copy_(ref)
-        return list(out)
+        return [ref for _ in alphas]
     s = variant.scale(name, n_layers)
     if not variant.trims():
-        return extrapolate_tensors(ref, mem, [a * s for a in alphas], out=out)
+        return extrapolate_tensors(ref, mem, [a * s for a in alphas])
     if ref.shape != mem.shape or ref.dtype != mem.dtype:
         raise ValueError(f"{name}: ref {tuple(ref.shape)} {ref.dtype} vs mem {tuple(mem.shape)} {mem.dtype}")
     compute = torch.promote_types(ref.dtype, torch.float32)
@@ -175,7 +169,7 @@ def extrapolate_variant(
         delta = torch.where(
             survive, delta / (1 - variant.drop_rate), torch.zeros((), dtype=compute, device=delta.device)
         )
-    outs = list(out) if out is not None else [torch.empty_like(ref) for _ in alphas]
+    outs = [torch.empty_like(ref) for _ in alphas]
     for alpha, o in zip(alphas, outs):
         o.view(-1).copy_(torch.add(r, delta, alpha=alpha * s))  # the one rounding back to ref's dtype
     return outs

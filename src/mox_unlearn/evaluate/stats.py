@@ -175,12 +175,13 @@ def score_continuations(
     device = _device(model)
     eos = tokenizer.eos_token_id
     out: list[list[AnswerStats | None]] = [[None] * len(answers) for answers in answer_lists]
-    prompts = [_prompt_of(exs) for exs in examples]
+    prompts = [_prompt_of(exs) if exs else [] for exs in examples]  # no answers: nothing to score
     order = sorted((i for i in range(len(questions)) if examples[i]), key=lambda i: -len(prompts[i]))
     with _bar(sum(map(len, answer_lists)), desc) as bar:
         for qs in (order[i : i + batch_size] for i in range(0, len(order), batch_size)):
             batch = collate([{"input_ids": prompts[q]} for q in qs], tokenizer.pad_token_id, padding_side="left")
             mask = batch["attention_mask"].to(device)  # [Q, P]
+            plens = mask.sum(-1)  # [Q] real prompt tokens
             cache = _new_cache(model)
             first = model(
                 input_ids=batch["input_ids"].to(device),
@@ -197,24 +198,18 @@ def score_continuations(
             for chunk in (rows[i : i + batch_size] for i in range(0, len(rows), batch_size)):
                 qrow = torch.tensor([r for r, _ in chunk], device=device)  # [R] prompt row of each answer
                 answers = [_answer_of(examples[qs[r]][k]) for r, k in chunk]
-                tgt = collate([{"input_ids": a} for a in answers], tokenizer.pad_token_id)["input_ids"].to(
-                    device
-                )  # [R, C]
-                tmask = (
-                    torch.arange(tgt.shape[1], device=device)
-                    < torch.tensor([len(a) for a in answers], device=device)[:, None]
-                )
+                tb = collate([{"input_ids": a} for a in answers], tokenizer.pad_token_id)
+                tgt, tmask = tb["input_ids"].to(device), tb["attention_mask"].to(device)  # [R, C] each
                 sub = copy.deepcopy(cache)
                 sub.batch_select_indices(qrow)
-                plen = mask.sum(-1)[qrow]  # [R] real prompt tokens
                 logits = model(
                     input_ids=tgt,
-                    attention_mask=torch.cat([mask[qrow], tmask.long()], dim=1),
-                    position_ids=plen[:, None] + torch.arange(tgt.shape[1], device=device),
+                    attention_mask=torch.cat([mask[qrow], tmask], dim=1),
+                    position_ids=plens[qrow, None] + torch.arange(tgt.shape[1], device=device),
                     **{cache_kw: sub},
                     use_cache=True,
                 ).logits  # [R, C, V]: position j predicts answer token j + 1
-                i_row, i_col = tmask.nonzero(as_tuple=True)  # [N] answer tokens, row-major
+                i_row, i_col = tmask.bool().nonzero(as_tuple=True)  # [N] answer tokens, row-major
                 picked = logits[i_row, (i_col - 1).clamp(min=0)]  # [N, V]
                 starts = i_col == 0
                 picked[starts] = first[qrow[i_row[starts]]].to(picked.dtype)

@@ -84,11 +84,10 @@ class Slot:
 
 @dataclass(frozen=True)
 class ShardLayout:
-    """The weight files of one model folder: each file's header bytes and size, each tensor's slot, and the
-    index (None for a single `model.safetensors`)."""
+    """The weight files of one model folder: each file's header bytes, each tensor's slot, and the index
+    (None for a single `model.safetensors`)."""
 
     headers: dict[str, bytes]
-    sizes: dict[str, int]
     slots: dict[str, Slot]
     index: dict | None
 
@@ -111,7 +110,7 @@ def plan_shards(tensors: Sequence[tuple[str, str, Sequence[int], int]], cap: str
         groups = [[]]  # nothing to write: still a valid (empty) checkpoint
     n = len(groups)
     names = [SINGLE_NAME] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
-    headers, sizes, slots = {}, {}, {}
+    headers, slots = {}, {}
     for fname, group in zip(names, groups):
         entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -125,13 +124,12 @@ def plan_shards(tensors: Sequence[tuple[str, str, Sequence[int], int]], cap: str
         for name, *_ in group:
             begin, end = entries[name]["data_offsets"]  # type: ignore[index]
             slots[name] = Slot(fname, base + begin, end - begin)
-        sizes[fname] = base + offset
     index = None
     if n > 1:
         total = sum(slot.nbytes for slot in slots.values())
         weight_map = {name: slot.file for name, slot in sorted(slots.items())}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    return ShardLayout(headers, sizes, slots, index)
+    return ShardLayout(headers, slots, index)
 
 
 def layout_for(tensors: dict[str, torch.Tensor], cap: str | int) -> ShardLayout:
