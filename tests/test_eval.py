@@ -625,31 +625,38 @@ def test_loading_info_refuses_weights_that_do_not_fit_the_config():
         check_loading_info("m", {"mismatched_keys": [("w", (2, 2), (4, 2))]})
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_shared_prompt_scoring_equals_scoring_each_answer_alone(model, tokenizer, batch_size):
+@pytest.mark.parametrize(
+    "batch_size, fmt",
+    [(1, FMT), (3, FMT), (16, FMT), (3, PromptFormat(preset="open-unlearning-qa"))],
+    ids=["1", "3", "16", "3-joint"],
+)
+def test_shared_prompt_scoring_equals_scoring_each_answer_alone(model, tokenizer, batch_size, fmt):
     """score_continuations runs each question's prompt once (left-padded, KV cache copied per answer) and
     gives every answer the statistics answer_stats gives it from the whole sequence: same token ids and EOS
-    flag, identical argmax correctness, log-probs equal to rounding; also where max_length truncates."""
+    flag, identical argmax correctness, log-probs equal to rounding; also where max_length truncates. With
+    open-unlearning's joint boundary an answer's first token can be unscored context that differs between
+    the answers of one question: only the ids they all share are cached."""
     questions = [f"{q} ({i})" * (1 + i % 3) for i, q in enumerate(QUESTIONS * 3)][:7]
     lists = [[a * (1 + j % 2) for j, a in enumerate(ANSWERS[: 1 + i % 4])] for i in range(7)]
     from mox_unlearn.evaluate.stats import _cache_keyword
 
     assert _cache_keyword(model) is not None  # the shared-prompt path is the one under test, not the fallback
-    longest_prompt = max(len(prompt_ids(tokenizer, q, FMT)) for q in questions)
+    longest_prompt = max(len(prompt_ids(tokenizer, q, fmt)) for q in questions)
     for max_length in (512, longest_prompt + 2):
         shared = score_continuations(
-            model, tokenizer, questions, lists, FMT, batch_size=batch_size, max_length=max_length
+            model, tokenizer, questions, lists, fmt, batch_size=batch_size, max_length=max_length
         )
         flat_q = [q for q, answers in zip(questions, lists) for _ in answers]
-        alone = answer_stats(model, tokenizer, flat_q, [a for ans in lists for a in ans], FMT, max_length=max_length)
+        alone = answer_stats(model, tokenizer, flat_q, [a for ans in lists for a in ans], fmt, max_length=max_length)
         got = [s for row in shared for s in row]
         assert [len(row) for row in shared] == [len(answers) for answers in lists]
         for a, b in zip(got, alone):
             assert a.input_ids == b.input_ids and a.ends_with_eos == b.ends_with_eos
             assert np.array_equal(a.correct, b.correct)
             assert np.abs(a.token_logps - b.token_logps).max() <= 1e-5
-        assert any(not s.ends_with_eos for s in got) == (max_length < 512)  # truncation was exercised
-    empty = score_continuations(model, tokenizer, ["Who?", QUESTIONS[0]], [[], ANSWERS[:1]], FMT, batch_size=batch_size)
+        # truncation was exercised (with the joint boundary, EOS is appended after it, as open-unlearning does)
+        assert any(not s.ends_with_eos for s in got) == (max_length < 512 and fmt.boundary == "separate")
+    empty = score_continuations(model, tokenizer, ["Who?", QUESTIONS[0]], [[], ANSWERS[:1]], fmt, batch_size=batch_size)
     assert empty[0] == [] and len(empty[1]) == 1  # a question without answers is skipped, not an error
 
 

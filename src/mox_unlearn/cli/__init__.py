@@ -55,7 +55,7 @@ def cmd_select_alpha(args: argparse.Namespace) -> int:
     data = load_selection_data(args.forget, args.holdout, args.retain, score=args.score, max_items=args.max_items)
     with atomic_output_dir(out, overwrite=args.overwrite, inputs=inputs) as tmp:
         settings = dict(
-            fmt=PromptFormat(chat_template=args.chat_template),
+            fmt=PromptFormat(chat_template=args.chat_template, preset=args.prompt_preset),
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             max_length=args.max_length,
@@ -88,9 +88,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         retain_result=args.retain_result,
         batch_size=args.batch_size,
         limit=args.limit,
-        fmt=PromptFormat(chat_template=args.chat_template),
+        fmt=PromptFormat(chat_template=args.chat_template, preset=args.prompt_preset),
         dtype=args.dtype,
         allow_convention_mismatch=args.allow_convention_mismatch,
+        output_format=args.format,
     )
     print(summary_table(result))
     for name, metric in result["metrics"].items():

@@ -253,9 +253,22 @@ def _add_select_alpha(sub) -> None:
         dest="chat_template",
         help="prompt with the tokenizer's chat template (auto: where it has one)",
     )
+    _add_prompt_preset(s)
     s.add_argument("--out", required=True, help="output folder (alpha-selection.json / .png)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_common(s, loads_models=True)
+
+
+def _add_prompt_preset(p) -> None:
+    from mox_unlearn.data.formatting import PRESETS
+
+    p.add_argument(
+        "--prompt",
+        choices=list(PRESETS),
+        dest="prompt_preset",
+        help="a named prompt format (sets --chat-template too); open-unlearning-* reproduce open-unlearning's "
+        "TOFU prompts and prompt/answer boundary for its model configs (docs/metrics.md)",
+    )
 
 
 def _add_eval(sub) -> None:
@@ -288,7 +301,15 @@ def _add_eval(sub) -> None:
         choices=["auto", "never", "always"],
         help="prompt with the tokenizer's chat template (auto: where it has one)",
     )
-    v.add_argument("--out", required=True, help="result file (.json)")
+    _add_prompt_preset(v)
+    v.add_argument(
+        "--format",
+        choices=["mox", "open-unlearning"],
+        default="mox",
+        help="open-unlearning (TOFU): --out is a folder with its TOFU_EVAL.json and TOFU_SUMMARY.json, "
+        "and mox's result as mox_result.json",
+    )
+    v.add_argument("--out", required=True, help="result file (.json), or a folder with --format open-unlearning")
     _add_common(v, loads_models=True, pickle=True)
 
 

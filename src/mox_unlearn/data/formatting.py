@@ -12,9 +12,9 @@ Conventions every loss relies on:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MoxError, first_line
 
@@ -26,24 +26,54 @@ IGNORE_INDEX = -100
 CHAT_TEMPLATE_MODES = ("auto", "never", "always")
 
 
+BOUNDARIES = ("separate", "joint")
+
+
 @dataclass
 class PromptFormat:
-    """How a question becomes a prompt.
+    """How a question becomes a prompt, and where the scored answer starts.
 
     With a chat template (``chat_template`` "auto" and the tokenizer has one, or "always") the
-    question is the user turn (after an optional system turn) and the answer follows the
-    generation prompt directly. Without one, ``question_template`` is filled in and
-    ``answer_prefix`` separates it from the answer; ``system_prompt`` is then not used.
+    question is the user turn (after an optional system turn; ``chat_template_kwargs`` such as
+    ``date_string`` go to the template) and the answer follows the generation prompt directly.
+    Without one, ``question_template`` is filled in and ``answer_prefix`` separates it from the
+    answer; ``system_prompt`` is then not used.
+
+    ``boundary`` says how prompt and answer become tokens:
+
+    * ``separate`` (mox's default): the prompt and the answer are tokenized apart and concatenated,
+      so every answer token is scored whatever the tokenizer would merge across the boundary;
+    * ``joint`` (open-unlearning's ``preprocess_chat_instance``): prompt + answer is tokenized as one
+      text (the whole conversation, with a chat template), EOS is appended unless the text already
+      ends in it, and the labels are that sequence after as many tokens as the prompt alone has. On a
+      subword tokenizer the prompt's last token (e.g. "Answer: "'s space) merges with the answer's
+      first, which is then not scored.
+
+    ``preset`` names a set of these fields (see PRESETS), e.g. ``open-unlearning-llama3`` for
+    open-unlearning's released Llama-3.2 TOFU models; a preset sets every field it names, whatever
+    else was given.
     """
 
     chat_template: str = "auto"
     question_template: str = "Question: {question}\nAnswer:"
     answer_prefix: str = " "
     system_prompt: str | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    boundary: str = "separate"
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise MoxError(f"unknown prompt preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+            for key, value in PRESETS[self.preset].items():
+                setattr(self, key, dict(value) if isinstance(value, dict) else value)
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise MoxError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}")
+        if self.boundary not in BOUNDARIES:
+            raise MoxError(f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+        if not isinstance(self.chat_template_kwargs, dict):
+            raise MoxError(f"chat_template_kwargs must be a mapping, got {self.chat_template_kwargs!r}")
         try:
             self.question_template.format(question="")
         except (KeyError, IndexError, ValueError) as e:
@@ -52,6 +82,61 @@ class PromptFormat:
             ) from e
         if "{question}" not in self.question_template:
             raise MoxError(f"question_template {self.question_template!r} has no {{question}} field")
+
+
+_OU_SYSTEM = "You are a helpful assistant."
+# open-unlearning's TOFU prompting (configs/model/*.yaml `template_args`, src/data/utils.py
+# `preprocess_chat_instance`), one preset per family of its model configs. Without a chat template its
+# prompt is user_start_tag + question + user_end_tag + asst_start_tag, and the answer follows directly.
+PRESETS: dict[str, dict] = {
+    "mox": {
+        "chat_template": "auto",
+        "question_template": "Question: {question}\nAnswer:",
+        "answer_prefix": " ",
+        "system_prompt": None,
+        "chat_template_kwargs": {},
+        "boundary": "separate",
+    },
+    # phi-1_5, Llama-2-7b-hf, Llama-2-13b-hf
+    "open-unlearning-qa": {
+        "chat_template": "never",
+        "question_template": "Question: {question}\nAnswer: ",
+        "answer_prefix": "",
+        "system_prompt": None,
+        "chat_template_kwargs": {},
+        "boundary": "joint",
+    },
+    # Llama-2-7b-chat-hf (its chat format written out, not the tokenizer's template)
+    "open-unlearning-llama2-chat": {
+        "chat_template": "never",
+        "question_template": "[INST] {question} [/INST]",
+        "answer_prefix": "",
+        "system_prompt": None,
+        "chat_template_kwargs": {},
+        "boundary": "joint",
+    },
+    # Llama-3.1-8B / 3.2-1B / 3.2-3B-Instruct (the released TOFU models) and zephyr-7b-beta
+    "open-unlearning-llama3": {
+        "chat_template": "always",
+        "system_prompt": _OU_SYSTEM,
+        "chat_template_kwargs": {"date_string": "10 Apr 2025"},
+        "boundary": "joint",
+    },
+    # Qwen2.5-*-Instruct, Phi-3.5-mini-instruct
+    "open-unlearning-chat": {
+        "chat_template": "always",
+        "system_prompt": _OU_SYSTEM,
+        "chat_template_kwargs": {},
+        "boundary": "joint",
+    },
+    # gemma-7b-it (no system turn)
+    "open-unlearning-gemma": {
+        "chat_template": "always",
+        "system_prompt": None,
+        "chat_template_kwargs": {},
+        "boundary": "joint",
+    },
+}
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -79,23 +164,37 @@ def uses_chat_template(tokenizer, fmt: PromptFormat) -> bool:
     return has_template and fmt.chat_template != "never"
 
 
-def prompt_ids(tokenizer, question: str, fmt: PromptFormat) -> list[int]:
-    """Token ids of the prompt for `question`, ending where the answer's first token goes."""
+def _messages(fmt: PromptFormat, question: str, answer: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
+    messages.append({"role": "user", "content": question})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _render(tokenizer, fmt: PromptFormat, messages: list[dict], *, generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=False, **fmt.chat_template_kwargs
+        )
+    except Exception as e:  # jinja2's TemplateError / TemplateSyntaxError, or a template's raise_exception
+        raise MoxError(
+            f"the chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer')} fails: "
+            f"{type(e).__name__}: {first_line(e)}; fix it, or pass prompt.chat_template=never to use "
+            "prompt.question_template instead"
+        ) from None
+
+
+def prompt_ids(tokenizer, question: str, fmt: PromptFormat, max_length: int | None = None) -> list[int]:
+    """Token ids of the prompt for `question`, ending where the answer's first token goes (with
+    ``boundary: joint``, cut to `max_length` as open-unlearning cuts it)."""
     if uses_chat_template(tokenizer, fmt):
-        messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
-        messages.append({"role": "user", "content": question})
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # jinja2's TemplateError / TemplateSyntaxError, or a template's raise_exception
-            raise MoxError(
-                f"the chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer')} fails: "
-                f"{type(e).__name__}: {first_line(e)}; fix it, or pass prompt.chat_template=never to use "
-                "prompt.question_template instead"
-            ) from None
+        text = _render(tokenizer, fmt, _messages(fmt, question), generation_prompt=True)
         # The rendered template already carries BOS and role markers: add nothing more.
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = fmt.question_template.format(question=question)
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return ids[:max_length] if fmt.boundary == "joint" and max_length else ids
 
 
 def check_prompt(tokenizer, fmt: PromptFormat) -> None:
@@ -114,22 +213,61 @@ def encode_qa(tokenizer, question: str, answer: str, fmt: PromptFormat, max_leng
     """``{"input_ids", "labels"}`` for one QA pair: prompt masked with -100, answer + EOS labelled.
 
     Too long sequences lose tokens from the end of the answer; a prompt that leaves no room for
-    a single answer token is an error rather than a silently empty target.
+    a single answer token is an error rather than a silently empty target. With ``fmt.boundary``
+    "joint" the ids are open-unlearning's (see PromptFormat).
     """
     _require_eos(tokenizer)
     if max_length < 2:
         raise MoxError(f"max_length must be at least 2, got {max_length}")
+    if fmt.boundary == "joint":
+        return _encode_joint(tokenizer, question, answer, fmt, max_length)
     prompt = prompt_ids(tokenizer, question, fmt)
     answer_text = answer if uses_chat_template(tokenizer, fmt) else fmt.answer_prefix + answer
     target = list(tokenizer(answer_text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-    if len(prompt) >= max_length:
-        raise MoxError(
-            f"the prompt is longer than max_length allows ({len(prompt)} prompt tokens, max_length {max_length}): "
-            "no answer token would be trained; raise max_length or shorten the question"
-        )
+    _check_room(len(prompt), max_length)
     input_ids = (prompt + target)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + target)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def _check_room(n_prompt: int, max_length: int) -> None:
+    if n_prompt >= max_length:
+        raise MoxError(
+            f"the prompt is longer than max_length allows ({n_prompt} prompt tokens, max_length {max_length}): "
+            "no answer token would be trained; raise max_length or shorten the question"
+        )
+
+
+def _encode_joint(tokenizer, question: str, answer: str, fmt: PromptFormat, max_length: int) -> dict:
+    """open-unlearning's ids: the whole text tokenized at once, EOS appended unless it ends in one, labels
+    from the prompt's own token count on. Its chat path does not truncate; here a conversation longer
+    than `max_length` is cut like the plain one (never the case for TOFU at 512 tokens)."""
+    if uses_chat_template(tokenizer, fmt):
+        prompt = prompt_ids(tokenizer, question, fmt)
+        whole = _render(tokenizer, fmt, _messages(fmt, question, answer), generation_prompt=False)
+        ids = list(tokenizer(whole, add_special_tokens=False)["input_ids"])[:max_length]
+    else:
+        prompt = prompt_ids(tokenizer, question, fmt, max_length)
+        whole = fmt.question_template.format(question=question) + fmt.answer_prefix + answer
+        ids = list(tokenizer(whole, add_special_tokens=True)["input_ids"])[:max_length]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    _check_room(len(prompt), len(ids))
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * len(prompt) + ids[len(prompt) :]}
+
+
+def reference_answer(tokenizer, question: str, answer: str, fmt: PromptFormat, max_length: int) -> str:
+    """The text generated answers are compared with (ROUGE): the answer itself, or with ``boundary: joint``
+    what open-unlearning compares with: the decoded conversation minus the decoded prompt, stripped."""
+    if fmt.boundary != "joint":
+        return answer
+    ids = encode_qa(tokenizer, question, answer, fmt, max_length)["input_ids"]
+    prompt = prompt_ids(tokenizer, question, fmt, max_length)
+
+    def decode(x):
+        return tokenizer.decode(x, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    return decode(ids).replace(decode(prompt), "").strip()
 
 
 def encode_records(

@@ -30,6 +30,12 @@ POSITIONS = {
 _PROBE = ("Where was Alia Vorn born, and what does she write?", "In Quellport, 1961; mystery novels.")
 
 
+BOUNDARY_WORDS = {
+    "separate": "prompt and answer tokenized apart; the first answer token is scored",
+    "joint": "prompt + answer tokenized together (open-unlearning); labels start after the prompt's token count",
+}
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -43,12 +49,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def scoring_convention(tokenizer, fmt: PromptFormat) -> dict:
     """What decides which tokens a TOFU result scored: prompt settings, positions, tokenizer, and a probe."""
     chat = uses_chat_template(tokenizer, fmt)
-    prompt: dict[str, Any] = {
-        "chat_template": chat,
-        "boundary": "prompt and answer tokenized apart; the first answer token is scored",
-    }
+    prompt: dict[str, Any] = {"chat_template": chat, "boundary": BOUNDARY_WORDS[fmt.boundary]}
     if chat:
         prompt.update(template_sha=_sha(tokenizer.chat_template), system_prompt=fmt.system_prompt)
+        if fmt.chat_template_kwargs:
+            prompt["chat_template_kwargs"] = dict(fmt.chat_template_kwargs)
     else:
         prompt.update(question_template=fmt.question_template, answer_prefix=fmt.answer_prefix)
     probe = encode_qa(tokenizer, *_PROBE, fmt, max_length=4096)
@@ -88,7 +93,8 @@ def check_retain_convention(
         note = (
             f"{which} no prompt convention or tokenizer (an open-unlearning TOFU_EVAL.json or an older "
             "mox result), so it cannot be checked that both models were scored on the same tokens; "
-            "open-unlearning's TOFU prompt ends in 'Answer: ' and skips the first answer token on subword tokenizers"
+            "open-unlearning's TOFU prompt ends in 'Answer: ' and skips the first answer token on subword tokenizers "
+            "(evaluate with its prompt preset, e.g. --prompt open-unlearning-qa, to score the same tokens)"
         )
         log.warning(note)
         return note

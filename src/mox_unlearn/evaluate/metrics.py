@@ -244,6 +244,26 @@ def rouge_l_f1(prediction: str, reference: str, *, use_stemmer: bool = True) -> 
     return float(_rouge_l_score(prediction, reference, use_stemmer).fmeasure)
 
 
+@functools.lru_cache(maxsize=1)
+def _rouge_1_l_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+
+def rouge_parts(prediction: str, reference: str) -> dict[str, float]:
+    """The three ROUGE numbers open-unlearning keeps per TOFU item (its eval_text_similarity): ROUGE-1
+    recall, ROUGE-L F-measure and ROUGE-L recall, stemmed, reference first as rouge_score wants it."""
+    if not isinstance(prediction, str) or not isinstance(reference, str):
+        raise TypeError("ROUGE inputs must be strings")
+    score = _rouge_1_l_scorer().score(reference, prediction)
+    return {
+        "rouge1_recall": float(score["rouge1"].recall),
+        "rougeL_f1": float(score["rougeL"].fmeasure),
+        "rougeL_recall": float(score["rougeL"].recall),
+    }
+
+
 def rouge_l(
     predictions: Sequence[str],
     references: Sequence[str],

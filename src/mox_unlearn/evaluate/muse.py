@@ -118,8 +118,13 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
     try:
         return float(data["metrics"]["privleak_auc"]["value"]), value
     except (KeyError, TypeError, ValueError):
+        pass
+    try:  # open-unlearning's MUSE_EVAL.json: its mia_min_k AUC is 1 - ours (its privleak flips it back)
+        return 1.0 - float(data["mia_min_k"]["agg_value"]), value
+    except (KeyError, TypeError, ValueError):
         raise MoxError(
-            f"{value}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value missing)"
+            f"{value}: not a `mox eval --benchmark muse` result (metrics.privleak_auc.value) nor an "
+            "open-unlearning MUSE_EVAL.json (mia_min_k.agg_value)"
         ) from None
 
 

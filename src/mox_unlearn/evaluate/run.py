@@ -14,6 +14,9 @@ from mox_unlearn.io.atomic import check_not_an_input, write_text_atomic
 from mox_unlearn.io.loading import check_fits, load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
 
+OUTPUT_FORMATS = ("mox", "open-unlearning")
+RESULT_IN_FOLDER = "mox_result.json"  # mox's own result, inside an open-unlearning output folder
+
 
 def load_eval_model(path: str, dtype: str = "auto", fmt: PromptFormat | None = None):
     """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token. The tokenizer is
@@ -69,20 +72,38 @@ def run_eval(
     dtype: str = "auto",
     overwrite: bool = True,
     allow_convention_mismatch: bool = False,
+    output_format: str = "mox",
 ) -> dict:
-    """Evaluate and write `out` (JSON, atomically). Returns the result dict."""
+    """Evaluate and write `out` (JSON, atomically). Returns the result dict.
+
+    With `output_format` "open-unlearning" (TOFU only), `out` is a folder that receives open-unlearning's
+    TOFU_EVAL.json and TOFU_SUMMARY.json (evaluate/open_unlearning.py) and mox's own result as
+    `mox_result.json`, all or nothing."""
     bench = get_benchmark(benchmark)
     if limit is not None and limit < 1:
         raise MoxError(f"--limit must be >= 1, got {limit}")
+    if output_format not in OUTPUT_FORMATS:
+        raise MoxError(f"unknown --format {output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise MoxError(f"{out} exists (use --overwrite)")
-    if out.suffix != ".json":
+    if output_format == "open-unlearning":
+        if benchmark != "tofu":
+            raise MoxError(f"--format open-unlearning writes TOFU_EVAL.json: TOFU only, not {benchmark}")
+        if out.suffix == ".json":
+            raise MoxError(f"--format open-unlearning writes a folder (TOFU_EVAL.json, ...): --out {out} ends in .json")
+        if out.is_dir() and any(out.iterdir()) and not (out / RESULT_IN_FOLDER).is_file():
+            raise MoxError(
+                f"{out} exists and is not a folder `mox eval --format open-unlearning` wrote; choose another --out"
+            )
+        if out.exists() and not out.is_dir():
+            raise MoxError(f"{out} exists and is not a folder")
+    elif out.suffix != ".json":
         raise MoxError(f"--out must be a .json file, got {out}")
     inputs = {"--model": model_path, "--retain-result": retain_result}
     if data and Path(data).expanduser().is_dir():  # the files it reads; a result beside them is fine
         inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in bench.files(forget_split)}
-    check_not_an_input(out, inputs, replaces_folder=False)
+    check_not_an_input(out, inputs, replaces_folder=output_format == "open-unlearning")
     check_eval_inputs(benchmark, model_path, data, forget_split)
     if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
         bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
@@ -107,8 +128,24 @@ def run_eval(
         "seconds": round(time.perf_counter() - start, 2),
         "versions": versions(),
     }
-    write_text_atomic(out, json.dumps(redact(result), indent=1) + "\n")
+    if output_format == "open-unlearning":
+        write_open_unlearning(out, result, overwrite=overwrite, inputs=inputs)
+    else:
+        write_text_atomic(out, json.dumps(redact(result), indent=1) + "\n")
     return result
+
+
+def write_open_unlearning(out: Path, result: dict, *, overwrite: bool, inputs=()) -> None:
+    """The folder of `--format open-unlearning`: TOFU_EVAL.json, TOFU_SUMMARY.json, mox_result.json."""
+    from mox_unlearn.evaluate import open_unlearning as OU
+    from mox_unlearn.io.atomic import atomic_output_dir
+
+    result = redact(result)
+    ou_eval = OU.tofu_eval_json(result)  # before the folder exists: an old result fails with nothing written
+    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+        (tmp / OU.EVAL_FILE).write_text(json.dumps(ou_eval, indent=4) + "\n")
+        (tmp / OU.SUMMARY_FILE).write_text(json.dumps(OU.tofu_summary_json(ou_eval), indent=4) + "\n")
+        (tmp / RESULT_IN_FOLDER).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def summary_table(result: dict) -> str:

@@ -171,11 +171,22 @@ def score_continuations(
     examples = [
         [encode_qa(tokenizer, q, a, fmt, max_length) for a in answers] for q, answers in zip(questions, answer_lists)
     ]
+    splits = [_shared_prefix(exs) if exs else 0 for exs in examples]
+    if any(exs and c == 0 for exs, c in zip(examples, splits)):  # nothing shared to cache: score whole sequences
+        flat = score_examples(
+            model,
+            [ex for exs in examples for ex in exs],
+            tokenizer.pad_token_id,
+            batch_size=batch_size,
+            desc=desc,
+            eos_id=tokenizer.eos_token_id,
+        )
+        return _regroup(flat, answer_lists)
     model.eval()
     device = _device(model)
     eos = tokenizer.eos_token_id
     out: list[list[AnswerStats | None]] = [[None] * len(answers) for answers in answer_lists]
-    prompts = [_prompt_of(exs) if exs else [] for exs in examples]  # no answers: nothing to score
+    prompts = [list(exs[0]["input_ids"][:c]) if exs else [] for exs, c in zip(examples, splits)]
     order = sorted((i for i in range(len(questions)) if examples[i]), key=lambda i: -len(prompts[i]))
     with _bar(sum(map(len, answer_lists)), desc) as bar:
         for qs in (order[i : i + batch_size] for i in range(0, len(order), batch_size)):
@@ -191,15 +202,19 @@ def score_continuations(
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]  # [Q, V]: the last column is every row's last prompt token
-            rows = sorted(
-                ((r, k) for r, q in enumerate(qs) for k in range(len(examples[q]))),
-                key=lambda rk: -_answer_len(examples[qs[rk[0]]][rk[1]]),
-            )
+            # each answer's tail: its ids after the shared prompt (with boundary "joint" the first answer
+            # tokens can be unscored context that differs between answers), with their labels
+            tails = {
+                (r, k): {"input_ids": ex["input_ids"][splits[q] :], "labels": ex["labels"][splits[q] :]}
+                for r, q in enumerate(qs)
+                for k, ex in enumerate(examples[q])
+            }
+            rows = sorted(tails, key=lambda rk: -len(tails[rk]["input_ids"]))
             for chunk in (rows[i : i + batch_size] for i in range(0, len(rows), batch_size)):
                 qrow = torch.tensor([r for r, _ in chunk], device=device)  # [R] prompt row of each answer
-                answers = [_answer_of(examples[qs[r]][k]) for r, k in chunk]
-                tb = collate([{"input_ids": a} for a in answers], tokenizer.pad_token_id)
+                tb = collate([tails[rk] for rk in chunk], tokenizer.pad_token_id)
                 tgt, tmask = tb["input_ids"].to(device), tb["attention_mask"].to(device)  # [R, C] each
+                tlabels = tb["labels"].to(device)
                 sub = copy.deepcopy(cache)
                 sub.batch_select_indices(qrow)
                 logits = model(
@@ -209,14 +224,14 @@ def score_continuations(
                     **{cache_kw: sub},
                     use_cache=True,
                 ).logits  # [R, C, V]: position j predicts answer token j + 1
-                i_row, i_col = tmask.bool().nonzero(as_tuple=True)  # [N] answer tokens, row-major
+                i_row, i_col = (tlabels != IGNORE_INDEX).nonzero(as_tuple=True)  # [N] scored tokens, row-major
                 picked = logits[i_row, (i_col - 1).clamp(min=0)]  # [N, V]
                 starts = i_col == 0
                 picked[starts] = first[qrow[i_row[starts]]].to(picked.dtype)
-                labels = tgt[i_row, i_col]
+                labels = tlabels[i_row, i_col]
                 logps = -F.cross_entropy(picked.float(), labels, reduction="none").double().cpu().numpy()
                 hits = (picked.argmax(-1) == labels).cpu().numpy()
-                bounds = np.cumsum([0] + [len(a) for a in answers])
+                bounds = np.cumsum([0] + [_answer_len(tails[rk]) for rk in chunk])
                 for j, (r, k) in enumerate(chunk):
                     ex = examples[qs[r]][k]
                     span = slice(bounds[j], bounds[j + 1])
@@ -248,15 +263,17 @@ def _new_cache(model):
     return DynamicCache(config=model.config)
 
 
-def _prompt_of(examples: list[dict]) -> list[int]:
-    """The prompt ids shared by one question's encoded answers (labels are -100 over the prompt)."""
-    ex = examples[0]
-    n = next((i for i, label in enumerate(ex["labels"]) if label != IGNORE_INDEX), len(ex["labels"]))
-    return list(ex["input_ids"][:n])
-
-
-def _answer_of(example: dict) -> list[int]:
-    return list(example["input_ids"][len(example["input_ids"]) - _answer_len(example) :])
+def _shared_prefix(examples: list[dict]) -> int:
+    """How many leading ids one question's encoded answers share before the first scored token of any:
+    the prompt, or with boundary "joint" possibly less (the prompt's last token can merge with an answer)."""
+    first = examples[0]["input_ids"]
+    n = min(
+        next((i for i, lab in enumerate(ex["labels"]) if lab != IGNORE_INDEX), len(ex["labels"])) for ex in examples
+    )
+    for ex in examples[1:]:
+        ids = ex["input_ids"]
+        n = next((i for i in range(min(n, len(ids))) if ids[i] != first[i]), min(n, len(ids)))
+    return n
 
 
 def _answer_len(example: dict) -> int:

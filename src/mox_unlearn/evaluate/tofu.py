@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mox_unlearn.data import RecordSet, load_records, read_json
-from mox_unlearn.data.formatting import PromptFormat
+from mox_unlearn.data.formatting import PromptFormat, prompt_ids, reference_answer
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.benchmarks import TOFU_HUB_ID
@@ -117,23 +117,58 @@ def evaluate_split(
     generated = generate_answers(
         model, tokenizer, questions, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"{name}: generate"
     )
-    rouge = M.rouge_l(generated, answers, kind="recall")
+    references = [reference_answer(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
+    rouge = M.rouge_l(generated, references, kind="recall")
+    parts = [M.rouge_parts(g, r) for g, r in zip(generated, references)]
+    # per-item average NLLs: what open-unlearning's TOFU_EVAL.json keeps (evaluate/open_unlearning.py)
+    losses = dict(avg_loss=[s.nll_avg for s in stats])
     out = {}
     if name in ("ra", "wf"):
         p_pert = [[np.exp(-p.nll_avg) for p in ps] for ps in pert]
         norm = M.normalised_probability(prob, p_pert)
-        out[f"{name}_probability"] = _metric(norm.mean(), norm, definition="P_true / (P_true + sum_k P_pert_k)")
+        out[f"{name}_probability"] = _metric(
+            norm.mean(), norm, definition="P_true / (P_true + sum_k P_pert_k)", **losses
+        )
     else:
-        out[f"{name}_probability"] = _metric(prob.mean(), prob)
+        out[f"{name}_probability"] = _metric(prob.mean(), prob, **losses)
     agg = M.truth_ratio_forget(ratio) if name == "forget" else M.truth_ratio_retain(ratio)
-    out[f"{name}_truth_ratio"] = _metric(agg, ratio, per_item_is="R = P_pert / P_true (geometric means)")
-    out[f"{name}_rouge"] = _metric(rouge.mean(), rouge, generations=generated)
+    out[f"{name}_truth_ratio"] = _metric(
+        agg,
+        ratio,
+        per_item_is="R = P_pert / P_true (geometric means)",
+        avg_loss_true=[s.nll_avg for s in true],
+        avg_loss_perturbed=[[p.nll_avg for p in ps] for ps in pert],
+    )
+    out[f"{name}_rouge"] = _metric(
+        rouge.mean(),
+        rouge,
+        generations=generated,
+        references=references,
+        prompts=[_prompt_text(tokenizer, q, fmt, max_length) for q in questions],
+        rouge1_recall=[x["rouge1_recall"] for x in parts],
+        rougeL_f1=[x["rougeL_f1"] for x in parts],
+    )
     if name in ("forget", "retain"):  # collapse signals (paper Eq. 7, Def. 2.2)
         rate = generated_top_token_rate(tokenizer, generated)
         out[f"{name}_top_token_rate"] = _metric(rate, None, definition="share of the most frequent generated token")
         kl = M.collapse_from_observations(o for s in stats for o in s.observations())
         out[f"{name}_collapse"] = _metric(kl, None, definition="Eq. 7 on answer tokens, empirical q from the data")
     return out, stats
+
+
+def _prompt_text(tokenizer, question: str, fmt: PromptFormat, max_length: int) -> str:
+    """The prompt as text (open-unlearning's `input`): its ids decoded without special tokens."""
+    ids = prompt_ids(tokenizer, question, fmt, max_length)
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+def result_file(path: str | Path) -> Path:
+    """A result file as given, or inside a folder of `mox eval --format open-unlearning` (mox's own result,
+    else open-unlearning's TOFU_EVAL.json, so an open-unlearning output folder works too)."""
+    p = Path(path)
+    if p.is_dir():
+        return next((p / n for n in ("mox_result.json", "TOFU_EVAL.json") if (p / n).is_file()), p / "TOFU_EVAL.json")
+    return p
 
 
 def read_retain_truth_ratios(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -144,7 +179,7 @@ def read_retain_truth_ratios(path: str | Path) -> tuple[np.ndarray, dict]:
     forget_split / limit / model where known, `convention` (how it was scored; None where the file
     does not say) and `mia_auc` (its min-k AUC in our convention, for PrivLeak; None if absent).
     """
-    p = Path(path)
+    p = result_file(path)
     data = read_json(p, "retain result")
     if not isinstance(data, dict):
         data = {}  # not an object: falls through to the one-line refusal below

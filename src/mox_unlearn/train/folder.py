@@ -95,8 +95,12 @@ class RunFolder:
                 raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
             saved = read_run_file(out / "config.yaml")
             now, defaults = redact(to_dict(cfg)), to_dict(UnlearnConfig())  # config.yaml was written redacted
-            # a key the interrupted run's version did not have yet counts as its default
-            changed = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
+            # a key the interrupted run's version did not have yet counts as its default (also inside `prompt`)
+            changed = sorted(
+                k
+                for k in now
+                if k not in RESUME_FREE_KEYS and _with_defaults(saved.get(k, _MISSING), defaults[k]) != now[k]
+            )
             if changed:
                 raise MoxError(f"--resume with a different config than the interrupted run: {', '.join(changed)}")
             return folder
@@ -330,3 +334,15 @@ def check_checkpoint(checkpoint: Path) -> None:
             raise MoxError(
                 f"checkpoint {checkpoint} is damaged ({name} is {f.stat().st_size} bytes, was {size}); {advice}"
             )
+
+
+_MISSING = object()
+
+
+def _with_defaults(saved: Any, default: Any) -> Any:
+    """A saved setting, with the (nested) keys it lacks taken from today's default; the default when missing."""
+    if saved is _MISSING:
+        return default
+    if isinstance(saved, dict) and isinstance(default, dict):
+        return {**default, **saved}
+    return saved
