@@ -201,8 +201,9 @@ def test_output_is_a_loadable_hf_folder(models, tmp_path):
     for text in (
         "MOX extrapolation (Eq. 8)",
         "| alpha | 4 |",
-        str(models["ref"].resolve()),
-        str(models["mem"].resolve()),
+        # the inputs, named relative to the output folder (no absolute path of the machine in a card)
+        f"| reference model (theta_ref) | {os.path.relpath(models['ref'].resolve(), out.resolve())} |",
+        f"| memorization model (theta_mem) | {os.path.relpath(models['mem'].resolve(), out.resolve())} |",
         "forget.jsonl",
         "mox-unlearn version",
         "date",

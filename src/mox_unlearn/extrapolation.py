@@ -9,6 +9,7 @@ several alphas share one read of the inputs, and memory holds a few chunks per c
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -440,8 +441,9 @@ def _write_card(
         "method": METHOD,
         "formula": FORMULA,
         "alpha": alpha_label(alpha),
-        "reference model (theta_ref)": str(ref.resolve()),
-        "memorization model (theta_mem)": str(mem.resolve()),
+        # relative to this folder (its temporary name is a sibling of the final one: the same path)
+        "reference model (theta_ref)": os.path.relpath(ref.resolve(), out_dir.resolve()),
+        "memorization model (theta_mem)": os.path.relpath(mem.resolve(), out_dir.resolve()),
         "max shard size (bytes)": cap,
     }
     fields.update(card_fields or {})
@@ -450,4 +452,11 @@ def _write_card(
         "`(1 + alpha) * ref - alpha * mem` and cast back to its original dtype; integer and bool "
         "tensors are copied from the reference model, as are config and tokenizer files."
     )
-    write_model_card(out_dir, title=f"MOX-unlearned model (alpha = {alpha_label(alpha)})", fields=fields, body=body)
+    write_model_card(
+        out_dir,
+        title=f"MOX-unlearned model (alpha = {alpha_label(alpha)})",
+        fields=fields,
+        body=body,
+        source=str(ref),
+        tags=["mox"],
+    )

@@ -72,5 +72,10 @@ def import_smollm2(out: str | Path, *, overwrite: bool = False) -> Path:
                 "weights": "Q4_1 de-quantized by transformers, saved as fp32 safetensors",
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
+            metadata={
+                "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "base_model_relation": "quantized",
+                "license": "apache-2.0",
+            },
         )
     return out

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -160,6 +161,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mox_unlearn.io.atomic import check_not_an_input
     from mox_unlearn.report import load_rows, report_files, text_table, write_report
 
+    if not args.out and not args.card:
+        raise MoxError("mox report needs --out (tables and plots) or --card MODEL_DIR (or both)")
+    if args.card:
+        from mox_unlearn.data import read_json
+        from mox_unlearn.io.cards import attach_results
+
+        card = attach_results(Path(args.card), [read_json(f, "result") for f in args.files])
+        print(f"model-index of {card} written from {len(args.files)} result file(s)")
+    if not args.out:
+        return 0
     for path in report_files(Path(args.out)):  # written into --out one by one: none may be an input
         check_not_an_input(path, args.files, replaces_folder=False)
     rows = load_rows(args.files)
@@ -209,11 +220,11 @@ def cmd_unlearn(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides, flags)
     out = unlearn(cfg, resume=args.resume, overwrite=args.overwrite, argv=["mox", *argv], callbacks=args.callbacks)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    _print_summary(run)
+    _print_summary(run, out)
     return 0
 
 
-def _print_summary(run: dict) -> None:
+def _print_summary(run: dict, out: Path) -> None:
     if not run:
         return
     rows = [
@@ -225,7 +236,8 @@ def _print_summary(run: dict) -> None:
         sel = run["alpha_selection"]
         rows.append(("alpha (auto)", f"{sel['alpha']:g}: {sel['reason']}"))
     rows += [(f"time {k} (s)", v) for k, v in run["timings_s"].items()]
-    rows += [(f"output {k}", v) for k, v in run["outputs"].items()]
+    # run.json names outputs relative to the run folder; printed as paths from here
+    rows += [(f"output {k}", os.path.normpath(os.path.join(out, v))) for k, v in run["outputs"].items()]
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
 

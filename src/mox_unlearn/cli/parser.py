@@ -365,11 +365,17 @@ def _add_report(sub) -> None:
     r = sub.add_parser(
         "report",
         help="tables and plots from demo or `mox eval` result files",
-        epilog="example:\n  mox report mox-demo/results.json runs/eval/*.json --out report/",
+        epilog="examples:\n  mox report mox-demo/results.json runs/eval/*.json --out report/\n"
+        "  mox report runs/eval/mox.json --card runs/mox/model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("files", nargs="+", help="results.json of a demo and/or `mox eval --benchmark tofu` result files")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--out", help="output folder (tables and plots)")
+    r.add_argument(
+        "--card",
+        metavar="MODEL_DIR",
+        help="add the `mox eval` results (TOFU / MUSE) to MODEL_DIR/README.md as the card's model-index",
+    )
     _add_common(r)
 
 

@@ -234,9 +234,16 @@ class Workspace:
     def _find_run(self, label: str, wanted: dict) -> Path | None:
         """A finished run with these settings under another name: another analysis's label, or a key from
         before a config field was added. Label-named runs are tried first."""
+        from mox_unlearn.io.portable import absolute_config, resolve_config
+        from mox_unlearn.train.folder import paths_relative
+
         runs = self.root / "runs"
+        wanted = run_settings(absolute_config(wanted))
         for saved in sorted(runs.glob(f"{label}-*/run.json")) + sorted(runs.glob("*/run.json")):
-            if run_settings(json.loads(saved.read_text())["config"]) == wanted:
+            config = json.loads(saved.read_text())["config"]
+            if paths_relative(saved.parent):  # run.json names local paths relative to its folder
+                config = resolve_config(config, saved.parent)
+            if run_settings(absolute_config(config)) == wanted:
                 return saved.parent
         return None
 

@@ -35,6 +35,16 @@ from mox_unlearn.io.atomic import (
     write_failure,
     write_text_atomic,
 )
+from mox_unlearn.io.portable import (
+    PATHS_NOTE,
+    absolute_config,
+    command_text,
+    portable,
+    portable_argv,
+    portable_config,
+    relative_to,
+    resolve_config,
+)
 from mox_unlearn.redact import redact, redact_text
 
 # Keys that may differ between an interrupted run and its --resume without changing the result (the
@@ -93,8 +103,9 @@ class RunFolder:
         if resume:
             if folder.latest_checkpoint() is None:
                 raise MoxError(f"nothing to resume: no checkpoint under {out / 'checkpoints'}")
-            saved = read_run_file(out / "config.yaml")
-            now, defaults = redact(to_dict(cfg)), to_dict(UnlearnConfig())  # config.yaml was written redacted
+            saved = absolute_config(saved_config(out))
+            now = absolute_config(redact(to_dict(cfg)))  # config.yaml was written redacted
+            defaults = to_dict(UnlearnConfig())
             # a key the interrupted run's version did not have yet counts as its default (also inside `prompt`)
             changed = sorted(
                 k
@@ -130,9 +141,12 @@ class RunFolder:
         return any((self.path / name).exists() for name in ("config.yaml", "run.json", "checkpoints"))
 
     def write_start(self, cfg: UnlearnConfig, argv: list[str], data: dict[str, Any]) -> None:
-        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False))
-        write_text_atomic(self.path / "command.txt", redact_text(shlex.join(argv)) + "\n")
-        write_text_atomic(self.path / "data.json", json.dumps(data, indent=1) + "\n")
+        """config.yaml, command.txt, data.json: local paths relative to the folder (io/portable.py), secrets out."""
+        config = portable_config(redact(to_dict(cfg)), self.path)
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_text_atomic(self.path / "command.txt", redact_text(command_text(argv, self.path)))
+        data = {name: {**d, "source": relative_to(d["source"], self.path)} for name, d in data.items()}
+        write_text_atomic(self.path / "data.json", json.dumps({**data, "paths": PATHS_NOTE}, indent=1) + "\n")
 
     def check_same_data(self, data: dict[str, Any]) -> None:
         """--resume with the records the run started with: data edited in between would mix two data sets
@@ -257,7 +271,10 @@ class RunFolder:
 
     def finish(self, info: dict[str, Any], *, keep_checkpoints: bool) -> None:
         """run.json last; only then the checkpoints go (until it is written, --resume may need them)."""
-        write_text_atomic(self.path / "run.json", json.dumps(redact(info), indent=2, default=str) + "\n")
+        info = {**info, "config": portable_config(info["config"], self.path)}
+        info["argv"] = portable_argv(info["argv"], self.path)
+        info = portable(json.loads(json.dumps(redact(info), default=str)), self.path)
+        write_text_atomic(self.path / "run.json", json.dumps(info, indent=2) + "\n")
         if not keep_checkpoints:
             shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
         self.lock.release()
@@ -287,11 +304,19 @@ def prepare_run_dir(cfg: UnlearnConfig, *, resume: bool, overwrite: bool, main: 
 
 
 def saved_config(out: str | Path) -> dict[str, Any]:
-    """The resolved config of an earlier run (for `mox unlearn --resume --out DIR`)."""
+    """The resolved config of an earlier run (for `mox unlearn --resume --out DIR`), its local paths usable
+    from here (written relative to the folder since data.json says so; as they were before)."""
     path = Path(out) / "config.yaml"
     if not path.is_file():
         raise MoxError(f"nothing to resume: {path} not found")
-    return read_run_file(path)
+    config = read_run_file(path)
+    return resolve_config(config, Path(out)) if paths_relative(out) else config
+
+
+def paths_relative(run: str | Path) -> bool:
+    """Whether the files of run folder `run` name local paths relative to it (io/portable.py)."""
+    path = Path(run) / "data.json"
+    return path.is_file() and read_run_file(path).get("paths") == PATHS_NOTE  # a damaged one: one line naming it
 
 
 def read_run_file(path: Path) -> dict[str, Any]:

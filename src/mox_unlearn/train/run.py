@@ -29,6 +29,7 @@ from mox_unlearn.io.loading import (
     looks_like_path,
     torch_dtype,
 )
+from mox_unlearn.io.portable import relative_to
 from mox_unlearn.methods.targets import TargetAnswers
 from mox_unlearn.train.folder import RunFolder, check_checkpoint, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
@@ -352,7 +353,7 @@ class TrainingRun:
         self.bar.update(1)
         if cfg.save_epochs and plan.epoch_ends(step):
             k = math.ceil(step / plan.steps_per_epoch)
-            card = {"method": self.method.name, "epoch": k, "step": step, "source model": cfg.model}
+            card = {"method": self.method.name, "epoch": k, "step": step, **self.card_sources()}
             self.space.snapshot(
                 self, self.folder.path / "epochs" / f"epoch-{k}", f"Trained weights after epoch {k}", card
             )
@@ -459,9 +460,7 @@ class TrainingRun:
         card = {
             "method": self.method.name,
             "objective": self.resolved.objective,
-            "source model": cfg.model,
-            "forget set": cfg.forget,
-            "retain set": cfg.retain,
+            **self.card_sources(),
             "steps": self.plan.total_steps,
             "lr": cfg.lr,
             "seed": cfg.seed,
@@ -472,6 +471,18 @@ class TrainingRun:
             if self.main:
                 self.folder.finish(self.summary(outputs, extra), keep_checkpoints=cfg.keep_checkpoints)
         acc.wait_for_everyone()
+
+    def card_sources(self) -> dict[str, Any]:
+        """The card's source model and data, local ones named relative to the run folder (io/portable.py)."""
+        cfg, base = self.cfg, self.folder.path
+        rows = {"source model": cfg.model, "forget set": cfg.forget, "retain set": cfg.retain}
+        rows = {k: relative_to(v, base) if isinstance(v, str) else v for k, v in rows.items()}
+        return {**rows, "paths": "relative to the run folder"}
+
+    def card_meta(self) -> dict[str, Any]:
+        """What the cards' YAML header derives from: the source model, the data specs, the method."""
+        cfg = self.cfg
+        return {"source": cfg.model, "datasets": [cfg.forget, cfg.retain, cfg.holdout], "tags": [self.method.name]}
 
     def summary(self, outputs: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
         """run.json's content."""

@@ -12,6 +12,7 @@ choice of trainable weights, the momentum average (Eq. 10), extrapolation (Eq. 8
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from mox_unlearn.extrapolation import all_finite, extrapolate_tensor, extrapolat
 from mox_unlearn.forward import RefCache
 from mox_unlearn.io.atomic import atomic_output_dir
 from mox_unlearn.io.cards import write_model_card
+from mox_unlearn.io.portable import relative_to
 from mox_unlearn.io.shards import parse_size
 from mox_unlearn.momentum import MomentumAverage
 from mox_unlearn.redact import redact
@@ -43,6 +45,7 @@ def save_model(
     card: dict[str, Any],
     title: str,
     state_dict: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> None:
     """Write an ordinary HF folder atomically (temp folder beside `dest`, renamed at the end). `shard_size`
     is read by io.shards.parse_size, the grammar the config checked, and handed over in bytes (whose units
@@ -50,7 +53,7 @@ def save_model(
     with atomic_output_dir(dest, overwrite=True) as tmp:
         model.save_pretrained(tmp, max_shard_size=parse_size(shard_size), state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, title=title, fields=redact(card))
+        write_model_card(tmp, title=title, fields=redact(card), **(meta or {}))
 
 
 @torch.no_grad()
@@ -201,7 +204,16 @@ class FullSpace:
             self._save(run, self.accelerator.unwrap_model(run.model), dest, title, card, state)
 
     def _save(self, run, model, dest, title, card, state) -> None:
-        save_model(model, run.tokenizer, dest, shard_size=self.cfg.shard_size, title=title, card=card, state_dict=state)
+        save_model(
+            model,
+            run.tokenizer,
+            dest,
+            shard_size=self.cfg.shard_size,
+            title=title,
+            card=card,
+            state_dict=state,
+            meta=run.card_meta(),
+        )
 
     def write_outputs(self, run: TrainingRun, card: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         """OUT/memorized (extrapolating methods) and OUT/model; returns (outputs, extra run.json fields)."""
@@ -324,6 +336,7 @@ class LoraSpace(FullSpace):
         card = {**card, "lora": f"r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}, targets={cfg.lora_targets}"}
         with atomic_output_dir(out / "memorized-adapter", overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
+            adapter_card(run, tmp, "Memorization adapter (LoRA): θ_mem = θ_ref + this adapter", card)
         outputs["memorized_adapter"] = str(out / "memorized-adapter")
         mem = lora.memorized_factors(model)
         forget = mem  # a method that is not extrapolated: the unlearned model is θ_ref + the adapter
@@ -344,6 +357,7 @@ class LoraSpace(FullSpace):
             card["alpha"] = cfg.alpha
             with atomic_output_dir(out / "forget-adapter", overwrite=True) as tmp:
                 lora.save_adapter(model, forget, tmp, cfg.model)
+                adapter_card(run, tmp, "Unlearning adapter (LoRA): the unlearned model = θ_ref + this adapter", card)
             outputs["forget_adapter"] = str(out / "forget-adapter")
         title = f"Unlearned model ({method.name}, LoRA, merged)"
         state = lora.merged_state_dict(model, forget)
@@ -352,6 +366,17 @@ class LoraSpace(FullSpace):
         self._save(run, model.get_base_model(), out / "model", title, card, state)
         outputs["model"] = str(out / "model")
         return outputs, {}
+
+
+def adapter_card(run: TrainingRun, folder: Path, title: str, card: dict[str, Any]) -> None:
+    """An adapter folder's card (library peft, relation adapter) in place of peft's template, and its
+    adapter_config.json's base model named as the run's cards name it (a hub id, or relative to the run)."""
+    config = folder / "adapter_config.json"
+    settings = json.loads(config.read_text())
+    settings["base_model_name_or_path"] = relative_to(run.cfg.model, run.folder.path)
+    config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    meta = {**run.card_meta(), "relation": "adapter", "library": "peft"}
+    write_model_card(folder, title=title, fields=redact(card), **meta)
 
 
 def choose_alpha(run: TrainingRun, model) -> tuple[float, dict[str, Any]]:
