@@ -176,7 +176,8 @@ def test_default_config_cache_keys_do_not_change_silently():
     # (runs, models and evaluations name their own parts), so nothing cached changed key with it:
     assert _key(config_dict(ExperimentConfig())) == "c416d6d961"
     # 59f214cc23 until issue 17 added `extrapolation`, `alpha_variants` and `repair_steps`; e7414cac43 until issue
-    # 19 added prompt.chat_template_kwargs / boundary / preset. Runs are keyed by their non-default settings
-    # (workspace.run_settings), so no cached run changed key with either:
-    assert _key(to_dict(UnlearnConfig())) == "e5851c2e44"
+    # 19 added prompt.chat_template_kwargs / boundary / preset, log_with, push_to_hub, hub_public and
+    # attn_implementation. Runs are keyed by their non-default settings (workspace.run_settings), so no
+    # cached run changed key with either:
+    assert _key(to_dict(UnlearnConfig())) == "9e337d9d62"
     assert "extrapolation" not in run_settings(to_dict(UnlearnConfig(lr=3e-5)))

@@ -397,7 +397,9 @@ def test_unlearn_alpha_auto_records_and_uses_the_chosen_alpha(tiny_model_dir, da
     assert info["config"]["alpha"] == "auto" and sel["alpha"] in (1.0, 3.0) and sel["grid"] == [1.0, 3.0]
     report = json.loads((out / "alpha-selection.json").read_text())
     assert report["selection"]["alpha"] == sel["alpha"] and (out / "alpha-selection.png").is_file()
-    assert info["outputs"]["alpha_selection"] == str(out / "alpha-selection.json")
+    # run.json names outputs relative to the run folder (io/portable.py); so does the report its inputs
+    assert info["outputs"]["alpha_selection"] == sel["report"] == "alpha-selection.json"
+    assert str(out.parent).encode() not in (out / "alpha-selection.json").read_bytes()
     assert f"| alpha | {sel['alpha']} |" in (out / "model" / "README.md").read_text()
     assert not (out / ".alpha-selection-scratch").exists()
     ref, mem, forget = _weights(tiny_model_dir), _weights(out / "memorized"), _weights(out / "model")

@@ -108,6 +108,9 @@ class UnlearnConfig:
     lora_alpha: float = 32.0  # peft's scaling numerator (ΔW = lora_alpha / r · B·A); not MOX's α
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"  # peft target_modules: all-linear, or comma-separated module names
+    # attention kernel (transformers' attn_implementation): null = its choice, sdpa where the model has it;
+    # eager, sdpa, flash_attention_2 (needs flash_attn and a CUDA GPU), ...
+    attn_implementation: str | None = None
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # outputs
     save_memorized: bool = _flag(True, "do not write OUT/memorized")
@@ -116,6 +119,9 @@ class UnlearnConfig:
     keep_checkpoints: bool = False
     save_epochs: bool = False  # also write the trained weights at every epoch end to OUT/epochs/epoch-K
     log_every: int = 1
+    log_with: str = "none"  # experiment trackers (train/tracking.py): none, tensorboard, wandb, mlflow, all
+    push_to_hub: str | None = _flag(None, "after the run, upload OUT/model with its card to this Hub repo (private)")
+    hub_public: bool = _flag(False, "create the --push-to-hub repository public instead of private")
     # numerical failure and collapse (guards.py); a stop saves a checkpoint that --resume continues from
     on_nonfinite: str = "stop"  # non-finite loss or gradient norm: stop (checkpoint of the step before) or skip
     max_skipped_steps: int = 0  # with on_nonfinite=skip: skip that many steps (no optimizer/scheduler step), then stop
@@ -226,6 +232,10 @@ _LIMITS: dict[str, tuple[Any, str]] = {
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "mixed_precision": (lambda v: v in ("auto", "no", "bf16", "fp16"), "one of auto, no, bf16, fp16"),
     "on_nonfinite": (lambda v: v in ("stop", "skip"), "one of stop, skip"),
+    "log_with": (
+        lambda v: v in ("none", "tensorboard", "wandb", "mlflow", "all"),
+        "one of none, tensorboard, wandb, mlflow, all",
+    ),
     "collapse_action": (lambda v: v in ("warn", "stop"), "one of warn, stop"),
     "collapse_threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
     **{k: (lambda v: v >= 0, ">= 0") for k in ("max_skipped_steps", "collapse_probe_every", "repair_steps")},

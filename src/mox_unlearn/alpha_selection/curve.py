@@ -23,6 +23,7 @@ from mox_unlearn.alpha_selection.scoring import ScoreSettings, check_settings, l
 from mox_unlearn.config import SelectionSettings, run_selection
 from mox_unlearn.data import PromptFormat, RecordSet
 from mox_unlearn.errors import MoxError
+from mox_unlearn.io.portable import portable
 
 # ----------------------------------------------------------------------------- the curve
 
@@ -280,7 +281,7 @@ def select_for_run(cfg, out: Path, model, ref, tokenizer, save_model) -> tuple[f
                 ref_dir, mem_dir, cfg.forget, cfg.holdout, cfg.retain, selection, variant=cfg.extrapolation, **settings
             )
         report["models"] = {"ref": cfg.model, "mem": str(out / "memorized") if mem_dir.parent == out else None}
-        files = write_selection(report, out)
+        files = write_selection(portable(report, out), out)  # local paths relative to the run folder
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     sel = report["selection"]

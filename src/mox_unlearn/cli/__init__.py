@@ -93,6 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         allow_convention_mismatch=args.allow_convention_mismatch,
         output_format=args.format,
+        attn_implementation=args.attn_implementation,
+        device_map=args.device_map,
     )
     print(summary_table(result))
     for name, metric in result["metrics"].items():
@@ -248,6 +250,12 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     from mox_unlearn.io.loading import check_same_model_kind
 
     variant = variant_from_args(args)  # a bad value is refused before any folder is read
+    if args.push_to_hub:
+        from mox_unlearn.hub import check_can_push
+
+        if len(args.alpha) > 1:
+            raise MoxError("--push-to-hub uploads one model: give one --alpha (push the others one by one)")
+        check_can_push(args.push_to_hub)
     check_same_model_kind(Path(args.ref), Path(args.mem))
     check_aux_files(Path(args.ref))  # copied into the output at the end: refused now, not after the work
     paths = extrapolate_folders(
@@ -262,6 +270,10 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     )
     for alpha, path in zip(args.alpha, paths):
         print(f"alpha={alpha:g}  {path}")
+    if args.push_to_hub:
+        from mox_unlearn.hub import push_folder
+
+        print(f"pushed to {push_folder(paths[0], args.push_to_hub, private=not args.hub_public)}")
     return 0
 
 

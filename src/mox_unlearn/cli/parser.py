@@ -158,6 +158,10 @@ def _add_extrapolate(sub) -> None:
     e.add_argument("--shard-size", default="2GB", help="maximum output shard size (default 2GB)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--allow-negative", action="store_true", help="allow α <= 0 (plain interpolation)")
+    e.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="then upload --out with its card to this Hub repo (private)"
+    )
+    e.add_argument("--hub-public", action="store_true", help="create the --push-to-hub repository public")
     _add_variant(e)
     _add_common(e)
 
@@ -308,6 +312,14 @@ def _add_eval(sub) -> None:
         default="mox",
         help="open-unlearning (TOFU): --out is a folder with its TOFU_EVAL.json and TOFU_SUMMARY.json, "
         "and mox's result as mox_result.json",
+    )
+    v.add_argument(
+        "--attn-implementation",
+        help="eager, sdpa, flash_attention_2, ... (default: transformers' choice, sdpa where the model has it)",
+    )
+    v.add_argument(
+        "--device-map",
+        help="auto: spread a model larger than one device over the GPUs (and CPU) with accelerate",
     )
     v.add_argument("--out", required=True, help="result file (.json), or a folder with --format open-unlearning")
     _add_common(v, loads_models=True, pickle=True)

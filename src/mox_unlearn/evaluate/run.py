@@ -11,25 +11,36 @@ from mox_unlearn.data.formatting import PromptFormat, check_prompt
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate.benchmarks import get_benchmark
 from mox_unlearn.io.atomic import check_not_an_input, write_text_atomic
-from mox_unlearn.io.loading import check_fits, load_model, load_tokenizer, torch_dtype
+from mox_unlearn.io.loading import check_attn_implementation, check_fits, load_model, load_tokenizer, torch_dtype
 from mox_unlearn.redact import redact
 
 OUTPUT_FORMATS = ("mox", "open-unlearning")
 RESULT_IN_FOLDER = "mox_result.json"  # mox's own result, inside an open-unlearning output folder
 
 
-def load_eval_model(path: str, dtype: str = "auto", fmt: PromptFormat | None = None):
-    """Model (eval mode, on the GPU where there is one) and tokenizer with a pad token. The tokenizer is
-    checked first (against the model's config, and rendering one prompt with `fmt`), before any weights load."""
+def load_eval_model(
+    path: str,
+    dtype: str = "auto",
+    fmt: PromptFormat | None = None,
+    *,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
+):
+    """Model (eval mode, on the GPU where there is one, or placed by `device_map`) and tokenizer with a pad
+    token. The tokenizer is checked first (against the model's config, and rendering one prompt with `fmt`),
+    before any weights load."""
     import torch
 
     tokenizer = load_tokenizer(path)
     check_fits(path, tokenizer)
     if fmt is not None:
         check_prompt(tokenizer, fmt)
-    model = load_model(path, torch_dtype(dtype, auto=True))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+    model = load_model(
+        path, torch_dtype(dtype, auto=True), attn_implementation=attn_implementation, device_map=device_map
+    )
+    if device_map is None:
+        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model.eval(), tokenizer
 
 
 def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_split: str) -> None:
@@ -73,6 +84,8 @@ def run_eval(
     overwrite: bool = True,
     allow_convention_mismatch: bool = False,
     output_format: str = "mox",
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
 ) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict.
 
@@ -105,10 +118,13 @@ def run_eval(
         inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in bench.files(forget_split)}
     check_not_an_input(out, inputs, replaces_folder=output_format == "open-unlearning")
     check_eval_inputs(benchmark, model_path, data, forget_split)
+    check_attn_implementation(attn_implementation)
     if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
         bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
     start = time.perf_counter()
-    model, tokenizer = load_eval_model(model_path, dtype, fmt or PromptFormat())
+    model, tokenizer = load_eval_model(
+        model_path, dtype, fmt or PromptFormat(), attn_implementation=attn_implementation, device_map=device_map
+    )
     result = bench.run(
         model,
         tokenizer,

@@ -4,6 +4,7 @@ checks with one-line errors, and whether two folders hold the same kind of model
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 from collections.abc import Iterator
@@ -157,14 +158,40 @@ def check_same_model_kind(ref: Path, mem: Path) -> None:
             )
 
 
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_ATTENTION_PACKAGE = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """None (transformers' choice: sdpa where the architecture has it, else eager), or a known attention
+    implementation whose package is installed; else a one-line error before any model loads."""
+    if name is None:
+        return
+    if name not in ATTENTION:
+        raise MoxError(f"attn_implementation must be one of {', '.join(ATTENTION)}, got {name!r}")
+    package = _ATTENTION_PACKAGE.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise MoxError(f"attn_implementation={name} needs the {package} package (and a CUDA GPU); it is not installed")
+
+
 def load_model(
-    name: str, dtype: torch.dtype | str, *, allow_pickle: bool | None = None, trust_remote_code: bool | None = None
+    name: str,
+    dtype: torch.dtype | str,
+    *,
+    allow_pickle: bool | None = None,
+    trust_remote_code: bool | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
 ):
     """`AutoModelForCausalLM` from a folder or hub id; a failure is one line naming the model.
 
     Safetensors only unless pickle weights are allowed (then read with torch.load(weights_only=True));
     the model's own code only with trust_remote_code. Both default to the command's `LoadPolicy`.
+    `attn_implementation` (see check_attn_implementation) and `device_map` (e.g. "auto": layers spread
+    over the GPUs and CPU by accelerate, for evaluating a model larger than one device) go to transformers.
     """
+    check_attn_implementation(attn_implementation)
+    extra = {k: v for k, v in (("attn_implementation", attn_implementation), ("device_map", device_map)) if v}
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -185,6 +212,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported by check_loading_info, which refuses them
+            **extra,
         )
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise MoxError(f"cannot load model {name!r}: {first_line(e)}{_not_local(name)}") from None

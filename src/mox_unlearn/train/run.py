@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from mox_unlearn import guards, sharding, versions
+from mox_unlearn import guards, hub, sharding, versions
 from mox_unlearn.config import UnlearnConfig, check_config, to_dict
 from mox_unlearn.data import collate, encode_records, epoch_plan
 from mox_unlearn.errors import MoxError, one_line
 from mox_unlearn.forward import Models, RefCache, StepBatch, build_inputs
 from mox_unlearn.io.loading import (
+    check_attn_implementation,
     check_fits,
     check_model_folder,
     load_model,
@@ -29,8 +30,10 @@ from mox_unlearn.io.loading import (
     looks_like_path,
     torch_dtype,
 )
-from mox_unlearn.io.portable import relative_to
+from mox_unlearn.io.portable import portable_config, relative_to
 from mox_unlearn.methods.targets import TargetAnswers
+from mox_unlearn.redact import redact
+from mox_unlearn.train import tracking
 from mox_unlearn.train.folder import RunFolder, check_checkpoint, data_fingerprint
 from mox_unlearn.train.plan import Progress, make_plan, slice_for_process, step_token_norms
 from mox_unlearn.train.repair import check_repair
@@ -111,6 +114,8 @@ class TrainingRun:
                 self.folder.remove_failed_start()  # only a folder this process made, with nothing done in it
             raise
         finally:
+            if getattr(self, "trackers", None) is not None:
+                self.trackers.close()
             if self.folder is not None:
                 self.folder.lock.release()
         return self.folder.path
@@ -125,6 +130,10 @@ class TrainingRun:
         self.resolved = r = resolve(cfg)
         self.method, self.spec, self.hp, self.needs = r.method, r.spec, r.hp, r.needs
         self.loss_fn = r.spec.fn
+        tracking.check_log_with(cfg.log_with)
+        check_attn_implementation(cfg.attn_implementation)
+        if cfg.push_to_hub:
+            hub.check_can_push(cfg.push_to_hub)
         self.forget, self.retain = load_data(cfg, r)
         if cfg.model and looks_like_path(cfg.model):  # a bad local model folder fails here, before OUT exists
             check_model_folder(Path(cfg.model).expanduser())
@@ -139,7 +148,14 @@ class TrainingRun:
         from accelerate import Accelerator
 
         cfg = self.cfg
-        self.accelerator = acc = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
+        from accelerate.utils import ProjectConfiguration
+
+        out = Path(cfg.out or ".").resolve()
+        self.accelerator = acc = Accelerator(
+            mixed_precision=mixed_precision(cfg.mixed_precision),
+            log_with=tracking.accelerate_log_with(cfg.log_with),
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / tracking.TRACKER_DIR)),
+        )
         world_env = int(os.environ.get("WORLD_SIZE", "1"))
         if world_env > 1 and acc.num_processes != world_env:
             # Otherwise every launched process would train alone and all would write the same OUT.
@@ -170,6 +186,8 @@ class TrainingRun:
             self.folder.write_start(cfg, self.argv, data)
         elif self.main:
             self.folder.remove_partial_checkpoints()
+        self.trackers = tracking.Trackers(acc, cfg.log_with, self.folder.path)
+        self.trackers.start(self.folder.path.name, portable_config(redact(to_dict(cfg)), self.folder.path))
 
     def run_stage(self) -> None:
         """The method's step before training (WHP's reinforced model; skipped when it finished before)."""
@@ -184,13 +202,19 @@ class TrainingRun:
         cfg, r, space, device = self.cfg, self.resolved, self.space, self.accelerator.device
         dtype = torch_dtype(cfg.dtype)
         self.plan = make_plan(cfg, len(self.forget_ex), self.world)
-        self.model = space.prepare_model(load_model(cfg.model, dtype))
+        self.model = space.prepare_model(load_model(cfg.model, dtype, attn_implementation=cfg.attn_implementation))
         needs_ref = (
             self.method.extrapolate
             or (r.targets is not None and r.targets.uses_reference)
             or any(n.startswith("ref_") for n in self.needs)
         )
-        self.reference = space.reference(self.model, lambda: load_model(cfg.model, dtype)) if needs_ref else None
+        self.reference = (
+            space.reference(
+                self.model, lambda: load_model(cfg.model, dtype, attn_implementation=cfg.attn_implementation)
+            )
+            if needs_ref
+            else None
+        )
         if r.targets is not None:
             pool = r.targets.pool(self)
             self.targets = TargetAnswers(r.targets, pool, self.tokenizer, cfg, self.forget)
@@ -198,7 +222,11 @@ class TrainingRun:
         hidden_layer = default_hidden_layer(self.model, cfg) if uses_hidden else None
         self.n_trainable = space.trainable(self.model, cfg.trainable or self.method.trainable, hidden_layer)
         extra = self.method.inputs(self) if self.method.inputs else {}
-        stage_model = frozen(load_model(str(self.stage_output), dtype), device) if self.stage_output else None
+        stage_model = (
+            frozen(load_model(str(self.stage_output), dtype, attn_implementation=cfg.attn_implementation), device)
+            if self.stage_output
+            else None
+        )
         ref = self.reference
         self.models = Models(
             model=None,
@@ -398,6 +426,7 @@ class TrainingRun:
             record["collapse_top_token_rate"] = round(rate, 4)
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
+        self.trackers.log(record, step)
 
     def checkpoint_now(self) -> None:
         """A checkpoint of the current state, unless the latest one already is it."""
@@ -470,6 +499,13 @@ class TrainingRun:
             outputs, extra = self.space.write_outputs(self, card)
             if self.main:
                 self.folder.finish(self.summary(outputs, extra), keep_checkpoints=cfg.keep_checkpoints)
+        chosen = (extra.get("alpha_selection") or {}).get("alpha")
+        self.trackers.finish(
+            {**self.last_logs, **({"alpha": chosen} if chosen is not None else {})}, self.progress.step
+        )
+        if cfg.push_to_hub and self.main:  # only now: the folder is whole and run.json is written
+            url = hub.push_folder(self.folder.path / "model", cfg.push_to_hub, private=not cfg.hub_public)
+            log.info(f"pushed {self.folder.path / 'model'} to {url}")
         acc.wait_for_everyone()
 
     def card_sources(self) -> dict[str, Any]:

@@ -1,0 +1,148 @@
+"""--push-to-hub (offline: what would be uploaded, refusals, no secret in it) and experiment trackers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mox_unlearn import hub
+from mox_unlearn.cli import main
+from mox_unlearn.errors import MoxError
+from mox_unlearn.train import tracking
+
+FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64", "--max-steps", "3"]
+TOKEN = "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4"  # a made-up token, in the format the redaction knows
+
+
+class FakeApi:
+    """Records what push_folder asks of the Hub client instead of sending it."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw))
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file there
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+
+
+def _unlearn(tiny_model_dir, qa_files, out, *extra):
+    forget, retain = qa_files
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
+    return main([*args, "--out", str(out), *FAST, *extra])
+
+
+def test_push_is_refused_in_one_line_before_anything_runs(
+    no_token, tiny_model_dir, qa_files, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    assert _unlearn(tiny_model_dir, qa_files, out, "--push-to-hub", "me/model") == 2
+    assert "needs a Hugging Face token with write access" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _unlearn(tiny_model_dir, qa_files, out, "--push-to-hub", "me/model") == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(MoxError, match="is not a Hub repo id"):
+        hub.check_can_push("../../etc")
+    args = ["extrapolate", "--ref", str(tiny_model_dir), "--mem", str(tiny_model_dir), "--out", str(tmp_path / "x")]
+    assert main([*args, "--alpha", "1", "--alpha", "2", "--push-to-hub", "me/m"]) == 2
+    assert "give one --alpha" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_push_uploads_the_finished_model_privately_and_no_secret_travels(
+    no_token, tiny_model_dir, qa_files, tmp_path, monkeypatch
+):
+    """What can be checked offline: the calls made to the Hub client (a stand-in), the folder they name,
+    and that the token is in none of its files. The upload itself needs the network and a real token."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    api = FakeApi()
+    monkeypatch.setattr(hub, "push_folder", _with_api(hub.push_folder, api))
+    out = tmp_path / "run"
+    assert _unlearn(tiny_model_dir, qa_files, out, "--push-to-hub", "me/forgetful") == 0
+    (create, repo), (upload, sent) = api.calls
+    assert (create, upload) == ("create_repo", "upload_folder")
+    assert repo == {"repo_id": "me/forgetful", "private": True, "exist_ok": True, "repo_type": "model"}
+    assert Path(sent["folder_path"]) == out / "model" and sent["repo_id"] == "me/forgetful"
+    assert sent["allow_patterns"] == hub.upload_files(out / "model")
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(sent["allow_patterns"])
+    for name in sent["allow_patterns"]:
+        assert TOKEN.encode() not in (out / "model" / name).read_bytes()
+    for f in out.rglob("*"):  # nor anywhere in the run folder
+        assert not f.is_file() or TOKEN.encode() not in f.read_bytes()
+
+
+def _with_api(push, api):
+    def push_with(folder, repo_id, *, private=True):
+        return push(folder, repo_id, private=private, api=api)
+
+    return push_with
+
+
+def test_a_failed_upload_keeps_the_model_and_says_how_to_retry(tmp_path):
+    class Broken(FakeApi):
+        def upload_folder(self, **kw):
+            raise ConnectionError("no route to host")
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(MoxError, match=r"failed \(ConnectionError: no route to host\).*hf upload me/m"):
+        hub.push_folder(tmp_path / "m", "me/m", api=Broken())
+    assert (tmp_path / "m" / "config.json").is_file()
+    with pytest.raises(MoxError, match="not a model folder"):
+        hub.push_folder(tmp_path, "me/m", api=FakeApi())
+
+
+def test_tracker_settings_by_hand(monkeypatch):
+    assert tracking.flat_hparams(
+        {"lr": 1e-3, "prompt": {"boundary": "joint", "system_prompt": None}, "loss": {}, "g": [1, 2]}
+    ) == {
+        "lr": 1e-3,
+        "prompt.boundary": "joint",
+        "prompt.system_prompt": "null",
+        "g": "[1, 2]",
+    }
+    assert tracking.numeric({"step": 3, "loss": 0.5, "lr": 1, "skipped": "nan", "ok": True}, "final/") == {
+        "final/loss": 0.5,
+        "final/lr": 1.0,
+    }
+    with pytest.raises(MoxError, match="log_with must be one of none, tensorboard, wandb, mlflow, all"):
+        tracking.check_log_with("neptune")
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MoxError, match="log_with=wandb needs the wandb package: pip install wandb"):
+        tracking.check_log_with("wandb")
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_loss_curve_and_default_runs_write_no_tracker_files(tiny_model_dir, qa_files, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package (mox-unlearn[trackers])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert _unlearn(tiny_model_dir, qa_files, out, "log_with=tensorboard") == 0
+    events = list((out / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    scalars = {}
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((s.step, s.value) for s in acc.Scalars(tag))
+    assert sorted(scalars["loss"]) == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in logged]
+    assert "final/loss" in scalars and "lr" in scalars
+    plain = tmp_path / "plain"
+    assert _unlearn(tiny_model_dir, qa_files, plain) == 0
+    assert not (plain / "trackers").exists()
