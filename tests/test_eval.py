@@ -678,3 +678,28 @@ def test_shared_prompt_scoring_falls_back_for_models_without_a_cache(model, toke
     got = score_continuations(Plain(model), tokenizer, QUESTIONS[:2], lists, FMT)
     want = answer_stats(model, tokenizer, [QUESTIONS[0]] * 2 + [QUESTIONS[1]] * 2, ANSWERS, FMT)
     assert [np.array_equal(a.token_logps, b.token_logps) for a, b in zip(got[0] + got[1], want)] == [True] * 4
+
+
+def test_attention_kernel_and_device_map_reach_the_loaded_model(tiny_model_dir, monkeypatch):
+    """--attn-implementation and --device-map go to from_pretrained; flash-attention without its package is
+    one line before anything loads."""
+    from transformers import AutoModelForCausalLM as Auto
+
+    from mox_unlearn.evaluate.run import load_eval_model
+
+    seen, original = {}, Auto.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Auto, "from_pretrained", classmethod(spy))
+    model, _ = load_eval_model(str(tiny_model_dir), "float32", attn_implementation="eager", device_map="auto")
+    assert (seen["attn_implementation"], seen["device_map"]) == ("eager", "auto")
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]], device=model.device)).logits.shape[:2] == (1, 3)
+    with pytest.raises(MoxError, match="attn_implementation=flash_attention_2 needs the flash_attn package"):
+        load_eval_model(str(tiny_model_dir), attn_implementation="flash_attention_2")
+    with pytest.raises(MoxError, match="attn_implementation must be one of eager, sdpa"):
+        load_eval_model(str(tiny_model_dir), attn_implementation="fast")
