@@ -137,8 +137,11 @@ def test_eval_writes_an_open_unlearning_folder_that_mox_reads_back(tiny_model_di
     assert main([*args, "--format", "open-unlearning", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["TOFU_EVAL.json", "TOFU_SUMMARY.json", "mox_result.json"]
     ou = json.loads((out / "TOFU_EVAL.json").read_text())
-    # open-unlearning's keys, and its exact_memorization metric (not in its default TOFU list) besides
-    assert set(ou) == OU_KEYS | {"exact_memorization"} and len(ou["forget_Q_A_Prob"]["value_by_index"]) == 6
+    # open-unlearning's keys, and its metrics that are not in its default TOFU list besides (the reference
+    # attack needs --mia-reference)
+    attacks = {"mia_loss", "mia_zlib", "mia_min_k_plus_plus", "mia_gradnorm"}
+    assert set(ou) == OU_KEYS | {"exact_memorization"} | attacks and len(ou["forget_Q_A_Prob"]["value_by_index"]) == 6
+    assert set(ou["mia_zlib"]) == {"forget", "holdout", "auc", "agg_value"}
     mine = json.loads((out / "mox_result.json").read_text())
     ratios = mine["metrics"]["forget_truth_ratio"]["per_item"]
     # mox's --retain-result reader takes the folder (its mox_result.json) and the bare TOFU_EVAL.json

@@ -110,6 +110,16 @@ class Models:
     cache: RefCache | None = None
     hidden_layer: int | None = None
     control: torch.Tensor | None = None  # RMU's fixed random unit vector [H]
+    dual: object | None = None  # PDU's dual variable (methods/dual.py): its `.value` goes to LossInputs.dual
+
+
+def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N] label ids, [N] index of each within its answer) at the positions that predict an answer token,
+    in the order of answer_logits."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    index = mask.long().cumsum(dim=-1) - 1
+    return targets[mask], index[mask]
 
 
 def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInputs:
@@ -160,6 +170,10 @@ def build_inputs(needs: frozenset[str], m: Models, batch: StepBatch) -> LossInpu
                 hidden_layer=layer if "ref_retain_hidden" in needs else None,
             )
             inputs.ref_retain, inputs.ref_retain_logits, inputs.ref_retain_hidden = p.stats, p.logits, p.hidden
+    if "forget_labels" in needs or "forget_label_index" in needs:
+        inputs.forget_labels, inputs.forget_label_index = label_positions(batch.forget["labels"])
+    if "dual" in needs:
+        inputs.dual = m.dual.value
     if "control" in needs:
         inputs.control = m.control
     return inputs

@@ -95,6 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         output_format=args.format,
         attn_implementation=args.attn_implementation,
         device_map=args.device_map,
+        mia_reference=args.mia_reference,
+        mia_gradnorm=not args.no_gradnorm,
     )
     print(summary_table(result))
     for name, metric in result["metrics"].items():

@@ -314,6 +314,16 @@ def _add_eval(sub) -> None:
         "and mox's result as mox_result.json",
     )
     v.add_argument(
+        "--mia-reference",
+        metavar="MODEL",
+        help="TOFU: a model with the same tokenizer (the retain or base model) for the reference attack",
+    )
+    v.add_argument(
+        "--no-gradnorm",
+        action="store_true",
+        help="TOFU: skip the GradNorm attack (one backward pass per forget and holdout answer)",
+    )
+    v.add_argument(
         "--attn-implementation",
         help="eager, sdpa, flash_attention_2, ... (default: transformers' choice, sdpa where the model has it)",
     )

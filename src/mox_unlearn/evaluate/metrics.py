@@ -315,6 +315,54 @@ def min_k_scores(token_logps: Sequence[ArrayLike], k: float = 0.4) -> FloatArray
     return np.array(out, dtype=np.float64)
 
 
+# The other attacks of open-unlearning (src/evals/metrics/mia/). Every score reads like min-k's: higher =
+# the text is LESS likely to have been trained on, so `mia_auc(forget, holdout)` of each is in MUSE's
+# orientation (≈0 memorised, 0.5 alike) and open-unlearning reports 1 − it.
+
+
+def loss_score(nll_avg: float) -> float:
+    """LOSS attack (Yeom et al. 2018, "Privacy Risk in Machine Learning", IEEE CSF; open-unlearning
+    mia/loss.py): the mean token NLL of the answer, EOS included (its `evaluate_probability` avg_loss)."""
+    return float(nll_avg)
+
+
+def zlib_score(nll_avg: float, text: str) -> float:
+    """zlib attack (Carlini et al. 2021, "Extracting Training Data from Large Language Models", USENIX
+    Security; open-unlearning mia/zlib.py): the mean token NLL divided by the length in bytes of the
+    zlib-compressed UTF-8 text (the decoded answer tokens), so that texts that are simply easy to
+    predict (repetitive, low entropy) do not look like members."""
+    import zlib
+
+    size = len(zlib.compress(text.encode("utf-8")))
+    return float(nll_avg) / size
+
+
+def reference_score(nll_avg: float, ref_nll_avg: float) -> float:
+    """Reference-model attack (Carlini et al. 2021, "Extracting Training Data from Large Language
+    Models", and Mireshghallah et al. 2022; open-unlearning mia/reference.py): the model's mean token
+    NLL minus a reference model's on the same text (the retain or base model), calibrating away how
+    hard the text is for any model."""
+    return float(nll_avg) - float(ref_nll_avg)
+
+
+def min_k_plus_plus_score(token_logps: ArrayLike, mu: ArrayLike, sigma2: ArrayLike, k: float = 0.4) -> float:
+    """Min-K%++ (Zhang et al. 2025, "Min-K%++: Improved Baseline for Detecting Pre-Training Data from
+    Large Language Models", ICLR, arXiv:2404.02936; open-unlearning mia/min_k_plus_plus.py): each token's
+    log-prob standardised by the model's own next-token distribution, z_t = (log p(x_t) − μ_t) / σ_t with
+    μ_t = E_{v~p}[log p(v)] and σ_t² = E_{v~p}[log² p(v)] − μ_t² (σ_t² floored at 1e-6), then minus the
+    mean of the lowest ``max(1, int(k·n))`` z_t. Arrays per answer token, EOS position dropped."""
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    if np.asarray(token_logps).size == 0:
+        return 0.0  # open-unlearning's value for an empty answer
+    lp, m, s2 = _vector(token_logps, "token_logps"), _vector(mu, "mu"), _vector(sigma2, "sigma2")
+    _same_length(lp, m, "token_logps", "mu")
+    _same_length(lp, s2, "token_logps", "sigma2")
+    z = (lp - m) / np.sqrt(np.maximum(s2, 1e-6))
+    num = max(1, int(z.size * k))
+    return float(-np.mean(np.sort(z)[:num]))
+
+
 def mia_auc(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> float:
     """ROC AUC with members as the positive class: ``P(s_member > s_nonmember) + P(tie) / 2``.
 

@@ -11,7 +11,8 @@ below are its TOFU evaluation's; the numbers are mox's, which compute the same s
   * ``ra_Q_A_Prob_normalised`` / ``wf_...``: ``{"prob"}`` = P_true / (P_true + sum P_pert);
   * ``<split>_Q_A_ROUGE``: ``{"rouge1_recall", "rougeL_f1", "rougeL_recall", "input", "ground_truth",
     "generation"}``;
-  * ``mia_min_k``: forget / holdout min-k scores and ``auc`` in open-unlearning's orientation (1 - mox's);
+  * ``mia_min_k`` and the other attacks (``mia_loss``, ``mia_zlib``, ``mia_min_k_plus_plus``, ``mia_gradnorm``,
+    ``mia_reference``): forget / holdout scores and ``auc`` in open-unlearning's orientation (1 - mox's);
   * ``extraction_strength``, ``exact_memorization``: ``{"score"}``; ``forget_quality``, ``model_utility``,
     ``privleak``: ``agg_value`` only (privleak has the same value in both orientations).
 
@@ -113,15 +114,15 @@ def tofu_eval_json(result: dict) -> dict:
     for name in ("extraction_strength", "exact_memorization"):
         if isinstance(metrics.get(name), dict) and metrics[name].get("per_item") is not None:
             out[name] = _scores(metrics[name]["value"], metrics[name]["per_item"])
-    mia = metrics.get("mia_min_k")
-    if isinstance(mia, dict) and mia.get("value") is not None:
-        auc = 1.0 - float(mia["value"])
-        out["mia_min_k"] = {
-            "forget": _scores(_mean(mia["forget_scores"]), mia["forget_scores"]),
-            "holdout": _scores(_mean(mia["holdout_scores"]), mia["holdout_scores"]),
-            "auc": auc,
-            "agg_value": auc,
-        }
+    for name, mia in metrics.items():  # mia_min_k and the other attacks, where they have a value
+        if name.startswith("mia_") and isinstance(mia, dict) and mia.get("value") is not None:
+            auc = 1.0 - float(mia["value"])
+            out[name] = {
+                "forget": _scores(_mean(mia["forget_scores"]), mia["forget_scores"]),
+                "holdout": _scores(_mean(mia["holdout_scores"]), mia["holdout_scores"]),
+                "auc": auc,
+                "agg_value": auc,
+            }
     for name in ("forget_quality", "model_utility", "privleak"):
         value = metrics.get(name, {}).get("value")
         out[name] = {"agg_value": None if value is None else float(value)}

@@ -43,6 +43,30 @@ def load_eval_model(
     return model.eval(), tokenizer
 
 
+def check_model_folder_if_local(path: str, flag: str) -> None:
+    from mox_unlearn.io.loading import check_model_folder, looks_like_path
+
+    if looks_like_path(path):
+        try:
+            check_model_folder(Path(path).expanduser())
+        except MoxError as e:
+            raise MoxError(f"{flag}: {e}") from None
+
+
+def _reference(path: str | None, tokenizer, dtype: str):
+    """The reference attack's model, which must tokenize as the evaluated model does (the same ids go to both)."""
+    if path is None:
+        return None
+    from mox_unlearn.evaluate.convention import tokenizer_fingerprint
+
+    ref, ref_tok = load_eval_model(path, dtype)
+    if tokenizer_fingerprint(ref_tok) != tokenizer_fingerprint(tokenizer):
+        raise MoxError(
+            f"--mia-reference {path} has another tokenizer than the evaluated model; the attack needs the same"
+        )
+    return ref
+
+
 def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_split: str) -> None:
     """What `mox eval` can know before loading the model, refused in one line: a local model folder that
     is not one (io.loading.check_model_folder), the split name, and a local `--data`
@@ -86,6 +110,8 @@ def run_eval(
     output_format: str = "mox",
     attn_implementation: str | None = None,
     device_map: str | None = None,
+    mia_reference: str | None = None,
+    mia_gradnorm: bool = True,
 ) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict.
 
@@ -119,12 +145,19 @@ def run_eval(
     check_not_an_input(out, inputs, replaces_folder=output_format == "open-unlearning")
     check_eval_inputs(benchmark, model_path, data, forget_split)
     check_attn_implementation(attn_implementation)
+    if mia_reference is not None:
+        if benchmark != "tofu":
+            raise MoxError(f"--mia-reference is for TOFU's membership-inference attacks, not {benchmark}")
+        check_model_folder_if_local(mia_reference, "--mia-reference")
     if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
         bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
     start = time.perf_counter()
     model, tokenizer = load_eval_model(
         model_path, dtype, fmt or PromptFormat(), attn_implementation=attn_implementation, device_map=device_map
     )
+    extra = {}
+    if benchmark == "tofu":
+        extra = dict(mia_reference=_reference(mia_reference, tokenizer, dtype), mia_gradnorm=mia_gradnorm)
     result = bench.run(
         model,
         tokenizer,
@@ -135,6 +168,7 @@ def run_eval(
         batch_size=batch_size,
         limit=limit,
         allow_convention_mismatch=allow_convention_mismatch,
+        **extra,
     )
     result = {
         "benchmark": benchmark,

@@ -32,6 +32,18 @@ class AnswerStats:
     correct: np.ndarray
     input_ids: tuple[int, ...] = ()
     ends_with_eos: bool = False
+    # with `moments`: per answer position, the mean and variance of log p(v) under the model's own
+    # next-token distribution (Min-K%++); None otherwise
+    token_mu: np.ndarray | None = None
+    token_sigma2: np.ndarray | None = None
+
+    def _content(self, a: np.ndarray | None) -> np.ndarray | None:
+        return a[:-1] if a is not None and self.ends_with_eos else a
+
+    @property
+    def content_moments(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(token_mu, token_sigma2) without the EOS position, like `content_logps`."""
+        return self._content(self.token_mu), self._content(self.token_sigma2)
 
     @property
     def content_logps(self) -> np.ndarray:
@@ -88,10 +100,12 @@ def score_examples(
     batch_size: int = 16,
     desc: str | None = None,
     eos_id: int | None = None,
+    moments: bool = False,
 ) -> list[AnswerStats]:
     """Teacher-forced log-probs and argmax correctness of the labelled tokens of encoded examples.
 
-    With `eos_id`, an example whose last label is that id is marked `ends_with_eos` (see AnswerStats)."""
+    With `eos_id`, an example whose last label is that id is marked `ends_with_eos` (see AnswerStats);
+    with `moments`, the mean and variance of log p over the vocabulary at each answer position too."""
     model.eval()
     device = _device(model)
     results: list[AnswerStats | None] = [None] * len(examples)
@@ -101,6 +115,11 @@ def score_examples(
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             stats = sequence_stats(logits, batch["labels"])
             hits = logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
+            mu = sigma2 = None
+            if moments:
+                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+                mu = (logp.exp() * logp).sum(-1)
+                sigma2 = (logp.exp() * logp.square()).sum(-1) - mu.square()
             for row, i in enumerate(idx):
                 m = stats.mask[row]
                 labels = examples[i].get("labels") or ()
@@ -109,6 +128,8 @@ def score_examples(
                     hits[row][m].cpu().numpy(),
                     tuple(examples[i]["input_ids"]),
                     ends_with_eos=eos_id is not None and bool(labels) and labels[-1] == eos_id,
+                    token_mu=None if mu is None else mu[row][m].double().cpu().numpy(),
+                    token_sigma2=None if sigma2 is None else sigma2[row][m].double().cpu().numpy(),
                 )
             bar.update(len(idx))
     return results  # type: ignore[return-value]
@@ -124,12 +145,60 @@ def answer_stats(
     batch_size: int = 16,
     max_length: int = 512,
     desc: str | None = None,
+    moments: bool = False,
 ) -> list[AnswerStats]:
-    """AnswerStats of each (question, answer) pair, formatted exactly as in training."""
+    """AnswerStats of each (question, answer) pair, formatted exactly as in training (`moments`: see
+    score_examples)."""
     examples = [encode_qa(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
     return score_examples(
-        model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc, eos_id=tokenizer.eos_token_id
+        model,
+        examples,
+        tokenizer.pad_token_id,
+        batch_size=batch_size,
+        desc=desc,
+        eos_id=tokenizer.eos_token_id,
+        moments=moments,
     )
+
+
+def answer_grad_norms(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    fmt: PromptFormat,
+    *,
+    p: float = 2.0,
+    max_length: int = 512,
+    desc: str | None = None,
+) -> np.ndarray:
+    """GradNorm attack statistics (open-unlearning mia/gradnorm.py; Wang et al. 2024, arXiv:2402.17012):
+    for each answer alone, the gradient of its mean token NLL (answer tokens, EOS position dropped) with
+    respect to every parameter, and the mean over parameters of each gradient's p-norm. One backward pass
+    per answer; the gradients are dropped afterwards and the model is left as it was (eval mode, no grads).
+    open-unlearning switches the model to train mode for it (dropout on where a model has any); this keeps
+    eval mode, so the numbers are deterministic."""
+    if p not in (1.0, 2.0, float("inf")):
+        raise ValueError(f"p must be 1, 2 or inf, got {p}")
+    model.eval()
+    device = _device(model)
+    eos = tokenizer.eos_token_id
+    params = [t for t in model.parameters() if t.requires_grad]
+    out = np.zeros(len(questions))
+    with _bar(len(questions), desc) as bar, torch.enable_grad():
+        for i, (q, a) in enumerate(zip(questions, answers)):
+            ex = encode_qa(tokenizer, q, a, fmt, max_length)
+            batch = {k: v.to(device) for k, v in collate([ex], tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            stats = sequence_stats(logits, batch["labels"])
+            logps = stats.token_logps[0][stats.mask[0]]
+            if ex["labels"][-1] == eos and logps.numel() > 1:
+                logps = logps[:-1]
+            grads = torch.autograd.grad(-logps.mean(), params, allow_unused=True)
+            norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
+            out[i] = float(torch.stack(norms).mean())
+            bar.update(1)
+    return out
 
 
 @torch.no_grad()

@@ -244,6 +244,84 @@ def mia_min_k_metric(forget: list[AnswerStats], holdout: list[AnswerStats], k: f
     )
 
 
+ATTACKS = ("loss", "zlib", "min_k_plus_plus", "gradnorm", "reference")
+
+
+def _answer_text(tokenizer, s: AnswerStats) -> str:
+    """The scored answer tokens, EOS position dropped, decoded as open-unlearning's zlib attack decodes them."""
+    ids = s.input_ids[len(s.input_ids) - s.n_tokens :]
+    ids = ids[:-1] if s.ends_with_eos else ids
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _attack_metric(name: str, forget: Sequence[float], holdout: Sequence[float], **extra) -> dict:
+    auc = M.mia_auc(forget, holdout)
+    return _metric(
+        auc,
+        None,
+        convention=MIA_CONVENTION.replace("min-k score", f"{name} score"),
+        auc_open_unlearning=1.0 - auc,
+        forget_scores=[float(x) for x in forget],
+        holdout_scores=[float(x) for x in holdout],
+        **extra,
+    )
+
+
+def mia_attack_metrics(
+    model,
+    tokenizer,
+    forget: RecordSet,
+    holdout: RecordSet,
+    fmt: PromptFormat,
+    *,
+    reference=None,
+    gradnorm: bool = True,
+    batch_size: int = 16,
+    max_length: int = 512,
+    k: float = 0.4,
+) -> dict[str, dict]:
+    """open-unlearning's other membership-inference attacks, forget (members) vs holdout answers, each as
+    `mia_<attack>` with its AUC in both orientations and the per-item scores (definitions: metrics.py,
+    docs/metrics.md). The reference attack is missing, with a reason, without a reference model."""
+    sides = {"forget": forget, "holdout": holdout}
+    qa = {k_: ([r["question"] for r in rs.records], _true_answers(rs, "answer")) for k_, rs in sides.items()}
+    kw = dict(batch_size=batch_size, max_length=max_length)
+    st = {
+        k_: _content(answer_stats(model, tokenizer, *qa[k_], fmt, moments=True, desc=f"{k_}: attacks", **kw), k_)
+        for k_ in sides
+    }
+    scores: dict[str, dict[str, list[float]]] = {a: {} for a in ATTACKS}
+    for side, stats in st.items():
+        scores["loss"][side] = [M.loss_score(s.nll_avg) for s in stats]
+        scores["zlib"][side] = [M.zlib_score(s.nll_avg, _answer_text(tokenizer, s)) for s in stats]
+        scores["min_k_plus_plus"][side] = [
+            M.min_k_plus_plus_score(s.content_logps, *s.content_moments, k=k) for s in stats
+        ]
+        if gradnorm:
+            from mox_unlearn.evaluate.stats import answer_grad_norms
+
+            scores["gradnorm"][side] = answer_grad_norms(
+                model, tokenizer, *qa[side], fmt, max_length=max_length, desc=f"{side}: gradnorm"
+            ).tolist()
+        if reference is not None:
+            ref = answer_stats(reference, tokenizer, *qa[side], fmt, desc=f"{side}: reference", **kw)
+            scores["reference"][side] = [M.reference_score(s.nll_avg, r.nll_avg) for s, r in zip(stats, ref)]
+    out = {}
+    for attack, by_side in scores.items():
+        name = f"mia_{attack}"
+        if by_side:
+            extra = {"k": k} if attack == "min_k_plus_plus" else {"p": 2} if attack == "gradnorm" else {}
+            out[name] = _attack_metric(attack, by_side["forget"], by_side["holdout"], **extra)
+        else:
+            why = (
+                "no reference model given (--mia-reference MODEL)"
+                if attack == "reference"
+                else "skipped (--no-gradnorm)"
+            )
+            out[name] = _metric(None, None, reason=why)
+    return out
+
+
 MIA_CONVENTION = (
     "MUSE's: P(min-k score of a forget answer > of a holdout answer), the score being minus the mean "
     "of the lowest 40% token log-probs; ~0 when forget answers are memorised, 0.5 when forget and "
@@ -264,10 +342,14 @@ def evaluate_tofu(
     max_length: int = 512,
     limit: int | None = None,
     allow_convention_mismatch: bool = False,
+    mia_reference=None,
+    mia_gradnorm: bool = True,
 ) -> dict:
     """All TOFU metrics of one model. Returns {"summary": {...}, "metrics": {...}, "convention": {...}}
     (see docs/metrics.md). A retain result scored with another prompt convention or tokenizer is refused
-    unless `allow_convention_mismatch`."""
+    unless `allow_convention_mismatch`. `mia_reference` (a loaded model with the same tokenizer, e.g. the
+    retain or base model) enables the reference attack; `mia_gradnorm` False skips the GradNorm attack
+    (one backward pass per forget and holdout answer)."""
     check_forget_split(forget_split)
     fmt = fmt or PromptFormat()
     convention = scoring_convention(tokenizer, fmt)
@@ -299,6 +381,19 @@ def evaluate_tofu(
         desc="holdout: answers",
     )
     metrics["mia_min_k"] = mia_min_k_metric(forget_stats, hold_stats)
+    metrics.update(
+        mia_attack_metrics(
+            model,
+            tokenizer,
+            splits["forget"],
+            holdout,
+            fmt,
+            reference=mia_reference,
+            gradnorm=mia_gradnorm,
+            batch_size=batch_size,
+            max_length=max_length,
+        )
+    )
     correct = [s.content_correct for s in forget_stats]
     es, em = M.extraction_strength(correct), M.exact_memorization(correct)
     metrics["extraction_strength"] = _metric(es.mean(), es)

@@ -8,6 +8,7 @@ objective = one function + one ``@register_loss`` line + one test row.
 
 from mox_unlearn.losses import baselines as _baselines  # noqa: F401
 from mox_unlearn.losses import memorize as _memorize  # noqa: F401  (registers its objectives)
+from mox_unlearn.losses import token_level as _token_level  # noqa: F401
 from mox_unlearn.losses.base import (
     LOSSES,
     LossInputs,

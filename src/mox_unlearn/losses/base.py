@@ -75,6 +75,12 @@ class LossInputs:
     forget_hidden: torch.Tensor | None = None
     retain_hidden: torch.Tensor | None = None
     ref_retain_hidden: torch.Tensor | None = None
+    # [N] the label id of each forget answer position (same order as forget_logits), and its index within
+    # its answer (0 = the first answer token): CE-U and UNDIAL read them
+    forget_labels: torch.Tensor | None = None
+    forget_label_index: torch.Tensor | None = None
+    # PDU's dual variable λ (methods/dual.py), the current weight of its retain constraint
+    dual: float | None = None
     # token-mean divisors per kind ("forget", "retain", "target") the loop set for this step, read by
     # token means whose stats are not needed (a KL over retain logits, RMU's hidden states); see SeqStats.norm
     norms: dict[str, float] = field(default_factory=dict)
@@ -83,6 +89,9 @@ class LossInputs:
 
 # Names an objective can list in `needs`; each is one forward pass (or a slice of one) in the loop.
 NEEDS = frozenset(LossInputs.__dataclass_fields__)
+# Logged values that are not terms of the loss (the others add up to logs["loss"]): what a stateful
+# method's update reads, e.g. PDU's retain NLL and its multiplier.
+DIAGNOSTIC_LOGS = frozenset({"retain_nll", "lambda"})
 
 
 # The forward passes of the usual retain terms, for `switches`: a weight of 0 skips them.

@@ -77,6 +77,11 @@ for _m in [
         "task vector: fine-tune on forget, then negate the update (θ_ref − α(θ_ft − θ_ref))",
         extrapolate=True,
     ),
+    Method("wga", ("wga",), "gradient ascent weighted by each token's probability (p^β) + retain NLL"),
+    Method("satimp", ("satimp",), "gradient ascent reweighted by saturation p^β1 and importance (1-p)^β2"),
+    Method("undial", ("undial",), "self-distillation toward the reference with the true token's logit lowered"),
+    Method("ceu", ("ceu",), "cross-entropy toward the model's own distribution without the true token"),
+    Method("pdu", ("pdu",), "flatten forget logits, retain NLL as a constraint with a dual variable (primal-dual)"),
     Method(
         "whp",
         ("whp",),

@@ -31,6 +31,7 @@ from mox_unlearn.io.loading import (
     torch_dtype,
 )
 from mox_unlearn.io.portable import portable_config, relative_to
+from mox_unlearn.methods.dual import DualAscent
 from mox_unlearn.methods.targets import TargetAnswers
 from mox_unlearn.redact import redact
 from mox_unlearn.train import tracking
@@ -256,6 +257,11 @@ class TrainingRun:
         self.progress = Progress()
         self.momentum = self.space.new_momentum() if cfg.momentum else None
         acc.register_for_checkpointing(self.scheduler, self.progress)
+        # an objective with a dual variable (PDU): its state, updated after each step and checkpointed
+        self.dual = DualAscent.from_hp(self.hp, plan.steps_per_epoch) if "dual" in self.needs else None
+        if self.dual is not None:
+            acc.register_for_checkpointing(self.dual)
+            self.models.dual = self.dual
         if self.momentum is not None:
             self.space.register_momentum(self.momentum)
 
@@ -362,6 +368,9 @@ class TrainingRun:
         if health.problem is None:
             self.optimizer.step()
             self.scheduler.step()
+            if self.dual is not None:  # the step's retain NLL, the same on every process
+                nll = acc.reduce(torch.tensor(logs["retain_nll"], device=acc.device), reduction="mean")
+                self.dual.update(float(nll), self.progress.step + 1)
         else:
             self.skip_bad_step(health.problem, rng_before)
         self.optimizer.zero_grad(set_to_none=True)
