@@ -703,3 +703,52 @@ def test_attention_kernel_and_device_map_reach_the_loaded_model(tiny_model_dir, 
         load_eval_model(str(tiny_model_dir), attn_implementation="flash_attention_2")
     with pytest.raises(MoxError, match="attn_implementation must be one of eager, sdpa"):
         load_eval_model(str(tiny_model_dir), attn_implementation="fast")
+
+
+BOOKS_TEXT = [
+    "The lighthouse keeper counted the ships every evening and wrote their names in a green ledger.",
+    "Mara found the key under the third stair, where her grandmother had always said it would be.",
+    "Snow fell on the harbour town for nine days, and the baker gave bread away to anyone who asked.",
+    "The old map showed an island that no sailor in the village had ever seen with their own eyes.",
+]
+
+
+def _books_slice(folder):
+    """A MUSE-Books-shaped folder (its knowmem retain files are retain_qa*, not News's retain2_qa*)."""
+    qa = [{"question": f"Who counted the ships ({i})?", "answer": "The lighthouse keeper."} for i in range(3)]
+    files = {
+        "verbmem/forget.json": [{"prompt": t[:40], "gt": t[40:]} for t in BOOKS_TEXT[:3]],
+        "knowmem/forget_qa.json": qa,
+        "knowmem/forget_qa_icl.json": qa[:2],
+        "knowmem/retain_qa.json": qa,
+        "knowmem/retain_qa_icl.json": qa[:2],
+        "privleak/forget.json": BOOKS_TEXT[:3],
+        "privleak/holdout.json": BOOKS_TEXT[1:],
+    }
+    for name, rows in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(rows))
+    return folder
+
+
+@pytest.mark.slow
+def test_muse_books_runs_on_a_local_slice_in_its_layout(tiny_model_dir, tmp_path, capsys):
+    data = _books_slice(tmp_path / "books")
+    out = tmp_path / "books.json"
+    args = ["eval", "--benchmark", "muse-books", "--model", str(tiny_model_dir), "--data", str(data)]
+    assert main([*args, "--retain-result", "0.5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "muse-books" and set(result["summary"]) == {
+        "verbmem_f",
+        "knowmem_f",
+        "knowmem_r",
+        "privleak",
+    }
+    assert (
+        len(result["metrics"]["knowmem_r"]["per_item"]) == 3
+        and len(result["metrics"]["privleak_auc"]["forget_scores"]) == 3
+    )
+    (data / "knowmem" / "retain_qa.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "again.json")]) == 2
+    assert "without knowmem/retain2_qa.json or knowmem/retain_qa.json" in capsys.readouterr().err

@@ -96,3 +96,17 @@ def test_a_tofu_result_has_one_auc_per_attack(tiny_model_dir, data_dir, tmp_path
     metrics = json.loads(plain.read_text())["metrics"]
     assert metrics["mia_reference"]["value"] is None and "--mia-reference" in metrics["mia_reference"]["reason"]
     assert metrics["mia_gradnorm"]["value"] is None and "--no-gradnorm" in metrics["mia_gradnorm"]["reason"]
+
+
+@pytest.mark.slow
+def test_a_muse_result_has_the_text_attacks(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "m.json"
+    args = ["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news")]
+    assert main([*args, "--limit", "5", "--batch-size", "4", "--retain-result", "0.5", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    for attack in ("loss", "zlib", "min_k_plus_plus"):
+        m = metrics[f"mia_{attack}"]
+        assert 0 <= m["value"] <= 1 and m["auc_open_unlearning"] == pytest.approx(1 - m["value"])
+        assert len(m["forget_scores"]) == len(m["holdout_scores"]) == 5
+    # zlib divides the LOSS score of each text by its compressed size: the same order of magnitude smaller
+    assert all(z < loss for z, loss in zip(metrics["mia_zlib"]["forget_scores"], metrics["mia_loss"]["forget_scores"]))

@@ -165,7 +165,7 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, qa_files, tmp_path, mon
 @pytest.mark.parametrize(
     "change, message",
     [
-        (["--method", "forgetful"], "unknown method 'forgetful'; valid methods: altpo, dpo, finetune"),
+        (["--method", "forgetful"], "unknown method 'forgetful'; valid methods: altpo, ceu, dpo, finetune"),
         (["--objective", "npo"], "takes objectives memorize, memorize_po"),
         (["--alpha", "-1"], "alpha must be > 0"),
         (["loss.temperature=2"], "unknown loss settings"),

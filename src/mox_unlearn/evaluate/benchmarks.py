@@ -14,6 +14,7 @@ from mox_unlearn.errors import MoxError
 
 TOFU_HUB_ID = "locuslab/TOFU"
 MUSE_HUB_ID = "muse-bench/MUSE-News"
+MUSE_BOOKS_HUB_ID = "muse-bench/MUSE-Books"  # the Harry Potter books; the same files and metrics as News
 
 ARROWS = {"higher": "↑", "lower": "↓", "zero": "→0"}
 
@@ -76,7 +77,11 @@ def _tofu_files(forget_split: str) -> list[str]:
 def _muse_files(forget_split: str) -> list[str]:
     from mox_unlearn.evaluate import muse
 
-    return [f"{subset}/{stem}.json" for subset, stem, _ in muse.FILES.values()]
+    # "a|b": either file (see muse.FILES)
+    return [
+        "|".join(f"{subset}/{st}.json" for st in ((stems,) if isinstance(stems, str) else stems))
+        for subset, stems, _ in muse.FILES.values()
+    ]
 
 
 def _run_tofu(model, tokenizer, *, data: str, **kw: Any) -> dict:
@@ -125,6 +130,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark(
             "muse",
             MUSE_HUB_ID,
+            ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
+            ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
+            _muse_files,
+            _run_muse,
+        ),
+        Benchmark(
+            "muse-books",
+            MUSE_BOOKS_HUB_ID,
             ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
             ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
             _muse_files,

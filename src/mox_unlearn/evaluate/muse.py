@@ -13,15 +13,16 @@ from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
-from mox_unlearn.evaluate.stats import generate_greedy, text_token_logprobs
+from mox_unlearn.evaluate.stats import generate_greedy, text_stats
 
 # (subset, local file stem, hub split) of every file the evaluation reads.
 FILES = {
     "verbmem_forget": ("verbmem", "forget", "forget"),
     "knowmem_forget": ("knowmem", "forget_qa", "forget_qa"),
     "knowmem_forget_icl": ("knowmem", "forget_qa_icl", "forget_qa_icl"),
-    "knowmem_retain": ("knowmem", "retain2_qa", "retain_qa"),
-    "knowmem_retain_icl": ("knowmem", "retain2_qa_icl", "retain_qa_icl"),
+    # MUSE's own files name News's retain QA "retain2_qa" (Books's, and the hub's, "retain_qa"): either is read
+    "knowmem_retain": ("knowmem", ("retain2_qa", "retain_qa"), "retain_qa"),
+    "knowmem_retain_icl": ("knowmem", ("retain2_qa_icl", "retain_qa_icl"), "retain_qa_icl"),
     "privleak_forget": ("privleak", "forget", "forget"),
     "privleak_holdout": ("privleak", "holdout", "holdout"),
 }
@@ -30,10 +31,13 @@ KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")  # as MUSE's eval code
 
 
 def load_muse(source: str, key: str) -> list:
-    """One MUSE file as a list: local folder (shared/data/muse-news layout) or hub id (subset, split)."""
-    subset, stem, split = FILES[key]
+    """One MUSE file as a list: local folder (shared/data/muse-news layout, also for MUSE-Books) or hub id
+    (subset, split), e.g. muse-bench/MUSE-News or muse-bench/MUSE-Books."""
+    subset, stems, split = FILES[key]
     folder = Path(source).expanduser()
     if folder.is_dir():
+        stems = (stems,) if isinstance(stems, str) else stems
+        stem = next((st for st in stems if (folder / subset / f"{st}.json").is_file()), stems[0])
         data = read_json(folder / subset / f"{stem}.json", "MUSE")
     else:
         try:
@@ -43,7 +47,7 @@ def load_muse(source: str, key: str) -> list:
         except Exception as e:  # noqa: BLE001 - any hub/IO failure becomes one line
             raise MoxError(f"cannot load MUSE {subset}/{split} from {source!r}: {first_line(e)}") from None
     if not isinstance(data, list) or not data:
-        raise MoxError(f"MUSE {subset}/{stem}: expected a non-empty list")
+        raise MoxError(f"MUSE {subset}/{split}: expected a non-empty list")
     return data
 
 
@@ -128,6 +132,33 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
         ) from None
 
 
+def text_attacks(tokenizer, forget: list, holdout: list, k: float = MIN_K) -> dict[str, dict]:
+    """LOSS, zlib and Min-K%++ AUCs of the forget vs holdout texts (definitions in metrics.py), in MUSE's
+    orientation like privleak_auc, open-unlearning's as `auc_open_unlearning`. GradNorm and the reference
+    attack are TOFU's only (`mox eval --benchmark tofu`)."""
+
+    def text(s) -> str:
+        return tokenizer.decode(list(s.input_ids[len(s.input_ids) - s.n_tokens :]), skip_special_tokens=True)
+
+    score = {
+        "loss": lambda s: M.loss_score(s.nll_avg),
+        "zlib": lambda s: M.zlib_score(s.nll_avg, text(s)),
+        "min_k_plus_plus": lambda s: M.min_k_plus_plus_score(s.token_logps, s.token_mu, s.token_sigma2, k=k),
+    }
+    out = {}
+    for name, fn in score.items():
+        f, h = [fn(s) for s in forget], [fn(s) for s in holdout]
+        auc = M.mia_auc(f, h)
+        out[f"mia_{name}"] = {
+            "value": float(auc),
+            "per_item": None,
+            "auc_open_unlearning": 1.0 - float(auc),
+            "forget_scores": f,
+            "holdout_scores": h,
+        }
+    return out
+
+
 def evaluate_muse(
     model,
     tokenizer,
@@ -152,22 +183,20 @@ def evaluate_muse(
             model, tokenizer, cut(rows["knowmem_retain"]), rows["knowmem_retain_icl"], "retain", batch_size=batch_size
         ),
     }
-    forget_lp = text_token_logprobs(
-        model,
-        tokenizer,
-        _texts(cut(rows["privleak_forget"]), "privleak/forget"),
-        batch_size=batch_size,
-        max_length=max_length,
-        desc="privleak: forget",
-    )
-    holdout_lp = text_token_logprobs(
-        model,
-        tokenizer,
-        _texts(cut(rows["privleak_holdout"]), "privleak/holdout"),
-        batch_size=batch_size,
-        max_length=max_length,
-        desc="privleak: holdout",
-    )
+    side = {
+        name: text_stats(
+            model,
+            tokenizer,
+            _texts(cut(rows[f"privleak_{name}"]), f"privleak/{name}"),
+            batch_size=batch_size,
+            max_length=max_length,
+            desc=f"privleak: {name}",
+            moments=True,
+        )
+        for name in ("forget", "holdout")
+    }
+    forget_lp, holdout_lp = ([s.token_logps for s in side[n]] for n in ("forget", "holdout"))
+    metrics.update(text_attacks(tokenizer, side["forget"], side["holdout"]))
     f_scores, h_scores = M.min_k_scores(forget_lp, k=MIN_K), M.min_k_scores(holdout_lp, k=MIN_K)
     auc = M.mia_auc(f_scores, h_scores)
     metrics["privleak_auc"] = {

@@ -86,7 +86,7 @@ def check_eval_inputs(benchmark: str, model_path: str, data: str | None, forget_
         raise MoxError(f"--data {data}: no such local folder; expected {layout}")
     if not folder.is_dir():
         raise MoxError(f"--data {data} is a file; expected {layout}")
-    missing = [name for name in needed if not (folder / name).is_file()]
+    missing = [name.replace("|", " or ") for name in needed if not any((folder / n).is_file() for n in name.split("|"))]
     if missing:
         raise MoxError(
             f"--data {data}: local folder without {missing[0]} ({len(missing)} of {len(needed)} files missing)"
@@ -141,7 +141,8 @@ def run_eval(
         raise MoxError(f"--out must be a .json file, got {out}")
     inputs = {"--model": model_path, "--retain-result": retain_result}
     if data and Path(data).expanduser().is_dir():  # the files it reads; a result beside them is fine
-        inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in bench.files(forget_split)}
+        names = [n for name in bench.files(forget_split) for n in name.split("|")]
+        inputs |= {f"--data file {name}": Path(data).expanduser() / name for name in names}
     check_not_an_input(out, inputs, replaces_folder=output_format == "open-unlearning")
     check_eval_inputs(benchmark, model_path, data, forget_split)
     check_attn_implementation(attn_implementation)

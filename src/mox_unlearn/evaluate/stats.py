@@ -453,13 +453,28 @@ def generate_answers(
     )
 
 
-def text_token_logprobs(
-    model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512, desc: str | None = None
-) -> list[np.ndarray]:
-    """Per-token log-probs of raw texts (each truncated to max_length tokens), for membership inference."""
+def text_stats(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+    desc: str | None = None,
+    moments: bool = False,
+) -> list[AnswerStats]:
+    """AnswerStats of raw texts (each truncated to max_length tokens; every token after the first scored),
+    for membership inference."""
     examples = []
     for text in texts:
         ids = list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"])
         examples.append({"input_ids": ids, "labels": list(ids)})
-    stats = score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc)
+    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc, moments=moments)
+
+
+def text_token_logprobs(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512, desc: str | None = None
+) -> list[np.ndarray]:
+    """Per-token log-probs of raw texts (each truncated to max_length tokens), for membership inference."""
+    stats = text_stats(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=desc)
     return [s.token_logps for s in stats]

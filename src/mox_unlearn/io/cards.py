@@ -159,7 +159,12 @@ _INDEX_METRICS = {
         "privleak": "PrivLeak",
     },
 }
-_DATASETS = {"tofu": ("locuslab/TOFU", "TOFU"), "muse": ("muse-bench/MUSE-News", "MUSE-News")}
+_DATASETS = {
+    "tofu": ("locuslab/TOFU", "TOFU"),
+    "muse": ("muse-bench/MUSE-News", "MUSE-News"),
+    "muse-books": ("muse-bench/MUSE-Books", "MUSE-Books"),
+}
+_INDEX_METRICS["muse-books"] = _INDEX_METRICS["muse"]
 
 
 def eval_results(results: Sequence[Mapping[str, Any]]) -> list:
