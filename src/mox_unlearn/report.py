@@ -258,3 +258,22 @@ def fq_mu_axes(ax, title: str, *, legend: int | None = None) -> None:
 def log_value(x: float | None) -> float:
     """A p-value for a log axis: None → NaN, 0 → 1e-300 (still drawn)."""
     return math.nan if x is None else max(float(x), 1e-300)
+
+
+def is_harness_result(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("benchmark") == "lm-eval" and isinstance(data.get("summary"), dict)
+
+
+def harness_table(results: Sequence[tuple[str, dict]]) -> str:
+    """`mox eval --benchmark lm-eval` results side by side: one row per result file, one column per task
+    (its summary number, accuracy where the task has one), "–" where a file lacks the task."""
+    tasks: list[str] = []
+    for _, result in results:
+        tasks += [t for t in result["summary"] if t not in tasks]
+    lines = ["| result | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, result in results:
+        lines.append(f"| {name} | " + " | ".join(_fmt(result["summary"].get(t)) for t in tasks) + " |")
+    limited = [name for name, r in results if r.get("limit")]
+    if limited:
+        lines += ["", f"Only the first --limit items of each task: {', '.join(limited)}."]
+    return "\n".join(lines) + "\n"

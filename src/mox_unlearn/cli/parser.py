@@ -40,7 +40,8 @@ the reference model's and whose forget set a KS test (p >= --p-min) cannot tell 
 EVAL_EXAMPLE = """example:
   mox eval --benchmark tofu --model runs/retain-model --data ../shared/data/tofu --forget-split forget10 --out retain.json
   mox eval --benchmark tofu --model runs/mox/model --data ../shared/data/tofu --retain-result retain.json --out mox.json
-  mox eval --benchmark muse --model runs/mox/model --data ../shared/data/muse-news --retain-result 0.5 --out muse.json"""
+  mox eval --benchmark muse --model runs/mox/model --data ../shared/data/muse-news --retain-result 0.5 --out muse.json
+  mox eval --benchmark lm-eval --tasks mmlu,wmdp_bio,wmdp_cyber --model runs/mox/model --out lm-eval.json"""
 
 
 DEMO_EXAMPLE = """example:
@@ -282,7 +283,14 @@ def _add_eval(sub) -> None:
         epilog=EVAL_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    v.add_argument("--benchmark", required=True, choices=[*BENCHMARKS, "lm-eval"])
+    v.add_argument(
+        "--tasks",
+        help="lm-eval: comma-separated lm-evaluation-harness tasks, e.g. mmlu,wmdp_bio,wmdp_cyber "
+        '(needs pip install "mox-unlearn[lm-eval]")',
+    )
+    v.add_argument("--tasks-dir", help="lm-eval: a folder of task YAML files of your own (lm-eval's format)")
+    v.add_argument("--num-fewshot", type=int, help="lm-eval: few-shot examples per prompt (default: the task's)")
     v.add_argument("--model", required=True, help="HF model folder or hub id")
     v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
     v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")

@@ -43,6 +43,54 @@ def load_eval_model(
     return model.eval(), tokenizer
 
 
+def run_lm_eval(
+    model_path: str,
+    out: str | Path,
+    *,
+    tasks: str | None,
+    tasks_dir: str | None = None,
+    num_fewshot: int | None = None,
+    data: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
+) -> dict:
+    """`mox eval --benchmark lm-eval`: the tasks and the extra are checked before the model loads; the result
+    (evaluate/harness.py) is written atomically like every other."""
+    from mox_unlearn.evaluate import harness
+
+    out = Path(out)
+    if data is not None:
+        raise MoxError("--data is not used by --benchmark lm-eval (its tasks name their data; --tasks-dir adds yours)")
+    if out.suffix != ".json":
+        raise MoxError(f"--out must be a .json file, got {out}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise MoxError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    task_list = harness.parse_tasks(tasks)
+    check_not_an_input(out, {"--model": model_path, "--tasks-dir": tasks_dir}, replaces_folder=False)
+    check_model_folder_if_local(model_path, "--model")
+    manager = harness.task_manager(task_list, tasks_dir)
+    start = time.perf_counter()
+    model, tokenizer = load_eval_model(
+        model_path, dtype, attn_implementation=attn_implementation, device_map=device_map
+    )
+    result = harness.evaluate_lm_eval(
+        model, tokenizer, task_list, batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, manager=manager
+    )
+    result = {
+        "benchmark": "lm-eval",
+        "model": str(model_path),
+        **result,
+        "limit": limit,
+        "seconds": round(time.perf_counter() - start, 2),
+        "versions": versions(),
+    }
+    write_text_atomic(out, json.dumps(redact(result), indent=1) + "\n")
+    return result
+
+
 def check_model_folder_if_local(path: str, flag: str) -> None:
     from mox_unlearn.io.loading import check_model_folder, looks_like_path
 
@@ -112,15 +160,32 @@ def run_eval(
     device_map: str | None = None,
     mia_reference: str | None = None,
     mia_gradnorm: bool = True,
+    lm_eval_tasks: str | None = None,
+    tasks_dir: str | None = None,
+    num_fewshot: int | None = None,
 ) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict.
 
     With `output_format` "open-unlearning" (TOFU only), `out` is a folder that receives open-unlearning's
     TOFU_EVAL.json and TOFU_SUMMARY.json (evaluate/open_unlearning.py) and mox's own result as
     `mox_result.json`, all or nothing."""
-    bench = get_benchmark(benchmark)
     if limit is not None and limit < 1:
         raise MoxError(f"--limit must be >= 1, got {limit}")
+    if benchmark == "lm-eval":
+        return run_lm_eval(
+            model_path,
+            out,
+            tasks=lm_eval_tasks,
+            tasks_dir=tasks_dir,
+            num_fewshot=num_fewshot,
+            data=data,
+            batch_size=batch_size,
+            limit=limit,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            device_map=device_map,
+        )
+    bench = get_benchmark(benchmark)
     if output_format not in OUTPUT_FORMATS:
         raise MoxError(f"unknown --format {output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
     out = Path(out)

@@ -1,0 +1,140 @@
+"""General utility and hazardous knowledge through EleutherAI's lm-evaluation-harness (MMLU, WMDP, ...).
+
+`mox eval --benchmark lm-eval --tasks mmlu,wmdp_bio,wmdp_cyber --model DIR --out R.json` runs lm-eval's
+Python API (`simple_evaluate` on an `HFLM` wrapping the model mox already loaded, so its dtype and device
+settings apply) and writes mox's usual result shape: `summary` (one number per task: its accuracy, see
+`main_metric`) and `metrics` (every number lm-eval reports, with its standard error). lm-eval is an
+optional extra: `pip install "mox-unlearn[lm-eval]"`. Tasks are lm-eval's own registry names; `tasks_dir`
+adds a folder of task YAML files of your own (lm-eval's format), e.g. a local multiple-choice set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mox_unlearn.errors import MoxError
+
+INSTALL = 'pip install "mox-unlearn[lm-eval]"'
+# preferred order of the number that stands for a task in the summary
+MAIN_METRICS = ("acc,none", "acc_norm,none", "exact_match,strict-match", "exact_match,none", "f1,none")
+
+
+def check_installed() -> None:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise MoxError(f"--benchmark lm-eval needs lm-evaluation-harness, which is not installed: {INSTALL}")
+
+
+def parse_tasks(text: str | None) -> list[str]:
+    tasks = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not tasks:
+        raise MoxError("--benchmark lm-eval needs --tasks, e.g. --tasks mmlu,wmdp_bio,wmdp_cyber")
+    return tasks
+
+
+def task_manager(tasks: Sequence[str], tasks_dir: str | None = None):
+    """lm-eval's TaskManager that knows `tasks`, or a one-line error naming the first unknown one (with the
+    closest names). Indexing lm-eval's own ~15,000 task configs takes seconds; when `tasks_dir` alone has
+    every task asked for, that is skipped."""
+    check_installed()
+    from lm_eval.tasks import TaskManager
+
+    if tasks_dir is not None:
+        folder = Path(tasks_dir).expanduser()
+        if not folder.is_dir():
+            raise MoxError(f"--tasks-dir {tasks_dir}: no such folder")
+        local = TaskManager(include_path=str(folder), include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    manager = TaskManager(include_path=None if tasks_dir is None else str(Path(tasks_dir).expanduser()))
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (lm-eval --tasks list shows them)"
+        raise MoxError(f"unknown lm-eval task {unknown[0]!r}{hint}")
+    return manager
+
+
+def main_metric(values: dict[str, Any]) -> tuple[str, float] | None:
+    """The number that stands for a task: accuracy where it has one (see MAIN_METRICS), else its first
+    numeric metric that is not a standard error."""
+    for key in MAIN_METRICS:
+        if isinstance(values.get(key), (int, float)):
+            return key, float(values[key])
+    for key, value in values.items():
+        if (
+            "_stderr" not in key
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and key != "sample_len"
+        ):
+            return key, float(value)
+    return None
+
+
+def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
+    """mox's result shape from lm-eval's `simple_evaluate` output: `summary` task -> main metric, `metrics`
+    "<task> <metric>" -> value and stderr (every task and subtask lm-eval reports)."""
+    results = raw.get("results") or {}
+    summary: dict[str, float | None] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    for task, values in results.items():
+        for key, value in values.items():
+            if "_stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            name, _, filt = key.partition(",")
+            stderr = values.get(f"{name}_stderr,{filt}")
+            metrics[f"{task} {key}"] = {
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                "per_item": None,
+            }
+    for task in tasks:
+        picked = main_metric(results.get(task) or {})
+        summary[task] = None if picked is None else picked[1]
+        if picked is not None:
+            metrics.setdefault(f"{task} {picked[0]}", {"value": picked[1], "stderr": None, "per_item": None})
+            metrics[f"{task} {picked[0]}"]["summary_of"] = task
+    n = raw.get("n-samples") or {}
+    return {
+        "summary": summary,
+        "metrics": metrics,
+        "tasks": list(tasks),
+        "n_samples": n,
+        "versions_lm_eval": raw.get("versions"),
+    }
+
+
+def evaluate_lm_eval(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    *,
+    tasks_dir: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    manager=None,
+) -> dict[str, Any]:
+    """Run lm-eval's `simple_evaluate` on the loaded model; returns mox's result dict (see to_result)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    manager = manager or task_manager(tasks, tasks_dir)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    raw = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=False,
+    )
+    if raw is None:  # lm-eval returns None on processes other than the main one
+        raise MoxError("lm-eval returned no results")
+    out = to_result(raw, tasks)
+    out["lm_eval"] = {"version": getattr(lm_eval, "__version__", None), "num_fewshot": num_fewshot, "limit": limit}
+    return out

@@ -1,0 +1,91 @@
+"""`mox eval --benchmark lm-eval`: lm-evaluation-harness on the already-loaded model, a local task end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mox_unlearn.cli import main
+from mox_unlearn.errors import MoxError
+from mox_unlearn.evaluate import harness
+
+TASK = """task: mox_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture
+def tasks_dir(tmp_path):
+    """A six-item multiple-choice task in lm-eval's YAML format, with its data beside it."""
+    data = tmp_path / "mc.jsonl"
+    rows = [
+        {"question": f"Where was Alia Vorn born ({i})?", "choices": ["Quellport", "Osk", "Brell"], "answer": i % 3}
+        for i in range(6)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "mox_mc.yaml").write_text(TASK.format(data=data))
+    return folder
+
+
+def test_results_in_moxs_shape_by_hand():
+    raw = {
+        "results": {
+            "mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": 0.01},
+            "wmdp_bio": {"acc,none": 0.25, "acc_stderr,none": 0.02, "acc_norm,none": 0.3, "acc_norm_stderr,none": 0.03},
+            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": "N/A"},
+        },
+        "n-samples": {"mmlu": {"original": 10, "effective": 10}},
+    }
+    out = harness.to_result(raw, ["mmlu", "wmdp_bio", "gsm8k", "missing"])
+    assert out["summary"] == {"mmlu": 0.5, "wmdp_bio": 0.25, "gsm8k": 0.1, "missing": None}
+    assert out["metrics"]["wmdp_bio acc_norm,none"] == {"value": 0.3, "stderr": 0.03, "per_item": None}
+    assert out["metrics"]["gsm8k exact_match,strict-match"]["stderr"] is None
+    assert harness.main_metric({"alias": "x", "sample_len": 3, "bleu,none": 12.0}) == ("bleu,none", 12.0)
+    with pytest.raises(MoxError, match="needs --tasks"):
+        harness.parse_tasks(" , ")
+
+
+def test_a_missing_extra_is_one_line(monkeypatch):
+    monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MoxError, match=r'not installed: pip install "mox-unlearn\[lm-eval\]"'):
+        harness.check_installed()
+
+
+@pytest.mark.slow
+def test_a_local_multiple_choice_task_end_to_end(tiny_model_dir, tasks_dir, tmp_path, capsys):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness (mox-unlearn[lm-eval])")
+    out = tmp_path / "r.json"
+    args = ["eval", "--benchmark", "lm-eval", "--model", str(tiny_model_dir), "--tasks-dir", str(tasks_dir)]
+    assert main([*args, "--tasks", "mox_mc", "--batch-size", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "lm-eval" and result["tasks"] == ["mox_mc"]
+    acc = result["summary"]["mox_mc"]
+    assert acc in {k / 6 for k in range(7)}  # six items, each right or wrong
+    assert result["metrics"]["mox_mc acc,none"]["value"] == acc and result["metrics"]["mox_mc acc,none"]["stderr"] > 0
+    assert result["n_samples"]["mox_mc"]["effective"] == 6
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "| r | " in (tmp_path / "rep" / "lm-eval.md").read_text()
+    # refusals, before any model loads
+    assert main([*args, "--tasks", "mox_mcq", "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown lm-eval task 'mox_mcq'; did you mean mox_mc?" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --tasks" in capsys.readouterr().err
+    assert main([*args, "--tasks", "mox_mc", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    assert "--data is not used by --benchmark lm-eval" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
