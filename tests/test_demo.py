@@ -32,9 +32,21 @@ MINI = [
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(root / "out"), "--cache-dir", str(root / "cache"), *MINI]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(root / "out"), "--cache-dir", str(root / "cache"), *MINI]) == 0
+    (root / "stdout.txt").write_text(printed.getvalue())
     return root
+
+
+def test_a_cold_demo_says_what_it_pre_trains(demo):
+    printed = (demo / "stdout.txt").read_text()
+    for stage in ("1/3, general text", "2/3, the target model", "3/3, the retain model"):
+        assert f"pre-training {stage}" in printed
 
 
 def test_miniature_demo_writes_every_output(demo, capsys):

@@ -152,7 +152,7 @@ def test_debug_prints_the_traceback_and_the_line(fault_root, capsys):
 def test_unexpected_exceptions_are_one_line(monkeypatch, capsys, tmp_path, exc, expected):
     import mox_unlearn.report
 
-    def fail(files):
+    def fail(files, harness=None):
         raise exc
 
     monkeypatch.setattr(mox_unlearn.report, "load_rows", fail)
@@ -166,7 +166,7 @@ def test_unexpected_exceptions_are_one_line(monkeypatch, capsys, tmp_path, exc, 
 def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
     import mox_unlearn.report
 
-    def interrupt(files):
+    def interrupt(files, harness=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(mox_unlearn.report, "load_rows", interrupt)

@@ -36,19 +36,23 @@ def row_from_eval(result: dict, name: str, method: str | None = None, alpha: flo
     return {"name": name, "method": method or name, "alpha": alpha, **{k: s.get(k) for k in COLUMNS[3:]}}
 
 
-def load_rows(files: Sequence[str | Path]) -> list[dict]:
-    """Rows from demo results.json files (a list of rows under "rows") and/or `mox eval` result files."""
+def load_rows(files: Sequence[str | Path], harness: list | None = None) -> list[dict]:
+    """Rows from demo results.json files (a list of rows under "rows") and/or `mox eval` result files.
+    With a `harness` list, `mox eval --benchmark lm-eval` results go there as (name, result) instead (their
+    columns are tasks, see harness_table), and no TOFU row at all is then not an error."""
     rows: list[dict] = []
     for f in files:
         p = Path(f)
         data = read_json(p, "result")
-        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        if harness is not None and is_harness_result(data):
+            harness.append((p.stem, data))
+        elif isinstance(data, dict) and isinstance(data.get("rows"), list):
             rows.extend(check_row(row, f"{p}: rows[{i}]") for i, row in enumerate(data["rows"]))
         elif isinstance(data, dict) and data.get("benchmark") == "tofu" and isinstance(data.get("summary"), dict):
             rows.append(check_row(row_from_eval(data, name=p.stem), f"{p}: summary"))
         else:
             raise MoxError(f"{p}: neither a demo results.json nor a `mox eval --benchmark tofu` result")
-    if not rows:
+    if not rows and not harness:
         raise MoxError("no result rows to report")
     return rows
 

@@ -178,27 +178,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"model-index of {card} written from {len(args.files)} result file(s)")
     if not args.out:
         return 0
-    from mox_unlearn.data import read_json
     from mox_unlearn.io.atomic import write_text_atomic
-    from mox_unlearn.report import harness_table, is_harness_result
+    from mox_unlearn.report import harness_table
 
-    loaded = {f: read_json(f, "result") for f in args.files}
-    harness = [(Path(f).stem, r) for f, r in loaded.items() if is_harness_result(r)]
-    others = [f for f, r in loaded.items() if not is_harness_result(r)]
+    harness: list = []
+    rows = load_rows(args.files, harness=harness)
+    out = Path(args.out)
     if harness:  # lm-eval results: their own table (tasks, not TOFU's metrics)
         table = harness_table(harness)
-        out = Path(args.out)
         check_not_an_input(out / "lm-eval.md", args.files, replaces_folder=False)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "lm-eval.md", "# lm-evaluation-harness\n\n" + table)
         print(table)
         print(f"written: {out / 'lm-eval.md'}")
-        if not others:
+        if not rows:
             return 0
-    for path in report_files(Path(args.out)):  # written into --out one by one: none may be an input
+    for path in report_files(out):  # written into --out one by one: none may be an input
         check_not_an_input(path, args.files, replaces_folder=False)
-    rows = load_rows(others)
-    written = write_report(rows, Path(args.out), title="mox report")
+    written = write_report(rows, out, title="mox report")
     print(text_table(rows))
     print("written: " + ", ".join(str(p) for p in written))
     return 0

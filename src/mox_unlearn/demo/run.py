@@ -118,12 +118,13 @@ def _key(cfg: DemoConfig, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _pretrain(model: Path, data: Path, out: Path, cfg: DemoConfig, epochs: int) -> Path:
+def _pretrain(model: Path, data: Path, out: Path, cfg: DemoConfig, epochs: int, what: str) -> Path:
     """One pre-training stage with the project's own loop (`finetune` = plain NLL); cached by folder."""
     from mox_unlearn.train import unlearn
 
     if (out / "run.json").is_file():
         return out / "model"
+    _say(f"pre-training {what}: {epochs} epochs on {data.name} (once; cached in {out})")
     run_cfg = UnlearnConfig(
         model=str(model),
         forget=str(data),
@@ -179,9 +180,16 @@ def prepare_models(cfg: DemoConfig, cache_dir: Path) -> dict[str, Path]:
         )
         os.replace(tmp, root / "init")
     started = time.perf_counter()
-    stage1 = _pretrain(root / "init", root / "data" / "general.jsonl", root / "stage1", cfg, cfg.general_epochs)
-    paths["target"] = _pretrain(stage1, root / "data" / "train_target.jsonl", root / "target", cfg, cfg.profile_epochs)
-    paths["retain"] = _pretrain(stage1, root / "data" / "train_retain.jsonl", root / "retain", cfg, cfg.profile_epochs)
+    data = root / "data"
+    stage1 = _pretrain(
+        root / "init", data / "general.jsonl", root / "stage1", cfg, cfg.general_epochs, "1/3, general text"
+    )
+    paths["target"] = _pretrain(
+        stage1, data / "train_target.jsonl", root / "target", cfg, cfg.profile_epochs, "2/3, the target model"
+    )
+    paths["retain"] = _pretrain(
+        stage1, data / "train_retain.jsonl", root / "retain", cfg, cfg.profile_epochs, "3/3, the retain model"
+    )
     paths["train_seconds"] = round(time.perf_counter() - started, 1)
     return paths
 

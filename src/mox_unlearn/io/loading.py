@@ -200,6 +200,8 @@ def load_model(
     trust_remote_code = _POLICY.trust_remote_code if trust_remote_code is None else trust_remote_code
     if looks_like_path(str(name)):
         check_model_folder(Path(name).expanduser(), allow_pickle=allow_pickle)
+    else:
+        check_hub_reachable(str(name))
     hf_logging.disable_progress_bar()  # our own bars report progress; per-load weight bars are noise
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its multi-line load report: check_loading_info says it in one line
@@ -282,12 +284,32 @@ def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
     trust_remote_code = _POLICY.trust_remote_code if trust_remote_code is None else trust_remote_code
     if looks_like_path(str(name)) and not Path(name).expanduser().is_dir():
         raise MoxError(f"model folder not found: {name}")
+    if not looks_like_path(str(name)):
+        check_hub_reachable(str(name))
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MoxError(f"cannot load tokenizer of {name!r}: {first_line(e)}{_not_local(name)}") from None
     ensure_pad_token(tok)
     return tok
+
+
+def check_hub_reachable(name: str, timeout: float = 5.0) -> None:
+    """Before a hub id is handed to transformers: where it is not in the local cache and the hub does not
+    answer (no network, a proxy, a wrong HF_ENDPOINT), a one-line error at once, instead of a minute of
+    retries with backoff. Offline mode (HF_HUB_OFFLINE=1) and cached models are left to transformers."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - httpx / requests / OSError: the hub cannot be reached
+        raise MoxError(
+            f"{name!r} is not a local folder and the Hugging Face hub cannot be reached ({type(e).__name__}: "
+            f"{first_line(e)}); pass a local model folder, or check the network (HF_HUB_OFFLINE=1 uses the cache)"
+        ) from None
 
 
 def _not_local(name: str) -> str:

@@ -1,0 +1,43 @@
+"""What a new user trips over (issue 22): a hub id the hub cannot answer for, a typo in a local path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mox_unlearn.cli import main
+from mox_unlearn.errors import MoxError
+from mox_unlearn.io import loading
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub's endpoint is a closed local port: every request fails at once, as with no network."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+
+
+def test_a_hub_id_the_hub_cannot_answer_for_is_one_line_at_once(hub_unreachable, qa_files, tmp_path, capsys):
+    forget, retain = qa_files
+    start = time.perf_counter()
+    args = ["unlearn", "--model", "someone/no-such-model", "--forget", str(forget), "--retain", str(retain)]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.perf_counter() - start < 30  # transformers' own retries take about a minute
+    assert err.count("\n") == 0 and "is not a local folder and the Hugging Face hub cannot be reached" in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(MoxError, match="hub cannot be reached"):
+        loading.load_model("someone/no-such-model", "float32")
+
+
+def test_a_typo_in_a_local_path_is_never_a_hub_lookup(hub_unreachable, qa_files, tmp_path, monkeypatch, capsys):
+    forget, retain = qa_files
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["unlearn", "--model", "runs/tiny-modle", "--forget", str(forget), "--retain", str(retain), "--out", "o"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model folder not found: runs/tiny-modle" in err and "hub" not in err
