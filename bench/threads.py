@@ -8,7 +8,8 @@ Two workloads, each a fresh `mox` process whose own timer is read (imports and l
          optimizer steps): run.json timings_s.train;
   eval   `mox eval --benchmark tofu --forget-split forget01 --limit L`: the result's `seconds`.
 Settings: OMP_NUM_THREADS 1 or 2 (torch's intra-op threads; this machine has 2 cores) × OMP_WAIT_POLICY
-unset (libgomp's default: spin a while before sleeping) or PASSIVE, each idle and with one competing job
+unset (libgomp's default: spin a while before sleeping) or PASSIVE (--waits; spin:N sets libgomp's
+GOMP_SPINCOUNT=N instead, a shorter spin), each idle and with one competing job
 (a Python busy loop pinned to nothing, started before and killed after the run). The MOX_THREADS_AUTO=0
 environment keeps mox from choosing for itself, so the table measures the raw settings. Runs go
 round-robin over settings, --repeats times; the table has the median and the ratio to the idle 2-thread
@@ -56,9 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--workloads", default="train,eval")
+    ap.add_argument("--threads", default="2,1", help="OMP_NUM_THREADS values")
+    ap.add_argument(
+        "--waits", default="default,PASSIVE", help="OMP_WAIT_POLICY values; spin:N sets GOMP_SPINCOUNT=N instead"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    settings = [(t, w, load) for load in ("idle", "busy") for t in (2, 1) for w in ("default", "PASSIVE")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    waits = args.waits.split(",")
+    settings = [(t, w, load) for load in ("idle", "busy") for t in thread_counts for w in waits]
     times: dict[tuple, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -67,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 for threads, wait, load in settings:
                     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOX_THREADS_AUTO": "0"}
                     env.pop("OMP_WAIT_POLICY", None)
-                    if wait != "default":
+                    env.pop("GOMP_SPINCOUNT", None)
+                    if wait.startswith("spin:"):
+                        env["GOMP_SPINCOUNT"] = wait[5:]
+                    elif wait != "default":
                         env["OMP_WAIT_POLICY"] = wait
                     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if load == "busy" else None
                     try:
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{workload:5s} threads {threads} wait {wait:8s} {load:4s} {seconds:8.2f} s", flush=True)
     rows = []
     for (workload, threads, wait, load), xs in times.items():
-        base = statistics.median(times[(workload, 2, "default", "idle")])
+        base = statistics.median(times.get((workload, 2, "default", "idle")) or [float("nan")])
         rows.append(
             {
                 "workload": workload,

@@ -41,3 +41,35 @@ def test_a_typo_in_a_local_path_is_never_a_hub_lookup(hub_unreachable, qa_files,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "model folder not found: runs/tiny-modle" in err and "hub" not in err
+
+
+def _threads_in_a_fresh_process(env_extra: dict, threads: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from mox_unlearn.cli import _set_threads\n"
+        f"_set_threads({threads})\n"
+        "import torch\n"
+        "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MOX_THREADS_AUTO")}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **env_extra}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.slow
+def test_threads_and_the_openmp_wait_policy():
+    """mox lets OpenMP threads sleep instead of spin (PASSIVE) unless told otherwise; --threads sets the pool."""
+    assert _threads_in_a_fresh_process({}, "1") == ["1", "PASSIVE"]
+    assert _threads_in_a_fresh_process({"OMP_WAIT_POLICY": "ACTIVE"}, "None")[1] == "ACTIVE"
+    assert _threads_in_a_fresh_process({"MOX_THREADS_AUTO": "0"}, "None")[1] == "None"
+
+
+def test_threads_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--benchmark", "tofu", "--model", "m", "--out", "r.json", "--threads", "0"])
+    assert e.value.code == 2 and "--threads must be >= 1, got 0" in capsys.readouterr().err

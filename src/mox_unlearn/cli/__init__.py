@@ -398,6 +398,22 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _set_threads(threads: int | None) -> None:
+    """CPU threading before torch starts its thread pool (bench/threads.py, docs/performance.md §9).
+
+    OpenMP's threads wait for work by spinning by default; when another job holds a core, the spinning
+    threads and that job slow each other down (measured: 3× for training, 2.4× for evaluation on 2
+    cores beside one busy process). OMP_WAIT_POLICY=PASSIVE lets them sleep instead; mox sets it unless
+    the environment already does (or MOX_THREADS_AUTO=0). `--threads N` sets torch's thread count."""
+    if os.environ.get("MOX_THREADS_AUTO") != "0":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP: only before that
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:  # in-process callers (tests, notebooks): the pool exists already
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
     """`mox ARGS...`; returns the exit code. `callbacks` (train.Callback) hook into `mox unlearn`'s run."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -415,6 +431,9 @@ def main(argv: list[str] | None = None, *, callbacks: list | tuple = ()) -> int:
         parser.print_help()
         return 2
     _setup_logging()
+    if getattr(args, "threads", 1) < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    _set_threads(getattr(args, "threads", None))
     from mox_unlearn.io.loading import load_policy
 
     try:

@@ -86,6 +86,12 @@ def _add_common(p: argparse.ArgumentParser, *, loads_models: bool = False, pickl
     p.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="on failure, print the full traceback as well"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="CPU threads for torch (default: one per core); fewer helps on a machine shared with other jobs",
+    )
     if pickle:
         p.add_argument(
             "--allow-pickle",
