@@ -73,3 +73,30 @@ def test_threads_below_one_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "--benchmark", "tofu", "--model", "m", "--out", "r.json", "--threads", "0"])
     assert e.value.code == 2 and "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_report_reads_method_and_alpha_from_the_model_card_and_says_what_is_partial(tmp_path, capsys):
+    import json
+
+    from mox_unlearn.io.cards import write_model_card
+
+    write_model_card(tmp_path / "m", title="t", fields={"method": "MOX extrapolation (Eq. 8)", "alpha": "4"})
+    summary = {"forget_quality": 0.2, "model_utility": 0.5, "forget_rouge": 0.3, "retain_rouge": 0.6, "privleak": None}
+    files = {
+        "mox-a4.json": {"benchmark": "tofu", "model": str(tmp_path / "m"), "summary": summary, "limit": 6},
+        "npo.json": {"benchmark": "tofu", "model": "someone/npo", "summary": {**summary, "forget_quality": None}},
+    }
+    for name, result in files.items():
+        (tmp_path / name).write_text(json.dumps(result))
+    assert main(["report", *(str(tmp_path / n) for n in files), "--out", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads((tmp_path / "rep" / "results.json").read_text())["rows"]}
+    assert (rows["mox-a4"]["method"], rows["mox-a4"]["alpha"]) == ("mox", 4.0)
+    assert rows["npo"]["method"] is None  # unknown, not the file name
+    md = (tmp_path / "rep" / "results.md").read_text()
+    for text in (
+        "Evaluated with --limit, on the first items of each split only: mox-a4 (first 6).",
+        "not comparable",
+        "Not in the FQ/MU plot (no FQ or MU: evaluate with --retain-result): npo.",
+    ):
+        assert text in md and text in printed

@@ -36,6 +36,42 @@ def row_from_eval(result: dict, name: str, method: str | None = None, alpha: flo
     return {"name": name, "method": method or name, "alpha": alpha, **{k: s.get(k) for k in COLUMNS[3:]}}
 
 
+def card_method(model: Any) -> tuple[str | None, float | None]:
+    """(method, α) of an evaluated model as its mox model card records them (`| method | ... |`, `| alpha | ...
+    |`), or None where the folder has no such card (a hub id, a model made elsewhere)."""
+    card = Path(str(model)) / "README.md" if model else None
+    if card is None or not card.is_file():
+        return None, None
+    fields = {}
+    for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] in ("method", "alpha"):
+            fields[cells[0]] = cells[1]
+    method = fields.get("method")
+    if method and method.startswith("MOX extrapolation"):  # a `mox extrapolate` output
+        method = "mox"
+    try:
+        alpha = float(fields["alpha"]) if "alpha" in fields else None
+    except ValueError:
+        alpha = None
+    return method, alpha
+
+
+def row_notes(rows: Sequence[dict]) -> list[str]:
+    """What a reader of the table must know: rows evaluated on part of the data, rows the FQ/MU plot leaves
+    out (no FQ: evaluated without --retain-result)."""
+    notes = []
+    limited = [f"{r['name']} (first {r['limit']})" for r in rows if r.get("limit")]
+    if limited:
+        notes.append(f"Evaluated with --limit, on the first items of each split only: {', '.join(limited)}.")
+    if limited and len(limited) < len(rows):
+        notes.append("Rows evaluated on different amounts of data are not comparable.")
+    missing = [r["name"] for r in rows if r.get("forget_quality") is None or r.get("model_utility") is None]
+    if missing:
+        notes.append(f"Not in the FQ/MU plot (no FQ or MU: evaluate with --retain-result): {', '.join(missing)}.")
+    return notes
+
+
 def load_rows(files: Sequence[str | Path], harness: list | None = None) -> list[dict]:
     """Rows from demo results.json files (a list of rows under "rows") and/or `mox eval` result files.
     With a `harness` list, `mox eval --benchmark lm-eval` results go there as (name, result) instead (their
@@ -49,7 +85,11 @@ def load_rows(files: Sequence[str | Path], harness: list | None = None) -> list[
         elif isinstance(data, dict) and isinstance(data.get("rows"), list):
             rows.extend(check_row(row, f"{p}: rows[{i}]") for i, row in enumerate(data["rows"]))
         elif isinstance(data, dict) and data.get("benchmark") == "tofu" and isinstance(data.get("summary"), dict):
-            rows.append(check_row(row_from_eval(data, name=p.stem), f"{p}: summary"))
+            method, alpha = card_method(data.get("model"))
+            row = row_from_eval(data, name=p.stem, method=method, alpha=alpha)
+            if method is None:
+                row["method"] = None  # not known: "–" rather than the file name
+            rows.append(check_row({**row, "limit": data.get("limit")}, f"{p}: summary"))
         else:
             raise MoxError(f"{p}: neither a demo results.json nor a `mox eval --benchmark tofu` result")
     if not rows and not harness:
@@ -128,7 +168,8 @@ def write_report(
         writer.writeheader()
         writer.writerows(rows)
         stage.joinpath("results.csv").write_text(buf.getvalue(), encoding="utf-8")
-        md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n"
+        notes = "".join(f"\n{n}\n" for n in row_notes(rows))
+        md = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{markdown_table(rows)}\n{notes}"
         for heading, text, section in sections:
             md += f"\n## {heading}\n\n{text}\n" + (f"\n{markdown_table(section, SECTION_COLUMNS)}\n" if section else "")
         stage.joinpath("results.md").write_text(md, encoding="utf-8")
@@ -151,14 +192,21 @@ def plot_fq_mu(rows: Sequence[dict], path: Path) -> Path:
     """FQ (log scale) against MU, one labelled marker per model."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        fq, mu = r.get("forget_quality"), r.get("model_utility")
-        if fq is None or mu is None:
-            continue
-        fq = max(fq, 1e-300)  # a p-value of exactly 0 still gets a place on the log axis
-        marker = "*" if r.get("method") == "mox" else ("s" if r["name"] in ("original", "retrained") else "o")
-        ax.scatter(mu, fq, marker=marker, s=90 if marker == "*" else 45)
-        ax.annotate(r["name"], (mu, fq), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    colors, seen = {}, set()
+    shown = [r for r in rows if r.get("forget_quality") is not None and r.get("model_utility") is not None]
+    for i, r in enumerate(sorted(shown, key=lambda r: (r["model_utility"], r["forget_quality"]))):
+        fq, mu = max(r["forget_quality"], 1e-300), r["model_utility"]  # FQ 0 still gets a place on the log axis
+        group = r.get("method") or r["name"]
+        color = colors.setdefault(group, f"C{len(colors) % 10}")
+        marker = "*" if group == "mox" else ("s" if r["name"] in ("original", "retrained") else "o")
+        ax.scatter(
+            mu, fq, marker=marker, s=90 if marker == "*" else 45, color=color, label=None if group in seen else group
+        )
+        seen.add(group)
+        # neighbours in MU order get their labels above and below in turn, so close points do not overprint
+        ax.annotate(r["name"], (mu, fq), textcoords="offset points", xytext=(5, 4 if i % 2 else -10), fontsize=7)
+    if seen:
+        ax.legend(fontsize=7, loc="best", title="method", title_fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("Model Utility (↑)")
     ax.set_ylabel("Forget Quality, KS p-value (↑, log)")

@@ -166,7 +166,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from mox_unlearn.io.atomic import check_not_an_input
-    from mox_unlearn.report import load_rows, report_files, text_table, write_report
+    from mox_unlearn.report import load_rows, report_files, row_notes, text_table, write_report
 
     if not args.out and not args.card:
         raise MoxError("mox report needs --out (tables and plots) or --card MODEL_DIR (or both)")
@@ -197,6 +197,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_not_an_input(path, args.files, replaces_folder=False)
     written = write_report(rows, out, title="mox report")
     print(text_table(rows))
+    for note in row_notes(rows):
+        print(note)
     print("written: " + ", ".join(str(p) for p in written))
     return 0
 
