@@ -100,3 +100,19 @@ def test_report_reads_method_and_alpha_from_the_model_card_and_says_what_is_part
         "Not in the FQ/MU plot (no FQ or MU: evaluate with --retain-result): npo.",
     ):
         assert text in md and text in printed
+
+
+@pytest.mark.slow
+def test_unlearn_into_a_finished_run_does_not_suggest_resume(tiny_model_dir, qa_files, tmp_path, capsys):
+    forget, retain = qa_files
+    base = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
+    fast = ["per_device_batch_size=2", "batch_size=2", "max_length=64", "--max-steps", "1"]
+    assert main([*base, "--out", str(tmp_path / "run"), *fast]) == 0
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "run"), *fast]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run (run.json)" in err and "--resume" not in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    assert main([*base, "--out", str(tmp_path / "other"), *fast]) == 2
+    assert "(use --overwrite)" in capsys.readouterr().err  # no checkpoint there: nothing to resume either

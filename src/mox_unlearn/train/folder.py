@@ -120,7 +120,13 @@ class RunFolder:
             return folder
         occupied = out.exists() and any(p.name != LOCK_NAME for p in out.iterdir())
         if occupied and not overwrite:
-            raise MoxError(f"output folder {out} exists and is not empty (use --overwrite or --resume)")
+            if (out / "run.json").is_file():  # finished: there is nothing to resume
+                raise MoxError(
+                    f"output folder {out} holds a finished run (run.json); choose another --out, or --overwrite "
+                    "to replace it"
+                )
+            hint = "--overwrite or --resume" if folder.latest_checkpoint() is not None else "--overwrite"
+            raise MoxError(f"output folder {out} exists and is not empty (use {hint})")
         if occupied and not folder.is_run_folder():
             raise MoxError(f"refusing to overwrite {out}: it is not a mox run folder")
         inside = [str(p) for p in _local_inputs(cfg) if out == p or out in p.parents]
