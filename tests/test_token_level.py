@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from test_unlearn import StopAt  # Ctrl-C right after a given step
 from transformers import AutoModelForCausalLM
 
-from mox_unlearn import train
 from mox_unlearn.cli import main
 from mox_unlearn.forward import label_positions
 from mox_unlearn.losses import LossInputs, SeqStats, get_loss
@@ -115,15 +115,6 @@ def test_label_positions():
     labels = torch.tensor([[-100, -100, 5, 6, 7], [-100, 8, 9, -100, -100]])
     ids, index = label_positions(labels)
     assert ids.tolist() == [5, 6, 7, 8, 9] and index.tolist() == [0, 1, 2, 0, 1]
-
-
-class StopAt(train.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, run) -> None:
-        if run.progress.step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow

@@ -224,6 +224,7 @@ def evaluate(
         max_new_tokens=cfg.eval_max_new_tokens,
         max_length=cfg.max_length,
         limit=getattr(cfg, "eval_limit", None),
+        mia_gradnorm=False,  # a backward pass per answer, for a number no demo or analysis table shows
     )
     result = {"benchmark": "tofu", "model": str(model_dir), "data": str(data), **result}
     write_text_atomic(out, json.dumps(result) + "\n")

@@ -324,9 +324,14 @@ def overlap_benchmark(ws: Workspace) -> tuple[Path, Path]:
         meta = {"seed": cfg.seed, "sizes": dict(cfg.sizes), "percent": p, "demo": str(ws.cache)}
         write_tofu_layout(overlap_splits(cfg.seed, DemoSizes(**cfg.sizes), p), data, meta=meta)
     stage1 = Path(ws.cache) / "stage1" / "model"
-    if not (root / "retain" / "run.json").is_file():
-        _say("training the overlap retain model (target corpus without the carved facts)")
-    return data, _pretrain(stage1, data / "train_retain.jsonl", root / "retain", cfg, cfg.profile_epochs)
+    return data, _pretrain(
+        stage1,
+        data / "train_retain.jsonl",
+        root / "retain",
+        cfg,
+        cfg.profile_epochs,
+        "the overlap retain model (the target corpus without the carved facts)",
+    )
 
 
 def _overlap_root(ws: Workspace) -> Path:
