@@ -12,6 +12,7 @@ from typing import Any
 from mox_unlearn.data import read_json
 from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.attacks import STAT_ATTACKS, attack_metric, stat_scores
 from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
 from mox_unlearn.evaluate.stats import generate_greedy, text_stats
 
@@ -133,30 +134,11 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
 
 
 def text_attacks(tokenizer, forget: list, holdout: list, k: float = MIN_K) -> dict[str, dict]:
-    """LOSS, zlib and Min-K%++ AUCs of the forget vs holdout texts (definitions in metrics.py), in MUSE's
+    """LOSS, zlib and Min-K%++ AUCs of the forget vs holdout texts (evaluate/attacks.py), in MUSE's
     orientation like privleak_auc, open-unlearning's as `auc_open_unlearning`. GradNorm and the reference
     attack are TOFU's only (`mox eval --benchmark tofu`)."""
-
-    def text(s) -> str:
-        return tokenizer.decode(list(s.input_ids[len(s.input_ids) - s.n_tokens :]), skip_special_tokens=True)
-
-    score = {
-        "loss": lambda s: M.loss_score(s.nll_avg),
-        "zlib": lambda s: M.zlib_score(s.nll_avg, text(s)),
-        "min_k_plus_plus": lambda s: M.min_k_plus_plus_score(s.token_logps, s.token_mu, s.token_sigma2, k=k),
-    }
-    out = {}
-    for name, fn in score.items():
-        f, h = [fn(s) for s in forget], [fn(s) for s in holdout]
-        auc = M.mia_auc(f, h)
-        out[f"mia_{name}"] = {
-            "value": float(auc),
-            "per_item": None,
-            "auc_open_unlearning": 1.0 - float(auc),
-            "forget_scores": f,
-            "holdout_scores": h,
-        }
-    return out
+    f, h = stat_scores(tokenizer, forget, k), stat_scores(tokenizer, holdout, k)
+    return {f"mia_{name}": attack_metric(f[name], h[name]) for name in STAT_ATTACKS}
 
 
 def evaluate_muse(

@@ -20,10 +20,12 @@ from mox_unlearn.data import RecordSet, load_records, read_json
 from mox_unlearn.data.formatting import PromptFormat, prompt_ids, reference_answer
 from mox_unlearn.errors import MoxError
 from mox_unlearn.evaluate import metrics as M
+from mox_unlearn.evaluate.attacks import STAT_ATTACKS, attack_metric, stat_scores
 from mox_unlearn.evaluate.benchmarks import TOFU_HUB_ID
 from mox_unlearn.evaluate.convention import check_retain_convention, scoring_convention
 from mox_unlearn.evaluate.stats import (
     AnswerStats,
+    answer_grad_norms,
     answer_stats,
     generate_answers,
     generated_top_token_rate,
@@ -232,46 +234,14 @@ def mia_min_k_metric(forget: list[AnswerStats], holdout: list[AnswerStats], k: f
     """Min-k AUC of forget (members) vs holdout answers, EOS position dropped; both AUC conventions named."""
     f_scores = M.min_k_scores([s.content_logps for s in _content(forget, "forget")], k=k)
     h_scores = M.min_k_scores([s.content_logps for s in _content(holdout, "holdout")], k=k)
-    auc = M.mia_auc(f_scores, h_scores)
-    return _metric(
-        auc,
-        None,
-        k=k,
-        convention=MIA_CONVENTION,
-        auc_open_unlearning=1.0 - auc,
-        forget_scores=f_scores.tolist(),
-        holdout_scores=h_scores.tolist(),
-    )
-
-
-ATTACKS = ("loss", "zlib", "min_k_plus_plus", "gradnorm", "reference")
-
-
-def _answer_text(tokenizer, s: AnswerStats) -> str:
-    """The scored answer tokens, EOS position dropped, decoded as open-unlearning's zlib attack decodes them."""
-    ids = s.input_ids[len(s.input_ids) - s.n_tokens :]
-    ids = ids[:-1] if s.ends_with_eos else ids
-    return tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-def _attack_metric(name: str, forget: Sequence[float], holdout: Sequence[float], **extra) -> dict:
-    auc = M.mia_auc(forget, holdout)
-    return _metric(
-        auc,
-        None,
-        convention=MIA_CONVENTION.replace("min-k score", f"{name} score"),
-        auc_open_unlearning=1.0 - auc,
-        forget_scores=[float(x) for x in forget],
-        holdout_scores=[float(x) for x in holdout],
-        **extra,
-    )
+    return attack_metric(f_scores, h_scores, k=k, convention=MIA_CONVENTION)
 
 
 def mia_attack_metrics(
     model,
     tokenizer,
-    forget: RecordSet,
-    holdout: RecordSet,
+    stats: dict[str, list[AnswerStats]],
+    qa: dict[str, tuple[list[str], list[str]]],
     fmt: PromptFormat,
     *,
     reference=None,
@@ -282,43 +252,33 @@ def mia_attack_metrics(
 ) -> dict[str, dict]:
     """open-unlearning's other membership-inference attacks, forget (members) vs holdout answers, each as
     `mia_<attack>` with its AUC in both orientations and the per-item scores (definitions: metrics.py,
-    docs/metrics.md). The reference attack is missing, with a reason, without a reference model."""
-    sides = {"forget": forget, "holdout": holdout}
-    qa = {k_: ([r["question"] for r in rs.records], _true_answers(rs, "answer")) for k_, rs in sides.items()}
-    kw = dict(batch_size=batch_size, max_length=max_length)
-    st = {
-        k_: _content(answer_stats(model, tokenizer, *qa[k_], fmt, moments=True, desc=f"{k_}: attacks", **kw), k_)
-        for k_ in sides
-    }
-    scores: dict[str, dict[str, list[float]]] = {a: {} for a in ATTACKS}
-    for side, stats in st.items():
-        scores["loss"][side] = [M.loss_score(s.nll_avg) for s in stats]
-        scores["zlib"][side] = [M.zlib_score(s.nll_avg, _answer_text(tokenizer, s)) for s in stats]
-        scores["min_k_plus_plus"][side] = [
-            M.min_k_plus_plus_score(s.content_logps, *s.content_moments, k=k) for s in stats
-        ]
+    docs/metrics.md). `stats` holds each side's AnswerStats with vocabulary moments, `qa` its (questions,
+    answers). The reference attack is missing, with a reason, without a reference model."""
+    scores = {side: stat_scores(tokenizer, _content(st, side), k) for side, st in stats.items()}
+    for side, (questions, answers) in qa.items():
         if gradnorm:
-            from mox_unlearn.evaluate.stats import answer_grad_norms
-
-            scores["gradnorm"][side] = answer_grad_norms(
-                model, tokenizer, *qa[side], fmt, max_length=max_length, desc=f"{side}: gradnorm"
+            scores[side]["gradnorm"] = answer_grad_norms(
+                model, tokenizer, questions, answers, fmt, max_length=max_length, desc=f"{side}: gradnorm"
             ).tolist()
         if reference is not None:
-            ref = answer_stats(reference, tokenizer, *qa[side], fmt, desc=f"{side}: reference", **kw)
-            scores["reference"][side] = [M.reference_score(s.nll_avg, r.nll_avg) for s, r in zip(stats, ref)]
+            kw = dict(batch_size=batch_size, max_length=max_length, desc=f"{side}: reference")
+            ref = answer_stats(reference, tokenizer, questions, answers, fmt, **kw)
+            scores[side]["reference"] = [M.reference_score(s.nll_avg, r.nll_avg) for s, r in zip(stats[side], ref)]
     out = {}
-    for attack, by_side in scores.items():
-        name = f"mia_{attack}"
-        if by_side:
+    for attack in (*STAT_ATTACKS, "gradnorm", "reference"):
+        if attack in scores["forget"]:
             extra = {"k": k} if attack == "min_k_plus_plus" else {"p": 2} if attack == "gradnorm" else {}
-            out[name] = _attack_metric(attack, by_side["forget"], by_side["holdout"], **extra)
+            convention = MIA_CONVENTION.replace("min-k score", f"{attack} score")
+            out[f"mia_{attack}"] = attack_metric(
+                scores["forget"][attack], scores["holdout"][attack], convention=convention, **extra
+            )
         else:
             why = (
                 "no reference model given (--mia-reference MODEL)"
                 if attack == "reference"
                 else "skipped (--no-gradnorm)"
             )
-            out[name] = _metric(None, None, reason=why)
+            out[f"mia_{attack}"] = _metric(None, None, reason=why)
     return out
 
 
@@ -369,24 +329,23 @@ def evaluate_tofu(
         if name == "forget":
             forget_stats = stats
 
-    # membership inference and memorization on the forget answers (open-unlearning's extras), EOS dropped
-    hold_stats = answer_stats(
-        model,
-        tokenizer,
-        [r["question"] for r in holdout.records],
-        _true_answers(holdout, "answer"),
-        fmt,
-        batch_size=batch_size,
-        max_length=max_length,
-        desc="holdout: answers",
-    )
-    metrics["mia_min_k"] = mia_min_k_metric(forget_stats, hold_stats)
+    # membership inference and memorization on the forget answers (open-unlearning's extras), EOS dropped;
+    # one pass over each side's true answers with the vocabulary moments Min-K%++ needs
+    qa = {
+        side: ([r["question"] for r in rs.records], _true_answers(rs, "answer"))
+        for side, rs in (("forget", splits["forget"]), ("holdout", holdout))
+    }
+    answer_kw = dict(batch_size=batch_size, max_length=max_length, moments=True)
+    mia_stats = {
+        side: answer_stats(model, tokenizer, *qa[side], fmt, desc=f"{side}: answers", **answer_kw) for side in qa
+    }
+    metrics["mia_min_k"] = mia_min_k_metric(forget_stats, mia_stats["holdout"])
     metrics.update(
         mia_attack_metrics(
             model,
             tokenizer,
-            splits["forget"],
-            holdout,
+            mia_stats,
+            qa,
             fmt,
             reference=mia_reference,
             gradnorm=mia_gradnorm,
