@@ -220,28 +220,16 @@ def score_continuations(
     (`encode_qa`): a prompt pass over left-padded prompts keeps their KV cache and the logits of the last
     prompt token (which predict every answer's first token); each answer is then run on a copy of its
     question's cache, so prompt tokens are computed once instead of once per answer, and the output layer
-    runs only where an answer token is predicted. Models whose forward takes no `position_ids` or cache fall
-    back to `answer_stats`. Float results agree with it to rounding (different kernels, same arithmetic).
+    runs only where an answer token is predicted. Models whose forward takes no `position_ids` or cache are
+    scored a whole sequence per answer, as `answer_stats` does. Float results agree with it to rounding (different kernels, same arithmetic).
     """
     cache_kw = _cache_keyword(model)
-    if cache_kw is None:
-        flat_q = [q for q, answers in zip(questions, answer_lists) for _ in answers]
-        flat = answer_stats(
-            model,
-            tokenizer,
-            flat_q,
-            [a for answers in answer_lists for a in answers],
-            fmt,
-            batch_size=batch_size,
-            max_length=max_length,
-            desc=desc,
-        )
-        return _regroup(flat, answer_lists)
     examples = [
         [encode_qa(tokenizer, q, a, fmt, max_length) for a in answers] for q, answers in zip(questions, answer_lists)
     ]
     splits = [_shared_prefix(exs) if exs else 0 for exs in examples]
-    if any(exs and c == 0 for exs, c in zip(examples, splits)):  # nothing shared to cache: score whole sequences
+    # no cache to run on, or nothing shared to cache: every answer scored as a whole sequence
+    if cache_kw is None or any(exs and c == 0 for exs, c in zip(examples, splits)):
         flat = score_examples(
             model,
             [ex for exs in examples for ex in exs],
