@@ -294,6 +294,9 @@ def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
     return tok
 
 
+_HUB_ANSWERED: set[str] = set()
+
+
 def check_hub_reachable(name: str, timeout: float = 5.0) -> None:
     """Before a hub id is handed to transformers: where it is not in the local cache and the hub does not
     answer (no network, a proxy, a wrong HF_ENDPOINT), a one-line error at once, instead of a minute of
@@ -301,10 +304,15 @@ def check_hub_reachable(name: str, timeout: float = 5.0) -> None:
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import get_session
 
-    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(name, "config.json"), str):
+    if (
+        name in _HUB_ANSWERED
+        or constants.HF_HUB_OFFLINE
+        or isinstance(try_to_load_from_cache(name, "config.json"), str)
+    ):
         return
     try:
         get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=timeout)
+        _HUB_ANSWERED.add(name)  # the tokenizer, the model and the reference load the same name: ask once
     except Exception as e:  # noqa: BLE001 - httpx / requests / OSError: the hub cannot be reached
         raise MoxError(
             f"{name!r} is not a local folder and the Hugging Face hub cannot be reached ({type(e).__name__}: "
