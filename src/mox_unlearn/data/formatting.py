@@ -12,7 +12,7 @@ Conventions every loss relies on:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +89,11 @@ _OU_SYSTEM = "You are a helpful assistant."
 # `preprocess_chat_instance`), one preset per family of its model configs. Without a chat template its
 # prompt is user_start_tag + question + user_end_tag + asst_start_tag, and the answer follows directly.
 PRESETS: dict[str, dict] = {
+    # mox's own: every field's default (so the preset cannot drift from them)
     "mox": {
-        "chat_template": "auto",
-        "question_template": "Question: {question}\nAnswer:",
-        "answer_prefix": " ",
-        "system_prompt": None,
-        "chat_template_kwargs": {},
-        "boundary": "separate",
+        f.name: f.default_factory() if f.default is MISSING else f.default
+        for f in fields(PromptFormat)
+        if f.name != "preset"
     },
     # phi-1_5, Llama-2-7b-hf, Llama-2-13b-hf
     "open-unlearning-qa": {
