@@ -213,9 +213,12 @@ def test_unknown_extension(tmp_path):
 
 @pytest.fixture
 def fake_load_dataset(monkeypatch):
-    """Replace datasets.load_dataset, recording the call; returns the list of calls."""
+    """Replace datasets.load_dataset, recording the call; returns the list of calls. Offline mode, so that the
+    hub is not asked first (tests/test_ux.py covers that request)."""
     import datasets
+    from huggingface_hub import constants
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     calls = []
 
     def fake(path, name=None, split=None, **kw):
@@ -250,6 +253,9 @@ def test_hf_bad_spec():
 
 def test_hf_errors_are_one_line(monkeypatch):
     import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
     def boom(*a, **k):
         raise ValueError("Unknown split 'x'.\nShould be one of ['train'].")

@@ -50,6 +50,53 @@ def test_a_typo_in_a_local_path_is_never_a_hub_lookup(hub_unreachable, qa_files,
     assert "model folder not found: runs/tiny-modle" in err and "hub" not in err
 
 
+def _no_load_dataset(monkeypatch):
+    import datasets
+
+    def never(*args, **kwargs):
+        raise AssertionError("datasets was asked to load a dataset the hub cannot serve")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+
+
+def test_a_hub_dataset_the_hub_cannot_answer_for_is_one_line_at_once(
+    hub_unreachable, tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys
+):
+    """datasets retries with backoff for about 25 s before it gives up: an `hf:` spec and a MUSE hub id are
+    checked with one short request first."""
+    from mox_unlearn.evaluate.muse import load_muse
+
+    _no_load_dataset(monkeypatch)
+    forget, retain = qa_files
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", "hf:someone/no-such-data", "--retain", str(retain)]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "'someone/no-such-data' is not a local file or folder and the Hugging Face hub cannot be reached" in err
+    assert "HF_DATASETS_OFFLINE=1" in err and not (tmp_path / "run").exists()
+    with pytest.raises(MoxError, match="hub cannot be reached"):
+        load_muse("someone/no-such-muse", "verbmem_forget")
+
+
+def test_offline_mode_leaves_a_hub_dataset_to_datasets(hub_unreachable, monkeypatch):
+    """With HF_HUB_OFFLINE the cache is the user's choice: no request, and datasets answers (here, a sentinel)."""
+    import datasets
+    from huggingface_hub import constants
+
+    from mox_unlearn.data.records import load_records
+
+    class Asked(Exception):
+        pass
+
+    def asked(*args, **kwargs):
+        raise Asked
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets, "load_dataset", asked)
+    with pytest.raises(MoxError, match="cannot load dataset hf:someone/cached"):
+        load_records("hf:someone/cached", name="forget", kind="qa")
+
+
 def _threads_in_a_fresh_process(env_extra: dict, threads: str) -> list[str]:
     import os
     import subprocess

@@ -185,7 +185,11 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
 
 def _read_hf(spec: str) -> Located:
     """Load one split with `datasets`; any failure becomes a one-line MoxError naming the spec."""
+    from ..io.loading import check_hub_reachable
+
     dataset_id, config, split = parse_hf_spec(spec)
+    if not _local_dataset(dataset_id):
+        check_hub_reachable(dataset_id, repo_type="dataset")
     try:
         import datasets
 
@@ -193,6 +197,12 @@ def _read_hf(spec: str) -> Located:
     except Exception as e:  # datasets raises many types; the user needs the spec and the reason
         raise MoxError(f"cannot load dataset {spec}: {one_line(e)}") from e
     return [(f"{spec}[{i}]", row) for i, row in enumerate(rows)]
+
+
+def _local_dataset(dataset_id: str) -> bool:
+    """A folder or file of data, or a name without a namespace (datasets' own builders: json, csv, parquet...):
+    not asked of the hub first."""
+    return "/" not in dataset_id or Path(dataset_id).expanduser().exists()
 
 
 # ---------------------------------------------------------------------------------------------

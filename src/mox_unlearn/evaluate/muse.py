@@ -15,6 +15,7 @@ from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.attacks import STAT_ATTACKS, attack_metric, stat_scores
 from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
 from mox_unlearn.evaluate.stats import generate_greedy, text_stats
+from mox_unlearn.io.loading import check_hub_reachable
 
 # (subset, local file stem, hub split) of every file the evaluation reads.
 FILES = {
@@ -41,6 +42,7 @@ def load_muse(source: str, key: str) -> list:
         stem = next((st for st in stems if (folder / subset / f"{st}.json").is_file()), stems[0])
         data = read_json(folder / subset / f"{stem}.json", "MUSE")
     else:
+        check_hub_reachable(source, repo_type="dataset")
         try:
             import datasets
 

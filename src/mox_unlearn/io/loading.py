@@ -294,30 +294,43 @@ def load_tokenizer(name: str, *, trust_remote_code: bool | None = None):
     return tok
 
 
-_HUB_ANSWERED: set[str] = set()
+_HUB_ANSWERED: set[tuple[str, str]] = set()
 
 
-def check_hub_reachable(name: str, timeout: float = 5.0) -> None:
-    """Before a hub id is handed to transformers: where it is not in the local cache and the hub does not
-    answer (no network, a proxy, a wrong HF_ENDPOINT), a one-line error at once, instead of a minute of
-    retries with backoff. Offline mode (HF_HUB_OFFLINE=1) and cached models are left to transformers."""
+def check_hub_reachable(name: str, timeout: float = 5.0, repo_type: str = "model") -> None:
+    """Before a hub id is handed to transformers or datasets: where it is not in the local cache and the hub
+    does not answer (no network, a proxy, a wrong HF_ENDPOINT), a one-line error at once, instead of half a
+    minute to a minute of retries with backoff. Offline mode (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1 for a
+    dataset) and cached repositories are left to the library. `repo_type` is "model" or "dataset"."""
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import get_session
 
+    offline = constants.HF_HUB_OFFLINE or (repo_type == "dataset" and _datasets_offline())
+    probe = "config.json" if repo_type == "model" else "README.md"  # a dataset's card is its first download
     if (
-        name in _HUB_ANSWERED
-        or constants.HF_HUB_OFFLINE
-        or isinstance(try_to_load_from_cache(name, "config.json"), str)
+        (name, repo_type) in _HUB_ANSWERED
+        or offline
+        or isinstance(try_to_load_from_cache(name, probe, repo_type=repo_type), str)
     ):
         return
     try:
-        get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=timeout)
-        _HUB_ANSWERED.add(name)  # the tokenizer, the model and the reference load the same name: ask once
+        get_session().head(f"{constants.ENDPOINT}/api/{repo_type}s/{name}", timeout=timeout)
+        _HUB_ANSWERED.add((name, repo_type))  # the tokenizer, the model and the reference load one name: ask once
     except Exception as e:  # noqa: BLE001 - httpx / requests / OSError: the hub cannot be reached
+        what = "local folder" if repo_type == "model" else "local file or folder"
+        offline_var = "HF_HUB_OFFLINE=1" if repo_type == "model" else "HF_DATASETS_OFFLINE=1"
         raise MoxError(
-            f"{name!r} is not a local folder and the Hugging Face hub cannot be reached ({type(e).__name__}: "
-            f"{first_line(e)}); pass a local model folder, or check the network (HF_HUB_OFFLINE=1 uses the cache)"
+            f"{name!r} is not a {what} and the Hugging Face hub cannot be reached ({type(e).__name__}: "
+            f"{first_line(e)}); pass a {what}, or check the network ({offline_var} uses the cache)"
         ) from None
+
+
+def _datasets_offline() -> bool:
+    try:
+        from datasets import config
+    except ImportError:
+        return False
+    return bool(getattr(config, "HF_DATASETS_OFFLINE", False) or getattr(config, "HF_HUB_OFFLINE", False))
 
 
 def _not_local(name: str) -> str:
