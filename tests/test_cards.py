@@ -86,6 +86,22 @@ def test_a_run_with_relative_paths_resumes_from_its_folder_elsewhere(inputs, tmp
     assert (tmp_path / "run" / "run.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_run_config_is_a_config_for_a_new_run_from_anywhere(inputs, tmp_path, monkeypatch):
+    """`--config RUN/config.yaml` reruns a run (another seed, another lr): its paths, relative to the run
+    folder, are read relative to it, from any directory; its own `out` is replaced by --out."""
+    model, forget, retain = inputs
+    monkeypatch.chdir(tmp_path)
+    args = ["unlearn", "--model", "in/model", "--forget", "in/forget.jsonl", "--retain", "in/retain.json"]
+    assert main([*args, "--out", "runs/first", *FAST]) == 0
+    monkeypatch.chdir(tmp_path / "in")
+    assert main(["unlearn", "--config", "../runs/first/config.yaml", "--out", "../runs/second", "seed=1"]) == 0
+    data = json.loads((tmp_path / "runs" / "second" / "data.json").read_text())
+    assert (data["forget"]["source"], data["retain"]["source"]) == ("../../in/forget.jsonl", "../../in/retain.json")
+    config = (tmp_path / "runs" / "second" / "config.yaml").read_text()
+    assert "model: ../../in/model" in config and "seed: 1" in config
+
+
 def test_extrapolate_cards_name_their_inputs_relative_to_the_output(inputs, tmp_path):
     model, _, _ = inputs
     out = tmp_path / "x"

@@ -373,10 +373,21 @@ def load_config(
             raise MoxError(f"{p}: invalid YAML: {first_line(e)}") from None
         if not isinstance(data, dict):
             raise MoxError(f"{p}: a config file must be a mapping of keys to values")
-        apply_mapping(cfg, data)
+        apply_mapping(cfg, _from_run_folder(data, p))
     apply_mapping(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     apply_overrides(cfg, overrides)
     return cfg
+
+
+def _from_run_folder(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run folder's own config.yaml names its inputs relative to that folder (io/portable.py): read as a
+    config for a new run, they are resolved against it, so it works from any directory. Other files as they are."""
+    if path.name != "config.yaml" or not (path.parent / "data.json").is_file():
+        return data
+    from mox_unlearn.io.portable import resolve_config
+    from mox_unlearn.train.folder import paths_relative
+
+    return resolve_config(data, path.parent) if paths_relative(path.parent) else data
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> None:
