@@ -115,6 +115,10 @@ def test_label_positions():
     labels = torch.tensor([[-100, -100, 5, 6, 7], [-100, 8, 9, -100, -100]])
     ids, index = label_positions(labels)
     assert ids.tolist() == [5, 6, 7, 8, 9] and index.tolist() == [0, 1, 2, 0, 1]
+    # raw text (labels from position 0): the first token is never predicted but is the text's token 0, so
+    # CE-U's ignore_first_n=1 leaves every target in, as open-unlearning counts on the unshifted labels
+    ids, index = label_positions(torch.tensor([[3, 4, 5, -100], [6, 7, -100, -100]]))
+    assert ids.tolist() == [4, 5, 7] and index.tolist() == [1, 2, 1]
 
 
 @pytest.mark.slow

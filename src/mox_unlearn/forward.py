@@ -115,10 +115,12 @@ class Models:
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """([N] label ids, [N] index of each within its answer) at the positions that predict an answer token,
-    in the order of answer_logits."""
-    targets = labels[:, 1:]
+    in the order of answer_logits. The index counts the answer's tokens before the shift, as open-unlearning's
+    CE-U does: for QA data the first target is index 0; for raw text (labels from position 0) the first token
+    is index 0 and never a target, so the first target is index 1."""
+    index = (labels != IGNORE_INDEX).long().cumsum(dim=-1) - 1
+    targets, index = labels[:, 1:], index[:, 1:]
     mask = targets != IGNORE_INDEX
-    index = mask.long().cumsum(dim=-1) - 1
     return targets[mask], index[mask]
 
 

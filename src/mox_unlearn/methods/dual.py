@@ -4,7 +4,8 @@
 max(0, λ + η · (NLL(retain) − ε)), with η `dual_step_size` and NLL(retain) the step's retain NLL averaged
 over micro-batches and processes (so every process keeps the same λ). It is registered with accelerate
 for checkpointing, so `--resume` continues with the λ the run had. Source: Entesari et al. 2025,
-arXiv:2506.05314, and open-unlearning's PDU trainer (its per-step update after `dual_warmup_epochs`).
+arXiv:2506.05314, and open-unlearning's PDU trainer (which updates after `dual_warmup_epochs`, once per
+micro-batch; here once per optimizer step: docs/methods.md).
 """
 
 from __future__ import annotations
