@@ -1,7 +1,8 @@
 """select-alpha's pick against the oracle α, from a finished `mox experiment frontier` (issue 14, item 3).
 
-For every extrapolating method (knob α), learning rate and seed of OUT/frontier/frontier.json, one θ_mem
-gave a curve over the α grid. On that curve this script applies, without evaluating anything again:
+For every extrapolating method (knob α; each variant row of frontier_variants is a method of its own, the
+pooled "+variants" rows are left out), learning rate, setting and seed of OUT/frontier/frontier.json, one
+θ_mem gave a curve over the α grid. On that curve this script applies, without evaluating anything again:
 
   select-alpha   the rule of `mox select-alpha` (select_alpha.select_alpha: the largest α with the worst
                  validation retain drop ≤ tolerance and forget-vs-holdout KS p ≥ p_min, with its fallbacks)
@@ -30,18 +31,19 @@ def _log10(fq: float | None) -> float | None:
     return None if fq is None else math.log10(max(fq, 1e-300))
 
 
-def curves(records: list[dict]) -> dict[tuple[str, float, int], list[dict]]:
-    """Records of each (method, lr, seed) whose knob is α, in α order."""
-    out: dict[tuple[str, float, int], list[dict]] = {}
+def curves(records: list[dict]) -> dict[tuple[str, float, str, int], list[dict]]:
+    """Records of each (method, lr, setting, seed) whose knob is α, in α order; the pooled "+variants" rows
+    repeat the variant rows' records, so they are not curves of their own."""
+    out: dict[tuple[str, float, str, int], list[dict]] = {}
     for r in records:
-        if r["knob"] == "alpha":
-            out.setdefault((r["method"], r["lr"], r["seed"]), []).append(r)
+        if r["knob"] == "alpha" and not r["method"].endswith("+variants"):
+            out.setdefault((r["method"], r["lr"], r.get("setting", ""), r["seed"]), []).append(r)
     return {k: sorted(v, key=lambda r: r["value"]) for k, v in sorted(out.items())}
 
 
 def compare(records: list[dict], target_mu: float, *, mu_ratio: float, tolerance: float, p_min: float) -> list[dict]:
     rows = []
-    for (method, lr, seed), curve in curves(records).items():
+    for (method, lr, setting, seed), curve in curves(records).items():
         points = [
             CurvePoint(
                 r["value"],
@@ -60,15 +62,17 @@ def compare(records: list[dict], target_mu: float, *, mu_ratio: float, tolerance
         row = {
             "method": method,
             "lr": lr,
+            "setting": setting,
             "seed": seed,
             "branch": chosen.branch,
             "oracle_qualified": oracle["qualified"],
         }
         for name, r in picks.items():
             row[name] = {"alpha": r["value"], "log10_fq": _log10(r["forget_quality"]), "mu": r["model_utility"]}
-        gap = row["select-alpha"]["log10_fq"] - row["oracle"]["log10_fq"]
+        chosen_fq, oracle_fq = row["select-alpha"]["log10_fq"], row["oracle"]["log10_fq"]
+        gap = None if chosen_fq is None or oracle_fq is None else chosen_fq - oracle_fq  # no retain result: no FQ
         row["gap_log10_fq"] = gap
-        row["target_met"] = abs(gap) <= 0.3 and row["select-alpha"]["mu"] >= mu_ratio * target_mu
+        row["target_met"] = gap is not None and abs(gap) <= 0.3 and row["select-alpha"]["mu"] >= mu_ratio * target_mu
         rows.append(row)
     return rows
 
@@ -86,11 +90,12 @@ def markdown(rows: list[dict], bar: float) -> str:
         "| method | lr | seed | select-alpha α (log10 FQ, MU) | retrain-free α | oracle α (log10 FQ, MU) "
         f"| gap log10 FQ | within 0.3 at MU ≥ {bar:.3f} |\n|---|---|---|---|---|---|---|---|"
     )
-    cell = lambda p: f"{p['alpha']:g} ({p['log10_fq']:.2f}, {p['mu']:.3f})"  # noqa: E731
+    num = lambda x, f: "–" if x is None else format(x, f)  # noqa: E731
+    cell = lambda p: f"{p['alpha']:g} ({num(p['log10_fq'], '.2f')}, {p['mu']:.3f})"  # noqa: E731
     lines = [
         f"| {r['method']} | {r['lr']:g} | {r['seed']} | {cell(r['select-alpha'])} [{r['branch']}] "
         f"| {cell(r['retrain-free'])} | {cell(r['oracle'])}{'' if r['oracle_qualified'] else ' (none ≥ bar)'} "
-        f"| {r['gap_log10_fq']:+.2f} | {'yes' if r['target_met'] else 'no'} |"
+        f"| {num(r['gap_log10_fq'], '+.2f')} | {'yes' if r['target_met'] else 'no'} |"
         for r in rows
     ]
     return "\n".join([head, *lines])

@@ -198,6 +198,8 @@ def test_mean_std_pareto_and_the_plan():
         ("frontier_grids={npo: {bogus: [1]}}", "unknown config key 'bogus'"),
         ("frontier_score=rouge", "frontier_score: unknown score 'rouge'"),
         ("frontier_epochs=[0, 2]", "frontier_epochs must be a list of distinct epochs >= 1"),
+        ("frontier_variants=[{keep_fraction: 0.2}, {keep_fraction: 0.2, seed: 3}]", "is a duplicate of [0]"),
+        ("frontier_variants=[{only: mlp}, {only: ^mlp}]", "[1] would share the row name mox+only_mlp with [0]"),
     ],
 )
 def test_bad_frontier_settings_are_refused_before_any_work(tmp_path, capsys, setting, message):

@@ -47,6 +47,18 @@ def test_keep_fraction_keeps_the_largest_entries_of_delta_by_hand():
     assert out.tolist() == [1.0, 1.0, 1.0, 3.0]  # ⌈1⌉ = 1 kept: Δ = 1
 
 
+def test_keep_fraction_counts_exactly_and_breaks_ties_by_position():
+    """⌈P·n⌉ on the decimal P: 0.07 · 100 is 7.000000000000001 in floats, yet 7 entries are kept. Among equal
+    |Δ| at the cut, the first positions are kept, so every device keeps the same entries."""
+    ref = torch.zeros(100)
+    mem = -torch.arange(1, 101, dtype=torch.float32)  # Δ = 1..100, all distinct
+    out = extrapolate_variant(ref, mem, [1.0], Variant(keep_fraction=0.07), "w", 0)[0]
+    assert int((out != 0).sum()) == 7 and out[93:].tolist() == list(range(94, 101))
+    ref, mem = torch.zeros(8), -torch.tensor([3.0, 1, 1, 1, 1, 2, 1, 1])  # |Δ| ties at the cut (k = 3)
+    out = extrapolate_variant(ref, mem, [1.0], Variant(keep_fraction=0.375), "w", 0)[0]
+    assert out.tolist() == [3.0, 1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+
+
 def test_drop_rate_rescales_the_survivors_and_is_seeded_by_name():
     ref, mem = torch.zeros(10_000), -torch.ones(10_000)  # Δ = 1 everywhere
     v = Variant(drop_rate=0.25, seed=3)

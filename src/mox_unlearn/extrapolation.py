@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -147,7 +148,7 @@ def extrapolate_variant(
 
     A tensor the variant does not edit is θ_ref bitwise; one it edits without trimming or dropping goes
     through `extrapolate_tensors` with α·s, so the plain variant is plain extrapolation bit for bit. With
-    keep_fraction P, at most ⌈P·n⌉ entries differ from θ_ref (torch.topk of |Δ|: exactly that many kept)."""
+    keep_fraction P, at most ⌈P·n⌉ entries differ from θ_ref (`largest`: exactly that many kept, ties by position)."""
     if not ref.is_floating_point() or not variant.edits(name):
         return [ref for _ in alphas]
     s = variant.scale(name, n_layers)
@@ -160,9 +161,7 @@ def extrapolate_variant(
     delta = r - mem.to(device=ref.device, dtype=compute).reshape(-1)  # [n]
     n = delta.numel()
     if variant.keep_fraction < 1:
-        k = math.ceil(variant.keep_fraction * n)
-        kept = torch.zeros(n, dtype=torch.bool, device=delta.device)
-        kept[torch.topk(delta.abs(), k, sorted=False).indices] = True
+        kept = largest(delta.abs(), math.ceil(Fraction(repr(variant.keep_fraction)) * n))
         delta = torch.where(kept, delta, torch.zeros((), dtype=compute, device=delta.device))
     if variant.drop_rate > 0:
         g = torch.Generator().manual_seed(variant.tensor_seed(name))
@@ -174,6 +173,21 @@ def extrapolate_variant(
     for alpha, o in zip(alphas, outs):
         o.view(-1).copy_(torch.add(r, delta, alpha=alpha * s))  # the one rounding back to ref's dtype
     return outs
+
+
+def largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """A mask of the k largest entries of the 1-D `values`; among equal values at the cut, the first
+    positions. Unlike torch.topk, whose choice among ties is its own, the same on every device."""
+    n = values.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=values.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=values.device)
+    cut = torch.kthvalue(values, n - k + 1).values  # the k-th largest
+    kept = values > cut
+    ties = torch.nonzero(values == cut).squeeze(1)[: k - int(kept.sum())]
+    kept[ties] = True
+    return kept
 
 
 def extrapolate_state_dict(

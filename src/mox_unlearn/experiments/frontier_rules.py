@@ -287,7 +287,15 @@ def frontier_variant_list(cfg: Any) -> list:
     variants = []
     for i, settings in enumerate(cfg.frontier_variants):
         v = Variant.from_settings(settings, f"frontier_variants[{i}]")
-        if v.plain or v in variants:
-            raise MoxError(f"frontier_variants[{i}]: {dict(settings)} is plain MOX or a duplicate")
+        if v.plain:
+            raise MoxError(f"frontier_variants[{i}]: {dict(settings)} is plain MOX, which is always a row")
+        for j, other in enumerate(variants):  # same settings, or two settings one row name would merge
+            if v.fields() == other.fields():
+                raise MoxError(f"frontier_variants[{i}]: {dict(settings)} is a duplicate of [{j}]")
+            if v.label() == other.label():
+                raise MoxError(
+                    f"frontier_variants[{i}]: {dict(settings)}: [{i}] would share the row name mox+{v.label()} "
+                    f"with [{j}] (a name keeps a regex's first 16 letters and digits and 6 digits of a number)"
+                )
         variants.append(v)
     return variants
