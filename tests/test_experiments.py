@@ -4,6 +4,7 @@ workspace's derived models checked against what training itself produces."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,6 +156,32 @@ def test_an_experiment_on_tofu_with_your_own_models(data_dir, tiny_model_dir, tm
     run = next((tmp_path / "out" / "runs").glob("mox-forget01-*"))
     cfg = json.loads((run / "run.json").read_text())["config"]
     assert cfg["forget"].endswith("tofu/forget01.jsonl") and cfg["retain"].endswith("tofu/retain99.jsonl")
+
+
+@pytest.mark.slow
+def test_a_cached_evaluation_takes_fq_from_todays_retain_model(data_dir, tokenizer, tiny_model_dir, tmp_path):
+    """An evaluation is cached by the model it scores; its FQ is read against the retain model of this run,
+    so `retain_model=` changed in the same folder never reports the FQ of the previous one."""
+    from mox_unlearn.evaluate.tofu import add_forget_quality
+    from mox_unlearn.tiny import build_tiny_llama
+
+    other, model = (build_tiny_llama(tmp_path / name, tokenizer, seed=seed) for name, seed in (("b", 1), ("m", 2)))
+    settings = {"data": str(data_dir / "tofu"), "eval_limit": 20, "eval_max_new_tokens": 2, "max_length": 256}
+
+    def workspace(retain: Path) -> Workspace:
+        cfg = ExperimentConfig()
+        apply_mapping(cfg, {**settings, "target": str(tiny_model_dir), "retain_model": str(retain)})
+        return Workspace(cfg, tmp_path / "out", tmp_path / "cache")
+
+    first = workspace(tiny_model_dir).evaluate(model, "m")["summary"]["forget_quality"]
+    cached = sorted((tmp_path / "out" / "evals").glob("m-*.json"))
+    assert len(cached) == 1
+    before = cached[0].read_bytes()
+    ws = workspace(other)
+    second = ws.evaluate(model, "m")["summary"]["forget_quality"]
+    assert cached[0].read_bytes() == before  # the evaluation itself was not made again
+    expected = add_forget_quality(json.loads(before), ws.retain_result("forget10"))["summary"]["forget_quality"]
+    assert second == expected and second != first
 
 
 @pytest.mark.slow

@@ -381,8 +381,13 @@ def evaluate_tofu(
     return _compare_with_retain(result, retain, retain_result, note)
 
 
-def add_forget_quality(result: dict, retain_result: str | Path, *, allow_convention_mismatch: bool = False) -> dict:
-    """FQ and PrivLeak of a finished TOFU result against a retain model's result file, without evaluating again."""
+def add_forget_quality(
+    result: dict, retain_result: str | Path | None, *, allow_convention_mismatch: bool = False
+) -> dict:
+    """FQ and PrivLeak of a finished TOFU result against a retain model's result file, without evaluating again
+    (None: both missing, with the reason)."""
+    if retain_result is None:
+        return _compare_with_retain(result, None, None, None)
     retain, note = _read_retain(retain_result, result.get("convention"), allow_convention_mismatch)
     return _compare_with_retain(result, retain, retain_result, note)
 

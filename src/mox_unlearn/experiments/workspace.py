@@ -350,7 +350,10 @@ class Workspace:
         path = self._eval_path(model, label, split)
         if not path.is_file():
             _say(f"evaluating {label} on {split}")
-        return evaluate(Path(model), self.data, self.cfg, path, retain, forget_split=split)
+        result = evaluate(Path(model), self.data, self.cfg, path, retain, forget_split=split)
+        # the cache is keyed by the model scored, not by the retain model: FQ and PrivLeak are read against
+        # this run's retain model (or said to be missing), whichever one the cached file was made with
+        return add_forget_quality(result, retain)
 
     def out(self, experiment: str) -> Path:
         path = self.root / experiment
