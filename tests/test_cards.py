@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
 from mox_unlearn.io.cards import attach_results, hub_datasets, source_metadata, write_model_card
-from mox_unlearn.io.portable import portable_argv, relative_to, resolve_config
+from mox_unlearn.io.portable import portable, portable_argv, relative_to, resolve_config
 
 FAST = ["per_device_batch_size=2", "batch_size=2", "lr=1e-3", "warmup_epochs=0", "max_length=64", "--max-steps", "2"]
 LORA = ["lora=true", "lora_r=4", "lora_alpha=8"]
@@ -195,5 +195,47 @@ def test_portable_paths(tmp_path, monkeypatch):
         "--forget=../../in/f.jsonl",
         "refusals=../../in/f.jsonl",
     ]
-    back = resolve_config({"model": "../../in", "forget": "hf:x/y", "retain": "org/model", "out": "."}, run)
-    assert back == {"model": str(tmp_path / "in"), "forget": "hf:x/y", "retain": "org/model", "out": str(run)}
+    back = resolve_config({"model": "../../in", "forget": "hf:x/y", "retain": "../../in/f.jsonl", "out": "."}, run)
+    assert back == {
+        "model": str(tmp_path / "in"),
+        "forget": "hf:x/y",
+        "retain": str(tmp_path / "in" / "f.jsonl"),
+        "out": str(run),
+    }
+    # a path that names nothing any more (the inputs moved) stays a path from the run folder, to be reported
+    # missing, instead of being read relative to wherever the command runs; a bare name is a hub id
+    gone = resolve_config({"model": "../../gone", "holdout": "../h.jsonl", "refusals": "r.jsonl"}, run)
+    assert gone == {
+        "model": str(tmp_path / "gone"),
+        "holdout": str(tmp_path / "runs" / "h.jsonl"),
+        "refusals": str(run / "r.jsonl"),
+    }
+    assert resolve_config({"model": "org/model"}, run)["model"] == "org/model"
+
+
+def test_only_paths_are_made_relative(tmp_path, monkeypatch):
+    """Words that name a local folder by chance, values that start with "/", and values too long to be a
+    file name are left as they are; only path flags and keys, and existing absolute paths, are rewritten."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "mox").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    argv = ["mox", "unlearn", "--method", "data", "--forget", "data", "method=data", "retain=data", "x" * 300]
+    argv += ["prompt.system_prompt=/no_think", "alternates_prompt=" + "y" * 300, f"--out={tmp_path}/runs/a"]
+    assert portable_argv(argv, run) == [
+        "mox",
+        "unlearn",
+        "--method",
+        "data",
+        "--forget",
+        "../../data",
+        "method=data",
+        "retain=../../data",
+        "x" * 300,
+        "prompt.system_prompt=/no_think",
+        "alternates_prompt=" + "y" * 300,
+        "--out=.",
+    ]
+    info = {"prompt": {"system_prompt": "/no_think"}, "note": "/ 2 steps skipped", "model": str(tmp_path / "data")}
+    assert portable(info, run) == {**info, "model": "../../data"}

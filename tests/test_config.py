@@ -42,6 +42,17 @@ def test_missing_and_malformed_config_files(tmp_path):
         load_config(bad)
 
 
+def test_a_config_beside_a_data_file_named_data_json_is_an_ordinary_config(tmp_path, monkeypatch):
+    """Only a run folder's data.json (a mapping that says its paths are relative) makes config.yaml's paths
+    relative to its folder; a data set called data.json, or a damaged one, changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("forget: data.json\nretain: retain.json\n")
+    for content in ('[{"question": "q", "answer": "a"}]', "{not json", '{"forget": {"records": 1}}'):
+        (tmp_path / "data.json").write_text(content)
+        cfg = load_config(tmp_path / "config.yaml")
+        assert (cfg.forget, cfg.retain) == ("data.json", "retain.json")
+
+
 def test_override_values_are_typed_by_the_setting_they_set():
     """Issue 16 class 7: a key=value text is read as YAML only where the setting is not a string, so a
     prompt with a colon or braces, or a regex with brackets, arrives as written."""

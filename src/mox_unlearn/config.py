@@ -382,12 +382,11 @@ def load_config(
 def _from_run_folder(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """A run folder's own config.yaml names its inputs relative to that folder (io/portable.py): read as a
     config for a new run, they are resolved against it, so it works from any directory. Other files as they are."""
-    if path.name != "config.yaml" or not (path.parent / "data.json").is_file():
-        return data
-    from mox_unlearn.io.portable import resolve_config
-    from mox_unlearn.train.folder import paths_relative
+    from mox_unlearn.io.portable import marks_relative_paths, resolve_config
 
-    return resolve_config(data, path.parent) if paths_relative(path.parent) else data
+    if path.name != "config.yaml" or not marks_relative_paths(path.parent):
+        return data
+    return resolve_config(data, path.parent)
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> None:

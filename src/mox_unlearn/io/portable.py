@@ -11,6 +11,7 @@ data.json says which convention its folder uses (`PATHS_NOTE`), so folders writt
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Mapping
@@ -22,12 +23,33 @@ PATH_KEYS = ("model", "forget", "retain", "out", "refusals", "holdout", "resume_
 PATHS_NOTE = "relative to the run folder"
 
 
+def marks_relative_paths(folder: Path) -> bool:
+    """Whether `folder` is a run folder whose files name local paths relative to it: its data.json, a small
+    mapping, says so. Anything else (no data.json, a data set of that name, a damaged file) is not."""
+    path = Path(folder) / "data.json"
+    try:
+        if not path.is_file() or path.stat().st_size > 1_000_000:  # a run's data.json is a few hundred bytes
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("paths") == PATHS_NOTE
+
+
 def is_local_path(value: object) -> bool:
     """An absolute path, or a relative one that exists from here: not a hub id or an `hf:` spec."""
     if not isinstance(value, str) or not value or "\n" in value or value.startswith("hf:"):
         return False
     p = Path(value).expanduser()
-    return p.is_absolute() or p.exists()
+    return p.is_absolute() or _exists(p)
+
+
+def _exists(p: Path) -> bool:
+    """Path.exists, False for a value no file can have (too long, a NUL byte)."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def relative_to(value: str, base: Path) -> str:
@@ -43,9 +65,10 @@ def portable_config(config: Mapping[str, Any], base: Path) -> dict[str, Any]:
 
 
 def portable(obj: Any, base: Path) -> Any:
-    """Every absolute local path inside nested dicts / lists (keys excepted) relative to `base`."""
+    """Every absolute path of an existing file or folder inside nested dicts / lists (keys excepted) relative
+    to `base`; any other string (a prompt "/no_think", a message) as it is."""
     if isinstance(obj, str):
-        return relative_to(obj, base) if Path(obj).expanduser().is_absolute() and Path(obj).parent.exists() else obj
+        return relative_to(obj, base) if _machine_path(obj) else obj
     if isinstance(obj, Mapping):
         return {k: portable(v, base) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -54,15 +77,29 @@ def portable(obj: Any, base: Path) -> Any:
 
 
 def portable_argv(argv: list[str], base: Path) -> list[str]:
-    """A command line with its local paths (bare, `--flag=PATH` or `key=PATH`) relative to `base`."""
-    out = []
+    """A command line with its local paths relative to `base`: the values of path options (`--model PATH`,
+    `--forget=PATH`) and keys (`retain=PATH`), and any other existing absolute path; every other word as it
+    is, even where it names a local file by chance (`--method data` beside a folder `data`)."""
+    flags = {f"--{key.replace('_', '-')}" for key in PATH_KEYS} | {"--config"}
+    out, previous = [], None
     for arg in argv:
         head, eq, tail = arg.partition("=")
-        if eq and is_local_path(tail):
+        if eq and (head in flags or head in PATH_KEYS):
             out.append(f"{head}={relative_to(tail, base)}")
+        elif previous in flags or _machine_path(arg):
+            out.append(relative_to(arg, base))
         else:
-            out.append(relative_to(arg, base) if not arg.startswith("-") else arg)
+            out.append(arg)
+        previous = arg
     return out
+
+
+def _machine_path(value: str) -> bool:
+    """An absolute path of an existing file or folder on this machine."""
+    if not isinstance(value, str) or not value or "\n" in value:
+        return False
+    p = Path(value).expanduser()
+    return p.is_absolute() and _exists(p)
 
 
 def command_text(argv: list[str], base: Path) -> str:
@@ -72,15 +109,24 @@ def command_text(argv: list[str], base: Path) -> str:
 
 def resolve_config(config: Mapping[str, Any], run: Path) -> dict[str, Any]:
     """A config read from `run`'s files with its relative local paths resolved against `run` (the inverse of
-    portable_config), as absolute paths; a value that names nothing there is left as it was (a hub id)."""
+    portable_config), as absolute paths. A data spec other than `hf:` is always a file, so it is resolved even
+    where it names nothing (moved inputs are then reported missing, not read from the working directory); a
+    model that names nothing there stays as it was where it could be a hub id ("name" or "org/name")."""
     out = dict(config)
     for key in PATH_KEYS:
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith("hf:") and not Path(value).is_absolute():
             candidate = Path(run) / value
-            if candidate.exists() or key == "out":
+            if key != "model" or _exists(candidate) or not _hub_id_like(value):
                 out[key] = str(candidate.resolve())
     return out
+
+
+def _hub_id_like(value: str) -> bool:
+    """ "name" or "org/name": what a hub id looks like (a path written by portable_config starts with ".."
+    or has more parts, unless it lies inside the run folder, where it exists)."""
+    parts = value.split("/")
+    return len(parts) <= 2 and all(parts) and not value.startswith(".")
 
 
 def absolute_config(config: Mapping[str, Any]) -> dict[str, Any]:
