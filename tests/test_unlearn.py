@@ -288,10 +288,12 @@ def test_two_process_data_parallel_run(tiny_model_dir, qa_files, tmp_path):
         "batch_size=4",
         "epochs=2",
         "lr=1e-3",
+        "log_with=tensorboard",  # closing the trackers must leave the process group to the last barrier
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}  # without it accelerate ignores torchrun's world on CPU
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert list((tmp_path / "ddp" / "trackers").rglob("events.out.tfevents.*"))  # written by the main process
     info = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert info["plan"]["accumulation"] == 2 and info["plan"]["total_steps"] == 2
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()

@@ -90,4 +90,5 @@ class Trackers:
         """Flush and close the trackers (also after a failure, so what was logged is on disk); once."""
         if self.on:
             self.on = False
-            self.acc.end_training()
+            for tracker in self.acc.trackers:  # not acc.end_training(): it also ends the process group, which
+                tracker.finish()  # the run still needs (its last barrier) and accelerate tears down itself
