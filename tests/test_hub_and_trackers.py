@@ -96,11 +96,17 @@ def test_a_failed_upload_keeps_the_model_and_says_how_to_retry(tmp_path):
         def upload_folder(self, **kw):
             raise ConnectionError("no route to host")
 
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")
-    with pytest.raises(MoxError, match=r"failed \(ConnectionError: no route to host\).*hf upload me/m"):
-        hub.push_folder(tmp_path / "m", "me/m", api=Broken())
-    assert (tmp_path / "m" / "config.json").is_file()
+    folder = tmp_path / "my model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(MoxError, match=r"failed \(ConnectionError: no route to host\)") as info:
+        hub.push_folder(folder, "me/m", api=Broken())
+    # the retry creates the repository private too, as the push would have, and takes the path as one word
+    assert f"`hf upload me/m '{folder}' --private`" in str(info.value)
+    with pytest.raises(MoxError) as info:
+        hub.push_folder(folder, "me/m", private=False, api=Broken())
+    assert f"`hf upload me/m '{folder}'`" in str(info.value)
+    assert (folder / "config.json").is_file()
     with pytest.raises(MoxError, match="not a model folder"):
         hub.push_folder(tmp_path, "me/m", api=FakeApi())
 

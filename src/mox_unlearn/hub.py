@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 from mox_unlearn.errors import MoxError, first_line
@@ -73,6 +74,6 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = True, api=None) -
     except Exception as e:  # network, permissions, quota: the model stays where it is
         raise MoxError(
             f"pushing {folder} to {repo_id} failed ({type(e).__name__}: {first_line(e)}); the model is kept there: "
-            f"upload it later with `hf upload {repo_id} {folder}`"
+            f"upload it later with `{shlex.join(['hf', 'upload', repo_id, str(folder)])}{' --private' if private else ''}`"
         ) from None
     return str(url)
