@@ -47,13 +47,22 @@ def test_results_in_moxs_shape_by_hand():
         "results": {
             "mmlu": {"alias": "mmlu", "acc,none": 0.5, "acc_stderr,none": 0.01},
             "wmdp_bio": {"acc,none": 0.25, "acc_stderr,none": 0.02, "acc_norm,none": 0.3, "acc_norm_stderr,none": 0.03},
-            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": "N/A"},
+            "gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": "N/A", "sample_len": 5},
+            "wikitext": {"word_perplexity,none": 30.0, "bits_per_byte,none": 1.1},
         },
         "n-samples": {"mmlu": {"original": 10, "effective": 10}},
+        "n-shot": {"mmlu": 5, "wmdp_bio": 0, "gsm8k": 5, "wikitext": 0},
+        "higher_is_better": {"wikitext": {"word_perplexity": False, "bits_per_byte": False}, "mmlu": {"acc": True}},
     }
-    out = harness.to_result(raw, ["mmlu", "wmdp_bio", "gsm8k", "missing"])
-    assert out["summary"] == {"mmlu": 0.5, "wmdp_bio": 0.25, "gsm8k": 0.1, "missing": None}
+    out = harness.to_result(raw, ["mmlu", "wmdp_bio", "gsm8k", "wikitext", "missing"])
+    assert out["summary"] == {"mmlu": 0.5, "wmdp_bio": 0.25, "gsm8k": 0.1, "wikitext": 30.0, "missing": None}
     assert out["metrics"]["wmdp_bio acc_norm,none"] == {"value": 0.3, "stderr": 0.03, "per_item": None}
+    assert "gsm8k sample_len" not in out["metrics"]  # a count, not a metric
+    # what each summary number is, which way is better, and the shots lm-eval used (it keeps a task's own 0)
+    assert out["summary_metric"]["wikitext"] == {"metric": "word_perplexity,none", "higher_is_better": False}
+    assert out["summary_metric"]["mmlu"] == {"metric": "acc,none", "higher_is_better": True}
+    assert out["summary_metric"]["missing"] is None and out["n_shot"] == raw["n-shot"]
+    assert "no aggregate" in out["not_reported"]["missing"]
     assert out["metrics"]["gsm8k exact_match,strict-match"]["stderr"] is None
     assert harness.main_metric({"alias": "x", "sample_len": 3, "bleu,none": 12.0}) == ("bleu,none", 12.0)
     with pytest.raises(MoxError, match="needs --tasks"):
@@ -80,7 +89,8 @@ def test_a_local_multiple_choice_task_end_to_end(tiny_model_dir, tasks_dir, tmp_
     assert result["n_samples"]["mox_mc"]["effective"] == 6
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
-    assert "| r | " in (tmp_path / "rep" / "lm-eval.md").read_text()
+    table = (tmp_path / "rep" / "lm-eval.md").read_text()
+    assert "| result | mox_mc (acc) |" in table and "| r | " in table
     # refusals, before any model loads
     assert main([*args, "--tasks", "mox_mcq", "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown lm-eval task 'mox_mcq'; did you mean mox_mc?" in capsys.readouterr().err

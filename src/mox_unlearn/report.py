@@ -322,10 +322,27 @@ def harness_table(results: Sequence[tuple[str, dict]]) -> str:
     tasks: list[str] = []
     for _, result in results:
         tasks += [t for t in result["summary"] if t not in tasks]
-    lines = ["| result | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines = [
+        "| result | " + " | ".join(_harness_column(t, results) for t in tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for name, result in results:
         lines.append(f"| {name} | " + " | ".join(_fmt(result["summary"].get(t)) for t in tasks) + " |")
     limited = [name for name, r in results if r.get("limit")]
     if limited:
         lines += ["", f"Only the first --limit items of each task: {', '.join(limited)}."]
+    missing = sorted({t for _, r in results for t in r.get("not_reported") or {}})
+    if missing:
+        lines += ["", f"No aggregate from lm-eval (a tag, or a group without one): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
+
+
+def _harness_column(task: str, results: Sequence[tuple[str, dict]]) -> str:
+    """A task's column head: the task and the metric its summary number is (from the first result that
+    says), marked where lower is better (perplexity)."""
+    for _, result in results:
+        picked = (result.get("summary_metric") or {}).get(task)
+        if picked:
+            metric = picked["metric"].removesuffix(",none")
+            return f"{task} ({metric}{', lower is better' if picked.get('higher_is_better') is False else ''})"
+    return task

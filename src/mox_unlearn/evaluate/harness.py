@@ -83,7 +83,12 @@ def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for task, values in results.items():
         for key, value in values.items():
-            if "_stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if (
+                "_stderr" in key
+                or key == "sample_len"
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+            ):
                 continue
             name, _, filt = key.partition(",")
             stderr = values.get(f"{name}_stderr,{filt}")
@@ -92,19 +97,32 @@ def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
                 "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
                 "per_item": None,
             }
+    better = raw.get("higher_is_better") or {}
+    summary_metric: dict[str, dict[str, Any] | None] = {}
+    not_reported: dict[str, str] = {}
     for task in tasks:
         picked = main_metric(results.get(task) or {})
         summary[task] = None if picked is None else picked[1]
-        if picked is not None:
-            metrics.setdefault(f"{task} {picked[0]}", {"value": picked[1], "stderr": None, "per_item": None})
-            metrics[f"{task} {picked[0]}"]["summary_of"] = task
-    n = raw.get("n-samples") or {}
+        summary_metric[task] = None
+        if picked is None:
+            not_reported[task] = (
+                "lm-eval reported no aggregate under this name (a tag, or a group without one): the numbers of "
+                "its tasks are in metrics"
+            )
+            continue
+        metrics.setdefault(f"{task} {picked[0]}", {"value": picked[1], "stderr": None, "per_item": None})
+        metrics[f"{task} {picked[0]}"]["summary_of"] = task
+        direction = (better.get(task) or {}).get(picked[0].partition(",")[0])
+        summary_metric[task] = {"metric": picked[0], "higher_is_better": direction}
     return {
         "summary": summary,
+        "summary_metric": summary_metric,
         "metrics": metrics,
         "tasks": list(tasks),
-        "n_samples": n,
+        "n_samples": raw.get("n-samples") or {},
+        "n_shot": raw.get("n-shot") or {},  # what lm-eval used: a task's own num_fewshot: 0 wins over --num-fewshot
         "versions_lm_eval": raw.get("versions"),
+        **({"not_reported": not_reported} if not_reported else {}),
     }
 
 
