@@ -168,7 +168,7 @@ def load_forget_model(base: str, memorized_adapter: str, alpha: float, *, merge:
 
     Args:
         base: θ_ref: the model folder or hub id the adapter was trained on.
-        memorized_adapter: the run's OUT/memorized adapter folder (ΔW = the memorization update).
+        memorized_adapter: the run's OUT/memorized-adapter folder (ΔW = the memorization update).
         alpha: MOX's α (Eq. 8).
         merge: fold the scaled adapter into the weights and return a plain transformers model (default);
             False returns the peft model with the adapter scaled by −α.
