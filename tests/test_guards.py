@@ -259,7 +259,7 @@ def test_resume_survives_a_cut_log_line_and_a_half_written_checkpoint(
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 5]
 
 
-def test_overwrite_never_deletes_an_input(tiny_model_dir, qa_files, tmp_path, capsys):
+def test_overwrite_never_deletes_an_input(tiny_model_dir, qa_files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert run(tiny_model_dir, qa_files, out, "--max-steps", "1") == 0
     forget = out / "forget.jsonl"
@@ -282,6 +282,13 @@ def test_overwrite_never_deletes_an_input(tiny_model_dir, qa_files, tmp_path, ca
     )
     assert code == 2 and f"holds input {forget}, which --overwrite would delete" in capsys.readouterr().err
     assert forget.is_file() and (out / "model").is_dir()
+    # the same input named from the home folder (as a YAML config or key=value leaves "~" unexpanded)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "run")  # where a "~" taken literally would appear
+    home = ["--retain", str(qa_files[1]), "--max-steps", "1", "--overwrite"]
+    code = main(["unlearn", "--model", str(tiny_model_dir), "--out", "~/run", *home, "forget=~/run/forget.jsonl"])
+    assert code == 2 and "which --overwrite would delete" in capsys.readouterr().err
+    assert forget.is_file() and not (tmp_path / "run" / "~").exists()
     for inside in (tiny_model_dir, tiny_model_dir / "sub"):
         assert run(tiny_model_dir, qa_files, inside, "--max-steps", "1", "--overwrite") == 2
         assert "overlaps the input model folder" in capsys.readouterr().err

@@ -73,7 +73,8 @@ START_FILES = {"config.yaml", "command.txt", "data.json", "log.jsonl"}
 def _local_inputs(cfg: UnlearnConfig) -> list[Path]:
     """The files and folders a run reads that exist on this machine (hub ids and hf: specs are skipped)."""
     specs = [cfg.forget, cfg.retain, cfg.holdout, cfg.refusals]
-    return [Path(s).resolve() for s in specs if s and not s.startswith("hf:") and Path(s).exists()]
+    paths = [Path(s).expanduser() for s in specs if s and not s.startswith("hf:")]
+    return [p.resolve() for p in paths if p.exists()]
 
 
 class RunFolder:
@@ -96,9 +97,9 @@ class RunFolder:
         """
         if not cfg.out:
             raise MoxError("no output folder given (--out)")
-        out = Path(cfg.out).resolve()
+        out = Path(cfg.out).expanduser().resolve()  # "~" as a YAML config or key=value leaves it
         folder = cls(out)
-        model_path = Path(cfg.model).resolve() if Path(cfg.model).exists() else None
+        model_path = Path(cfg.model).expanduser().resolve() if Path(cfg.model).expanduser().exists() else None
         if model_path is not None and (out == model_path or model_path in out.parents or out in model_path.parents):
             raise MoxError(f"--out {out} overlaps the input model folder {model_path}")
         if main and out.is_dir():

@@ -151,7 +151,7 @@ class TrainingRun:
         cfg = self.cfg
         from accelerate.utils import ProjectConfiguration
 
-        out = Path(cfg.out or ".").resolve()
+        out = Path(cfg.out or ".").expanduser().resolve()
         self.accelerator = acc = Accelerator(
             mixed_precision=mixed_precision(cfg.mixed_precision),
             log_with=tracking.accelerate_log_with(cfg.log_with),
