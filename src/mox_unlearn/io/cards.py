@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mox_unlearn.errors import MoxError
+from mox_unlearn.io.portable import HUB_ID
 
 TAGS = ["mox-unlearn", "unlearning"]
-# A hub repo id: "name" or "owner/name" of letters, digits, "-", "_", "."; never a path that exists here.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 
 def _cell(value: object) -> str:
@@ -30,7 +28,8 @@ def _cell(value: object) -> str:
 
 
 def is_hub_id(name: str | None) -> bool:
-    return bool(name) and not Path(name).expanduser().exists() and bool(_HUB_ID.match(name))
+    """A hub repo id (HUB_ID), never a path that exists here."""
+    return bool(name) and not Path(name).expanduser().exists() and bool(HUB_ID.match(name))
 
 
 def hub_datasets(specs: Sequence[str | None]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import Any
 # Config keys whose values are local paths (or hub ids / data specs, left alone)
 PATH_KEYS = ("model", "forget", "retain", "out", "refusals", "holdout", "resume_from")
 PATHS_NOTE = "relative to the run folder"
+# A hub repo id: "name" or "owner/name" of letters, digits, "-", "_", "."; a path portable_config writes starts
+# with ".." or has more parts, unless it lies inside the run folder, where it exists.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 
 def marks_relative_paths(folder: Path) -> bool:
@@ -111,22 +115,15 @@ def resolve_config(config: Mapping[str, Any], run: Path) -> dict[str, Any]:
     """A config read from `run`'s files with its relative local paths resolved against `run` (the inverse of
     portable_config), as absolute paths. A data spec other than `hf:` is always a file, so it is resolved even
     where it names nothing (moved inputs are then reported missing, not read from the working directory); a
-    model that names nothing there stays as it was where it could be a hub id ("name" or "org/name")."""
+    model that names nothing there stays as it was where it could be a hub id (HUB_ID)."""
     out = dict(config)
     for key in PATH_KEYS:
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith("hf:") and not Path(value).is_absolute():
             candidate = Path(run) / value
-            if key != "model" or _exists(candidate) or not _hub_id_like(value):
+            if key != "model" or _exists(candidate) or not HUB_ID.match(value):
                 out[key] = str(candidate.resolve())
     return out
-
-
-def _hub_id_like(value: str) -> bool:
-    """ "name" or "org/name": what a hub id looks like (a path written by portable_config starts with ".."
-    or has more parts, unless it lies inside the run folder, where it exists)."""
-    parts = value.split("/")
-    return len(parts) <= 2 and all(parts) and not value.startswith(".")
 
 
 def absolute_config(config: Mapping[str, Any]) -> dict[str, Any]:

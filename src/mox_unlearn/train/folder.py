@@ -99,7 +99,8 @@ class RunFolder:
             raise MoxError("no output folder given (--out)")
         out = Path(cfg.out).expanduser().resolve()  # "~" as a YAML config or key=value leaves it
         folder = cls(out)
-        model_path = Path(cfg.model).expanduser().resolve() if Path(cfg.model).expanduser().exists() else None
+        model = Path(cfg.model).expanduser()
+        model_path = model.resolve() if model.exists() else None
         if model_path is not None and (out == model_path or model_path in out.parents or out in model_path.parents):
             raise MoxError(f"--out {out} overlaps the input model folder {model_path}")
         if main and out.is_dir():
