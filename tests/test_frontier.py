@@ -7,13 +7,14 @@ import copy
 import json
 import math
 import random
+import re
 
 import pytest
 from miniature import mini_settings
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
-from mox_unlearn.experiments.frontier import stopping_epochs, unscored
+from mox_unlearn.experiments.frontier import merge_frontiers, stopping_epochs, unscored
 from mox_unlearn.experiments.frontier_rules import (
     ORACLE,
     RETRAIN_FREE,
@@ -301,12 +302,133 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
     )
     assert main(["experiment", "list"]) == 0
     assert "frontier" in capsys.readouterr().out
+    # run as shards, one seed per invocation (cached: nothing trained), merged by `mox report`: the same picks
+    for seed in (0, 1):
+        assert main([*args, f"frontier_seeds=[{seed}]"]) == 0
+        (out / "frontier.json").rename(tmp_path / f"seed{seed}.json")
+    shards = [str(tmp_path / f"seed{seed}.json") for seed in (1, 0)]
+    assert main(["report", *shards, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "frontier.json").read_text())
+    assert merged["config"]["frontier_seeds"] == [0, 1]
+    for method in ("mox", "ga"):
+        assert {s: merged["selected"][method][s] for s in ("0", "1")} == result["selected"][method]
+    assert sorted(json.dumps(r, sort_keys=True) for r in merged["summary"]) == sorted(
+        json.dumps(r, sort_keys=True) for r in result["summary"]
+    )
     # fewer stopping epochs: the same cached runs, only epoch 2 of GA is a candidate
     assert main([*args, "frontier_epochs=[2]"]) == 0
     ga = [r for r in json.loads((out / "frontier.json").read_text())["records"] if r["method"] == "ga"]
     assert sorted((r["seed"], r["value"]) for r in ga) == [(0, 2), (1, 2)]
     assert main([*args, "frontier_epochs=[3]"]) == 2
     assert "has no epoch 3 (it has 1, 2)" in capsys.readouterr().err
+
+
+def shard(records, seeds, methods=("m",), **config):
+    """A frontier.json as a shard of one frontier writes it (hand-made)."""
+    cfg = {
+        "forget_split": "forget01",
+        "frontier_mu_ratio": 0.95,
+        "select_tolerance": 0.05,
+        "select_p_min": 0.05,
+        "alphas": [2.0, 4.0],
+        "frontier_seeds": list(seeds),
+        "frontier_methods": list(methods),
+        "frontier_variants": [],
+        "base": "/somewhere/model",
+        **config,
+    }
+    reference = [
+        {"model": "original", "model_utility": 0.9, "forget_quality": 1e-5},
+        {"model": "retrained", "model_utility": 0.88, "forget_quality": 1.0},
+    ]
+    validation = {"retain": {"items": 4}, "holdout": {"items": 4}, "score": "min_k", "reference": {"val_utility": 0.5}}
+    return {
+        "records": records,
+        "selected": {},
+        "reference": reference,
+        "validation": validation,
+        "target_mu": 0.9,
+        "seconds": 10.0,
+        "config": cfg,
+    }
+
+
+def test_shards_of_a_frontier_merge_into_the_frontier_of_their_union():
+    s0 = [rec("m0a", 0.2, 0.9, 0.01, 0.5, seed=0), rec("m0b", 0.4, 0.9, 0.10, 0.9, seed=0)]
+    s1 = [rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1), rec("m1b", 0.1, 0.2, 0.01, 0.1, seed=1)]
+    n0 = [rec("n0", 0.01, 0.1, 0.5, 0.5, method="n", seed=0)]
+    again = [{**s0[0], "run": "/other/machine/run"}]  # the same record, run elsewhere: kept once
+    merged = merge_frontiers(
+        [("a", shard(s0 + n0, [0], ["m", "n"])), ("b", shard(s1 + again, [1], base="/elsewhere/model"))]
+    )
+    assert [r["id"] for r in merged["records"]] == ["m0a", "m0b", "n0", "m1a", "m1b"]
+    assert merged["selected"] == select_all(s0 + n0 + s1, target_mu=0.9)
+    assert merged["summary"] == summarize(s0 + n0 + s1, merged["selected"])
+    assert merged["config"]["frontier_seeds"] == [0, 1] and merged["config"]["frontier_methods"] == ["m", "n"]
+    assert merged["seconds"] == 20.0 and merged["mu_bar"] == pytest.approx(0.855)
+    assert [(p["file"], p["records"]) for p in merged["merged_from"]] == [("a", 3), ("b", 3)]
+
+
+def test_pooled_variant_rows_are_made_again_from_the_merged_records():
+    def mox(id_, seed, variant):
+        method = f"mox+{variant}" if variant else "mox"
+        return rec(id_, 0.1, 0.9, 0.01, 0.5, method=method, seed=seed, knob="alpha", variant=variant)
+
+    def pooled(r):
+        return {**r, "method": "mox+variants", "id": f"mox+variants/{r['id']}"}
+
+    a = [mox("p0", 0, ""), mox("k0", 0, "keep0.5")]
+    b = [mox("p1", 1, ""), mox("k1", 1, "keep0.5")]
+    v = [{"keep_fraction": 0.5}]
+    merged = merge_frontiers(
+        [("a", shard(a + [pooled(r) for r in a], [0], frontier_variants=v)), ("b", shard(b, [1], frontier_variants=v))]
+    )
+    ids = [r["id"] for r in merged["records"]]
+    assert ids == ["p0", "k0", "p1", "k1", "mox+variants/p0", "mox+variants/k0", "mox+variants/p1", "mox+variants/k1"]
+    assert set(merged["selected"]["mox+variants"]) == {"0", "1"}
+    assert merged["config"]["frontier_variants"] == v
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.update(reference=[{"model": "original", "model_utility": 0.7}]), "target and retain evaluations"),
+        (lambda p: p.update(target_mu=0.8), "target MU"),
+        (lambda p: p["validation"]["reference"].update(val_utility=0.4), "validation items or θ_ref scores"),
+        (lambda p: p["config"].update(frontier_mu_ratio=0.9), "setting frontier_mu_ratio is 0.9, 0.95 in a"),
+        (lambda p: p["config"].update(alphas=[2.0]), "setting alphas"),
+        (lambda p: p["records"][0].update(forget_quality=0.3), "record 'm0a' differs"),
+        (lambda p: p.pop("records"), "b: not a frontier.json"),
+    ],
+)
+def test_shards_that_are_not_of_one_frontier_are_refused(change, message):
+    first = shard([rec("m0a", 0.2, 0.9, 0.01, 0.5)], [0])
+    second = shard([rec("m0a", 0.2, 0.9, 0.01, 0.5), rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1)], [0, 1])
+    change(second)
+    with pytest.raises(MoxError, match=re.escape(message)):
+        merge_frontiers([("a", first), ("b", second)])
+
+
+def test_mox_report_merges_frontier_files_and_refuses_to_mix_them(tmp_path, capsys):
+    a, b, other = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "eval.json"
+    a.write_text(json.dumps(shard([rec("m0a", 0.2, 0.9, 0.01, 0.5, seed=0)], [0])))
+    b.write_text(json.dumps(shard([rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1)], [1])))
+    other.write_text(json.dumps({"rows": []}))
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
+    result = json.loads((tmp_path / "merged" / "frontier.json").read_text())
+    assert {r["id"] for r in result["records"]} == {"m0a", "m1a"} and set(result["selected"]["m"]) == {"0", "1"}
+    md = (tmp_path / "merged" / "frontier.md").read_text()
+    assert "| m | oracle | 2 |" in md and "merged from 2 frontier.json files" in md
+    assert (tmp_path / "merged" / "frontier.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["report", str(a), str(other), "--out", str(tmp_path / "mixed")]) == 2
+    assert "frontier.json files are merged with each other only" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists()
+    assert main(["report", str(a), "--card", str(tmp_path)]) == 2
+    inside = tmp_path / "merged" / "frontier.json"  # merging a frontier into its own folder would overwrite it
+    before = inside.read_bytes()
+    assert main(["report", str(inside), str(b), "--out", str(tmp_path / "merged")]) == 2
+    assert "choose another --out" in capsys.readouterr().err and inside.read_bytes() == before
 
 
 def test_stopping_epochs_keeps_the_wanted_ones_or_refuses():

@@ -170,6 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.out and not args.card:
         raise MoxError("mox report needs --out (tables and plots) or --card MODEL_DIR (or both)")
+    if _report_frontiers(args):
+        return 0
     if args.card:
         from mox_unlearn.data import read_json
         from mox_unlearn.io.cards import attach_results
@@ -201,6 +203,31 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(note)
     print("written: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _report_frontiers(args: argparse.Namespace) -> bool:
+    """`mox report` of frontier.json files: shards of one frontier merged into OUT/frontier.* (True), or
+    nothing to do here (False: no file is a frontier.json)."""
+    from mox_unlearn.data import read_json
+    from mox_unlearn.experiments.frontier import is_frontier_result, merge_frontiers, write_frontier
+    from mox_unlearn.io.atomic import check_not_an_input
+
+    parts = [(str(f), read_json(f, "result")) for f in args.files]
+    frontiers = [name for name, data in parts if is_frontier_result(data)]
+    if not frontiers:
+        return False
+    others = [name for name, data in parts if not is_frontier_result(data)]
+    if others or args.card or not args.out:
+        raise MoxError(
+            f"mox report: frontier.json files are merged with each other only, into --out (not {(others or ['--card'])[0]})"
+        )
+    merged = merge_frontiers(parts)
+    out = Path(args.out)
+    for name in ("frontier.json", "frontier.csv", "frontier.md", "frontier.png", "frontier-seeds.png"):
+        check_not_an_input(out / name, args.files, replaces_folder=False)
+    result = write_frontier(out, merged["summary"], merged)
+    print("written: " + ", ".join(result["files"]))
+    return True
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -402,10 +402,16 @@ def _add_report(sub) -> None:
         "report",
         help="tables and plots from demo or `mox eval` result files",
         epilog="examples:\n  mox report mox-demo/results.json runs/eval/*.json --out report/\n"
-        "  mox report runs/eval/mox.json --card runs/mox/model",
+        "  mox report runs/eval/mox.json --card runs/mox/model\n"
+        "  mox report a/frontier/frontier.json b/frontier/frontier.json --out merged/\n"
+        "      # shards of one frontier (seeds or methods run apart): records pooled, both rules applied again",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("files", nargs="+", help="results.json of a demo and/or `mox eval --benchmark tofu` result files")
+    r.add_argument(
+        "files",
+        nargs="+",
+        help="results.json of a demo and/or `mox eval --benchmark tofu` result files; or frontier.json files to merge",
+    )
     r.add_argument("--out", help="output folder (tables and plots)")
     r.add_argument(
         "--card",

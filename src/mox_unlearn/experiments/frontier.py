@@ -216,13 +216,11 @@ def knob_models(ws: Workspace, run: Path, u: Any) -> list[tuple[str, float | int
     return out
 
 
-def pooled_variants(records: Sequence[dict], cfg: Any) -> list[dict]:
-    """With frontier_variants: for each extrapolating method, its records again as one more method
+def pooled_variants(records: Sequence[dict]) -> list[dict]:
+    """For each method with variant records (frontier_variants), its α records again as one more method
     "<name>+variants", so both rules choose over every variant × α (plain included) as one knob, the way
     `select-alpha` does over a variant grid. Its budget is larger than any single row's: say so when
     comparing it."""
-    if not cfg.frontier_variants:
-        return []
     bases = {r["method"].split("+")[0] for r in records if r.get("variant")}
     pooled = []
     for r in records:
@@ -302,7 +300,7 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
                     "model": str(model),
                 }
             )
-    records += pooled_variants(records, cfg)
+    records += pooled_variants(records)
     target_mu = target["summary"]["model_utility"]
     rule = cfg.selection(cfg.alphas)  # the same selection settings as select-alpha and alpha: auto
     selected = select_all(
@@ -321,7 +319,96 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
         "seconds": seconds,
         "config": config_dict(cfg),
     }
-    return _write(ws, summary, extra_json, show)
+    return write_frontier(ws.out("frontier"), summary, extra_json, show)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+SHARD_KEYS = ("frontier_seeds", "frontier_methods", "frontier_variants")  # what shards of one frontier may split
+LOCATION_KEYS = ("target", "retain_model", "base", "data")  # where the same models and data lie on each machine
+RUN_PATHS = ("run", "model")  # record fields that name folders of the machine that ran them
+
+
+def is_frontier_result(data: Any) -> bool:
+    """A frontier.json as `frontier` writes it (records, picks, references, config)."""
+    return isinstance(data, dict) and all(k in data for k in ("records", "selected", "reference", "config"))
+
+
+def merge_frontiers(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
+    """One frontier from the frontier.json of its shards: runs of the same protocol that split its seeds,
+    methods or variants between invocations, machines or days (e.g. `frontier_seeds=[1]` on one machine,
+    `[2]` on another). Their records are pooled and both rules applied again, so the result is the one a
+    single invocation over the union would write. Parts must agree on everything else: the same target and
+    retain evaluations, the same validation items and θ_ref scores, the same settings (paths aside); a record
+    two parts both hold must be the same. `parts`: (name for messages, loaded JSON)."""
+    if not parts:
+        raise MoxError("no frontier.json to merge")
+    first_name, first = parts[0]
+    skip = set(SHARD_KEYS) | set(LOCATION_KEYS)
+    records: dict[str, dict] = {}
+    seconds = 0.0
+    for name, part in parts:
+        if not is_frontier_result(part):
+            raise MoxError(f"{name}: not a frontier.json (no records, selected, reference and config)")
+        for key, what in (("reference", "target and retain evaluations"), ("target_mu", "target MU")):
+            if part.get(key) != first.get(key):
+                raise MoxError(f"{name}: its {what} differ from {first_name}'s: not shards of one frontier")
+        if part.get("validation") != first.get("validation"):
+            raise MoxError(f"{name}: its validation items or θ_ref scores differ from {first_name}'s")
+        cfg, cfg0 = part["config"], first["config"]
+        differ = sorted(k for k in set(cfg) | set(cfg0) if k not in skip and cfg.get(k) != cfg0.get(k))
+        if differ:
+            raise MoxError(
+                f"{name}: setting {differ[0]} is {cfg.get(differ[0])!r}, {cfg0.get(differ[0])!r} in {first_name} "
+                "(shards may differ only in frontier_seeds, frontier_methods, frontier_variants and paths)"
+            )
+        for r in part["records"]:
+            if r["method"].endswith("+variants"):
+                continue  # pooled rows are made again from the merged records
+            known = records.get(r["id"])
+            same = known is None or all(known.get(k) == r.get(k) for k in set(known) | set(r) if k not in RUN_PATHS)
+            if not same:
+                raise MoxError(f"{name}: record {r['id']!r} differs from the one in an earlier file")
+            records.setdefault(r["id"], dict(r))
+        seconds += float(part.get("seconds") or 0)
+    merged = list(records.values())
+    merged += pooled_variants(merged)
+    cfg = dict(first["config"])
+    cfg["frontier_seeds"] = sorted({s for _, p in parts for s in p["config"]["frontier_seeds"]})
+    cfg["frontier_methods"] = list(dict.fromkeys(m for _, p in parts for m in p["config"]["frontier_methods"]))
+    variants: list = []
+    for _, p in parts:
+        variants += [v for v in p["config"].get("frontier_variants") or [] if v not in variants]
+    cfg["frontier_variants"] = variants
+    target_mu = first["target_mu"]
+    selected = select_all(
+        merged,
+        target_mu,
+        mu_ratio=cfg["frontier_mu_ratio"],
+        tolerance=cfg["select_tolerance"],
+        p_min=cfg["select_p_min"],
+    )
+    return {
+        "summary": summarize(merged, selected),
+        "records": merged,
+        "selected": selected,
+        "reference": first["reference"],
+        "validation": first["validation"],
+        "target_mu": target_mu,
+        "mu_bar": cfg["frontier_mu_ratio"] * target_mu,
+        "seconds": round(seconds, 1),
+        "config": cfg,
+        "merged_from": [
+            {
+                "file": name,
+                "seeds": p["config"]["frontier_seeds"],
+                "methods": p["config"]["frontier_methods"],
+                "records": len(p["records"]),
+            }
+            for name, p in parts
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------- output
@@ -374,20 +461,26 @@ def _note(extra: Mapping[str, Any]) -> str:
         f"utility ({val['retain']['items']} items) within {cfg['select_tolerance']:.0%} of θ_ref; it never reads "
         f"test metrics.{warn} Mean ± sample std over seeds of the picked records; Fallbacks = seeds whose rule "
         f"found no qualifying setting. Protocol: docs/frontier.md. {len(extra['records'])} records, "
-        f"{extra['seconds']:.0f} s."
+        f"{extra['seconds']:.0f} s"
+        + (
+            f" in all, merged from {len(extra['merged_from'])} frontier.json files."
+            if extra.get("merged_from")
+            else "."
+        )
     )
 
 
-def _write(ws: Workspace, summary: list[dict], extra: dict, show: bool = True) -> dict:
+def write_frontier(out: Path, summary: list[dict], extra: dict, show: bool = True) -> dict:
+    """OUT/frontier.{json,csv,md}, frontier.png and frontier-seeds.png of one frontier (`extra`: records,
+    picks, references, validation, config)."""
     from mox_unlearn.alpha_selection import json_safe
     from mox_unlearn.report import write_table
 
-    out = ws.out("frontier")
     files = write_table(
         display_rows(summary),
         out,
         "frontier",
-        title=f"Tuned frontier on {ws.cfg.forget_split}",
+        title=f"Tuned frontier on {extra['config']['forget_split']}",
         extra=json_safe(extra),
         note=_note(extra),
     )
