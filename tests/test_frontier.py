@@ -325,6 +325,7 @@ def test_miniature_frontier_end_to_end(tmp_path, capsys):
 
 def shard(records, seeds, methods=("m",), **config):
     """A frontier.json as a shard of one frontier writes it (hand-made)."""
+    source = config.pop("source", "/a/workspace/tofu/retain.jsonl")
     cfg = {
         "forget_split": "forget01",
         "frontier_mu_ratio": 0.95,
@@ -341,7 +342,12 @@ def shard(records, seeds, methods=("m",), **config):
         {"model": "original", "model_utility": 0.9, "forget_quality": 1e-5},
         {"model": "retrained", "model_utility": 0.88, "forget_quality": 1.0},
     ]
-    validation = {"retain": {"items": 4}, "holdout": {"items": 4}, "score": "min_k", "reference": {"val_utility": 0.5}}
+    validation = {
+        "retain": {"items": 4, "source": source},
+        "holdout": {"items": 4},
+        "score": "min_k",
+        "reference": {"val_utility": 0.5},
+    }
     return {
         "records": records,
         "selected": {},
@@ -359,7 +365,10 @@ def test_shards_of_a_frontier_merge_into_the_frontier_of_their_union():
     n0 = [rec("n0", 0.01, 0.1, 0.5, 0.5, method="n", seed=0)]
     again = [{**s0[0], "run": "/other/machine/run"}]  # the same record, run elsewhere: kept once
     merged = merge_frontiers(
-        [("a", shard(s0 + n0, [0], ["m", "n"])), ("b", shard(s1 + again, [1], base="/elsewhere/model"))]
+        [
+            ("a", shard(s0 + n0, [0], ["m", "n"])),
+            ("b", shard(s1 + again, [1], base="/elsewhere/model", source="/elsewhere/tofu/retain.jsonl")),
+        ]
     )
     assert [r["id"] for r in merged["records"]] == ["m0a", "m0b", "n0", "m1a", "m1b"]
     assert merged["selected"] == select_all(s0 + n0 + s1, target_mu=0.9)

@@ -335,6 +335,14 @@ def is_frontier_result(data: Any) -> bool:
     return isinstance(data, dict) and all(k in data for k in ("records", "selected", "reference", "config"))
 
 
+def _placeless(value: Any) -> Any:
+    """A validation description without its `source` fields (files of the machine, e.g. the workspace's
+    TOFU subset): what must agree between shards is the items and θ_ref's scores, not where they lay."""
+    if isinstance(value, Mapping):
+        return {k: _placeless(v) for k, v in value.items() if k != "source"}
+    return value
+
+
 def merge_frontiers(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
     """One frontier from the frontier.json of its shards: runs of the same protocol that split its seeds,
     methods or variants between invocations, machines or days (e.g. `frontier_seeds=[1]` on one machine,
@@ -354,7 +362,7 @@ def merge_frontiers(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
         for key, what in (("reference", "target and retain evaluations"), ("target_mu", "target MU")):
             if part.get(key) != first.get(key):
                 raise MoxError(f"{name}: its {what} differ from {first_name}'s: not shards of one frontier")
-        if part.get("validation") != first.get("validation"):
+        if _placeless(part.get("validation")) != _placeless(first.get("validation")):
             raise MoxError(f"{name}: its validation items or θ_ref scores differ from {first_name}'s")
         cfg, cfg0 = part["config"], first["config"]
         differ = sorted(k for k in set(cfg) | set(cfg0) if k not in skip and cfg.get(k) != cfg0.get(k))
