@@ -152,3 +152,34 @@ def test_tensorboard_gets_the_loss_curve_and_default_runs_write_no_tracker_files
     plain = tmp_path / "plain"
     assert _unlearn(tiny_model_dir, qa_files, plain) == 0
     assert not (plain / "trackers").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_each_step_once_in_tensorboard(tiny_model_dir, qa_files, tmp_path):
+    """Steps logged after the last checkpoint of an interrupted run are trained and logged again on
+    --resume; TensorBoard must show them once (the resumed writer purges what follows the checkpoint)."""
+    pytest.importorskip("tensorboard", reason="the tensorboard package (mox-unlearn[trackers])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mox_unlearn import train
+
+    class StopAt(train.Callback):
+        def on_step_end(self, run) -> None:
+            if run.progress.step == 3:  # after step 3; the checkpoint on disk is step 2's
+                raise KeyboardInterrupt
+
+    out = tmp_path / "tb"
+    forget, retain = qa_files
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
+    common = [*args, "--out", str(out), *FAST, "--max-steps", "4", "checkpoint_every=2", "log_every=1"]
+    assert main([*common, "log_with=tensorboard"], callbacks=[StopAt()]) == 130
+    assert main(["unlearn", "--resume", "--out", str(out)]) == 0
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    run_dir = out / "trackers" / out.name  # the scalars; hparams go to subfolders of it
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # one file per session
+    acc = EventAccumulator(str(run_dir))  # the whole run: both sessions' event files, as TensorBoard reads it
+    acc.Reload()
+    assert [(s.step, pytest.approx(s.value, rel=1e-6)) for s in acc.Scalars("loss")] == [
+        (r["step"], r["loss"]) for r in logged
+    ]

@@ -187,8 +187,7 @@ class TrainingRun:
             self.folder.write_start(cfg, self.argv, data)
         elif self.main:
             self.folder.remove_partial_checkpoints()
-        self.trackers = tracking.Trackers(acc, cfg.log_with, self.folder.path)
-        self.trackers.start(self.folder.path.name, portable_config(redact(to_dict(cfg)), self.folder.path))
+        self.trackers = tracking.Trackers(acc, cfg.log_with, self.folder.path)  # started after restore()
 
     def run_stage(self) -> None:
         """The method's step before training (WHP's reinforced model; skipped when it finished before)."""
@@ -283,6 +282,8 @@ class TrainingRun:
             self.saved_at = self.progress.step
             if self.main:
                 self.folder.truncate_log(self.progress.step)
+        config = portable_config(redact(to_dict(cfg)), self.folder.path)
+        self.trackers.start(self.folder.path.name, config, resumed_at=self.saved_at if self.resume else None)
         self.momentum_every = cfg.momentum_every or plan.steps_per_epoch
         self.checkpoint_every = plan.steps_per_epoch if cfg.checkpoint_every is None else cfg.checkpoint_every
         self.probes = (

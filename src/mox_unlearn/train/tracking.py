@@ -72,10 +72,14 @@ class Trackers:
         self.acc, self.on = accelerator, log_with != "none"
         self.run = run
 
-    def start(self, name: str, config: Mapping[str, Any]) -> None:
+    def start(self, name: str, config: Mapping[str, Any], resumed_at: int | None = None) -> None:
+        """Open the trackers; `resumed_at`: the checkpoint's step a --resume continues from. The steps after
+        it were logged by the interrupted session and are logged again, so TensorBoard purges the first
+        ones (purge_step); wandb and MLflow start a new run of their own."""
         if self.on:
             (self.run / TRACKER_DIR).mkdir(exist_ok=True)
-            self.acc.init_trackers(name, config=flat_hparams(config))
+            kwargs = {"tensorboard": {"purge_step": resumed_at + 1}} if resumed_at is not None else {}
+            self.acc.init_trackers(name, config=flat_hparams(config), init_kwargs=kwargs)
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         if self.on:
