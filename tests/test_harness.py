@@ -96,6 +96,34 @@ def test_a_local_multiple_choice_task_end_to_end(tiny_model_dir, tasks_dir, tmp_
     assert "unknown lm-eval task 'mox_mcq'; did you mean mox_mc?" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x.json")]) == 2
     assert "needs --tasks" in capsys.readouterr().err
+    (tasks_dir / "mox_group.yaml").write_text("group: mox_group\ntask:\n  - mox_mc\n")
+    assert main([*args, "--tasks", "mox_group,mox_mc", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--tasks: task 'mox_mc' is in both 'mox_group' and 'mox_mc'" in capsys.readouterr().err
     assert main([*args, "--tasks", "mox_mc", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     assert "--data is not used by --benchmark lm-eval" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_overlapping_tasks_are_found_in_the_index_by_hand():
+    """Groups nest and hold tags; a tag named on --tasks is its tasks, each on its own (as lm-eval reads it)."""
+    from types import SimpleNamespace as E
+
+    kind = lambda k: E(name=k)  # noqa: E731
+    index = {
+        "g": E(kind=kind("GROUP"), cfg={"task": ["sub", {"task": "inline"}]}, tags=set()),
+        "sub": E(kind=kind("GROUP"), cfg={"task": ["t_tag"]}, tags=set()),
+        "a": E(kind=kind("TASK"), cfg={}, tags={"t_tag"}),
+        "b": E(kind=kind("TASK"), cfg={}, tags={"t_tag"}),
+        "c": E(kind=kind("TASK"), cfg={}, tags=set()),
+        "t_tag": E(kind=kind("TAG"), cfg=None, tags=set()),
+    }
+    manager = E(task_index=index)
+    harness.check_overlap(manager, ["g", "c"])
+    harness.check_overlap(manager, ["t_tag", "a", "c", "c"])  # a tag's task named again is the same item
+    with pytest.raises(MoxError, match="task 'a' is in both 'g' and 'a'"):
+        harness.check_overlap(manager, ["g", "a"])
+    with pytest.raises(MoxError, match="task 'inline' is in both 'g' and 'inline'"):
+        harness.check_overlap(manager, ["g", "inline"])
+    with pytest.raises(MoxError, match="task 'a' is in both 'sub' and 'a'"):
+        harness.check_overlap(manager, ["sub", "t_tag"])
+    harness.check_overlap(E(), ["g", "a"])  # an lm-eval without the index: lm-eval itself will say it

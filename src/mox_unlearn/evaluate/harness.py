@@ -48,6 +48,7 @@ def task_manager(tasks: Sequence[str], tasks_dir: str | None = None):
             raise MoxError(f"--tasks-dir {tasks_dir}: no such folder")
         local = TaskManager(include_path=str(folder), include_defaults=False)
         if all(t in local.all_tasks for t in tasks):
+            check_overlap(local, tasks)
             return local
     manager = TaskManager(include_path=None if tasks_dir is None else str(Path(tasks_dir).expanduser()))
     unknown = [t for t in tasks if t not in manager.all_tasks]
@@ -55,7 +56,49 @@ def task_manager(tasks: Sequence[str], tasks_dir: str | None = None):
         close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else " (lm-eval --tasks list shows them)"
         raise MoxError(f"unknown lm-eval task {unknown[0]!r}{hint}")
+    check_overlap(manager, tasks)
     return manager
+
+
+def _members(index: dict, tags: dict[str, list[str]], item: Any, path: frozenset = frozenset()) -> set[str]:
+    """The individual tasks one entry of a group's `task:` list (or a --tasks name) runs: a group's and a
+    tag's members recursively, an inline task config by its name."""
+    if isinstance(item, dict):  # an inline config inside a group: a sub-group or one task
+        return _members(index, tags, item["task"], path) if "group" in item else {str(item.get("task"))}
+    if isinstance(item, list):
+        return set().union(*(_members(index, tags, x, path) for x in item))
+    entry = index.get(item)
+    kind = getattr(getattr(entry, "kind", None), "name", "TASK")
+    if item in path or kind not in ("GROUP", "TAG"):
+        return {item}
+    children = (getattr(entry, "cfg", None) or {}).get("task", []) if kind == "GROUP" else tags.get(item, [])
+    return _members(index, tags, children, path | {item})
+
+
+def check_overlap(manager, tasks: Sequence[str]) -> None:
+    """Refuse, before any model loads, --tasks that name one task twice through a group (mmlu and
+    mmlu_anatomy, say): lm-eval runs each task once and fails on them after the model is loaded. Read from
+    lm-eval's task index without building a task; skipped on lm-eval versions without that index."""
+    index = getattr(manager, "task_index", None)
+    if not isinstance(index, dict):
+        return
+    tags: dict[str, list[str]] = {}
+    for name, entry in index.items():
+        for tag in getattr(entry, "tags", None) or ():
+            tags.setdefault(tag, []).append(name)
+    owner: dict[str, str] = {}
+    for name in dict.fromkeys(tasks):
+        kind = getattr(getattr(index.get(name), "kind", None), "name", "TASK")
+        # a tag is a list of tasks, each its own top-level item to lm-eval; a group keeps its members
+        items = [(m, m) for m in sorted(tags.get(name, []))] if kind == "TAG" else [(name, name)]
+        for item, source in items:
+            for leaf in sorted(_members(index, tags, item)):
+                if owner.get(leaf, source) != source:
+                    raise MoxError(
+                        f"--tasks: task {leaf!r} is in both {owner[leaf]!r} and {source!r}; lm-eval runs each "
+                        "task once, so name only one of them"
+                    )
+                owner[leaf] = source
 
 
 def main_metric(values: dict[str, Any]) -> tuple[str, float] | None:
