@@ -34,6 +34,9 @@ frontier() {  # frontier SHARD_FILE key=value...: run one shard unless its file 
     --out "$WORK/workspace" base="$WORK/smollm2" data="$DATA" \
     "frontier_lrs=[5e-5]" "frontier_epochs=[3,5]" "$@"
   cp "$WORK/workspace/frontier/frontier.json" "$SHARDS/$file.tmp" && mv "$SHARDS/$file.tmp" "$SHARDS/$file"
+  # merged at once: a shard that is not of the same frontier as the others (say, fine-tunes that came out
+  # different on another CPU) stops the script here, not after hours
+  $PY -m mox_unlearn.cli report "$SHARDS"/*.json --out "$WORK/merged-so-far" > /dev/null
 }
 
 VARIANTS='[{keep_fraction: 0.2}, {keep_fraction: 0.5}, {drop_rate: 0.5}, {only: mlp}, {skip: "embed|norm|lm_head"}, {alpha_by_depth: "linear:0.5,1.5"}]'
