@@ -259,7 +259,8 @@ class Workspace:
 
         missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a, variant) / "config.json").is_file()]
         if missing:
-            tmp = self.root / "models" / f".tmp-{_key([str(ref), str(mem), missing])}"
+            fields = None if variant is None or variant.plain else variant.fields()
+            tmp = self.root / "models" / f".tmp-{_key([str(ref), str(mem), missing, fields])}"
             shutil.rmtree(tmp, ignore_errors=True)
             written = extrapolate_folders(Path(ref), Path(mem), missing, tmp, progress=False, variant=variant)
             for a, path in zip(missing, written):
