@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from transformers import AutoTokenizer
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
@@ -87,6 +89,25 @@ def test_a_local_multiple_choice_task_end_to_end(tiny_model_dir, tasks_dir, tmp_
     assert acc in {k / 6 for k in range(7)}  # six items, each right or wrong
     assert result["metrics"]["mox_mc acc,none"]["value"] == acc and result["metrics"]["mox_mc acc,none"]["stderr"] > 0
     assert result["n_samples"]["mox_mc"]["effective"] == 6
+    assert result["lm_eval"]["chat_template"] is False
+    # the model's chat template on request (a tokenizer without one is refused): a template that raises
+    # shows lm-eval really renders every prompt with it
+    chat = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_dir, chat)
+    chat_args = [*args[:4], str(chat), *args[5:], "--tasks", "mox_mc", "--chat-template", "always"]
+    capsys.readouterr()
+    assert main([*chat_args, "--out", str(tmp_path / "n.json")]) == 2
+    assert "--chat-template always: the tokenizer of" in capsys.readouterr().err
+    tok = AutoTokenizer.from_pretrained(chat)
+    tok.chat_template = "{{ raise_exception('rendered by the chat template') }}"
+    tok.save_pretrained(chat)
+    assert main([*chat_args, "--out", str(tmp_path / "n.json")]) != 0
+    assert "rendered by the chat template" in capsys.readouterr().err
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    tok.save_pretrained(chat)
+    assert main([*chat_args, "--out", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["lm_eval"]["chat_template"] is True
+    assert not (tmp_path / "n.json").exists()
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
     table = (tmp_path / "rep" / "lm-eval.md").read_text()

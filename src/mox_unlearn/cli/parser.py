@@ -317,7 +317,8 @@ def _add_eval(sub) -> None:
         "--chat-template",
         default="auto",
         choices=["auto", "never", "always"],
-        help="prompt with the tokenizer's chat template (auto: where it has one)",
+        help="prompt with the tokenizer's chat template (auto: where it has one; with lm-eval only always "
+        "applies it, auto keeps lm-eval's plain prompts)",
     )
     _add_prompt_preset(v)
     v.add_argument(

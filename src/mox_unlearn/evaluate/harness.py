@@ -179,8 +179,10 @@ def evaluate_lm_eval(
     limit: int | None = None,
     num_fewshot: int | None = None,
     manager=None,
+    chat_template: bool = False,
 ) -> dict[str, Any]:
-    """Run lm-eval's `simple_evaluate` on the loaded model; returns mox's result dict (see to_result)."""
+    """Run lm-eval's `simple_evaluate` on the loaded model; returns mox's result dict (see to_result).
+    `chat_template`: prompts formatted with the tokenizer's chat template (lm-eval's apply_chat_template)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -193,9 +195,15 @@ def evaluate_lm_eval(
         limit=limit,
         num_fewshot=num_fewshot,
         log_samples=False,
+        **({"apply_chat_template": True} if chat_template else {}),
     )
     if raw is None:  # lm-eval returns None on processes other than the main one
         raise MoxError("lm-eval returned no results")
     out = to_result(raw, tasks)
-    out["lm_eval"] = {"version": getattr(lm_eval, "__version__", None), "num_fewshot": num_fewshot, "limit": limit}
+    out["lm_eval"] = {
+        "version": getattr(lm_eval, "__version__", None),
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        "chat_template": chat_template,
+    }
     return out

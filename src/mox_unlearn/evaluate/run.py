@@ -56,9 +56,12 @@ def run_lm_eval(
     dtype: str = "auto",
     attn_implementation: str | None = None,
     device_map: str | None = None,
+    chat_template: str = "auto",
 ) -> dict:
     """`mox eval --benchmark lm-eval`: the tasks and the extra are checked before the model loads; the result
-    (evaluate/harness.py) is written atomically like every other."""
+    (evaluate/harness.py) is written atomically like every other. `chat_template`: "always" formats every
+    prompt with the tokenizer's chat template (lm-eval's apply_chat_template); "auto" and "never" keep
+    lm-eval's default, plain prompts, as its tasks and most published MMLU / WMDP numbers are defined."""
     from mox_unlearn.evaluate import harness
 
     out = Path(out)
@@ -76,8 +79,17 @@ def run_lm_eval(
     model, tokenizer = load_eval_model(
         model_path, dtype, attn_implementation=attn_implementation, device_map=device_map
     )
+    if chat_template == "always" and not getattr(tokenizer, "chat_template", None):
+        raise MoxError(f"--chat-template always: the tokenizer of {model_path} has no chat template")
     result = harness.evaluate_lm_eval(
-        model, tokenizer, task_list, batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, manager=manager
+        model,
+        tokenizer,
+        task_list,
+        batch_size=batch_size,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        manager=manager,
+        chat_template=chat_template == "always",
     )
     result = {
         "benchmark": "lm-eval",
@@ -184,6 +196,7 @@ def run_eval(
             dtype=dtype,
             attn_implementation=attn_implementation,
             device_map=device_map,
+            chat_template=fmt.chat_template if fmt is not None else "auto",
         )
     bench = get_benchmark(benchmark)
     if output_format not in OUTPUT_FORMATS:
