@@ -126,9 +126,15 @@ def test_tracker_settings_by_hand(monkeypatch):
     }
     with pytest.raises(MoxError, match="log_with must be one of none, tensorboard, wandb, mlflow, all"):
         tracking.check_log_with("neptune")
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    have = {"tensorboardX", "mlflow"}  # all = ours that are installed, never accelerate's every-package "all"
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: name if name in have else None)
+    assert tracking.accelerate_log_with("all") == ["tensorboard", "mlflow"]
+    assert tracking.accelerate_log_with("wandb") == ["wandb"] and tracking.accelerate_log_with("none") is None
     with pytest.raises(MoxError, match="log_with=wandb needs the wandb package: pip install wandb"):
         tracking.check_log_with("wandb")
+    have.clear()
+    with pytest.raises(MoxError, match="log_with=all: none of tensorboard, wandb, mlflow is installed"):
+        tracking.check_log_with("all")
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Experiment trackers (TensorBoard, Weights & Biases, MLflow) through accelerate's own tracking.
 
-`log_with` (config key; default none, so runs stay offline) names them. The resolved config, redacted and
+`log_with` (config key; default none, so runs stay offline) names them; `all` is those of the three that
+are installed. The resolved config, redacted and
 with local paths relative to the run folder, goes in as hyper-parameters (flattened: ``prompt.boundary``,
 ``loss.beta``); every log.jsonl record is logged as metrics at its optimizer step (loss parts, lr, the
 collapse probe's rate); the final losses and the α selection at the end (as ``final/<name>``). accelerate
@@ -24,19 +25,27 @@ _PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)
 TRACKER_DIR = "trackers"
 
 
+def installed(tracker: str) -> bool:
+    return any(importlib.util.find_spec(p) is not None for p in _PACKAGES[tracker])
+
+
 def check_log_with(value: str) -> None:
     """A known tracker whose package is installed, or a one-line error before anything runs."""
     if value not in TRACKERS:
         raise MoxError(f"log_with must be one of {', '.join(TRACKERS)}, got {value!r}")
-    if value in ("none", "all"):
-        return
-    if not any(importlib.util.find_spec(p) is not None for p in _PACKAGES[value]):
+    if value == "all" and not accelerate_log_with(value):
+        raise MoxError(f"log_with=all: none of {', '.join(_PACKAGES)} is installed (pip install tensorboard)")
+    if value not in ("none", "all") and not installed(value):
         raise MoxError(f"log_with={value} needs the {_PACKAGES[value][0]} package: pip install {_PACKAGES[value][0]}")
 
 
-def accelerate_log_with(value: str) -> str | None:
-    """accelerate's `log_with` for our setting."""
-    return None if value == "none" else value
+def accelerate_log_with(value: str) -> list[str] | None:
+    """accelerate's `log_with` for our setting. `all` is every one of our three trackers that is installed,
+    not accelerate's "all", which would also start any other tracker package it finds (Comet, Aim, ...,
+    some of them sending to a server)."""
+    if value == "none":
+        return None
+    return [t for t in _PACKAGES if installed(t)] if value == "all" else [value]
 
 
 def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
