@@ -70,8 +70,16 @@ def test_push_uploads_the_finished_model_privately_and_no_secret_travels(
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     api = FakeApi()
     monkeypatch.setattr(hub, "push_folder", _with_api(hub.push_folder, api))
+    from accelerate import Accelerator
+
+    barrier = Accelerator.wait_for_everyone  # the upload comes after the last barrier: with many processes,
+    monkeypatch.setattr(  # the others must not wait (and time out) on a long upload, or hang on a failed one
+        Accelerator, "wait_for_everyone", lambda self: (api.calls.append(("barrier", {})), barrier(self))[1]
+    )
     out = tmp_path / "run"
     assert _unlearn(tiny_model_dir, qa_files, out, "--push-to-hub", "me/forgetful") == 0
+    assert api.calls[-3][0] == "barrier"
+    api.calls = [c for c in api.calls if c[0] != "barrier"]
     (create, repo), (upload, sent) = api.calls
     assert (create, upload) == ("create_repo", "upload_folder")
     assert repo == {"repo_id": "me/forgetful", "private": True, "exist_ok": True, "repo_type": "model"}

@@ -513,10 +513,12 @@ class TrainingRun:
         self.trackers.finish(
             {**self.last_logs, **({"alpha": chosen} if chosen is not None else {})}, self.progress.step
         )
-        if cfg.push_to_hub and self.main:  # only now: the folder is whole and run.json is written
+        acc.wait_for_everyone()
+        # only now: the folder is whole and run.json is written; and after the last barrier, so that other
+        # processes neither wait on a long upload (a collective timeout) nor hang when it fails
+        if cfg.push_to_hub and self.main:
             url = hub.push_folder(self.folder.path / "model", cfg.push_to_hub, private=not cfg.hub_public)
             log.info(f"pushed {self.folder.path / 'model'} to {url}")
-        acc.wait_for_everyone()
 
     def card_sources(self) -> dict[str, Any]:
         """The card's source model and data, local ones named relative to the run folder (io/portable.py)."""
