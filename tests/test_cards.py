@@ -11,6 +11,7 @@ from huggingface_hub import ModelCard
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
+from mox_unlearn.io import portable as portable_module
 from mox_unlearn.io.cards import attach_results, hub_datasets, source_metadata, write_model_card
 from mox_unlearn.io.portable import portable, portable_argv, relative_to, resolve_config
 
@@ -179,6 +180,14 @@ def test_portable_paths(tmp_path, monkeypatch):
     assert relative_to("org/model", run) == "org/model" and relative_to("hf:locuslab/TOFU:forget10", run).startswith(
         "hf:"
     )
+
+    def other_drive(path, start):  # what os.path.relpath does on Windows across drives
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(portable_module.os.path, "relpath", other_drive)
+    assert relative_to("in/f.jsonl", run) == str(tmp_path / "in" / "f.jsonl")  # stays absolute
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     argv = [
         "mox",
         "unlearn",

@@ -57,10 +57,15 @@ def _exists(p: Path) -> bool:
 
 
 def relative_to(value: str, base: Path) -> str:
-    """`value` (a local path) written relative to `base`; anything else unchanged."""
+    """`value` (a local path) written relative to `base`; anything else unchanged, and so is a path that
+    has no relative form (another drive than `base` on Windows: it stays absolute)."""
     if not is_local_path(value):
         return value
-    return os.path.relpath(Path(value).expanduser().resolve(), Path(base).resolve())
+    path = Path(value).expanduser().resolve()
+    try:
+        return os.path.relpath(path, Path(base).resolve())
+    except ValueError:
+        return str(path)
 
 
 def portable_config(config: Mapping[str, Any], base: Path) -> dict[str, Any]:
