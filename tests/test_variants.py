@@ -75,7 +75,16 @@ def test_alpha_by_depth_is_linear_over_the_numbered_layers():
     v = Variant(alpha_by_depth="linear:0.5,1.5")
     assert [v.scale(f"model.layers.{i}.mlp.up_proj.weight", 3) for i in range(3)] == [0.5, 1.0, 1.5]
     assert v.scale("model.embed_tokens.weight", 3) == 1.0 and v.scale("lm_head.weight", 3) == 1.0
-    assert count_layers(["model.layers.0.a", "model.layers.11.b", "lm_head.weight"]) == 12
+    assert count_layers(["model.layers.0.a", "model.layers.11.b", "lm_head.weight"]) == {"model.layers.": 12}
+    # each stack of numbered layers over its own depth: T5 (not its "layer.0" inside a block), two towers
+    t5 = [f"{s}.block.{i}.layer.{k}.w" for s in ("encoder", "decoder") for i in range(3) for k in range(2)]
+    stacks = count_layers([*t5, "decoder.block.3.layer.0.w", "shared.weight"])
+    assert stacks == {"encoder.block.": 3, "decoder.block.": 4}
+    assert [v.scale(f"encoder.block.{i}.layer.1.w", stacks) for i in range(3)] == [0.5, 1.0, 1.5]
+    assert [v.scale(f"decoder.block.{i}.layer.0.w", stacks) for i in range(4)] == [0.5, 0.5 + 1 / 3, 0.5 + 2 / 3, 1.5]
+    towers = count_layers(["vision.encoder.layers.1.q", "language_model.model.layers.4.q"])
+    assert towers == {"vision.encoder.layers.": 2, "language_model.model.layers.": 5}
+    assert v.scale("vision.encoder.layers.1.q", towers) == v.scale("language_model.model.layers.4.q", towers) == 1.5
     ref, mem = torch.ones(3), torch.zeros(3)
     out = extrapolate_variant(ref, mem, [2.0], v, "model.layers.2.w", 3)[0]
     assert out.tolist() == [4.0, 4.0, 4.0]  # 1 + 2·1.5·1

@@ -141,7 +141,7 @@ def extrapolate_variant(
     alphas: Sequence[float],
     variant: Variant,
     name: str,
-    n_layers: int,
+    n_layers: int | Mapping[str, int],
 ) -> list[torch.Tensor]:
     """Eq. 8 with a variant (variants.py) for the tensor `name`, one new tensor per alpha:
     θ_ref + α·s·(M ⊙ Δ)/(1 − p), computed in fp32 and cast back once.

@@ -9,8 +9,9 @@ how far, in the same streaming pass, and is chosen after training like α itself
                     (DARE), from a generator seeded by `seed` and the tensor's name (order-independent)
   only / skip       regular expressions (re.search) on tensor names: edit only matching tensors / leave
                     matching ones at θ_ref (e.g. only="mlp", skip="embed|norm")
-  alpha_by_depth    "linear:A,B": decoder layer i of L gets α·(A + (B − A)·i/(L − 1)); tensors outside
-                    the numbered layers (embeddings, final norm, head) keep α
+  alpha_by_depth    "linear:A,B": layer i of L gets α·(A + (B − A)·i/(L − 1)), each stack of numbered layers
+                    over its own depth (T5's encoder and decoder, a multimodal model's towers); tensors
+                    outside the numbered layers (embeddings, final norm, head) keep α
 
 so θ_for = θ_ref + α·s(name)·(M ⊙ Δ)/(1 − p), M the kept entries. The plain variant is Eq. 8 itself, and
 tensors a variant leaves whole (no trim, no drop) are computed by the same code as plain extrapolation, so
@@ -28,8 +29,9 @@ from dataclasses import asdict, dataclass, fields
 
 from mox_unlearn.errors import MoxError
 
-# the index of a decoder layer in a tensor name: Llama/Mistral/Qwen "model.layers.3.", GPT-2 "h.3.", ...
-LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+# the index of a numbered layer in a tensor name: Llama/Mistral/Qwen "model.layers.3.", GPT-2 "h.3.", T5
+# "encoder.block.3." (the leftmost match: not T5's "layer.0." inside a block), BERT/ViT "layer.3.", ...
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
 
 
 @dataclass
@@ -96,15 +98,17 @@ class Variant:
             return False
         return not (self.skip is not None and re.search(self.skip, name))
 
-    def scale(self, name: str, n_layers: int) -> float:
-        """The depth schedule's factor on α for tensor `name` (1 outside the numbered layers)."""
+    def scale(self, name: str, layers: int | Mapping[str, int]) -> float:
+        """The depth schedule's factor on α for tensor `name` (1 outside the numbered layers): layer i of the
+        L layers of its own stack (`count_layers`; an int: one stack of that many layers)."""
         ends = self.depth_ends()
-        hit = LAYER_INDEX.search(name)
+        hit = layer_of(name)
         if ends is None or hit is None:
             return 1.0
         a, b = ends
-        i = int(hit.group(1))
-        return a if n_layers <= 1 else a + (b - a) * i / (n_layers - 1)
+        stack, i = hit
+        n = layers if isinstance(layers, int) else layers.get(stack, i + 1)
+        return a if n <= 1 else a + (b - a) * i / (n - 1)
 
     def trims(self) -> bool:
         """Whether entries of Δ are zeroed or rescaled (not only whole tensors chosen or α scaled)."""
@@ -138,7 +142,19 @@ class Variant:
 SETTINGS = tuple(f.name for f in fields(Variant))
 
 
-def count_layers(names) -> int:
-    """The number of numbered decoder layers among tensor names (largest index + 1; 0 without any)."""
-    found = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
-    return max(found) + 1 if found else 0
+def layer_of(name: str) -> tuple[str, int] | None:
+    """(stack, index) of a tensor in a numbered layer: the stack is the name up to the index
+    ("model.layers.", "encoder.block.", "vision_tower.encoder.layers."); None outside the numbered layers."""
+    hit = LAYER_INDEX.search(name)
+    return (name[: hit.start(1)], int(hit.group(1))) if hit else None
+
+
+def count_layers(names) -> dict[str, int]:
+    """{stack: number of layers (largest index + 1)} of the numbered layers among tensor names: one stack in a
+    decoder-only model, encoder and decoder apart in T5, the vision and the language tower apart in a
+    multimodal model, so each gets the whole depth schedule."""
+    stacks: dict[str, int] = {}
+    for name in names:
+        if (hit := layer_of(name)) is not None:
+            stacks[hit[0]] = max(stacks.get(hit[0], 0), hit[1] + 1)
+    return stacks

@@ -197,7 +197,7 @@ def _add_variant(p) -> None:
         "--alpha-by-depth",
         default=None,
         metavar="linear:A,B",
-        help="layer i of L gets α·(A + (B−A)·i/(L−1)); other tensors keep α",
+        help="layer i of L gets α·(A + (B−A)·i/(L−1)), per stack of numbered layers; other tensors keep α",
     )
 
 
