@@ -432,6 +432,8 @@ def test_mox_report_merges_frontier_files_and_refuses_to_mix_them(tmp_path, caps
     capsys.readouterr()
     assert main(["report", str(a), str(other), "--out", str(tmp_path / "mixed")]) == 2
     assert "frontier.json files are merged with each other only" in capsys.readouterr().err
+    assert main(["report", str(a), str(tmp_path / "missing.json"), "--out", str(tmp_path / "mixed")]) == 2
+    assert "a.json: a frontier.json, which `mox report` merges only with other" in capsys.readouterr().err
     assert not (tmp_path / "mixed").exists()
     assert main(["report", str(a), "--card", str(tmp_path)]) == 2
     inside = tmp_path / "merged" / "frontier.json"  # merging a frontier into its own folder would overwrite it

@@ -82,6 +82,8 @@ def load_rows(files: Sequence[str | Path], harness: list | None = None) -> list[
         data = read_json(p, "result")
         if harness is not None and is_harness_result(data):
             harness.append((p.stem, data))
+        elif is_frontier_result(data):
+            raise MoxError(f"{p}: a frontier.json, which `mox report` merges only with other frontier.json files")
         elif isinstance(data, dict) and isinstance(data.get("rows"), list):
             rows.extend(check_row(row, f"{p}: rows[{i}]") for i, row in enumerate(data["rows"]))
         elif isinstance(data, dict) and data.get("benchmark") == "tofu" and isinstance(data.get("summary"), dict):
@@ -310,6 +312,11 @@ def fq_mu_axes(ax, title: str, *, legend: int | None = None) -> None:
 def log_value(x: float | None) -> float:
     """A p-value for a log axis: None → NaN, 0 → 1e-300 (still drawn)."""
     return math.nan if x is None else max(float(x), 1e-300)
+
+
+def is_frontier_result(data: Any) -> bool:
+    """A frontier.json as `mox experiment frontier` writes it (records, picks, references, config)."""
+    return isinstance(data, dict) and all(k in data for k in ("records", "selected", "reference", "config"))
 
 
 def is_harness_result(data: Any) -> bool:

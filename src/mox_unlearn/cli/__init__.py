@@ -209,13 +209,18 @@ def _report_frontiers(args: argparse.Namespace) -> bool:
     """`mox report` of frontier.json files: shards of one frontier merged into OUT/frontier.* (True), or
     nothing to do here (False: no file is a frontier.json)."""
     from mox_unlearn.data import read_json
-    from mox_unlearn.experiments.frontier import is_frontier_result, merge_frontiers, write_frontier
     from mox_unlearn.io.atomic import check_not_an_input
+    from mox_unlearn.report import is_frontier_result
 
-    parts = [(str(f), read_json(f, "result")) for f in args.files]
+    try:
+        parts = [(str(f), read_json(f, "result")) for f in args.files]
+    except MoxError:
+        return False  # a file that cannot be read: the plain report names it
     frontiers = [name for name, data in parts if is_frontier_result(data)]
     if not frontiers:
         return False
+    from mox_unlearn.experiments.frontier import merge_frontiers, write_frontier
+
     others = [name for name, data in parts if not is_frontier_result(data)]
     if others or args.card or not args.out:
         raise MoxError(

@@ -54,6 +54,7 @@ from mox_unlearn.experiments.frontier_rules import (
 )
 from mox_unlearn.experiments.training import metrics_row
 from mox_unlearn.experiments.workspace import Workspace, _key, config_dict, epoch_snapshots
+from mox_unlearn.report import is_frontier_result
 
 VALIDATION_VERSION = 2  # in the validation cache key: bump when select_alpha's statistics change (2: min-k without EOS)
 
@@ -328,11 +329,6 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
 SHARD_KEYS = ("frontier_seeds", "frontier_methods", "frontier_variants")  # what shards of one frontier may split
 LOCATION_KEYS = ("target", "retain_model", "base", "data")  # where the same models and data lie on each machine
 RUN_PATHS = ("run", "model")  # record fields that name folders of the machine that ran them
-
-
-def is_frontier_result(data: Any) -> bool:
-    """A frontier.json as `frontier` writes it (records, picks, references, config)."""
-    return isinstance(data, dict) and all(k in data for k in ("records", "selected", "reference", "config"))
 
 
 def _placeless(value: Any) -> Any:
