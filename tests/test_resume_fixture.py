@@ -2,7 +2,11 @@
 to the weights its own code reached: tests/fixtures/resume-v1/ holds two runs (full weights and LoRA,
 MOX with momentum) interrupted after step 2 of 4, and the outputs of the uninterrupted runs, all made
 by commit 36f0e61 (tests/fixtures/make_resume_v1.py). Checkpoint registration order, RNG consumption
-order and the data order all have to be unchanged for this to hold."""
+order and the data order all have to be unchanged for this to hold.
+
+Equal up to ATOL, not bitwise: on another CPU than the fixture's, the same code rounds the same sums
+differently in the last bits (measured on an AVX-512 AMD EPYC: at most 1.5e-8), while the two steps after the
+checkpoint move every tensor by at least 7e-4, so a resume that trains other steps is far outside it."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from safetensors.torch import load_file
 from mox_unlearn.cli import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "resume-v1"
+ATOL = 1e-6
 
 
 @pytest.fixture
@@ -41,5 +46,10 @@ def test_a_pre_change_run_folder_resumes_to_the_weights_of_its_uninterrupted_run
         got = load_file(f"run-{kind}/{out}/model.safetensors")
         want = {k.split(".", 1)[1]: v for k, v in expected.items() if k.startswith(out + ".")}
         assert got.keys() == want.keys(), out
-        differ = [k for k in got if not torch.equal(got[k], want[k])]
+        differ = [k for k in got if not torch.allclose(got[k], want[k], rtol=0, atol=ATOL)]
         assert not differ, f"{out}: {len(differ)} tensors differ from the pre-change run, e.g. {differ[0]}"
+    if kind == "full":  # the tolerance cannot hide the resumed steps: they move every tensor far more
+        step2 = load_file(FIXTURE / f"run-{kind}" / "checkpoints" / "step-2" / "model.safetensors")
+        final = {k.split(".", 1)[1]: v for k, v in expected.items() if k.startswith("memorized.")}
+        moved = [(step2[k] - final[k]).abs().max().item() for k in step2 if k in final]
+        assert moved and min(moved) > 100 * ATOL
