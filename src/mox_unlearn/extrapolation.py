@@ -141,7 +141,7 @@ def extrapolate_variant(
     alphas: Sequence[float],
     variant: Variant,
     name: str,
-    n_layers: int | Mapping[str, int],
+    layers: int | Mapping[str, int],
 ) -> list[torch.Tensor]:
     """Eq. 8 with a variant (variants.py) for the tensor `name`, one new tensor per alpha:
     θ_ref + α·s·(M ⊙ Δ)/(1 − p), computed in fp32 and cast back once.
@@ -151,7 +151,7 @@ def extrapolate_variant(
     keep_fraction P, at most ⌈P·n⌉ entries differ from θ_ref (`largest`: exactly that many kept, ties by position)."""
     if not ref.is_floating_point() or not variant.edits(name):
         return [ref for _ in alphas]
-    s = variant.scale(name, n_layers)
+    s = variant.scale(name, layers)
     if not variant.trims():
         return extrapolate_tensors(ref, mem, [a * s for a in alphas])
     if ref.shape != mem.shape or ref.dtype != mem.dtype:
@@ -307,7 +307,7 @@ def _stream(
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
-    n_layers = count_layers(order)
+    layers = count_layers(order)
     total = sum(ref_infos[n].nbytes + mem_infos[n].nbytes for n in order)
     with ExitStack() as stack:
         handles: dict[Path, object] = {}
@@ -325,7 +325,7 @@ def _stream(
         for name in order:
             r = handle(ref_infos[name].file).get_tensor(name)
             m = handle(mem_infos[name].file).get_tensor(name)
-            _extrapolate_one(name, r, m, alphas, folders, variant, n_layers, pool, workers)
+            _extrapolate_one(name, r, m, alphas, folders, variant, layers, pool, workers)
             bar.update(ref_infos[name].nbytes + mem_infos[name].nbytes)
 
 
@@ -336,7 +336,7 @@ def _extrapolate_one(
     alphas: Sequence[float],
     folders: Sequence[ShardedFolder],
     variant: Variant,
-    n_layers: int,
+    layers: Mapping[str, int],
     pool: ThreadPoolExecutor,
     workers: int,
 ) -> None:
@@ -347,11 +347,11 @@ def _extrapolate_one(
             folder.write(name, r)  # straight from the mapped input
         return
     if variant.trims():
-        for folder, alpha, o in zip(folders, alphas, extrapolate_variant(r, m, alphas, variant, name, n_layers)):
+        for folder, alpha, o in zip(folders, alphas, extrapolate_variant(r, m, alphas, variant, name, layers)):
             check_finite(o, name, alpha)
             folder.write(name, o)
         return
-    scaled = [a * variant.scale(name, n_layers) for a in alphas]
+    scaled = [a * variant.scale(name, layers) for a in alphas]
     n = r.numel()
     if n == 0:
         return  # a zero-byte slot: nothing to write

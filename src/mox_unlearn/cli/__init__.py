@@ -219,7 +219,7 @@ def _report_frontiers(args: argparse.Namespace) -> bool:
     frontiers = [name for name, data in parts if is_frontier_result(data)]
     if not frontiers:
         return False
-    from mox_unlearn.experiments.frontier import merge_frontiers, write_frontier
+    from mox_unlearn.experiments.frontier import frontier_files, merge_frontiers, write_frontier
 
     others = [name for name, data in parts if not is_frontier_result(data)]
     if others or args.card or not args.out:
@@ -228,9 +228,9 @@ def _report_frontiers(args: argparse.Namespace) -> bool:
         )
     merged = merge_frontiers(parts)
     out = Path(args.out)
-    for name in ("frontier.json", "frontier.csv", "frontier.md", "frontier.png", "frontier-seeds.png"):
-        check_not_an_input(out / name, args.files, replaces_folder=False)
-    result = write_frontier(out, merged["summary"], merged)
+    for path in frontier_files(out):  # written one by one: none may be an input
+        check_not_an_input(path, args.files, replaces_folder=False)
+    result = write_frontier(out, merged)
     print("written: " + ", ".join(result["files"]))
     return True
 

@@ -320,7 +320,7 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
         "seconds": seconds,
         "config": config_dict(cfg),
     }
-    return write_frontier(ws.out("frontier"), summary, extra_json, show)
+    return write_frontier(ws.out("frontier"), extra_json, show)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -474,14 +474,18 @@ def _note(extra: Mapping[str, Any]) -> str:
     )
 
 
-def write_frontier(out: Path, summary: list[dict], extra: dict, show: bool = True) -> dict:
-    """OUT/frontier.{json,csv,md}, frontier.png and frontier-seeds.png of one frontier (`extra`: records,
-    picks, references, validation, config)."""
+def frontier_files(out: Path) -> list[Path]:
+    """Every file `write_frontier` writes into `out`."""
+    return [out / n for n in ("frontier.json", "frontier.csv", "frontier.md", "frontier.png", "frontier-seeds.png")]
+
+
+def write_frontier(out: Path, extra: dict, show: bool = True) -> dict:
+    """`frontier_files` of one frontier (`extra`: summary, records, picks, references, validation, config)."""
     from mox_unlearn.alpha_selection import json_safe
     from mox_unlearn.report import write_table
 
     files = write_table(
-        display_rows(summary),
+        display_rows(extra["summary"]),
         out,
         "frontier",
         title=f"Tuned frontier on {extra['config']['forget_split']}",
@@ -492,7 +496,7 @@ def write_frontier(out: Path, summary: list[dict], extra: dict, show: bool = Tru
     if show:
         print("\n" + (out / "frontier.md").read_text(), flush=True)
     return {
-        "rows": summary,
+        "rows": extra["summary"],
         "records": extra["records"],
         "selected": extra["selected"],
         "files": [str(f) for f in files],

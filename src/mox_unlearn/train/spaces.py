@@ -66,14 +66,14 @@ def extrapolate_in_place(model, ref, alpha: float, variant: Variant | None = Non
     ref_params = sharding.local_parameters(ref)
     params = sharding.local_parameters(model)
     variant = variant or Variant()
-    n_layers = count_layers(params)
+    layers = count_layers(params)
     bad = None
     for name, param in params.items():
         if variant.plain:
             param.copy_(extrapolate_tensor(ref_params[name].float(), param.float(), alpha).to(param.dtype))
         else:
             r, m = ref_params[name].float(), param.float()
-            param.copy_(extrapolate_variant(r, m, [alpha], variant, name, n_layers)[0].to(param.dtype))
+            param.copy_(extrapolate_variant(r, m, [alpha], variant, name, layers)[0].to(param.dtype))
         if bad is None and not all_finite(param):
             bad = name
     return bad
