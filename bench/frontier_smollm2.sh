@@ -12,7 +12,9 @@
 # same. The protocol is docs/frontier.md's SmolLM2 section, fixed before any result: the preset
 # configs/experiments/tofu-smollm2-mini.yaml, lr 5e-5 only, seeds 0-2, stopping epochs 3 and 5, α 2 and 4,
 # then the variant list fixed in docs/frontier.md. On 2 CPU cores: the two fine-tunes about 35 min, a
-# shard 14-19 min, a variant shard about 1 h. Set PYTHON to the interpreter (default python).
+# shard 14-19 min, a variant shard about 1 h. Set PYTHON to the interpreter (default python); OUT and BASE
+# override WORK/workspace and WORK/smollm2 (the workspace keys its cache on these paths as written, so an
+# interrupted frontier continues only from the same two paths).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/frontier-smollm2-work}
@@ -20,7 +22,9 @@ SHARDS=${2:-docs/data/frontier-smollm2}
 PY=${PYTHON:-python}
 DATA=$(realpath "${DATA:-../shared/data/tofu}")
 mkdir -p "$WORK" "$SHARDS"
-[ -f "$WORK/smollm2/model.safetensors" ] || $PY -m mox_unlearn.cli models import-smollm2 --out "$WORK/smollm2"
+OUT=${OUT:-$WORK/workspace}
+BASE=${BASE:-$WORK/smollm2}
+[ -f "$BASE/model.safetensors" ] || $PY -m mox_unlearn.cli models import-smollm2 --out "$BASE"
 
 frontier() {  # frontier SHARD_FILE key=value...: run one shard unless its file exists, then keep its json
   local file=$1
@@ -31,9 +35,9 @@ frontier() {  # frontier SHARD_FILE key=value...: run one shard unless its file 
   fi
   echo "=== $file: $(date -u +%FT%TZ)"
   $PY -m mox_unlearn.cli experiment frontier --config configs/experiments/tofu-smollm2-mini.yaml \
-    --out "$WORK/workspace" base="$WORK/smollm2" data="$DATA" \
+    --out "$OUT" base="$BASE" data="$DATA" \
     "frontier_lrs=[5e-5]" "frontier_epochs=[3,5]" "$@"
-  cp "$WORK/workspace/frontier/frontier.json" "$SHARDS/$file.tmp" && mv "$SHARDS/$file.tmp" "$SHARDS/$file"
+  cp "$OUT/frontier/frontier.json" "$SHARDS/$file.tmp" && mv "$SHARDS/$file.tmp" "$SHARDS/$file"
   # merged at once: a shard that is not of the same frontier as the others (say, fine-tunes that came out
   # different on another CPU) stops the script here, not after hours
   $PY -m mox_unlearn.cli report "$SHARDS"/*.json --out "$WORK/merged-so-far" > /dev/null
