@@ -287,3 +287,76 @@ def test_nonsense_numbers_are_refused_before_any_work(tmp_path, capsys, setting,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_spell_names_paths_by_the_workspace_however_it_is_reached(tmp_path, monkeypatch):
+    """Cache keys spell a path inside the workspace relative to it, so the same workspace named relatively,
+    absolutely, through a link or after a move keys its models and evaluations the same; other local paths
+    are absolute, a hub id stays as written."""
+    import os
+
+    from mox_unlearn.experiments.workspace import spell
+
+    (tmp_path / "ws" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "base").mkdir()
+    os.symlink(tmp_path / "ws", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    inside = [
+        spell(tmp_path / "ws" / "models" / "m", tmp_path / "ws"),
+        spell("ws/models/m", Path("ws")),
+        spell(tmp_path / "link" / "models" / "m", tmp_path / "link"),
+        spell("link/models/m", tmp_path / "ws"),
+    ]
+    assert inside == ["OUT/models/m"] * 4
+    assert (
+        spell("base", tmp_path / "ws")
+        == spell(tmp_path / "base", Path("ws"))
+        == (tmp_path / "base").resolve().as_posix()
+    )
+    assert spell("locuslab/TOFU", tmp_path / "ws") == "locuslab/TOFU"
+
+
+def test_cache_keys_look_up_the_key_of_caches_made_before(tmp_path):
+    """The current key first (where new items go), then the one made with paths as written (older caches)."""
+    import hashlib
+
+    from mox_unlearn.experiments.workspace import cache_keys, first_done
+
+    model = tmp_path / "ws" / "models" / "m"
+    model.mkdir(parents=True)
+    keys = cache_keys(lambda spelled: [spelled(model), 3], tmp_path / "ws")
+    by_hand = [json.dumps(x) for x in (["OUT/models/m", 3], [str(model), 3])]
+    assert keys == [hashlib.sha256(b.encode()).hexdigest()[:10] for b in by_hand]
+    assert (
+        cache_keys(lambda spelled: ["locuslab/TOFU"], tmp_path) == cache_keys(lambda s: ["locuslab/TOFU"], tmp_path)[:1]
+    )
+    paths = [tmp_path / k for k in keys]
+    assert first_done(paths) == paths[0]  # nothing cached: the current key
+    paths[1].mkdir()
+    assert first_done(paths) == paths[1]  # an older cache is used where it is the one there
+
+
+@pytest.mark.slow
+def test_a_moved_workspace_keeps_its_evaluations(data_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """Moving an experiment folder (or naming it another way) must not make hours of evaluations again."""
+    import shutil
+
+    from mox_unlearn.experiments import workspace as W
+
+    cfg = ExperimentConfig()
+    apply_mapping(cfg, {"data": str(data_dir / "tofu"), "eval_limit": 20, "eval_max_new_tokens": 2})
+    apply_mapping(cfg, {"max_length": 256, "target": str(tiny_model_dir), "retain_model": str(tiny_model_dir)})
+    shutil.copytree(tiny_model_dir, tmp_path / "out" / "models" / "m")
+    first = Workspace(cfg, tmp_path / "out", tmp_path / "cache").evaluate(tmp_path / "out" / "models" / "m", "m")
+    (tmp_path / "out").rename(tmp_path / "moved")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "moved" / "evals").iterdir()}
+    assert len(before) == 2  # the retain model (FQ's reference) and m
+
+    def cached_only(model, data, c, path, retain, **kw):
+        assert Path(path).is_file(), f"{path}: evaluated again"
+        return json.loads(Path(path).read_text())
+
+    monkeypatch.setattr(W, "evaluate", cached_only)
+    second = Workspace(cfg, tmp_path / "moved", tmp_path / "cache").evaluate(tmp_path / "moved" / "models" / "m", "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "moved" / "evals").iterdir()} == before
+    assert second["summary"] == first["summary"]

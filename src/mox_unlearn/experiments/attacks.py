@@ -14,7 +14,7 @@ from pathlib import Path
 from mox_unlearn.data import load_records
 from mox_unlearn.errors import MoxError
 from mox_unlearn.experiments.training import finish, metrics_row
-from mox_unlearn.experiments.workspace import Workspace, _key, _say
+from mox_unlearn.experiments.workspace import Workspace, _say, cache_keys, first_done
 from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure
 
 RELEARN_METRICS = ("probability", "rouge", "truth_ratio")
@@ -129,8 +129,11 @@ def score_answers(ws: Workspace, model: str | Path, records: Sequence[dict]) -> 
     """Probability, ROUGE-L recall of greedy answers and (where the records have perturbed answers) the
     truth ratio of `model` on `records`, with the workspace's evaluation settings; cached under OUT/evals."""
     c = ws.cfg
-    key = _key([str(model), [r["question"] for r in records], c.eval_max_new_tokens, c.eval_batch_size, c.max_length])
-    path = ws.root / "evals" / f"answers-{Path(model).parent.name}-{key}.json"
+    questions = [r["question"] for r in records]
+    keys = cache_keys(
+        lambda spelled: [spelled(model), questions, c.eval_max_new_tokens, c.eval_batch_size, c.max_length], ws.root
+    )
+    path = first_done([ws.root / "evals" / f"answers-{Path(model).parent.name}-{k}.json" for k in keys])
     if path.is_file():
         return json.loads(path.read_text())
     _say(f"scoring {model} on {len(records)} held-out forget records")
@@ -337,13 +340,17 @@ def overlap_benchmark(ws: Workspace) -> tuple[Path, Path]:
 def _overlap_root(ws: Workspace) -> Path:
     """OUT/overlap-data/p<percent>-<key>: the key names the demo models (their cache folder is keyed by
     data and training settings), so other settings never reuse a stale gold model."""
-    return ws.root / "overlap-data" / f"p{ws.cfg.overlap_percent}-{_key([str(ws.cache), ws.cfg.overlap_percent])}"
+    keys = cache_keys(lambda spelled: [spelled(ws.cache), ws.cfg.overlap_percent], ws.root)
+    return first_done([ws.root / "overlap-data" / f"p{ws.cfg.overlap_percent}-{k}" for k in keys])
 
 
 def _overlap_eval_path(ws: Workspace, model: str | Path, label: str) -> Path:
     c = ws.cfg
-    key = _key([str(model), c.eval_max_new_tokens, c.eval_batch_size, c.max_length, getattr(c, "eval_limit", None)])
-    return _overlap_root(ws) / "evals" / f"{label}-{key}.json"
+    limit = getattr(c, "eval_limit", None)
+    keys = cache_keys(
+        lambda spelled: [spelled(model), c.eval_max_new_tokens, c.eval_batch_size, c.max_length, limit], ws.root
+    )
+    return first_done([_overlap_root(ws) / "evals" / f"{label}-{k}.json" for k in keys])
 
 
 def _overlap_evaluate(ws: Workspace, model: str | Path, label: str, gold_file: Path | None) -> dict:

@@ -53,7 +53,7 @@ from mox_unlearn.experiments.frontier_rules import (
     summarize,
 )
 from mox_unlearn.experiments.training import metrics_row
-from mox_unlearn.experiments.workspace import Workspace, _key, config_dict, epoch_snapshots
+from mox_unlearn.experiments.workspace import Workspace, cache_keys, config_dict, epoch_snapshots, first_done
 from mox_unlearn.report import is_frontier_result
 
 VALIDATION_VERSION = 2  # in the validation cache key: bump when select_alpha's statistics change (2: min-k without EOS)
@@ -170,18 +170,21 @@ def validation_scores(ws: Workspace, model: str | Path, label: str, data, fmt) -
 
     c = ws.cfg
     items = [[r["question"] for r in rs.records] for rs in (data.forget, data.holdout, data.retain)]
-    shape = [
-        VALIDATION_VERSION,
-        str(model),
-        items,
-        c.frontier_score,
-        MIN_K,
-        dataclasses.asdict(fmt),
-        c.eval_max_new_tokens,
-        c.eval_batch_size,
-        c.max_length,
-    ]
-    path = ws.root / "evals" / f"validation-{label}-{_key(shape)}.json"
+
+    def shape(spelled):
+        return [
+            VALIDATION_VERSION,
+            spelled(model),
+            items,
+            c.frontier_score,
+            MIN_K,
+            dataclasses.asdict(fmt),
+            c.eval_max_new_tokens,
+            c.eval_batch_size,
+            c.max_length,
+        ]
+
+    path = first_done([ws.root / "evals" / f"validation-{label}-{k}.json" for k in cache_keys(shape, ws.root)])
     if path.is_file():
         return json.loads(path.read_text())
     settings = ScoreSettings(

@@ -91,17 +91,23 @@ def prepare_tofu_models(cfg: Any, root: Path) -> dict[str, str]:
     from mox_unlearn.train import unlearn
 
     source = cfg.data or TOFU_HUB_ID
-    settings = {
-        "base": cfg.base,
-        "data": source,
-        "authors": cfg.tofu_authors,
-        "split": cfg.forget_split,
-        "finetune": cfg.finetune,
-        "max_length": cfg.max_length,
-        "seed": cfg.seed,
-    }
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    home = root / f"tofu-{key}"
+    from mox_unlearn.experiments.workspace import first_done, spell
+
+    def key(spelled) -> str:
+        settings = {
+            "base": spelled(cfg.base),
+            "data": spelled(source),
+            "authors": cfg.tofu_authors,
+            "split": cfg.forget_split,
+            "finetune": cfg.finetune,
+            "max_length": cfg.max_length,
+            "seed": cfg.seed,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+    # the key as the paths are spelled in the workspace's other keys, or as written (fine-tunes from before)
+    homes = [root / f"tofu-{key(lambda p: spell(p, root))}", root / f"tofu-{key(str)}"]
+    home = first_done(homes, lambda h: (h / "target" / "run.json").is_file())
     data = home / "data"
     if not (data / "train_retain.jsonl").is_file():
         write_tofu_subset(source, cfg.tofu_authors, cfg.forget_split, data)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,28 @@ def _check_local(key: str, value: str | None, marker: str | None) -> None:
 
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def spell(path: Any, root: Path) -> str:
+    """How a path enters a cache key: inside the workspace `root` relative to it ("OUT/models/..."), so a
+    workspace that is moved, or named relatively or through a link, keeps its cache; another local path
+    absolute and resolved; anything else (a hub id) as written."""
+    p = Path(str(path)).expanduser()
+    if not (p.is_absolute() or p.exists()):
+        return str(path)
+    p, home = p.resolve(), Path(root).expanduser().resolve()
+    return f"OUT/{p.relative_to(home).as_posix()}" if p.is_relative_to(home) else p.as_posix()
+
+
+def cache_keys(parts: Callable[[Callable[[Any], str]], Any], root: Path) -> list[str]:
+    """The keys of a cached item made of `parts(spelling)`: the current one (paths by `spell`), then that of a
+    cache made before paths were keyed so (paths as written, up to 2026-12-02), looked up but never written."""
+    return list(dict.fromkeys([_key(parts(lambda p: spell(p, root))), _key(parts(str))]))
+
+
+def first_done(paths: Sequence[Path], done: Callable[[Path], bool] = Path.exists) -> Path:
+    """The first of `paths` that `done` accepts, else the first (where a new item is written)."""
+    return next((p for p in paths if done(p)), paths[0])
 
 
 def _say(msg: str) -> None:
@@ -260,7 +282,8 @@ class Workspace:
         missing = [a for a in alphas if not (self._alpha_dir(ref, mem, a, variant) / "config.json").is_file()]
         if missing:
             fields = None if variant is None or variant.plain else variant.fields()
-            tmp = self.root / "models" / f".tmp-{_key([str(ref), str(mem), missing, fields])}"
+            key = _key([spell(ref, self.root), spell(mem, self.root), missing, fields])
+            tmp = self.root / "models" / f".tmp-{key}"
             shutil.rmtree(tmp, ignore_errors=True)
             written = extrapolate_folders(Path(ref), Path(mem), missing, tmp, progress=False, variant=variant)
             for a, path in zip(missing, written):
@@ -272,12 +295,15 @@ class Workspace:
         """OUT/models/<run>-memorized-a<α>[-<variant>]-<key>; the plain variant keeps the key it always had."""
         from mox_unlearn.extrapolation import alpha_label
 
-        parts: list[Any] = [str(ref), str(mem), alpha]
+        plain = variant is None or variant.plain
         name = f"{Path(mem).parent.name}-{Path(mem).name}-a{alpha_label(alpha)}"
-        if variant is not None and not variant.plain:
-            parts.append(variant.fields())
-            name += f"-{variant.label()}"
-        return self.root / "models" / f"{name}-{_key(parts)}"
+        name += "" if plain else f"-{variant.label()}"
+
+        def parts(spelled: Callable[[Any], str]) -> list[Any]:
+            return [spelled(ref), spelled(mem), alpha] + ([] if plain else [variant.fields()])
+
+        keys = cache_keys(parts, self.root)
+        return first_done([self.root / "models" / f"{name}-{k}" for k in keys], lambda d: (d / "config.json").is_file())
 
     def momentum_folds(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> list[Path]:
         """The momentum model (Eq. 10, θ̄ ← η·θ_for^k + (1−η)·θ̄) after each per-epoch θ_mem snapshot:
@@ -296,8 +322,9 @@ class Workspace:
         return dest
 
     def _momentum_dir(self, ref: str | Path, snapshots: Sequence[Path], alpha: float, eta: float) -> Path:
-        key = _key([str(ref), [str(s) for s in snapshots], alpha, eta])
-        return self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{key}"
+        keys = cache_keys(lambda spelled: [spelled(ref), [spelled(s) for s in snapshots], alpha, eta], self.root)
+        dirs = [self.root / "models" / f"momentum-eta{eta:g}-a{alpha:g}-{k}" for k in keys]
+        return first_done(dirs, lambda d: (d / "config.json").is_file())
 
     def forget_models_by_epoch(
         self, run: Path, u: UnlearnConfig, *, eta: float | None = None
@@ -332,13 +359,18 @@ class Workspace:
         """OUT/evals/<label>-<split>-<key>.json, the key made of everything that shapes the result; where only
         another label has it (the demo's `npo` row is the frontier's `frontier-npo-...` model), that file."""
         c = self.cfg
-        parts = [str(model), split, str(self.data), c.eval_max_new_tokens, c.eval_batch_size, c.max_length]
-        key = _key(parts + ([c.eval_limit] if c.eval_limit is not None else []))
-        path = self.root / "evals" / f"{label}-{split}-{key}.json"
-        if not path.is_file():
+
+        def parts(spelled: Callable[[Any], str]) -> list[Any]:
+            shape = [spelled(model), split, spelled(self.data), c.eval_max_new_tokens, c.eval_batch_size]
+            return shape + [c.max_length] + ([c.eval_limit] if c.eval_limit is not None else [])
+
+        keys = cache_keys(parts, self.root)
+        for key in keys:
+            path = self.root / "evals" / f"{label}-{split}-{key}.json"
             same = [p for p in sorted(path.parent.glob(f"*-{split}-{key}.json")) if cached_evaluation(p) is not None]
-            path = same[0] if same else path
-        return path
+            if path.is_file() or same:
+                return path if path.is_file() else same[0]
+        return self.root / "evals" / f"{label}-{split}-{keys[0]}.json"
 
     def evaluate(self, model: str | Path, label: str, split: str | None = None) -> dict:
         """TOFU metrics of `model` on `split`, FQ against the retain model where there is one; cached."""
@@ -346,7 +378,7 @@ class Workspace:
 
         split = split or self.cfg.forget_split
         retain = self.retain_result(split)
-        if str(model) == str(self.retain) and retain is not None:
+        if retain is not None and spell(model, self.root) == spell(self.retain, self.root):
             return add_forget_quality(json.loads(retain.read_text()), retain)
         path = self._eval_path(model, label, split)
         if not path.is_file():
