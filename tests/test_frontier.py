@@ -8,6 +8,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import pytest
 from miniature import mini_settings
@@ -440,6 +441,54 @@ def test_mox_report_merges_frontier_files_and_refuses_to_mix_them(tmp_path, caps
     before = inside.read_bytes()
     assert main(["report", str(inside), str(b), "--out", str(tmp_path / "merged")]) == 2
     assert "choose another --out" in capsys.readouterr().err and inside.read_bytes() == before
+
+
+def test_a_frontier_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The table, its json and csv and both plots appear together: a plot that fails leaves the frontier
+    written before as it was (and no folder where there was none)."""
+    from mox_unlearn.experiments import frontier as F
+
+    extra = merge_frontiers([("a", shard([rec("m0a", 0.2, 0.9, 0.01, 0.5)], [0]))])
+    F.write_frontier(tmp_path / "out", extra, show=False)
+    names = ["frontier-seeds.png", "frontier.csv", "frontier.json", "frontier.md", "frontier.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def broken(*args):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(F, "plot_seeds", broken)
+    extra["records"][0]["forget_quality"] = 0.7
+    for out in (tmp_path / "out", tmp_path / "new"):
+        with pytest.raises(RuntimeError, match="plot failed"):
+            F.write_frontier(out, extra, show=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_analysis_table_and_its_plot_are_written_together(tmp_path):
+    from types import SimpleNamespace
+
+    from mox_unlearn.experiments import ExperimentConfig
+    from mox_unlearn.experiments.training import finish
+
+    ws = SimpleNamespace(cfg=ExperimentConfig(), root=tmp_path)
+
+    def broken(rows, path):
+        path.write_bytes(b"half a plot")
+        raise RuntimeError("plot failed")
+
+    with pytest.raises(RuntimeError, match="plot failed"):
+        finish(ws, "sweep", [{"model": "a", "forget_quality": 0.5}], "t", broken)
+    assert not (tmp_path / "sweep").exists()
+
+    def plot(rows, path):
+        path.write_bytes(b"png")
+        return path
+
+    result = finish(ws, "sweep", [{"model": "a", "forget_quality": 0.5}], "t", plot)
+    assert sorted(Path(f).name for f in result["files"]) == ["sweep.csv", "sweep.json", "sweep.md", "sweep.png"]
+    assert all(Path(f).parent == tmp_path / "sweep" and Path(f).is_file() for f in result["files"])
 
 
 def test_stopping_epochs_keeps_the_wanted_ones_or_refuses():

@@ -323,7 +323,7 @@ def frontier(ws: Workspace, show: bool = True) -> dict:
         "seconds": seconds,
         "config": config_dict(cfg),
     }
-    return write_frontier(ws.out("frontier"), extra_json, show)
+    return write_frontier(ws.root / "frontier", extra_json, show)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -485,17 +485,20 @@ def frontier_files(out: Path) -> list[Path]:
 def write_frontier(out: Path, extra: dict, show: bool = True) -> dict:
     """`frontier_files` of one frontier (`extra`: summary, records, picks, references, validation, config)."""
     from mox_unlearn.alpha_selection import json_safe
+    from mox_unlearn.io.atomic import staged_files
     from mox_unlearn.report import write_table
 
-    files = write_table(
-        display_rows(extra["summary"]),
-        out,
-        "frontier",
-        title=f"Tuned frontier on {extra['config']['forget_split']}",
-        extra=json_safe(extra),
-        note=_note(extra),
-    )
-    files += [plot_frontier(extra, out / "frontier.png"), plot_seeds(extra, out / "frontier-seeds.png")]
+    with staged_files(out) as stage:  # all five files or none (a plot that fails, a stop, a full disk)
+        files = write_table(
+            display_rows(extra["summary"]),
+            stage,
+            "frontier",
+            title=f"Tuned frontier on {extra['config']['forget_split']}",
+            extra=json_safe(extra),
+            note=_note(extra),
+        )
+        files += [plot_frontier(extra, stage / "frontier.png"), plot_seeds(extra, stage / "frontier-seeds.png")]
+    files = [out / f.name for f in files]
     if show:
         print("\n" + (out / "frontier.md").read_text(), flush=True)
     return {

@@ -30,9 +30,13 @@ def metrics_row(result: dict) -> dict:
 
 
 def finish(ws: Workspace, name: str, rows: list[dict], title: str, plot, note: str = "") -> dict:
-    out = ws.out(name)
-    files = write_table(rows, out, name, title=title, note=note, extra={"config": config_dict(ws.cfg)})
-    files.append(plot(rows, out / f"{name}.png"))
+    from mox_unlearn.io.atomic import staged_files
+
+    out = ws.root / name  # made by staged_files, so a failure leaves no empty folder
+    with staged_files(out) as stage:  # table and plot together or not at all (a plot that fails, a stop)
+        files = write_table(rows, stage, name, title=title, note=note, extra={"config": config_dict(ws.cfg)})
+        files.append(plot(rows, stage / f"{name}.png"))
+    files = [out / f.name for f in files]
     print(f"{name}: {len(rows)} rows -> {out}", flush=True)
     return {"rows": rows, "files": [str(f) for f in files]}
 
