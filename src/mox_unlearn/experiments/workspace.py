@@ -292,7 +292,8 @@ class Workspace:
         return [self._alpha_dir(ref, mem, a, variant) for a in alphas]
 
     def _alpha_dir(self, ref: str | Path, mem: Path, alpha: float, variant: Any = None) -> Path:
-        """OUT/models/<run>-memorized-a<α>[-<variant>]-<key>; the plain variant keeps the key it always had."""
+        """OUT/models/<run>-memorized-a<α>[-<variant>]-<key>; a plain variant adds nothing to the key, so its folders
+        from before variants existed are found."""
         from mox_unlearn.extrapolation import alpha_label
 
         plain = variant is None or variant.plain
