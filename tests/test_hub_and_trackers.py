@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -197,3 +198,123 @@ def test_a_resumed_run_logs_each_step_once_in_tensorboard(tiny_model_dir, qa_fil
     assert [(s.step, pytest.approx(s.value, rel=1e-6)) for s in acc.Scalars("loss")] == [
         (r["step"], r["loss"]) for r in logged
     ]
+
+
+class _FakeTracker:
+    def __init__(self, name, run_ids, **kwargs):
+        self.name, self.kwargs, self.logged, self.finished = name, kwargs, [], False
+        if name == "wandb":
+            self.run = SimpleNamespace(id=kwargs.get("id", run_ids[name]))
+        if name == "mlflow":
+            self.active_run = SimpleNamespace(info=SimpleNamespace(run_id=kwargs.get("run_id", run_ids[name])))
+
+    def log(self, values, step):
+        self.logged.append((step, sorted(values)))
+
+    def finish(self):
+        self.finished = True
+
+
+class _FakeAccelerator:
+    """accelerate's tracker interface as Trackers uses it; each session's trackers get fresh run ids."""
+
+    is_main_process = True
+
+    def __init__(self, run_ids):
+        self.run_ids, self.trackers = run_ids, []
+
+    def init_trackers(self, name, config, init_kwargs):
+        self.init_kwargs = init_kwargs
+        self.trackers = [_FakeTracker(t, self.run_ids, **init_kwargs.get(t, {})) for t in self.run_ids]
+
+
+def test_a_resumed_run_continues_its_wandb_and_mlflow_runs_and_sends_each_step_once(tmp_path):
+    """Session 1 logs steps 1-3 and stops (checkpoint at 2); session 2 resumes at 2: wandb and MLflow get
+    their run ids back and are not sent step 3 again, TensorBoard purges from step 3 and takes it again."""
+    first = _FakeAccelerator({"tensorboard": None, "wandb": "w-1", "mlflow": "m-1"})
+    run = tracking.Trackers(first, "all", tmp_path)
+    run.start("r", {"lr": 1e-3})
+    assert first.init_kwargs == {}
+    assert json.loads((tmp_path / "trackers" / "runs.json").read_text()) == {"wandb": "w-1", "mlflow": "m-1"}
+    for step in (1, 2, 3):
+        run.log({"step": step, "loss": 0.5}, step)
+    run.close()
+
+    second = _FakeAccelerator({"tensorboard": None, "wandb": "w-2", "mlflow": "m-2"})
+    resumed = tracking.Trackers(second, "all", tmp_path)
+    resumed.start("r", {"lr": 1e-3}, resumed_at=2, logged_through=3)
+    assert second.init_kwargs == {
+        "tensorboard": {"purge_step": 3},
+        "wandb": {"id": "w-1", "resume": "allow"},
+        "mlflow": {"run_id": "m-1"},
+    }
+    for step in (3, 4):
+        resumed.log({"step": step, "loss": 0.4}, step)
+    resumed.finish({"loss": 0.4}, 4)
+    by_name = {t.name: t for t in second.trackers}
+    assert by_name["tensorboard"].logged == [(3, ["loss"]), (4, ["loss"]), (4, ["final/loss"])]
+    for name in ("wandb", "mlflow"):
+        assert by_name[name].logged == [(4, ["loss"]), (4, ["final/loss"])] and by_name[name].finished
+    assert json.loads((tmp_path / "trackers" / "runs.json").read_text()) == {"wandb": "w-1", "mlflow": "m-1"}
+
+
+def test_a_resume_without_tracker_ids_starts_new_tracker_runs(tmp_path):
+    (tmp_path / "trackers").mkdir()
+    (tmp_path / "trackers" / "runs.json").write_text("{not json")
+    acc = _FakeAccelerator({"wandb": "w-2"})
+    tracking.Trackers(acc, "wandb", tmp_path).start("r", {}, resumed_at=2, logged_through=2)
+    assert acc.init_kwargs == {"tensorboard": {"purge_step": 3}}
+    assert json.loads((tmp_path / "trackers" / "runs.json").read_text()) == {"wandb": "w-2"}
+
+
+def test_truncate_log_says_how_far_the_interrupted_session_logged(tmp_path):
+    from mox_unlearn.train.folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    assert folder.truncate_log(2) is None
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
+    folder.log_path.write_text("\n".join(lines))
+    assert folder.truncate_log(2) == 4
+    assert [json.loads(line)["step"] for line in folder.log_path.read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_a_resumed_run_logs_each_step_once_in_mlflow_and_wandb(
+    tracker, tiny_model_dir, qa_files, tmp_path, monkeypatch
+):
+    """The real packages, offline: MLflow's local file store and wandb's offline mode. The resumed session
+    logs into the interrupted session's run, and MLflow's history has every step once."""
+    pytest.importorskip(tracker, reason=f"the {tracker} package")
+    from mox_unlearn import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # no database backend needed for a test
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    class StopAt(train.Callback):
+        def on_step_end(self, run) -> None:
+            if run.progress.step == 3:  # after step 3; the checkpoint on disk is step 2's
+                raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    forget, retain = qa_files
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
+    common = [*args, "--out", str(out), *FAST, "--max-steps", "4", "checkpoint_every=2", "log_every=1"]
+    assert main([*common, f"log_with={tracker}"], callbacks=[StopAt()]) == 130
+    first = json.loads((out / "trackers" / "runs.json").read_text())[tracker]
+    assert main(["unlearn", "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "trackers" / "runs.json").read_text())[tracker] == first
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    if tracker == "wandb":  # offline: both sessions write into the one run's id
+        assert {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")} == {first}
+        return
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient().get_metric_history(first, "loss")
+    assert sorted((m.step, pytest.approx(m.value, rel=1e-6)) for m in history) == [
+        (r["step"], r["loss"]) for r in logged
+    ]
+    assert [m.step for m in MlflowClient().get_metric_history(first, "final/loss")] == [4]

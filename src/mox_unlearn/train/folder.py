@@ -6,6 +6,7 @@
   log.jsonl                  one line per logged optimizer step (and per collapse probe or skipped step)
   checkpoints/step-N/        accelerate `save_state` (latest only), used by --resume; removed after run.json
   epochs/epoch-K/            the trained weights (θ_mem for MOX) after epoch K, with save_epochs=true
+  trackers/                  with log_with: TensorBoard's event files; runs.json, the wandb / MLflow run ids
   memorized/, model/, ...    the outputs (train/spaces.py writes them)
   run.json                   config, versions, timings, final losses; written last
 """
@@ -197,13 +198,17 @@ class RunFolder:
 
     # ------------------------------------------------------------------ the log
 
-    def truncate_log(self, step: int) -> None:
+    def truncate_log(self, step: int) -> int | None:
         """Drop log lines written after the checkpoint we resume from (those steps run again), and any line
-        cut short; rewritten atomically, so a second interruption here loses nothing."""
-        if self.log_path.is_file():
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()  # garbage: dropped
-            keep = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
-            write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
+        cut short; rewritten atomically, so a second interruption here loses nothing. Returns the last step
+        the log had (what the trackers were sent), None for an empty log."""
+        if not self.log_path.is_file():
+            return None
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()  # garbage: dropped
+        steps = [_logged_step(line) for line in lines]
+        keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+        write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
+        return max((s for s in steps if s is not None), default=None)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -268,6 +268,7 @@ class TrainingRun:
         """--resume: the latest checkpoint's state, and the log cut back to it."""
         cfg, plan = self.cfg, self.plan
         self.saved_at = -1  # step of the checkpoint on disk that holds the current state, if any
+        logged_through = None  # the last step the interrupted session logged (and sent to the trackers)
         if self.resume:
             checkpoint = self.folder.latest_checkpoint()
             check_checkpoint(checkpoint)
@@ -281,9 +282,10 @@ class TrainingRun:
                 ) from e
             self.saved_at = self.progress.step
             if self.main:
-                self.folder.truncate_log(self.progress.step)
+                logged_through = self.folder.truncate_log(self.progress.step)
         config = portable_config(redact(to_dict(cfg)), self.folder.path)
-        self.trackers.start(self.folder.path.name, config, resumed_at=self.saved_at if self.resume else None)
+        resumed_at = self.saved_at if self.resume else None
+        self.trackers.start(self.folder.path.name, config, resumed_at=resumed_at, logged_through=logged_through)
         self.momentum_every = cfg.momentum_every or plan.steps_per_epoch
         self.checkpoint_every = plan.steps_per_epoch if cfg.checkpoint_every is None else cfg.checkpoint_every
         self.probes = (

@@ -7,6 +7,11 @@ with local paths relative to the run folder, goes in as hyper-parameters (flatte
 collapse probe's rate); the final losses and the α selection at the end (as ``final/<name>``). accelerate
 gets OUT/trackers as its logging_dir: TensorBoard writes its event files there; wandb and MLflow follow
 accelerate's handling and their own environment settings (e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI).
+
+After `--resume` each tracker shows every step once and the run goes on in the same tracker run: the wandb and
+MLflow run ids are kept in OUT/trackers/runs.json and passed back to them; the steps trained again after the
+checkpoint are not sent again to wandb and MLflow, which already have them (a resumed run repeats them), and
+TensorBoard's new writer purges its own copies of them and takes the new ones.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "all")
 # the package each tracker needs (accelerate's TensorBoard tracker also takes tensorboardX)
 _PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 TRACKER_DIR = "trackers"
+RUN_IDS = "runs.json"  # in TRACKER_DIR: the wandb / MLflow run each tracker logs to, so --resume continues it
+_KEEP_STEPS = ("wandb", "mlflow")  # trackers that keep a step they have (TensorBoard purges and takes it again)
 
 
 def installed(tracker: str) -> bool:
@@ -80,24 +87,50 @@ class Trackers:
     def __init__(self, accelerator, log_with: str, run: Path):
         self.acc, self.on = accelerator, log_with != "none"
         self.run = run
+        self.logged_through: int | None = None
 
-    def start(self, name: str, config: Mapping[str, Any], resumed_at: int | None = None) -> None:
-        """Open the trackers; `resumed_at`: the checkpoint's step a --resume continues from. The steps after
-        it were logged by the interrupted session and are logged again, so TensorBoard purges the first
-        ones (purge_step); wandb and MLflow start a new run of their own."""
-        if self.on:
-            (self.run / TRACKER_DIR).mkdir(exist_ok=True)
-            kwargs = {"tensorboard": {"purge_step": resumed_at + 1}} if resumed_at is not None else {}
-            self.acc.init_trackers(name, config=flat_hparams(config), init_kwargs=kwargs)
+    def start(
+        self, name: str, config: Mapping[str, Any], resumed_at: int | None = None, logged_through: int | None = None
+    ) -> None:
+        """Open the trackers. `resumed_at`: the checkpoint's step a --resume continues from; `logged_through`:
+        the last step the interrupted session logged. The steps in between are trained and logged again:
+        TensorBoard purges its copies (purge_step); wandb and MLflow continue their run (the ids in
+        runs.json) and are not sent the steps they already have."""
+        if not self.on:
+            return
+        folder = self.run / TRACKER_DIR
+        folder.mkdir(exist_ok=True)
+        kwargs: dict[str, dict[str, Any]] = {}
+        if resumed_at is not None:
+            ids = read_run_ids(folder)
+            kwargs["tensorboard"] = {"purge_step": resumed_at + 1}
+            if "wandb" in ids:
+                kwargs["wandb"] = {"id": ids["wandb"], "resume": "allow"}
+            if "mlflow" in ids:
+                kwargs["mlflow"] = {"run_id": ids["mlflow"]}
+            self.logged_through = logged_through
+        self.acc.init_trackers(name, config=flat_hparams(config), init_kwargs=kwargs)
+        if self.acc.is_main_process:
+            ids = {t.name: run_id(t) for t in self.acc.trackers if t.name in _KEEP_STEPS}
+            if ids:
+                from mox_unlearn.io.atomic import write_text_atomic
+
+                write_text_atomic(folder / RUN_IDS, json.dumps({k: v for k, v in ids.items() if v}) + "\n")
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
-        if self.on:
-            self.acc.log(numeric(record), step=step)
+        self._send(numeric(record), step)
 
     def finish(self, summary: Mapping[str, Any], step: int) -> None:
-        if self.on:
-            self.acc.log(numeric(summary, "final/"), step=step)
+        self.logged_through = None  # the final numbers are new to every tracker
+        self._send(numeric(summary, "final/"), step)
         self.close()
+
+    def _send(self, values: dict[str, float], step: int) -> None:
+        if self.on and self.acc.is_main_process:
+            again = self.logged_through is not None and step <= self.logged_through
+            for tracker in self.acc.trackers:
+                if not (again and tracker.name in _KEEP_STEPS):
+                    tracker.log(values, step=step)
 
     def close(self) -> None:
         """Flush and close the trackers (also after a failure, so what was logged is on disk); once."""
@@ -105,3 +138,20 @@ class Trackers:
             self.on = False
             for tracker in self.acc.trackers:  # not acc.end_training(): it also ends the process group, which
                 tracker.finish()  # the run still needs (its last barrier) and accelerate tears down itself
+
+
+def run_id(tracker) -> str | None:
+    """The id of the wandb or MLflow run a started accelerate tracker logs to."""
+    if tracker.name == "wandb":
+        return getattr(getattr(tracker, "run", None), "id", None)
+    active = getattr(tracker, "active_run", None)
+    return getattr(getattr(active, "info", None), "run_id", None)
+
+
+def read_run_ids(folder: Path) -> dict[str, str]:
+    """runs.json of an interrupted run ({} where it has none or it cannot be read: a new tracker run)."""
+    try:
+        ids = json.loads((folder / RUN_IDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in ids.items() if isinstance(v, str)} if isinstance(ids, dict) else {}
