@@ -752,3 +752,40 @@ def test_muse_books_runs_on_a_local_slice_in_its_layout(tiny_model_dir, tmp_path
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "again.json")]) == 2
     assert "without knowmem/retain2_qa.json or knowmem/retain_qa.json" in capsys.readouterr().err
+
+
+def test_muse_retain_auc_is_read_only_from_a_result_cut_at_the_same_length(tmp_path):
+    from mox_unlearn.evaluate.muse import read_retain_auc
+
+    def result(name, **auc):
+        path = tmp_path / name
+        path.write_text(json.dumps({"metrics": {"privleak_auc": {"value": 0.25, **auc}}}))
+        return str(path)
+
+    assert read_retain_auc(result("same.json", max_length=2048), 2048) == (0.25, str(tmp_path / "same.json"))
+    assert read_retain_auc(result("older.json"), 2048)[0] == 0.25  # made before the length was recorded
+    auc, reason = read_retain_auc(result("other.json", max_length=8192), 2048)
+    assert auc is None and "up to 8192 tokens, this model up to 2048" in reason and "--max-length" in reason
+    assert read_retain_auc("0.5", 2048) == (0.5, "given")
+
+
+@pytest.mark.slow
+def test_muse_max_length_cuts_the_privleak_texts(tiny_model_dir, data_dir, tmp_path, capsys):
+    """--max-length N scores each privleak text's first N tokens (open-unlearning's MUSE setting is 2048);
+    PrivLeak is not computed against a retain result cut at another length; TOFU refuses the option."""
+    args = ["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news")]
+    args += ["--limit", "4", "--batch-size", "4"]
+    short, full = tmp_path / "short.json", tmp_path / "full.json"
+    assert main([*args, "--max-length", "16", "--retain-result", "0.5", "--out", str(short)]) == 0
+    assert main([*args, "--retain-result", str(short), "--out", str(full)]) == 0
+    cut, whole = (json.loads(p.read_text())["metrics"] for p in (short, full))
+    assert cut["privleak_auc"]["max_length"] == 16 and whole["privleak_auc"]["max_length"] > 16
+    assert cut["privleak_auc"]["forget_scores"] != whole["privleak_auc"]["forget_scores"]
+    assert cut["verbmem_f"] == whole["verbmem_f"]  # only the privleak texts are cut
+    assert whole["privleak"]["value"] is None and "up to 16 tokens" in whole["privleak"]["reason"]
+    capsys.readouterr()
+    tofu = ["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(data_dir / "tofu")]
+    assert main([*tofu, "--max-length", "16", "--out", str(tmp_path / "t.json")]) == 2
+    assert "--max-length is for MUSE's privleak texts, not tofu" in capsys.readouterr().err
+    assert main([*args, "--max-length", "1", "--out", str(tmp_path / "m.json")]) == 2
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "m.json").exists()

@@ -162,6 +162,7 @@ def evaluate_muse(
     batch_size: int = 8,
     limit: int | None = None,
     dtype: str = "auto",
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Every MUSE-News metric of one model, as `mox eval --benchmark muse` computes them.
 
@@ -170,10 +171,12 @@ def evaluate_muse(
         tokenizer: the tokenizer, when `model` is an object.
         data: a local folder in MUSE's layout or a hub id (default muse-bench/MUSE-News).
         retain_result: the retrained model's min-k AUC (a number) or its result file, for PrivLeak;
-            without it MUSE's published retain AUC is used.
+            without it PrivLeak is None, with the reason in ``metrics["privleak"]["reason"]``.
         batch_size: sequences per forward pass.
         limit: only the first N items of every set.
         dtype: weights of a model loaded from a folder.
+        max_length: score the privleak texts up to this many tokens (default: the model's context window, as
+            MUSE's own code; open-unlearning's MUSE config uses 2048).
 
     Returns:
         ``{"summary": {...}, "metrics": {...}}``: VerbMem and KnowMem on forget, KnowMem on retain, PrivLeak.
@@ -183,7 +186,15 @@ def evaluate_muse(
 
     model, tokenizer = _model_and_tokenizer(model, tokenizer, dtype)
     retain = None if retain_result is None else str(retain_result)
-    return run(model, tokenizer, data=data or MUSE_HUB_ID, retain_result=retain, batch_size=batch_size, limit=limit)
+    return run(
+        model,
+        tokenizer,
+        data=data or MUSE_HUB_ID,
+        retain_result=retain,
+        batch_size=batch_size,
+        limit=limit,
+        max_length=max_length,
+    )
 
 
 def select_alpha(

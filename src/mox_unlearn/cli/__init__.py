@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lm_eval_tasks=args.tasks,
         tasks_dir=args.tasks_dir,
         num_fewshot=args.num_fewshot,
+        max_length=args.max_length,
     )
     print(summary_table(result))
     for name, metric in result["metrics"].items():

@@ -312,6 +312,13 @@ def _add_eval(sub) -> None:
     )
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--limit", type=int, help="evaluate only the first N items of every split (quick checks)")
+    v.add_argument(
+        "--max-length",
+        type=int,
+        dest="max_length",
+        help="MUSE: score the privleak texts up to N tokens (default: the model's context, as MUSE's code; "
+        "open-unlearning's MUSE config uses 2048)",
+    )
     v.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     v.add_argument(
         "--chat-template",

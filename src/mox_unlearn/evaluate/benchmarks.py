@@ -96,11 +96,17 @@ def _precheck_tofu(*, data: str, forget_split: str, retain_result: str | None, l
     tofu.check_retain_result(retain_result, data, forget_split, limit)
 
 
-def _run_muse(model, tokenizer, *, data: str, retain_result, batch_size: int, limit, **_: Any) -> dict:
+def _run_muse(model, tokenizer, *, data: str, retain_result, batch_size: int, limit, max_length=None, **_: Any) -> dict:
     from mox_unlearn.evaluate import muse
 
     return muse.evaluate_muse(
-        model, tokenizer, data=data, retain_result=retain_result, batch_size=batch_size, limit=limit
+        model,
+        tokenizer,
+        data=data,
+        retain_result=retain_result,
+        batch_size=batch_size,
+        limit=limit,
+        max_length=max_length,
     )
 
 

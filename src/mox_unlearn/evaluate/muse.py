@@ -113,8 +113,10 @@ def knowmem(model, tokenizer, rows: list, icl_rows: list, name: str, *, batch_si
     return {"value": float(scores.mean()), "per_item": scores.tolist(), "generations": outputs}
 
 
-def read_retain_auc(value: str | None) -> tuple[float | None, str]:
-    """AUC of the retrained model: a number, or a `mox eval --benchmark muse` result file of it."""
+def read_retain_auc(value: str | None, max_length: int | None = None) -> tuple[float | None, str]:
+    """AUC of the retrained model: a number, or a `mox eval --benchmark muse` result file of it. A mox result
+    whose privleak texts were cut at another length than `max_length` gives no AUC (and the reason): PrivLeak
+    would compare different statistics."""
     if value is None:
         return None, "no retain AUC given (--retain-result FILE or NUMBER)"
     try:
@@ -123,8 +125,15 @@ def read_retain_auc(value: str | None) -> tuple[float | None, str]:
         pass
     data = read_json(value, "retain result")
     try:
-        return float(data["metrics"]["privleak_auc"]["value"]), value
-    except (KeyError, TypeError, ValueError):
+        auc = data["metrics"]["privleak_auc"]
+        theirs = auc.get("max_length")
+        if None not in (theirs, max_length) and theirs != max_length:
+            return None, (
+                f"{value} scored the privleak texts up to {theirs} tokens, this model up to {max_length}: "
+                "evaluate both with the same --max-length"
+            )
+        return float(auc["value"]), value
+    except (KeyError, TypeError, ValueError, AttributeError):
         pass
     try:  # open-unlearning's MUSE_EVAL.json: its mia_min_k AUC is 1 - ours (its privleak flips it back)
         return 1.0 - float(data["mia_min_k"]["agg_value"]), value
@@ -153,9 +162,12 @@ def evaluate_muse(
     max_length: int | None = None,
     limit: int | None = None,
 ) -> dict:
-    """All MUSE-News metrics of one model: {"summary": {...}, "metrics": {...}}."""
+    """All MUSE-News metrics of one model: {"summary": {...}, "metrics": {...}}. `max_length`: the privleak
+    texts are scored up to this many tokens; by default the model's context window, as MUSE's own code
+    (open-unlearning's MUSE config cuts them at 2048)."""
+    if max_length is not None and max_length < 2:
+        raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
     rows = {key: load_muse(data, key) for key in FILES}
-    # MUSE scores whole texts; only the model's context window limits them.
     max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
     cut = (lambda xs: xs) if limit is None else (lambda xs: xs[:limit])
     metrics: dict[str, Any] = {
@@ -189,8 +201,9 @@ def evaluate_muse(
         "k": MIN_K,
         "forget_scores": f_scores.tolist(),
         "holdout_scores": h_scores.tolist(),
+        "max_length": max_length,
     }
-    auc_retrain, source = read_retain_auc(retain_result)
+    auc_retrain, source = read_retain_auc(retain_result, max_length)
     if auc_retrain is None:
         metrics["privleak"] = {"value": None, "per_item": None, "reason": source}
     else:

@@ -175,14 +175,20 @@ def run_eval(
     lm_eval_tasks: str | None = None,
     tasks_dir: str | None = None,
     num_fewshot: int | None = None,
+    max_length: int | None = None,
 ) -> dict:
-    """Evaluate and write `out` (JSON, atomically). Returns the result dict.
+    """Evaluate and write `out` (JSON, atomically). Returns the result dict. `max_length` (MUSE only): score
+    the privleak texts up to this many tokens (default: the model's context window).
 
     With `output_format` "open-unlearning" (TOFU only), `out` is a folder that receives open-unlearning's
     TOFU_EVAL.json and TOFU_SUMMARY.json (evaluate/open_unlearning.py) and mox's own result as
     `mox_result.json`, all or nothing."""
     if limit is not None and limit < 1:
         raise MoxError(f"--limit must be >= 1, got {limit}")
+    if max_length is not None and benchmark != "muse":
+        raise MoxError(f"--max-length is for MUSE's privleak texts, not {benchmark}")
+    if max_length is not None and max_length < 2:
+        raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
     if benchmark == "lm-eval":
         return run_lm_eval(
             model_path,
@@ -237,6 +243,8 @@ def run_eval(
     extra = {}
     if benchmark == "tofu":
         extra = dict(mia_reference=_reference(mia_reference, tokenizer, dtype), mia_gradnorm=mia_gradnorm)
+    if benchmark == "muse":
+        extra = dict(max_length=max_length)
     result = bench.run(
         model,
         tokenizer,
