@@ -75,6 +75,24 @@ def test_grad_norms_equal_a_direct_backward(model, tokenizer):
         answer_grad_norms(model, tokenizer, QUESTIONS, ANSWERS, FMT, p=3)
 
 
+def test_text_grad_norms_equal_a_direct_backward(model, tokenizer):
+    """MUSE's GradNorm: every token of the text after the first is scored (a text has no EOS to drop)."""
+    from mox_unlearn.evaluate.stats import text_grad_norms
+
+    texts = ["Alia Vorn was born in Quellport and writes poems.", "Long trains cross the winter plain."]
+    norms = text_grad_norms(model, tokenizer, texts, max_length=8)
+    for text, got in zip(texts, norms):
+        ids = torch.tensor([tokenizer(text, truncation=True, max_length=8)["input_ids"]])
+        assert ids.shape[1] == 8  # the cut applies
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[0, :-1], ids[0, 1:])
+        loss.backward()
+        expected = torch.stack([p.grad.norm(2) for p in model.parameters() if p.grad is not None]).mean()
+        model.zero_grad(set_to_none=True)
+        assert got == pytest.approx(float(expected), rel=1e-4)
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.slow
 def test_a_tofu_result_has_one_auc_per_attack(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "r.json"
@@ -104,9 +122,17 @@ def test_a_muse_result_has_the_text_attacks(tiny_model_dir, data_dir, tmp_path):
     args = ["eval", "--benchmark", "muse", "--model", str(tiny_model_dir), "--data", str(data_dir / "muse-news")]
     assert main([*args, "--limit", "5", "--batch-size", "4", "--retain-result", "0.5", "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
-    for attack in ("loss", "zlib", "min_k_plus_plus"):
+    for attack in ("loss", "zlib", "min_k_plus_plus", "gradnorm"):
         m = metrics[f"mia_{attack}"]
         assert 0 <= m["value"] <= 1 and m["auc_open_unlearning"] == pytest.approx(1 - m["value"])
         assert len(m["forget_scores"]) == len(m["holdout_scores"]) == 5
+    assert metrics["mia_reference"]["value"] is None and "--mia-reference" in metrics["mia_reference"]["reason"]
+    # the model as its own reference: every score 0, forget and holdout cannot be told apart
+    again = tmp_path / "again.json"
+    more = ["--mia-reference", str(tiny_model_dir), "--no-gradnorm", "--out", str(again)]
+    assert main([*args, "--limit", "5", "--batch-size", "4", *more]) == 0
+    metrics = json.loads(again.read_text())["metrics"]
+    assert metrics["mia_reference"]["forget_scores"] == [0.0] * 5 and metrics["mia_reference"]["value"] == 0.5
+    assert metrics["mia_gradnorm"]["value"] is None and "--no-gradnorm" in metrics["mia_gradnorm"]["reason"]
     # zlib divides the LOSS score of each text by its compressed size: the same order of magnitude smaller
     assert all(z < loss for z, loss in zip(metrics["mia_zlib"]["forget_scores"], metrics["mia_loss"]["forget_scores"]))

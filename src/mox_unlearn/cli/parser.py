@@ -338,12 +338,12 @@ def _add_eval(sub) -> None:
     v.add_argument(
         "--mia-reference",
         metavar="MODEL",
-        help="TOFU: a model with the same tokenizer (the retain or base model) for the reference attack",
+        help="a model with the same tokenizer (the retain or base model) for the reference attack",
     )
     v.add_argument(
         "--no-gradnorm",
         action="store_true",
-        help="TOFU: skip the GradNorm attack (one backward pass per forget and holdout answer)",
+        help="skip the GradNorm attack (one backward pass per forget and holdout answer or text)",
     )
     v.add_argument(
         "--attn-implementation",

@@ -96,18 +96,11 @@ def _precheck_tofu(*, data: str, forget_split: str, retain_result: str | None, l
     tofu.check_retain_result(retain_result, data, forget_split, limit)
 
 
-def _run_muse(model, tokenizer, *, data: str, retain_result, batch_size: int, limit, max_length=None, **_: Any) -> dict:
+def _run_muse(model, tokenizer, *, data: str, **kw: Any) -> dict:
     from mox_unlearn.evaluate import muse
 
-    return muse.evaluate_muse(
-        model,
-        tokenizer,
-        data=data,
-        retain_result=retain_result,
-        batch_size=batch_size,
-        limit=limit,
-        max_length=max_length,
-    )
+    keys = ("retain_result", "batch_size", "limit", "max_length", "mia_reference", "mia_gradnorm")
+    return muse.evaluate_muse(model, tokenizer, data=data, **{k: kw[k] for k in keys if k in kw})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from mox_unlearn.errors import MoxError, first_line
 from mox_unlearn.evaluate import metrics as M
 from mox_unlearn.evaluate.attacks import STAT_ATTACKS, attack_metric, stat_scores
 from mox_unlearn.evaluate.benchmarks import MUSE_HUB_ID
-from mox_unlearn.evaluate.stats import generate_greedy, text_stats
+from mox_unlearn.evaluate.stats import generate_greedy, text_grad_norms, text_stats
 from mox_unlearn.io.loading import check_hub_reachable
 
 # (subset, local file stem, hub split) of every file the evaluation reads.
@@ -146,10 +146,48 @@ def read_retain_auc(value: str | None, max_length: int | None = None) -> tuple[f
 
 def text_attacks(tokenizer, forget: list, holdout: list, k: float = MIN_K) -> dict[str, dict]:
     """LOSS, zlib and Min-K%++ AUCs of the forget vs holdout texts (evaluate/attacks.py), in MUSE's
-    orientation like privleak_auc, open-unlearning's as `auc_open_unlearning`. GradNorm and the reference
-    attack are TOFU's only (`mox eval --benchmark tofu`)."""
+    orientation like privleak_auc, open-unlearning's as `auc_open_unlearning`."""
     f, h = stat_scores(tokenizer, forget, k), stat_scores(tokenizer, holdout, k)
     return {f"mia_{name}": attack_metric(f[name], h[name]) for name in STAT_ATTACKS}
+
+
+def model_attacks(
+    model,
+    tokenizer,
+    texts: dict[str, list[str]],
+    side: dict[str, list],
+    *,
+    reference,
+    gradnorm: bool,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, dict]:
+    """GradNorm (one backward pass per text) and the reference attack (`reference`: a model with the same
+    tokenizer, e.g. the retain or base model) on the forget vs holdout texts, as on TOFU; each missing, with
+    the reason, where it is not asked for. `side` holds each text's AnswerStats under this model."""
+    out: dict[str, dict] = {}
+    if gradnorm:
+        norms = {
+            n: text_grad_norms(model, tokenizer, t, max_length=max_length, desc=f"privleak: {n} gradnorm")
+            for n, t in texts.items()
+        }
+        out["mia_gradnorm"] = attack_metric(norms["forget"].tolist(), norms["holdout"].tolist(), p=2)
+    else:
+        out["mia_gradnorm"] = {"value": None, "per_item": None, "reason": "skipped (--no-gradnorm)"}
+    if reference is None:
+        out["mia_reference"] = {
+            "value": None,
+            "per_item": None,
+            "reason": "no reference model given (--mia-reference MODEL)",
+        }
+        return out
+    scores = {}
+    for n, t in texts.items():
+        kw = dict(batch_size=batch_size, max_length=max_length, desc=f"privleak: {n} reference")
+        ref = text_stats(reference, tokenizer, t, **kw)
+        scores[n] = [M.reference_score(s.nll_avg, r.nll_avg) for s, r in zip(side[n], ref)]
+    out["mia_reference"] = attack_metric(scores["forget"], scores["holdout"])
+    return out
 
 
 def evaluate_muse(
@@ -161,10 +199,13 @@ def evaluate_muse(
     batch_size: int = 8,
     max_length: int | None = None,
     limit: int | None = None,
+    mia_reference=None,
+    mia_gradnorm: bool = True,
 ) -> dict:
     """All MUSE-News metrics of one model: {"summary": {...}, "metrics": {...}}. `max_length`: the privleak
     texts are scored up to this many tokens; by default the model's context window, as MUSE's own code
-    (open-unlearning's MUSE config cuts them at 2048)."""
+    (open-unlearning's MUSE config cuts them at 2048). `mia_reference` (a loaded model with the same
+    tokenizer) enables the reference attack; `mia_gradnorm` False skips GradNorm."""
     if max_length is not None and max_length < 2:
         raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
     rows = {key: load_muse(data, key) for key in FILES}
@@ -179,20 +220,14 @@ def evaluate_muse(
             model, tokenizer, cut(rows["knowmem_retain"]), rows["knowmem_retain_icl"], "retain", batch_size=batch_size
         ),
     }
+    texts = {name: _texts(cut(rows[f"privleak_{name}"]), f"privleak/{name}") for name in ("forget", "holdout")}
+    kw = dict(batch_size=batch_size, max_length=max_length)
     side = {
-        name: text_stats(
-            model,
-            tokenizer,
-            _texts(cut(rows[f"privleak_{name}"]), f"privleak/{name}"),
-            batch_size=batch_size,
-            max_length=max_length,
-            desc=f"privleak: {name}",
-            moments=True,
-        )
-        for name in ("forget", "holdout")
+        name: text_stats(model, tokenizer, t, desc=f"privleak: {name}", moments=True, **kw) for name, t in texts.items()
     }
     forget_lp, holdout_lp = ([s.token_logps for s in side[n]] for n in ("forget", "holdout"))
     metrics.update(text_attacks(tokenizer, side["forget"], side["holdout"]))
+    metrics.update(model_attacks(model, tokenizer, texts, side, reference=mia_reference, gradnorm=mia_gradnorm, **kw))
     f_scores, h_scores = M.min_k_scores(forget_lp, k=MIN_K), M.min_k_scores(holdout_lp, k=MIN_K)
     auc = M.mia_auc(f_scores, h_scores)
     metrics["privleak_auc"] = {

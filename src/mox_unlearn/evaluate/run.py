@@ -231,8 +231,6 @@ def run_eval(
     check_eval_inputs(benchmark, model_path, data, forget_split)
     check_attn_implementation(attn_implementation)
     if mia_reference is not None:
-        if benchmark != "tofu":
-            raise MoxError(f"--mia-reference is for TOFU's membership-inference attacks, not {benchmark}")
         check_model_folder_if_local(mia_reference, "--mia-reference")
     if bench.precheck is not None:  # e.g. a retain result of another split: known before the model loads
         bench.precheck(data=data or bench.hub_id, forget_split=forget_split, retain_result=retain_result, limit=limit)
@@ -240,11 +238,9 @@ def run_eval(
     model, tokenizer = load_eval_model(
         model_path, dtype, fmt or PromptFormat(), attn_implementation=attn_implementation, device_map=device_map
     )
-    extra = {}
-    if benchmark == "tofu":
-        extra = dict(mia_reference=_reference(mia_reference, tokenizer, dtype), mia_gradnorm=mia_gradnorm)
+    extra = dict(mia_reference=_reference(mia_reference, tokenizer, dtype), mia_gradnorm=mia_gradnorm)
     if benchmark == "muse":
-        extra = dict(max_length=max_length)
+        extra["max_length"] = max_length
     result = bench.run(
         model,
         tokenizer,

@@ -174,25 +174,41 @@ def answer_grad_norms(
 ) -> np.ndarray:
     """GradNorm attack statistics (open-unlearning mia/gradnorm.py; Wang et al. 2024, arXiv:2402.17012):
     for each answer alone, the gradient of its mean token NLL (answer tokens, EOS position dropped) with
-    respect to every parameter, and the mean over parameters of each gradient's p-norm. One backward pass
-    per answer; the gradients are dropped afterwards and the model is left as it was (eval mode, no grads).
-    open-unlearning switches the model to train mode for it (dropout on where a model has any); this keeps
-    eval mode, so the numbers are deterministic."""
+    respect to every parameter, and the mean over parameters of each gradient's p-norm (`grad_norms`)."""
+    examples = [encode_qa(tokenizer, q, a, fmt, max_length) for q, a in zip(questions, answers)]
+    return grad_norms(model, examples, tokenizer.pad_token_id, p=p, eos=tokenizer.eos_token_id, desc=desc)
+
+
+def text_grad_norms(
+    model, tokenizer, texts: Sequence[str], *, p: float = 2.0, max_length: int = 512, desc: str | None = None
+) -> np.ndarray:
+    """`answer_grad_norms` of raw texts (each truncated to max_length tokens, every token after the first
+    scored, as `text_stats`): MUSE's GradNorm attack."""
+    examples = [{"input_ids": ids, "labels": list(ids)} for ids in _text_ids(tokenizer, texts, max_length)]
+    return grad_norms(model, examples, tokenizer.pad_token_id, p=p, desc=desc)
+
+
+def grad_norms(
+    model, examples: Sequence[dict], pad_id: int, *, p: float = 2.0, eos: int | None = None, desc: str | None = None
+) -> np.ndarray:
+    """Per example (input_ids / labels), the mean over parameters of the p-norm of the gradient of its mean
+    scored-token NLL; with `eos`, a last scored position whose label is `eos` is left out. One backward pass
+    per example; the gradients are dropped afterwards and the model is left as it was (eval mode, no
+    grads). open-unlearning switches the model to train mode for it (dropout on where a model has any);
+    this keeps eval mode, so the numbers are deterministic."""
     if p not in (1.0, 2.0, float("inf")):
         raise ValueError(f"p must be 1, 2 or inf, got {p}")
     model.eval()
     device = _device(model)
-    eos = tokenizer.eos_token_id
     params = [t for t in model.parameters() if t.requires_grad]
-    out = np.zeros(len(questions))
-    with _bar(len(questions), desc) as bar, torch.enable_grad():
-        for i, (q, a) in enumerate(zip(questions, answers)):
-            ex = encode_qa(tokenizer, q, a, fmt, max_length)
-            batch = {k: v.to(device) for k, v in collate([ex], tokenizer.pad_token_id).items()}
+    out = np.zeros(len(examples))
+    with _bar(len(examples), desc) as bar, torch.enable_grad():
+        for i, ex in enumerate(examples):
+            batch = {k: v.to(device) for k, v in collate([ex], pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             stats = sequence_stats(logits, batch["labels"])
             logps = stats.token_logps[0][stats.mask[0]]
-            if ex["labels"][-1] == eos and logps.numel() > 1:
+            if eos is not None and ex["labels"][-1] == eos and logps.numel() > 1:
                 logps = logps[:-1]
             grads = torch.autograd.grad(-logps.mean(), params, allow_unused=True)
             norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
@@ -453,11 +469,15 @@ def text_stats(
 ) -> list[AnswerStats]:
     """AnswerStats of raw texts (each truncated to max_length tokens; every token after the first scored),
     for membership inference."""
-    examples = []
-    for text in texts:
-        ids = list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"])
-        examples.append({"input_ids": ids, "labels": list(ids)})
+    examples = [{"input_ids": ids, "labels": list(ids)} for ids in _text_ids(tokenizer, texts, max_length)]
     return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, desc=desc, moments=moments)
+
+
+def _text_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    return [
+        list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"])
+        for text in texts
+    ]
 
 
 def text_token_logprobs(
