@@ -229,7 +229,7 @@ def _report_frontiers(args: argparse.Namespace) -> bool:
         )
     merged = merge_frontiers(parts)
     out = Path(args.out)
-    for path in frontier_files(out):  # written one by one: none may be an input
+    for path in frontier_files(out):  # each replaces the file of its name there: none may be an input
         check_not_an_input(path, args.files, replaces_folder=False)
     result = write_frontier(out, merged)
     print("written: " + ", ".join(result["files"]))
