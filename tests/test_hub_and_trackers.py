@@ -169,6 +169,26 @@ def test_tensorboard_gets_the_loss_curve_and_default_runs_write_no_tracker_files
     assert not (plain / "trackers").exists()
 
 
+def _interrupt_and_resume(tiny_model_dir, qa_files, out, tracker: str) -> dict:
+    """A 4-step run logging to `tracker`, stopped after step 3 (its checkpoint is step 2's), then resumed;
+    returns the tracker run ids the first session kept in runs.json ({} where it kept none)."""
+    from mox_unlearn import train
+
+    class StopAt(train.Callback):
+        def on_step_end(self, run) -> None:
+            if run.progress.step == 3:
+                raise KeyboardInterrupt
+
+    forget, retain = qa_files
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
+    common = [*args, "--out", str(out), *FAST, "--max-steps", "4", "checkpoint_every=2", "log_every=1"]
+    assert main([*common, f"log_with={tracker}"], callbacks=[StopAt()]) == 130
+    ids = out / "trackers" / "runs.json"
+    first = json.loads(ids.read_text()) if ids.is_file() else {}
+    assert main(["unlearn", "--resume", "--out", str(out)]) == 0
+    return first
+
+
 @pytest.mark.slow
 def test_a_resumed_run_logs_each_step_once_in_tensorboard(tiny_model_dir, qa_files, tmp_path):
     """Steps logged after the last checkpoint of an interrupted run are trained and logged again on
@@ -176,19 +196,8 @@ def test_a_resumed_run_logs_each_step_once_in_tensorboard(tiny_model_dir, qa_fil
     pytest.importorskip("tensorboard", reason="the tensorboard package (mox-unlearn[trackers])")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mox_unlearn import train
-
-    class StopAt(train.Callback):
-        def on_step_end(self, run) -> None:
-            if run.progress.step == 3:  # after step 3; the checkpoint on disk is step 2's
-                raise KeyboardInterrupt
-
     out = tmp_path / "tb"
-    forget, retain = qa_files
-    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
-    common = [*args, "--out", str(out), *FAST, "--max-steps", "4", "checkpoint_every=2", "log_every=1"]
-    assert main([*common, "log_with=tensorboard"], callbacks=[StopAt()]) == 130
-    assert main(["unlearn", "--resume", "--out", str(out)]) == 0
+    _interrupt_and_resume(tiny_model_dir, qa_files, out, "tensorboard")
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
     run_dir = out / "trackers" / out.name  # the scalars; hparams go to subfolders of it
@@ -286,26 +295,14 @@ def test_a_resumed_run_logs_each_step_once_in_mlflow_and_wandb(
     """The real packages, offline: MLflow's local file store and wandb's offline mode. The resumed session
     logs into the interrupted session's run, and MLflow's history has every step once."""
     pytest.importorskip(tracker, reason=f"the {tracker} package")
-    from mox_unlearn import train
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # no database backend needed for a test
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
 
-    class StopAt(train.Callback):
-        def on_step_end(self, run) -> None:
-            if run.progress.step == 3:  # after step 3; the checkpoint on disk is step 2's
-                raise KeyboardInterrupt
-
     out = tmp_path / "run"
-    forget, retain = qa_files
-    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain)]
-    common = [*args, "--out", str(out), *FAST, "--max-steps", "4", "checkpoint_every=2", "log_every=1"]
-    assert main([*common, f"log_with={tracker}"], callbacks=[StopAt()]) == 130
-    first = json.loads((out / "trackers" / "runs.json").read_text())[tracker]
-    assert main(["unlearn", "--resume", "--out", str(out)]) == 0
+    first = _interrupt_and_resume(tiny_model_dir, qa_files, out, tracker)[tracker]
     assert json.loads((out / "trackers" / "runs.json").read_text())[tracker] == first
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     if tracker == "wandb":  # offline: both sessions write into the one run's id
