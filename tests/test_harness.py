@@ -67,6 +67,15 @@ def test_results_in_moxs_shape_by_hand():
     assert "no aggregate" in out["not_reported"]["missing"]
     assert out["metrics"]["gsm8k exact_match,strict-match"]["stderr"] is None
     assert harness.main_metric({"alias": "x", "sample_len": 3, "bleu,none": 12.0}) == ("bleu,none", 12.0)
+    # --metric acc_norm: where a task reports it (its "none" filter first), else the usual choice, said so
+    preferred = harness.to_result(raw, ["mmlu", "wmdp_bio"], prefer="acc_norm")
+    assert preferred["summary"] == {"mmlu": 0.5, "wmdp_bio": 0.3}
+    assert preferred["summary_metric"]["wmdp_bio"]["metric"] == "acc_norm,none"
+    assert preferred["summary_metric_missing"] == {"mmlu": "reports no acc_norm; its summary number is acc,none"}
+    both = {"exact_match,strict-match": 0.1, "exact_match,flexible-extract": 0.2, "exact_match,none": 0.3}
+    assert harness.main_metric(both, "exact_match") == ("exact_match,none", 0.3)
+    assert harness.main_metric(both, "exact_match,flexible-extract") == ("exact_match,flexible-extract", 0.2)
+    assert "summary_metric_missing" not in out
     with pytest.raises(MoxError, match="needs --tasks"):
         harness.parse_tasks(" , ")
 
@@ -148,3 +157,10 @@ def test_overlapping_tasks_are_found_in_the_index_by_hand():
     with pytest.raises(MoxError, match="task 'a' is in both 'sub' and 'a'"):
         harness.check_overlap(manager, ["sub", "t_tag"])
     harness.check_overlap(E(), ["g", "a"])  # an lm-eval without the index: lm-eval itself will say it
+
+
+def test_metric_is_for_lm_eval_only(tmp_path, capsys):
+
+    args = ["eval", "--benchmark", "tofu", "--model", str(tmp_path / "m"), "--metric", "acc_norm"]
+    assert main([*args, "--out", str(tmp_path / "r.json")]) == 2
+    assert "--metric chooses lm-eval's summary number, not tofu's" in capsys.readouterr().err

@@ -101,8 +101,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks_dir=args.tasks_dir,
         num_fewshot=args.num_fewshot,
         max_length=args.max_length,
+        lm_eval_metric=args.metric,
     )
     print(summary_table(result))
+    for task, why in (result.get("summary_metric_missing") or {}).items():
+        print(f"{task}: {why}")
     for name, metric in result["metrics"].items():
         if metric.get("value") is None and metric.get("reason"):
             print(f"{name} missing: {metric['reason']}")

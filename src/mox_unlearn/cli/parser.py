@@ -297,6 +297,11 @@ def _add_eval(sub) -> None:
     )
     v.add_argument("--tasks-dir", help="lm-eval: a folder of task YAML files of your own (lm-eval's format)")
     v.add_argument("--num-fewshot", type=int, help="lm-eval: few-shot examples per prompt (default: the task's)")
+    v.add_argument(
+        "--metric",
+        help="lm-eval: the summary number of every task that reports it, e.g. acc_norm (HellaSwag and ARC "
+        "are usually quoted with it); default acc, else the task's first metric",
+    )
     v.add_argument("--model", required=True, help="HF model folder or hub id")
     v.add_argument("--data", help="local data folder or hub id (default locuslab/TOFU or muse-bench/MUSE-News)")
     v.add_argument("--forget-split", default="forget10", help="TOFU forget split: forget01, forget05, forget10")

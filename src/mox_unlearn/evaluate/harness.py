@@ -101,9 +101,16 @@ def check_overlap(manager, tasks: Sequence[str]) -> None:
                 owner[leaf] = source
 
 
-def main_metric(values: dict[str, Any]) -> tuple[str, float] | None:
-    """The number that stands for a task: accuracy where it has one (see MAIN_METRICS), else its first
-    numeric metric that is not a standard error."""
+def main_metric(values: dict[str, Any], prefer: str | None = None) -> tuple[str, float] | None:
+    """The number that stands for a task: `prefer` where the task reports it (a metric name, its "none"
+    filter first, e.g. acc_norm; or "name,filter"), else accuracy where it has one (see MAIN_METRICS), else its
+    first numeric metric that is not a standard error."""
+    numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if prefer:
+        named = [k for k in numbers if k == prefer or ("," not in prefer and k.partition(",")[0] == prefer)]
+        named.sort(key=lambda k: k.partition(",")[2] != "none")
+        if named:
+            return named[0], float(numbers[named[0]])
     for key in MAIN_METRICS:
         if isinstance(values.get(key), (int, float)):
             return key, float(values[key])
@@ -118,9 +125,10 @@ def main_metric(values: dict[str, Any]) -> tuple[str, float] | None:
     return None
 
 
-def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
-    """mox's result shape from lm-eval's `simple_evaluate` output: `summary` task -> main metric, `metrics`
-    "<task> <metric>" -> value and stderr (every task and subtask lm-eval reports)."""
+def to_result(raw: dict[str, Any], tasks: Sequence[str], prefer: str | None = None) -> dict[str, Any]:
+    """mox's result shape from lm-eval's `simple_evaluate` output: `summary` task -> main metric (`prefer` where
+    the task has it, see main_metric), `metrics` "<task> <metric>" -> value and stderr (every task and subtask
+    lm-eval reports)."""
     results = raw.get("results") or {}
     summary: dict[str, float | None] = {}
     metrics: dict[str, dict[str, Any]] = {}
@@ -143,8 +151,9 @@ def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
     better = raw.get("higher_is_better") or {}
     summary_metric: dict[str, dict[str, Any] | None] = {}
     not_reported: dict[str, str] = {}
+    not_preferred: dict[str, str] = {}
     for task in tasks:
-        picked = main_metric(results.get(task) or {})
+        picked = main_metric(results.get(task) or {}, prefer)
         summary[task] = None if picked is None else picked[1]
         summary_metric[task] = None
         if picked is None:
@@ -157,6 +166,8 @@ def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
         metrics[f"{task} {picked[0]}"]["summary_of"] = task
         direction = (better.get(task) or {}).get(picked[0].partition(",")[0])
         summary_metric[task] = {"metric": picked[0], "higher_is_better": direction}
+        if prefer and picked[0] != prefer and picked[0].partition(",")[0] != prefer:
+            not_preferred[task] = f"reports no {prefer}; its summary number is {picked[0]}"
     return {
         "summary": summary,
         "summary_metric": summary_metric,
@@ -166,6 +177,7 @@ def to_result(raw: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
         "n_shot": raw.get("n-shot") or {},  # what lm-eval used: a task's own num_fewshot: 0 wins over --num-fewshot
         "versions_lm_eval": raw.get("versions"),
         **({"not_reported": not_reported} if not_reported else {}),
+        **({"summary_metric_missing": not_preferred} if not_preferred else {}),
     }
 
 
@@ -180,9 +192,11 @@ def evaluate_lm_eval(
     num_fewshot: int | None = None,
     manager=None,
     chat_template: bool = False,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` on the loaded model; returns mox's result dict (see to_result).
-    `chat_template`: prompts formatted with the tokenizer's chat template (lm-eval's apply_chat_template)."""
+    `chat_template`: prompts formatted with the tokenizer's chat template (lm-eval's apply_chat_template);
+    `metric`: the summary number of every task that reports it (e.g. acc_norm)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -199,11 +213,12 @@ def evaluate_lm_eval(
     )
     if raw is None:  # lm-eval returns None on processes other than the main one
         raise MoxError("lm-eval returned no results")
-    out = to_result(raw, tasks)
+    out = to_result(raw, tasks, metric)
     out["lm_eval"] = {
         "version": getattr(lm_eval, "__version__", None),
         "num_fewshot": num_fewshot,
         "limit": limit,
         "chat_template": chat_template,
+        "metric": metric,
     }
     return out

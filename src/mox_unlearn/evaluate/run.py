@@ -57,6 +57,7 @@ def run_lm_eval(
     attn_implementation: str | None = None,
     device_map: str | None = None,
     chat_template: str = "auto",
+    metric: str | None = None,
 ) -> dict:
     """`mox eval --benchmark lm-eval`: the tasks and the extra are checked before the model loads; the result
     (evaluate/harness.py) is written atomically like every other. `chat_template`: "always" formats every
@@ -90,6 +91,7 @@ def run_lm_eval(
         num_fewshot=num_fewshot,
         manager=manager,
         chat_template=chat_template == "always",
+        metric=metric,
     )
     result = {
         "benchmark": "lm-eval",
@@ -176,6 +178,7 @@ def run_eval(
     tasks_dir: str | None = None,
     num_fewshot: int | None = None,
     max_length: int | None = None,
+    lm_eval_metric: str | None = None,
 ) -> dict:
     """Evaluate and write `out` (JSON, atomically). Returns the result dict. `max_length` (MUSE only): score
     the privleak texts up to this many tokens (default: the model's context window).
@@ -203,7 +206,10 @@ def run_eval(
             attn_implementation=attn_implementation,
             device_map=device_map,
             chat_template=fmt.chat_template if fmt is not None else "auto",
+            metric=lm_eval_metric,
         )
+    if lm_eval_metric is not None:
+        raise MoxError(f"--metric chooses lm-eval's summary number, not {benchmark}'s")
     bench = get_benchmark(benchmark)
     if output_format not in OUTPUT_FORMATS:
         raise MoxError(f"unknown --format {output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
