@@ -114,8 +114,12 @@ def test_a_local_multiple_choice_task_end_to_end(tiny_model_dir, tasks_dir, tmp_
     assert "rendered by the chat template" in capsys.readouterr().err
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
     tok.save_pretrained(chat)
-    assert main([*chat_args, "--out", str(tmp_path / "t.json")]) == 0
-    assert json.loads((tmp_path / "t.json").read_text())["lm_eval"]["chat_template"] is True
+    assert main([*chat_args, "--metric", "acc_norm", "--out", str(tmp_path / "t.json")]) == 0
+    chat_result = json.loads((tmp_path / "t.json").read_text())
+    assert chat_result["lm_eval"]["chat_template"] is True and chat_result["lm_eval"]["metric"] == "acc_norm"
+    # this task reports acc only: its summary stays acc, and the output says so
+    assert chat_result["summary_metric_missing"] == {"mox_mc": "reports no acc_norm; its summary number is acc,none"}
+    assert "mox_mc: reports no acc_norm" in capsys.readouterr().out
     assert not (tmp_path / "n.json").exists()
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
