@@ -300,7 +300,7 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise MoxError(f"config {head}: expected a mapping, got {value!r}")
         for k, v in value.items():
-            _set(current, k, v)
+            _set(current, str(k), v)  # YAML may key a mapping by a number ({0: ...})
         _recheck(obj, head, dotted)
     else:
         value = _typed(value, hints[head])
