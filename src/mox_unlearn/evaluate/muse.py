@@ -190,6 +190,12 @@ def model_attacks(
     return out
 
 
+def check_max_length(max_length: int | None) -> None:
+    """--max-length: None (the model's context) or at least 2 tokens (one scored after the first)."""
+    if max_length is not None and max_length < 2:
+        raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
+
+
 def evaluate_muse(
     model,
     tokenizer,
@@ -206,8 +212,7 @@ def evaluate_muse(
     texts are scored up to this many tokens; by default the model's context window, as MUSE's own code
     (open-unlearning's MUSE config cuts them at 2048). `mia_reference` (a loaded model with the same
     tokenizer) enables the reference attack; `mia_gradnorm` False skips GradNorm."""
-    if max_length is not None and max_length < 2:
-        raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
+    check_max_length(max_length)
     rows = {key: load_muse(data, key) for key in FILES}
     max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
     cut = (lambda xs: xs) if limit is None else (lambda xs: xs[:limit])

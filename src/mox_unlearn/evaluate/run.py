@@ -190,8 +190,10 @@ def run_eval(
         raise MoxError(f"--limit must be >= 1, got {limit}")
     if max_length is not None and benchmark != "muse":
         raise MoxError(f"--max-length is for MUSE's privleak texts, not {benchmark}")
-    if max_length is not None and max_length < 2:
-        raise MoxError(f"--max-length must be at least 2 tokens, got {max_length}")
+    if max_length is not None:  # before any model loads
+        from mox_unlearn.evaluate.muse import check_max_length
+
+        check_max_length(max_length)
     if benchmark == "lm-eval":
         return run_lm_eval(
             model_path,
