@@ -16,7 +16,6 @@ With tofu_authors = 200 the data is TOFU's own (train_target = full, train_retai
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -91,10 +90,10 @@ def prepare_tofu_models(cfg: Any, root: Path) -> dict[str, str]:
     from mox_unlearn.train import unlearn
 
     source = cfg.data or TOFU_HUB_ID
-    from mox_unlearn.experiments.workspace import first_done, spell
+    from mox_unlearn.experiments.workspace import cache_keys, first_done
 
-    def key(spelled) -> str:
-        settings = {
+    def settings(spelled) -> dict[str, Any]:
+        return {
             "base": spelled(cfg.base),
             "data": spelled(source),
             "authors": cfg.tofu_authors,
@@ -103,10 +102,9 @@ def prepare_tofu_models(cfg: Any, root: Path) -> dict[str, str]:
             "max_length": cfg.max_length,
             "seed": cfg.seed,
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
-    # the key as the paths are spelled in the workspace's other keys, or as written (fine-tunes from before)
-    homes = [root / f"tofu-{key(lambda p: spell(p, root))}", root / f"tofu-{key(str)}"]
+    # the key with paths as the workspace spells them, or as written (fine-tunes from before)
+    homes = [root / f"tofu-{key}" for key in cache_keys(settings, root)]
     home = first_done(homes, lambda h: (h / "target" / "run.json").is_file())
     data = home / "data"
     if not (data / "train_retain.jsonl").is_file():
