@@ -106,11 +106,35 @@ def test_only_and_skip_choose_tensors_by_name():
         ({"alpha_by_depth": "cosine:1,2"}, "alpha_by_depth must be linear:A,B"),
         ({"alpha_by_depth": "linear:1"}, "alpha_by_depth must be linear:A,B"),
         ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"keep_fraction": True}, "keep_fraction must be in (0, 1]"),
+        ({"drop_rate": "0.5"}, "drop_rate must be in [0, 1)"),
+        ({"only": 123}, "only must be a regular expression (text), got 123"),
+        ({"skip": ["mlp"]}, "skip must be a regular expression (text), got ['mlp']"),
+        ({"alpha_by_depth": 1}, "alpha_by_depth must be linear:A,B"),
     ],
 )
 def test_bad_variants_are_one_line(settings, message):
     with pytest.raises(MoxError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         Variant(**settings)
+
+
+def test_settings_that_are_not_a_variant_are_one_line():
+    with pytest.raises(MoxError, match=r"^--variant: unknown setting 1; valid: keep_fraction"):
+        Variant.from_settings({1: 2, "a": 3}, "--variant")  # keys of two types: named, not a sort error
+    with pytest.raises(MoxError, match=r"^--variant: only must be a regular expression \(text\)"):
+        Variant.from_settings({"only": 123}, "--variant")
+
+
+def test_numpy_numbers_are_plain_numbers():
+    """A sweep in Python (`np.linspace`) gives numpy scalars: read as the floats and ints they are."""
+    np = pytest.importorskip("numpy")
+    v = Variant(keep_fraction=np.linspace(0.1, 0.5, 5)[1], drop_rate=np.float32(0.5), seed=np.int64(3))
+    assert v == Variant(keep_fraction=0.2, drop_rate=0.5, seed=3)
+    assert (type(v.keep_fraction), type(v.drop_rate), type(v.seed)) == (float, float, int)
+    ref, mem = torch.zeros(10), -torch.arange(1.0, 11.0)
+    out = extrapolate_variant(ref, mem, [1.0], Variant(keep_fraction=np.float64(0.2)), "w", 0)[0]
+    assert out.tolist() == [0.0] * 8 + [9.0, 10.0]
 
 
 def test_the_plain_variant_is_eq8_bitwise_in_every_dtype():
@@ -158,6 +182,21 @@ def test_the_card_records_the_variant(pair, tmp_path):
     extrapolate(ref, mem, tmp_path / "v", "--keep-fraction", "0.2", "--only", "mlp")
     card = (tmp_path / "v" / "README.md").read_text()
     assert '"keep_fraction": 0.2' in card and '"only": "mlp"' in card
+    assert "every floating-point weight" not in card and "only part of" in card  # not Eq. 8 everywhere
+    extrapolate(ref, mem, tmp_path / "plain")
+    assert "every floating-point weight is computed" in (tmp_path / "plain" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("flags", [["--only", "no_such_tensor"], ["--skip", "."], ["--only", "mlp", "--skip", "mlp"]])
+def test_a_variant_that_edits_no_tensor_is_refused(pair, tmp_path, capsys, flags):
+    """Its output would be θ_ref itself under an "unlearned" card (e.g. --only lm_head on a model with tied
+    embeddings, which has no lm_head tensor): one line, and nothing written."""
+    ref, mem = pair
+    out = tmp_path / "none"
+    assert main(["extrapolate", "--ref", str(ref), "--mem", str(mem), "--alpha", "4", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edits no tensor" in err[0] and "model.layers.0." in err[0], err
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- mox unlearn's own extrapolation
@@ -184,6 +223,23 @@ def test_unlearn_with_a_variant_equals_extrapolating_its_memorized_model(pair, q
 )
 def test_unlearn_refuses_a_variant_it_cannot_apply_exactly(pair, qa_files, tmp_path, capsys, extra, message):
     assert_refused(pair, qa_files, tmp_path, capsys, ["extrapolation.keep_fraction=0.5", *extra], message)
+
+
+def test_unlearn_refuses_a_variant_that_edits_no_tensor_before_training(pair, qa_files, tmp_path, capsys):
+    assert_refused(pair, qa_files, tmp_path, capsys, ["extrapolation.only=no_such_tensor"], "edits no tensor")
+
+
+def test_a_variant_given_in_code_as_a_mapping_is_read_as_yaml_would_be():
+    from mox_unlearn.config import UnlearnConfig, check_config
+
+    cfg = check_config(UnlearnConfig(extrapolation={"keep_fraction": 0.2, "only": "mlp"}))
+    assert cfg.extrapolation == Variant(keep_fraction=0.2, only="mlp")
+    with pytest.raises(MoxError, match=r"^config extrapolation: keep_fraction must be in \(0, 1\]"):
+        check_config(UnlearnConfig(extrapolation={"keep_fraction": 2}))
+    with pytest.raises(MoxError, match=r"^config extrapolation: expected a mapping .*got 5"):
+        check_config(UnlearnConfig(extrapolation=5))
+    with pytest.raises(MoxError, match=r"^config alpha_variants: expected a list, got 5"):
+        check_config(UnlearnConfig(alpha_variants=5))
 
 
 def assert_refused(pair, qa_files, tmp_path, capsys, settings: list[str], message: str) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -175,6 +176,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (dict, list)):
             raise MoxError(f"config {key}: expected a string, got {value!r}")
         return str(value)
+    if typing.get_origin(base) is list and not isinstance(value, (list, tuple)):
+        raise MoxError(f"config {key}: expected a list, got {value!r}")
     if typing.get_origin(base) is dict:
         if not isinstance(value, dict):
             raise MoxError(f"config {key}: expected a mapping, got {value!r}")
@@ -402,8 +405,13 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
     error naming its key."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):  # nested settings (the prompt format): their own checks, again
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if dataclasses.is_dataclass(hint):  # nested settings (the prompt format, extrapolation)
+            if isinstance(value, Mapping):  # given as YAML gives it: set key by key on the defaults
+                setattr(cfg, f.name, hint())
+                _set(cfg, f.name, dict(value))
+            elif not isinstance(value, hint):
+                raise MoxError(f"config {f.name}: expected a mapping of its settings, got {value!r}")
             _recheck(cfg, f.name, f.name)
             continue
         setattr(cfg, f.name, _check_limit(cfg, f.name, _coerce(value, hints[f.name], f.name)))

@@ -261,6 +261,8 @@ def extrapolate_folders(
     check_output_dir(out, overwrite=overwrite, inputs={"--ref": ref, "--mem": mem})
     ref_infos, mem_infos = read_tensor_infos(ref), read_tensor_infos(mem)
     check_same_tensors(ref_infos, mem_infos)
+    variant = variant or Variant()
+    variant.check_edits([n for n, i in ref_infos.items() if i.dtype.startswith(("F", "BF"))], str(ref))
     order = sorted(ref_infos, key=lambda n: (str(ref_infos[n].file), ref_infos[n].offset))  # sequential reads
     layout = plan_shards([(n, ref_infos[n].dtype, ref_infos[n].shape, ref_infos[n].nbytes) for n in order], cap)
 
@@ -268,11 +270,11 @@ def extrapolate_folders(
     with atomic_output_dir(out, overwrite=overwrite, inputs={"--ref": ref, "--mem": mem}) as tmp:
         with ExitStack() as stack:
             folders = [stack.enter_context(ShardedFolder(tmp / sub, layout)) for sub in subdirs]
-            _stream(ref_infos, mem_infos, order, values, folders, progress, variant or Variant())
-        fields = {**(card_fields or {}), **({"variant": variant.fields()} if variant and not variant.plain else {})}
+            _stream(ref_infos, mem_infos, order, values, folders, progress, variant)
+        fields = {**(card_fields or {}), **({} if variant.plain else {"variant": variant.fields()})}
         for sub, alpha in zip(subdirs, values):
             copy_aux_files(ref, tmp / sub)
-            _write_card(tmp / sub, ref, mem, alpha, cap, fields)
+            _write_card(tmp / sub, ref, mem, alpha, cap, fields, variant.plain)
     return [out / sub if str(sub) != "." else out for sub in subdirs]
 
 
@@ -448,7 +450,13 @@ def check_finite(t: torch.Tensor, name: str, alpha: float) -> None:
 
 
 def _write_card(
-    out_dir: Path, ref: Path, mem: Path, alpha: float, cap: int, card_fields: Mapping[str, object] | None
+    out_dir: Path,
+    ref: Path,
+    mem: Path,
+    alpha: float,
+    cap: int,
+    card_fields: Mapping[str, object] | None,
+    plain: bool = True,
 ) -> None:
     """README recording method, alpha and both source models, so the output explains itself."""
     fields: dict[str, object] = {
@@ -461,9 +469,15 @@ def _write_card(
         "max shard size (bytes)": cap,
     }
     fields.update(card_fields or {})
+    moved = (
+        "every floating-point weight is computed in fp32 as `(1 + alpha) * ref - alpha * mem`"
+        if plain
+        else "with the extrapolation variant above, only part of `delta = ref - mem` moves: per tensor, "
+        "`ref + alpha * s * (M * delta) / (1 - p)` in fp32 (M the entries kept, s the depth factor, p the drop "
+        "rate; mox_unlearn/variants.py), and tensors it leaves out stay at the reference's values"
+    )
     body = (
-        "Made with `mox extrapolate`: every floating-point weight is computed in fp32 as "
-        "`(1 + alpha) * ref - alpha * mem` and cast back to its original dtype; integer and bool "
+        f"Made with `mox extrapolate`: {moved}, cast back to the original dtype; integer and bool "
         "tensors are copied from the reference model, as are config and tokenizer files."
     )
     write_model_card(

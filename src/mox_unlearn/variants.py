@@ -22,9 +22,10 @@ math is extrapolate.extrapolate_variant.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 
 from mox_unlearn.errors import MoxError
@@ -46,14 +47,18 @@ class Variant:
     alpha_by_depth: str | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.keep_fraction, (int, float)) and 0 < self.keep_fraction <= 1):
+        # numbers as Python's own (a numpy scalar from a sweep in code is one): exact decimals, JSON keys
+        if not (_is_real(self.keep_fraction) and 0 < self.keep_fraction <= 1):
             raise MoxError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
-        if not (isinstance(self.drop_rate, (int, float)) and 0 <= self.drop_rate < 1):
+        if not (_is_real(self.drop_rate) and 0 <= self.drop_rate < 1):
             raise MoxError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
             raise MoxError(f"the variant's seed must be an integer >= 0, got {self.seed!r}")
+        self.keep_fraction, self.drop_rate, self.seed = float(self.keep_fraction), float(self.drop_rate), int(self.seed)
         for key in ("only", "skip"):
             pattern = getattr(self, key)
+            if pattern is not None and not isinstance(pattern, str):
+                raise MoxError(f"{key} must be a regular expression (text), got {pattern!r}")
             if pattern is not None:
                 try:
                     re.compile(pattern)
@@ -67,7 +72,7 @@ class Variant:
         setting or a bad value is one line that starts with `where` (the flag or key it came from)."""
         if not isinstance(settings, Mapping):
             raise MoxError(f"{where}: expected settings such as {{keep_fraction: 0.2, only: mlp}}, got {settings!r}")
-        unknown = sorted(set(settings) - set(SETTINGS))
+        unknown = sorted(set(settings) - set(SETTINGS), key=str)  # YAML may key by a number
         if unknown:
             raise MoxError(f"{where}: unknown setting {unknown[0]!r}; valid: {', '.join(SETTINGS)}")
         try:
@@ -83,7 +88,9 @@ class Variant:
         """(A, B) of alpha_by_depth "linear:A,B"; None without a schedule."""
         if self.alpha_by_depth is None:
             return None
-        kind, _, ends = str(self.alpha_by_depth).partition(":")
+        kind, _, ends = (
+            str(self.alpha_by_depth).partition(":") if isinstance(self.alpha_by_depth, str) else ("", "", "")
+        )
         try:
             a, b = (float(x) for x in ends.split(","))
         except ValueError:
@@ -109,6 +116,20 @@ class Variant:
         stack, i = hit
         n = layers if isinstance(layers, int) else layers.get(stack, i + 1)
         return a if n <= 1 else a + (b - a) * i / (n - 1)
+
+    def check_edits(self, names: Iterable[str], what: str) -> None:
+        """Refuse an only / skip that leaves every tensor of `names` (the floating-point ones of `what`) at
+        θ_ref: the result would be θ_ref itself, written as an unlearned model (e.g. only=lm_head on a model
+        whose output layer is tied to its embeddings, so has no tensor of that name)."""
+        names = list(names)
+        if (self.only is None and self.skip is None) or any(self.edits(n) for n in names):
+            return
+        rules = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("only", "skip") if getattr(self, k) is not None)
+        example = next((n for n in names if layer_of(n)), names[0] if names else "none")
+        raise MoxError(
+            f"{rules} edits no tensor of {what}: the result would be θ_ref itself (its tensors are named like "
+            f"{example})"
+        )
 
     def trims(self) -> bool:
         """Whether entries of Δ are zeroed or rescaled (not only whole tensors chosen or α scaled)."""
@@ -158,3 +179,8 @@ def count_layers(names) -> dict[str, int]:
         if (hit := layer_of(name)) is not None:
             stacks[hit[0]] = max(stacks.get(hit[0], 0), hit[1] + 1)
     return stacks
+
+
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (True would read as keep_fraction 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

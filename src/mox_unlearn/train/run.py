@@ -203,6 +203,12 @@ class TrainingRun:
         dtype = torch_dtype(cfg.dtype)
         self.plan = make_plan(cfg, len(self.forget_ex), self.world)
         self.model = space.prepare_model(load_model(cfg.model, dtype, attn_implementation=cfg.attn_implementation))
+        if self.method.extrapolate:  # an only / skip that edits nothing, refused before any training
+            from mox_unlearn.alpha_selection.curve import auto_variants
+
+            floats = [n for n, p in self.model.named_parameters() if p.is_floating_point()]
+            for variant in [cfg.extrapolation, *auto_variants(cfg)]:
+                variant.check_edits(floats, cfg.model)
         needs_ref = (
             self.method.extrapolate
             or (r.targets is not None and r.targets.uses_reference)
