@@ -382,7 +382,7 @@ def test_shards_of_a_frontier_merge_into_the_frontier_of_their_union():
 def test_pooled_variant_rows_are_made_again_from_the_merged_records():
     def mox(id_, seed, variant):
         method = f"mox+{variant}" if variant else "mox"
-        return rec(id_, 0.1, 0.9, 0.01, 0.5, method=method, seed=seed, knob="alpha", variant=variant)
+        return rec(id_, 0.1, 0.9, 0.01, 0.5, method=method, seed=seed, knob="alpha", variant=variant, setting="lr 1")
 
     def pooled(r):
         return {**r, "method": "mox+variants", "id": f"mox+variants/{r['id']}"}
@@ -397,6 +397,34 @@ def test_pooled_variant_rows_are_made_again_from_the_merged_records():
     assert ids == ["p0", "k0", "p1", "k1", "mox+variants/p0", "mox+variants/k0", "mox+variants/p1", "mox+variants/k1"]
     assert set(merged["selected"]["mox+variants"]) == {"0", "1"}
     assert merged["config"]["frontier_variants"] == v
+
+
+def test_the_pooled_row_pools_only_runs_that_have_every_variant():
+    """A seed whose shard had no variants chose among plain MOX only: pooling it would give the pooled row a
+    seed that did not choose among the variants (shards run before the variant shards, say)."""
+
+    def mox(id_, seed, variant):
+        method = f"mox+{variant}" if variant else "mox"
+        return rec(id_, 0.1, 0.9, 0.01, 0.5, method=method, seed=seed, knob="alpha", variant=variant, setting="lr 1")
+
+    v = [{"keep_fraction": 0.5}]
+    a = shard([mox("p0", 0, ""), mox("k0", 0, "keep0.5")], [0], frontier_variants=v)
+    merged = merge_frontiers([("a", a), ("b", shard([mox("p1", 1, "")], [1]))])
+    pooled = [r["id"] for r in merged["records"] if r["method"] == "mox+variants"]
+    assert pooled == ["mox+variants/p0", "mox+variants/k0"]
+    assert set(merged["selected"]["mox+variants"]) == {"0"} and set(merged["selected"]["mox"]) == {"0", "1"}
+
+
+def test_shards_whose_variants_would_share_a_row_name_are_refused():
+    """{only: mlp.up} and {only: mlp_up} are both row mox+only_mlpup: merged, one row would hold two
+    variants. A single invocation refuses the same list; so does the merge."""
+    a = shard([rec("m0a", 0.2, 0.9, 0.01, 0.5)], [0], frontier_variants=[{"only": "mlp.up"}])
+    b = shard([rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1)], [1], frontier_variants=[{"only": "mlp_up"}])
+    with pytest.raises(MoxError, match=r"shards' frontier_variants.*share the row name mox\+only_mlpup"):
+        merge_frontiers([("a", a), ("b", b)])
+    same = shard([rec("m1a", 0.6, 0.9, 0.01, 0.5, seed=1)], [1], frontier_variants=[{"only": "mlp.up", "seed": 0}])
+    merged = merge_frontiers([("a", a), ("b", same)])  # the same variant spelled two ways: one
+    assert merged["config"]["frontier_variants"] == [{"only": "mlp.up"}]
 
 
 @pytest.mark.parametrize(

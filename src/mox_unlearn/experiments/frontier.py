@@ -224,14 +224,23 @@ def pooled_variants(records: Sequence[dict]) -> list[dict]:
     """For each method with variant records (frontier_variants), its α records again as one more method
     "<name>+variants", so both rules choose over every variant × α (plain included) as one knob, the way
     `select-alpha` does over a variant grid. Its budget is larger than any single row's: say so when
-    comparing it."""
-    bases = {r["method"].split("+")[0] for r in records if r.get("variant")}
-    pooled = []
-    for r in records:
-        base = r["method"].split("+")[0]
-        if base in bases and r["knob"] == "alpha":
-            pooled.append({**r, "method": f"{base}+variants", "id": f"{base}+variants/{r['id']}"})
-    return pooled
+    comparing it. Only runs (method, setting, seed) that have every variant the records hold are pooled:
+    merged shards may hold a seed whose runs never met the variants, and its pick would be plain MOX's."""
+
+    def base(r: Mapping[str, Any]) -> str:
+        return r["method"].split("+")[0]
+
+    alpha = [r for r in records if r["knob"] == "alpha"]
+    labels: dict[str, set] = {}  # every variant of a method, plain ("") included
+    per_run: dict[tuple, set] = {}
+    for r in alpha:
+        labels.setdefault(base(r), set()).add(r.get("variant") or "")
+        per_run.setdefault((base(r), r.get("setting"), r.get("seed")), set()).add(r.get("variant") or "")
+    return [
+        {**r, "method": f"{base(r)}+variants", "id": f"{base(r)}+variants/{r['id']}"}
+        for r in alpha
+        if len(labels[base(r)]) > 1 and per_run[(base(r), r.get("setting"), r.get("seed"))] == labels[base(r)]
+    ]
 
 
 def stopping_epochs(
@@ -342,6 +351,28 @@ def _placeless(value: Any) -> Any:
     return value
 
 
+def _merged_variants(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> list:
+    """The union of the shards' frontier_variants (one entry per variant, however spelled), refused where
+    two would share a row name, as in a single invocation (frontier_variant_list)."""
+    from types import SimpleNamespace
+
+    from mox_unlearn.variants import Variant
+
+    variants: list = []
+    seen: list = []
+    for name, part in parts:
+        for i, settings in enumerate(part["config"].get("frontier_variants") or []):
+            fields = Variant.from_settings(settings, f"{name}: frontier_variants[{i}]").fields()
+            if fields not in seen:
+                seen.append(fields)
+                variants.append(settings)
+    try:
+        frontier_variant_list(SimpleNamespace(frontier_variants=variants))
+    except MoxError as e:
+        raise MoxError(f"the shards' frontier_variants cannot be merged: {e}") from None
+    return variants
+
+
 def merge_frontiers(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
     """One frontier from the frontier.json of its shards: runs of the same protocol that split its seeds,
     methods or variants between invocations, machines or days (e.g. `frontier_seeds=[1]` on one machine,
@@ -384,10 +415,7 @@ def merge_frontiers(parts: Sequence[tuple[str, Mapping[str, Any]]]) -> dict:
     cfg = dict(first["config"])
     cfg["frontier_seeds"] = sorted({s for _, p in parts for s in p["config"]["frontier_seeds"]})
     cfg["frontier_methods"] = list(dict.fromkeys(m for _, p in parts for m in p["config"]["frontier_methods"]))
-    variants: list = []
-    for _, p in parts:
-        variants += [v for v in p["config"].get("frontier_variants") or [] if v not in variants]
-    cfg["frontier_variants"] = variants
+    cfg["frontier_variants"] = _merged_variants(parts)
     target_mu = first["target_mu"]
     selected = select_all(
         merged,
