@@ -225,6 +225,20 @@ def test_unlearn_refuses_a_variant_it_cannot_apply_exactly(pair, qa_files, tmp_p
     assert_refused(pair, qa_files, tmp_path, capsys, ["extrapolation.keep_fraction=0.5", *extra], message)
 
 
+def test_under_fsdp_only_the_variants_that_need_no_whole_tensor_are_allowed():
+    """FSDP ranks hold slices of each tensor: keep_fraction's ranking and DARE's mask need the whole one;
+    only / skip / α by depth choose or scale whole tensors by name and work on slices."""
+    from mox_unlearn.config import UnlearnConfig
+    from mox_unlearn.train.spaces import check_variant
+
+    for settings in ({"keep_fraction": 0.5}, {"drop_rate": 0.1}):
+        with pytest.raises(MoxError, match="needs whole tensors and is not supported under FSDP"):
+            check_variant(UnlearnConfig(extrapolation=Variant(**settings)), sharded=True)
+        check_variant(UnlearnConfig(extrapolation=Variant(**settings)), sharded=False)
+    for settings in ({"only": "mlp"}, {"skip": "embed"}, {"alpha_by_depth": "linear:0.5,1.5"}):
+        check_variant(UnlearnConfig(extrapolation=Variant(**settings)), sharded=True)
+
+
 def test_unlearn_refuses_a_variant_that_edits_no_tensor_before_training(pair, qa_files, tmp_path, capsys):
     assert_refused(pair, qa_files, tmp_path, capsys, ["extrapolation.only=no_such_tensor"], "edits no tensor")
 
