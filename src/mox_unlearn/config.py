@@ -414,7 +414,7 @@ def check_config(cfg: UnlearnConfig) -> UnlearnConfig:
                 raise MoxError(f"config {f.name}: expected a mapping of its settings, got {value!r}")
             _recheck(cfg, f.name, f.name)
             continue
-        setattr(cfg, f.name, _check_limit(cfg, f.name, _coerce(value, hints[f.name], f.name)))
+        setattr(cfg, f.name, _check_limit(cfg, f.name, _coerce(value, hint, f.name)))
     return cfg
 
 

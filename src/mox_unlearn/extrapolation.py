@@ -262,7 +262,7 @@ def extrapolate_folders(
     ref_infos, mem_infos = read_tensor_infos(ref), read_tensor_infos(mem)
     check_same_tensors(ref_infos, mem_infos)
     variant = variant or Variant()
-    variant.check_edits([n for n, i in ref_infos.items() if i.dtype.startswith(("F", "BF"))], str(ref))
+    variant.check_edits([n for n, i in ref_infos.items() if i.floating], str(ref))
     order = sorted(ref_infos, key=lambda n: (str(ref_infos[n].file), ref_infos[n].offset))  # sequential reads
     layout = plan_shards([(n, ref_infos[n].dtype, ref_infos[n].shape, ref_infos[n].nbytes) for n in order], cap)
 

@@ -57,13 +57,14 @@ class Variant:
         self.keep_fraction, self.drop_rate, self.seed = float(self.keep_fraction), float(self.drop_rate), int(self.seed)
         for key in ("only", "skip"):
             pattern = getattr(self, key)
-            if pattern is not None and not isinstance(pattern, str):
+            if pattern is None:
+                continue
+            if not isinstance(pattern, str):
                 raise MoxError(f"{key} must be a regular expression (text), got {pattern!r}")
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise MoxError(f"{key} {pattern!r} is not a regular expression: {e}") from None
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise MoxError(f"{key} {pattern!r} is not a regular expression: {e}") from None
         self.depth_ends()  # parses, or refuses in one line
 
     @classmethod
@@ -88,9 +89,7 @@ class Variant:
         """(A, B) of alpha_by_depth "linear:A,B"; None without a schedule."""
         if self.alpha_by_depth is None:
             return None
-        kind, _, ends = (
-            str(self.alpha_by_depth).partition(":") if isinstance(self.alpha_by_depth, str) else ("", "", "")
-        )
+        kind, _, ends = self.alpha_by_depth.partition(":") if isinstance(self.alpha_by_depth, str) else ("", "", "")
         try:
             a, b = (float(x) for x in ends.split(","))
         except ValueError:

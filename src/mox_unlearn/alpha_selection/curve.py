@@ -305,8 +305,6 @@ def auto_variants(cfg) -> list:
 
     if not cfg.alpha_variants:
         return []
-    if not isinstance(cfg.alpha_variants, (list, tuple)):
-        raise MoxError(f"alpha_variants must be a list of variant settings, got {cfg.alpha_variants!r}")
     if cfg.alpha != "auto":
         raise MoxError("alpha_variants are tried by alpha=auto; with a fixed α set extrapolation.* instead")
     if not cfg.extrapolation.plain:

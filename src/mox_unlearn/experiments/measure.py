@@ -139,9 +139,7 @@ def momentum_flops_per_element(eta: float, alpha: float, numel: int = 4096) -> f
 
 def floating_elements(model_dir: str | Path) -> int:
     """Floating-point weights of a model folder, from the safetensors headers (what extrapolation touches)."""
-    return sum(
-        math.prod(i.shape) for i in read_tensor_infos(Path(model_dir)).values() if i.dtype.startswith(("F", "BF"))
-    )
+    return sum(math.prod(i.shape) for i in read_tensor_infos(Path(model_dir)).values() if i.floating)
 
 
 # ----------------------------------------------------------------------------- one real training step

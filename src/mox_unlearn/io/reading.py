@@ -30,6 +30,11 @@ class TensorInfo:
     offset: int  # start of the data within the file's data section; orders sequential reads
     nbytes: int
 
+    @property
+    def floating(self) -> bool:
+        """A floating-point tensor (F64, F32, F16, BF16, F8_*): the ones extrapolation moves."""
+        return self.dtype.startswith(("F", "BF"))
+
 
 # bytes per element of each safetensors dtype code
 _ST_SIZES = {
