@@ -15,7 +15,7 @@ from miniature import mini_settings
 
 from mox_unlearn.cli import main
 from mox_unlearn.errors import MoxError
-from mox_unlearn.experiments.frontier import merge_frontiers, stopping_epochs, unscored
+from mox_unlearn.experiments.frontier import merge_frontiers, method_styles, stopping_epochs, unscored
 from mox_unlearn.experiments.frontier_rules import (
     ORACLE,
     RETRAIN_FREE,
@@ -187,6 +187,18 @@ def test_mean_std_pareto_and_the_plan():
     ]
     pool = [{"question": q, "answer": "x"} for q in "abcd"]
     assert unscored(pool, [{"question": "b"}, {"question": "z"}]) == [pool[0], pool[2], pool[3]]
+
+
+def test_every_row_of_a_frontier_plot_has_its_own_color_and_variants_are_dashed():
+    """SmolLM2's variant frontier has 12 rows: matplotlib's default cycle of 10 gave two pairs one color."""
+    methods = ["mox", "npo", "graddiff", "simnpo", "ga"] + [f"mox+v{i}" for i in range(7)]
+    styles = method_styles(methods)
+    assert list(styles) == methods
+    assert len({color for color, _ in styles.values()}) == 12
+    assert [ls for _, ls in styles.values()] == ["-"] * 5 + ["--"] * 7
+    from matplotlib.colors import to_rgb
+
+    assert method_styles(["mox", "npo"]) == {"mox": (to_rgb("tab:blue"), "-"), "npo": (to_rgb("tab:orange"), "-")}
 
 
 @pytest.mark.parametrize(

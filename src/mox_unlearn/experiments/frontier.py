@@ -537,6 +537,16 @@ def write_frontier(out: Path, extra: dict, show: bool = True) -> dict:
     }
 
 
+def method_styles(methods: list[str]) -> dict[str, tuple[tuple[float, float, float], str]]:
+    """A color and a line style per frontier row: tab20's ten dark colors (= tab10, matplotlib's own cycle,
+    which repeats after 10), then its ten light ones; a variant row (`mox+...`) is dashed."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"].colors
+    colors = tab20[0::2] + tab20[1::2]
+    return {m: (tuple(colors[i % len(colors)]), "--" if "+" in m else "-") for i, m in enumerate(methods)}
+
+
 def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
     """FQ (log) against MU: every record, each method's Pareto front, both rules' picks, the MU bar."""
     from mox_unlearn.report import figure, fq_mu_axes, log_value, save_figure
@@ -544,7 +554,8 @@ def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
     fig, axes = figure(1, 1, size=(8.5, 6))
     ax = axes[0][0]
     by_id = {r["id"]: r for r in extra["records"]}
-    for method in dict.fromkeys(r["method"] for r in extra["records"]):
+    styles = method_styles(list(dict.fromkeys(r["method"] for r in extra["records"])))
+    for method, (color, line) in styles.items():
         pts = [
             (r["model_utility"], log_value(r["forget_quality"]))
             for r in extra["records"]
@@ -552,10 +563,9 @@ def plot_frontier(extra: Mapping[str, Any], path: Path) -> Path:
         ]
         if not pts:
             continue
-        dots = ax.scatter(*zip(*pts), s=10, alpha=0.35)
-        color = tuple(dots.get_facecolor()[0][:3])  # opaque: the dots are faint, the front and picks are not
+        ax.scatter(*zip(*pts), s=10, alpha=0.35, color=color)  # faint dots; the front and picks are opaque
         front = pareto_front(pts)
-        ax.plot(*zip(*front), "-", drawstyle="steps-post", color=color, lw=1.5, label=f"{method} front")
+        ax.plot(*zip(*front), line, drawstyle="steps-post", color=color, lw=1.5, label=f"{method} front")
         for rule, marker in ((ORACLE, "*"), (RETRAIN_FREE, "D")):
             picks = [by_id[p[rule]["id"]] for p in extra["selected"][method].values() if p[rule]["id"] in by_id]
             ax.scatter(
