@@ -45,7 +45,7 @@ EVAL_EXAMPLE = """example:
 
 
 DEMO_EXAMPLE = """example:
-  mox demo --fast                 # a few methods, small sizes: about 3 minutes on 2 CPU cores
+  mox demo --fast                 # a few methods, small sizes: 3-4 minutes on 2 CPU cores
   mox demo --out mox-demo         # every method at one shared setting, then the main ones tuned; plots
   mox demo --untuned              # the shared-setting table only
   mox demo unlearn.lr=5e-4        # any demo setting as key=value (the preset: mox_unlearn/resources/demo.yaml)"""

@@ -394,7 +394,7 @@ def skipped_note(xcfg: Any, out: Path, config_arg: str) -> str:
     return (
         f"No tuned table (tuned: false, or --untuned): it trains each of {len(xcfg.frontier_methods)} methods at "
         f"{n_lr} learning rates and evaluates every stopping epoch or α, more than this demo's time allows "
-        "(`mox demo --fast` stays under 3 minutes). Make it in this folder, reusing the runs above, with "
+        "(`mox demo --fast` takes 3-4 minutes on 2 CPU cores). Make it in this folder, reusing the runs above, with "
         f"`mox experiment frontier --config {config_arg} --out {out}{finer}`; docs/frontier.md has it over "
         "three seeds."
     )
