@@ -542,17 +542,22 @@ def test_resume_accepts_a_run_folder_written_before_the_alpha_auto_keys(tmp_path
 @pytest.mark.parametrize(
     ("picks", "expected"),
     [
-        ([("plain", "both", 0.2), ("keep0.2", "both", 0.5)], 1),  # both pass: forget more like holdout wins
-        ([("plain", "both", 0.2), ("keep0.2", "utility_only", 0.9)], 0),  # passing both beats a higher p
-        ([("plain", "smallest", 0.9), ("keep0.2", "utility_only", 0.01)], 1),
-        ([("plain", "both", 0.3), ("keep0.2", "both", 0.3)], 0),  # a tie keeps plain MOX
-        ([("plain", "both", float("nan")), ("keep0.2", "both", 0.0)], 1),  # NaN ranks below any p
+        ([("plain", "both", 0.2, 0.3, 0.1), ("keep0.2", "both", 0.5, 0.3, 0.1)], 1),  # forget more like holdout
+        ([("plain", "both", 0.2, 0.1, 0.0), ("keep0.2", "utility_only", 0.9, 0.1, 0.0)], 0),  # both tests first
+        ([("plain", "smallest", 0.9, 0.1, 0.0), ("keep0.2", "utility_only", 0.01, 0.5, 2.0)], 1),
+        ([("plain", "both", 0.3, 0.2, -1.0), ("keep0.2", "both", 0.3, 0.2, 1.0)], 0),  # a tie keeps plain MOX
+        ([("plain", "both", float("nan"), 0.1, 0.0), ("keep0.2", "both", 0.0, 1.0, 5.0)], 1),  # NaN p ranks last
+        # p saturated (forget and holdout completely apart, as on the demo): the KS statistic, then the
+        # |median gap| still say which forget set is closer to unseen data (the frontier's rule v2)
+        ([("plain", "utility_only", 6e-14, 1.0, 3.0), ("keep0.2", "utility_only", 6e-14, 0.9, 4.0)], 1),
+        ([("plain", "utility_only", 6e-14, 1.0, 3.0), ("keep0.2", "utility_only", 6e-14, 1.0, -2.0)], 1),
+        ([("plain", "utility_only", 6e-14, 1.0, 3.0), ("keep0.2", "utility_only", 6e-14, 1.0, float("nan"))], 0),
     ],
 )
 def test_choose_variant_by_hand(picks, expected):
     from mox_unlearn.alpha_selection.rule import choose_variant
 
-    assert choose_variant([(branch, p) for _label, branch, p in picks]) == expected
+    assert choose_variant([pick[1:] for pick in picks]) == expected
 
 
 @pytest.mark.slow
@@ -565,7 +570,7 @@ def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_mode
     assert labels == ["plain", "keep0.2", "only_mlp"]
     from mox_unlearn.alpha_selection.rule import choose_variant
 
-    picks = [(v["branch"], v["ks_p"]) for v in report["variants"]]
+    picks = [(v["branch"], v["ks_p"], v["ks_stat"], v["forget_minus_holdout_median"]) for v in report["variants"]]
     best = report["variants"][choose_variant(picks)]
     assert report["variant"] == best["variant"] and report["selection"]["alpha"] == best["alpha"]
     assert all(len(v["curve"]) == 2 for v in report["variants"])

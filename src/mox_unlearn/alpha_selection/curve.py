@@ -173,7 +173,11 @@ def variant_curves(ref_dir, mem_dir, data, selection: SelectionSettings, variant
                 **kwargs,
             )
         )
-    picks = [(r["selection"]["branch"], next(row["ks_p"] for row in r["curve"] if row["chosen"])) for r in reports]
+    at_pick = [next(row for row in r["curve"] if row["chosen"]) for r in reports]
+    picks = [
+        (r["selection"]["branch"], row["ks_p"], row["ks_stat"], row["forget_minus_holdout_median"])
+        for r, row in zip(reports, at_pick)
+    ]
     labels = [Variant(**r["variant"]).label() or "plain" for r in reports]
     best = choose_variant(picks)
     chosen = dict(reports[best])
@@ -184,12 +188,15 @@ def variant_curves(ref_dir, mem_dir, data, selection: SelectionSettings, variant
             "alpha": r["selection"]["alpha"],
             "branch": branch,
             "ks_p": p,
+            "ks_stat": stat,
+            "forget_minus_holdout_median": gap,
             "curve": r["curve"],
         }
-        for r, label, (branch, p) in zip(reports, labels, picks)
+        for r, label, (branch, p, stat, gap) in zip(reports, labels, picks)
     ]
     chosen["variant_choice"] = (
-        f"{labels[best]} of {len(picks)} variants: the pick that passed more tests, then forget most like holdout"
+        f"{labels[best]} of {len(picks)} variants: the pick that passed more tests, then forget most like holdout "
+        "(KS p, then KS statistic, then |median gap|)"
     )
     return chosen
 

@@ -107,6 +107,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     lines.append(f"chosen α = {sel['alpha']:g}: {sel['reason']}")
     if report.get("variants"):  # select-alpha --variant: one curve per variant, this one chosen
         for v in report["variants"]:
-            lines.append(f"  variant {v['label']}: α = {v['alpha']:g} ({v['branch']}, KS p {num(v['ks_p'])})")
+            lines.append(
+                f"  variant {v['label']}: α = {v['alpha']:g} ({v['branch']}, KS p {num(v['ks_p'])}, "
+                f"statistic {num(v['ks_stat'])}, median gap {num(v['forget_minus_holdout_median'])})"
+            )
         lines.append(f"chosen variant: {report['variant_choice']}")
     return lines

@@ -149,18 +149,26 @@ def relative_drop(ref: float | None, value: float | None) -> float:
     return (ref - value) / ref
 
 
-def choose_variant(picks: Sequence[tuple[str, float]]) -> int:
-    """Which variant's pick to take, given each variant's (branch of select_alpha's Selection, the KS p of
-    its chosen α), plain first: the branch that passed more (both tests, then utility only, then neither),
-    and within it the forget set most like the holdout (highest KS p). Ties keep the earlier variant, so
-    plain MOX wins unless a variant does strictly better. Returns the index into `picks`."""
+def choose_variant(picks: Sequence[tuple[str, float, float, float]]) -> int:
+    """Which variant's pick to take, given each variant's (branch of select_alpha's Selection, and at its
+    chosen α the forget-vs-holdout KS p, KS statistic and median gap), plain first: the branch that passed
+    more (both tests, then utility only, then neither); within it the forget set most like the holdout, in
+    the order of the frontier's retrain-free rule (v2, docs/frontier.md): the highest KS p, then the smallest
+    KS statistic, then the smallest |median gap|; the last two still discriminate once p is saturated
+    (forget and holdout completely apart). NaN ranks last. Ties keep the earlier variant, so plain MOX wins
+    unless a variant does strictly better. Returns the index into `picks`."""
     if not picks:
         raise MoxError("no variant curves to choose from")
     rank = {BOTH: 2, UTILITY_ONLY: 1, SMALLEST: 0}
 
-    def key(i: int) -> tuple[int, float]:
-        branch, p = picks[i]
-        return rank[branch], (-1.0 if math.isnan(p) else p)
+    def key(i: int) -> tuple[int, float, float, float]:  # larger = better
+        branch, p, stat, gap = picks[i]
+        return (
+            rank[branch],
+            -1.0 if math.isnan(p) else p,
+            -math.inf if math.isnan(stat) else -stat,
+            -math.inf if math.isnan(gap) else -abs(gap),
+        )
 
     best = 0
     for i in range(1, len(picks)):
