@@ -580,6 +580,38 @@ def test_select_alpha_over_variants_reports_every_curve_and_the_choice(tiny_mode
 
 
 @pytest.mark.slow
+def test_the_api_chooses_over_variants_as_the_cli_does(tiny_model_dir, mem_run, data, tmp_path):
+    """mox_unlearn.select_alpha(variants=...) is `mox select-alpha --variant ...`: the same curves and choice."""
+    import mox_unlearn
+    from mox_unlearn.variants import Variant
+
+    flags = ["--alpha", "1", "--alpha", "3", "--tolerance", "0.5", "--variant", "{keep_fraction: 0.2}"]
+    assert _select(tiny_model_dir, mem_run, data, tmp_path / "cli", *flags, "--variant", "{only: mlp}") == 0
+    by_cli = json.loads((tmp_path / "cli" / "alpha-selection.json").read_text())
+    by_api = mox_unlearn.select_alpha(
+        tiny_model_dir,
+        mem_run / "memorized",
+        forget=data["forget"],
+        holdout=data["holdout"],
+        retain=data["retain"],
+        alphas=[1, 3],
+        tolerance=0.5,
+        max_items=3,
+        max_new_tokens=4,
+        max_length=64,
+        variants=[{"keep_fraction": 0.2}, Variant(only="mlp")],
+    )
+    keys = ("label", "alpha", "branch", "ks_p", "ks_stat", "forget_minus_holdout_median")
+    assert [[v[k] for k in keys] for v in by_api["variants"]] == [[v[k] for k in keys] for v in by_cli["variants"]]
+    assert by_api["variant"] == by_cli["variant"] and by_api["selection"] == by_cli["selection"]
+    with pytest.raises(MoxError, match=r"variants\[0\]: unknown setting 'keep'"):
+        mox_unlearn.select_alpha(
+            tiny_model_dir, mem_run, forget=data["forget"], holdout=data["holdout"], retain=data["retain"],
+            variants=[{"keep": 0.2}],
+        )  # fmt: skip
+
+
+@pytest.mark.slow
 def test_unlearn_alpha_auto_over_variants_writes_the_chosen_variant(tiny_model_dir, data, tmp_path):
     """alpha: auto with alpha_variants: plain MOX and each variant get a curve; OUT/model is the chosen
     variant at the chosen α, exactly what `mox extrapolate` makes of OUT/memorized with them."""

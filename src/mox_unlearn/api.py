@@ -211,8 +211,11 @@ def select_alpha(
     max_items: int | None = 100,
     fmt: PromptFormat | None = None,
     batch_size: int = 16,
+    max_new_tokens: int = 200,
+    max_length: int = 512,
     dtype: str = "auto",
     work_dir: PathLike | None = None,
+    variants: Sequence[Variant | Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Choose α without a retrained model (docs/select-alpha.md), as `mox select-alpha` does.
 
@@ -233,14 +236,22 @@ def select_alpha(
         max_items: items scored per set (None: all).
         fmt: the prompt format.
         batch_size: sequences per forward pass.
+        max_new_tokens: the longest generated answer (retain ROUGE).
+        max_length: the longest scored sequence, in tokens.
         dtype: weights while scoring.
         work_dir: where the scratch models go (default: the system temp folder).
+        variants: extrapolation variants to try beside plain MOX (`mox_unlearn.variants.Variant`, or its
+            settings as a mapping, e.g. {"keep_fraction": 0.2}), as `mox select-alpha --variant`: one α
+            curve each from the same θ_mem, and the choice among their picks (docs/select-alpha.md).
 
     Returns:
         The report `mox select-alpha` writes as JSON: "selection" (the chosen "alpha", its "branch" and
-        "reason"), the scored "curve" (one row per α, θ_ref first) and the settings.
+        "reason"), the scored "curve" (one row per α, θ_ref first) and the settings; with `variants`,
+        the chosen curve's report with its "variant", every curve under "variants" and "variant_choice".
     """
-    from mox_unlearn.alpha_selection.curve import alpha_curve
+    from mox_unlearn.alpha_selection.curve import alpha_curve, variant_curves
+    from mox_unlearn.alpha_selection.scoring import load_selection_data
+    from mox_unlearn.variants import Variant
 
     defaults = SelectionSettings()
     settings = SelectionSettings(
@@ -250,7 +261,14 @@ def select_alpha(
         score=score,
         max_items=max_items,
     )
-    return alpha_curve(
-        str(ref), str(mem), str(forget), str(holdout), str(retain), settings, fmt=fmt, batch_size=batch_size,
-        dtype=dtype, work_dir=None if work_dir is None else str(work_dir),
+    chosen = [
+        v if isinstance(v, Variant) else Variant.from_settings(v, f"variants[{i}]") for i, v in enumerate(variants)
+    ]
+    kwargs = dict(
+        fmt=fmt, batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length, dtype=dtype,
+        work_dir=None if work_dir is None else str(work_dir),
     )  # fmt: skip
+    if chosen:
+        data = load_selection_data(str(forget), str(holdout), str(retain), score=score, max_items=max_items)
+        return variant_curves(str(ref), str(mem), data, settings, chosen, **kwargs)
+    return alpha_curve(str(ref), str(mem), str(forget), str(holdout), str(retain), settings, **kwargs)
