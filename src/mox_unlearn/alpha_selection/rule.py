@@ -149,29 +149,31 @@ def relative_drop(ref: float | None, value: float | None) -> float:
     return (ref - value) / ref
 
 
+def unlike_holdout(ks_p: float | None, ks_stat: float | None, gap: float | None) -> tuple[float, float, float]:
+    """How far a forget set still is from unseen data, as a sort key (smaller = more like the holdout): the
+    higher KS p (forget vs holdout), then the smaller KS statistic, then the smaller |median gap| between
+    forget and holdout scores. The last two still discriminate once p is saturated (forget and holdout
+    completely apart). Missing or NaN ranks last. The one order of select-alpha's variant choice and of the
+    frontier's retrain-free rule (v2, docs/frontier.md)."""
+
+    def missing(x: float | None) -> bool:
+        return x is None or math.isnan(x)
+
+    return (
+        1.0 if missing(ks_p) else -ks_p,
+        math.inf if missing(ks_stat) else ks_stat,
+        math.inf if missing(gap) else abs(gap),
+    )
+
+
 def choose_variant(picks: Sequence[tuple[str, float, float, float]]) -> int:
     """Which variant's pick to take, given each variant's (branch of select_alpha's Selection, and at its
     chosen α the forget-vs-holdout KS p, KS statistic and median gap), plain first: the branch that passed
-    more (both tests, then utility only, then neither); within it the forget set most like the holdout, in
-    the order of the frontier's retrain-free rule (v2, docs/frontier.md): the highest KS p, then the smallest
-    KS statistic, then the smallest |median gap|; the last two still discriminate once p is saturated
-    (forget and holdout completely apart). NaN ranks last. Ties keep the earlier variant, so plain MOX wins
-    unless a variant does strictly better. Returns the index into `picks`."""
+    more (both tests, then utility only, then neither); within it the forget set most like the holdout
+    (`unlike_holdout`). Ties keep the earlier variant, so plain MOX wins unless a variant does strictly
+    better. Returns the index into `picks`."""
     if not picks:
         raise MoxError("no variant curves to choose from")
     rank = {BOTH: 2, UTILITY_ONLY: 1, SMALLEST: 0}
-
-    def key(i: int) -> tuple[int, float, float, float]:  # larger = better
-        branch, p, stat, gap = picks[i]
-        return (
-            rank[branch],
-            -1.0 if math.isnan(p) else p,
-            -math.inf if math.isnan(stat) else -stat,
-            -math.inf if math.isnan(gap) else -abs(gap),
-        )
-
-    best = 0
-    for i in range(1, len(picks)):
-        if key(i) > key(best):
-            best = i
-    return best
+    # min keeps the first of equal keys
+    return min(range(len(picks)), key=lambda i: (-rank[picks[i][0]], *unlike_holdout(*picks[i][1:])))

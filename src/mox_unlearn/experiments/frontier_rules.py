@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mox_unlearn.alpha_selection.rule import unlike_holdout
 from mox_unlearn.config import SELECT_P_MIN, SELECT_TOLERANCE
 from mox_unlearn.errors import MoxError
 
@@ -171,17 +172,12 @@ def select_retrain_free(
     p = [num(v.get("val_ks_p")) for v in views]
     within = [i for i, d in enumerate(drop) if d is not None and d <= tolerance]
 
-    def unlike_holdout(j: int) -> tuple[float, float, float, float]:  # smaller = more like unseen data
+    def key(j: int) -> tuple[float, float, float, float]:  # smaller = more like unseen data, then less drop
         stat, gap = num(views[j].get("val_ks_stat")), num(views[j].get("val_forget_minus_holdout"))
-        return (
-            1.0 if p[j] is None else -p[j],
-            math.inf if stat is None else stat,
-            math.inf if gap is None else abs(gap),
-            drop[j],
-        )
+        return (*unlike_holdout(p[j], stat, gap), drop[j])
 
     if within:
-        i = min(within, key=unlike_holdout)
+        i = min(within, key=key)
         reason = (
             f"forget most like validation holdout (KS p, then KS statistic, then median gap) with validation "
             f"retain utility within {tolerance:.0%} of θ_ref"
