@@ -20,25 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 from pathlib import Path
 
 from mox_unlearn.cli import preset_path
 from mox_unlearn.config import load_config
 from mox_unlearn.demo.run import default_cache_dir
 from mox_unlearn.experiments import ExperimentConfig, Workspace
+from mox_unlearn.experiments.frontier_rules import log10_fq, mean_std
 from mox_unlearn.io.atomic import write_text_atomic
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def _log10(fq: float | None) -> float:
-    return math.log10(max(fq, 1e-300)) if fq is not None else float("nan")
+def _mean_std(values: list[float | None]) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
 
 
 def main() -> None:
@@ -65,7 +61,7 @@ def main() -> None:
                         "alpha": alpha,
                         "repair_steps": n,
                         "forget_quality": s["forget_quality"],
-                        "log10_forget_quality": _log10(s["forget_quality"]),
+                        "log10_forget_quality": log10_fq(s["forget_quality"]),
                         "model_utility": s["model_utility"],
                         "forget_rouge": s["forget_rouge"],
                         "retain_rouge": s["retain_rouge"],
@@ -77,7 +73,7 @@ def main() -> None:
                 print(f"{label}: log10 FQ {records[-1]['log10_forget_quality']:.2f}, MU {s['model_utility']:.3f}")
     target = ws.evaluate(ws.target, "original")["summary"]
     lines = [
-        f"Target: log10 FQ {_log10(target['forget_quality']):.2f}, MU {target['model_utility']:.3f}. "
+        f"Target: log10 FQ {log10_fq(target['forget_quality']):.2f}, MU {target['model_utility']:.3f}. "
         f"Mean ± sample std over seeds {args.seeds}.",
         "",
         "| α | repair steps | log10 FQ | MU | forget ROUGE-L | retain ROUGE-L | train s | repair s |",
@@ -86,12 +82,8 @@ def main() -> None:
     for alpha in args.alphas:
         for n in args.steps:
             rs = [r for r in records if r["alpha"] == alpha and r["repair_steps"] == n]
-            cols = [
-                _mean_std([r[k] for r in rs])
-                for k in ("log10_forget_quality", "model_utility", "forget_rouge", "retain_rouge", "repair_seconds")
-            ]
-            train = [r["train_seconds"] for r in rs if r["train_seconds"] is not None]
-            cols.insert(4, _mean_std(train) if train else "–")
+            keys = ("log10_forget_quality", "model_utility", "forget_rouge", "retain_rouge")
+            cols = [_mean_std([r[k] for r in rs]) for k in (*keys, "train_seconds", "repair_seconds")]
             lines.append(f"| {alpha:g} | {n} | " + " | ".join(cols) + " |")
     table = "\n".join(lines) + "\n"
     out = args.out / "repair"
