@@ -83,6 +83,12 @@ def test_override_values_are_typed_by_the_setting_they_set():
         ("loss.beta=[1, 2]", r"config loss.beta: expected a number, got \[1, 2\]"),
         ("prompt.question_template=Q: {question", "config prompt.question_template: "),
         ("prompt.question_template=no placeholder", "config prompt.question_template: "),
+        # null only where a setting may be unset (max_steps, retain); elsewhere it failed later, mid-run
+        ("loss=null", "config loss: expected a mapping, got None"),
+        ("lr=null", "config lr: expected a number, got None"),
+        ("epochs=null", "config epochs: expected an integer, got None"),
+        ("alpha_grid=null", "config alpha_grid: expected a list, got None"),
+        ("save_memorized=null", "config save_memorized: expected true/false, got None"),
     ],
 )
 def test_override_values_of_the_wrong_type_are_refused_by_key(override, message):

@@ -350,6 +350,7 @@ _VALUE_TEXT = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pairs=st.lists(st.tuples(st.sampled_from(_setting_keys()), _VALUE_TEXT), max_size=4))
 @example(pairs=[("extrapolation", "{0}")])  # a mapping keyed by a number (found by this test in CI)
+@example(pairs=[("loss", "null")])  # null for a setting that cannot be unset (found by this test in CI)
 def test_any_key_value_settings_get_exit_2_and_one_line_never_a_traceback(pairs, tmp_path_factory, capsys):
     """Issue 16: random `key=value` settings through the real parser and config checks. The forget file
     does not exist, so a run that gets past every setting stops there: every outcome is exit 2 with one

@@ -152,8 +152,9 @@ def _number(value: Any) -> Any:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert a YAML value to a field's annotated type; one-line error naming the key."""
-    if value is None:
+    """Check/convert a YAML value to a field's annotated type; one-line error naming the key. None (YAML's
+    null) only where the type admits it (`int | None`, Any); elsewhere it is the type's own error."""
+    if value is None and (tp is Any or type(None) in typing.get_args(tp)):
         return None
     base = _unwrap_optional(tp)
     if typing.get_origin(base) in (typing.Union, types.UnionType):
@@ -173,7 +174,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return _finite(float(value), key)
         raise MoxError(f"config {key}: expected a number, got {value!r}")
     if base is str:
-        if isinstance(value, (dict, list)):
+        if value is None or isinstance(value, (dict, list)):
             raise MoxError(f"config {key}: expected a string, got {value!r}")
         return str(value)
     if typing.get_origin(base) is list and not isinstance(value, (list, tuple)):
